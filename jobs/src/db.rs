@@ -1,0 +1,176 @@
+//! The SQL backend: PostgreSQL for the distributed deployment, a SQLite file for the embedded
+//! default. Queries are written once in the subset both understand (`$N` placeholders work in
+//! both through sqlx); where the dialects differ, the aggregate module matches on [`Db`].
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use anyhow::Context;
+use sqlx::{
+    PgPool, SqlitePool,
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+/// A connection pool on one of the two SQL backends.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs the same expression against whichever pool `$db` holds. The body is compiled once per
+/// backend, so generic sqlx calls (`query_as`, `fetch_one`) type-check for each.
+#[macro_export]
+macro_rules! on_db {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Postgres($pool) => $body,
+            $crate::db::Db::Sqlite($pool) => $body,
+        }
+    };
+}
+
+static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// Errors of the aggregate modules, in terms the API maps to status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+impl Db {
+    /// Opens a pool for `url`: `postgres://…` or `sqlite://path` / `sqlite:path`.
+    pub async fn connect(url: &str) -> anyhow::Result<Db> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(20)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))?;
+            Ok(Db::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .with_context(|| format!("reading the SQLite URL {url}"))?
+                .create_if_missing(true)
+                .foreign_keys(true)
+                // WAL lets readers run beside the one writer; busy_timeout makes writers queue
+                // instead of failing with SQLITE_BUSY when API and workers write at once.
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30));
+            if let Some(dir) = opts.get_filename().parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating the data directory {}", dir.display()))?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(opts)
+                .await
+                .with_context(|| format!("opening the SQLite database {url}"))?;
+            Ok(Db::Sqlite(pool))
+        } else {
+            anyhow::bail!(
+                "DATABASE_URL must start with postgres:// or sqlite: (got {})",
+                redact(url)
+            )
+        }
+    }
+
+    /// The SQLite URL of the embedded default inside `data_dir`.
+    pub fn embedded_url(data_dir: &Path) -> String {
+        format!("sqlite://{}", data_dir.join("fanqueue.db").display())
+    }
+
+    /// Applies our migrations for this backend. Idempotent.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match self {
+            Db::Postgres(pool) => PG_MIGRATOR.run(pool).await,
+            Db::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await,
+        }
+        .context("applying migrations")
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Db::Postgres(_) => "postgres",
+            Db::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// A round trip to the database, for health checks.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        on_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+            .context("pinging the database")
+    }
+
+    pub async fn close(&self) {
+        on_db!(self, pool => pool.close().await)
+    }
+}
+
+/// Hides the password of a database URL for logs and error messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Limit and offset of a list request, already bounded by the API.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// One page of rows plus the count of all rows that matched.
+#[derive(Debug, Clone)]
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+}
+
+/// True when `err` is a unique-constraint violation (both backends).
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/fq"),
+            "postgres://app:***@db:5432/fq"
+        );
+        assert_eq!(redact("postgres://app@db/fq"), "postgres://app@db/fq");
+        assert_eq!(
+            redact("sqlite://data/fanqueue.db"),
+            "sqlite://data/fanqueue.db"
+        );
+    }
+}

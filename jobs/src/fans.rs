@@ -1,0 +1,241 @@
+//! Fans: the creator's subscribers. Unique per (user, platform, handle).
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+
+use crate::{
+    db::{Db, Listed, Page, StoreError, StoreResult, is_unique_violation},
+    domain::{Cents, Email, FanId, Handle, HttpUrl, Line, Platform, Tags, Text, Timestamp, UserId},
+    on_db,
+};
+
+/// Bounds of a fan's free-form fields.
+pub const NAME_MAX: usize = 200;
+pub const NOTES_MAX: usize = 10_000;
+
+/// A fan as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Fan {
+    pub id: FanId,
+    pub user_id: UserId,
+    pub platform: String,
+    pub handle: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub avatar_url: Option<String>,
+    pub tags: Json<Vec<String>>,
+    pub notes: Option<String>,
+    pub value_cents: i64,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A fan to create, every field already parsed.
+#[derive(Debug, Clone)]
+pub struct NewFan {
+    pub platform: Platform,
+    pub handle: Handle,
+    pub name: Option<Line>,
+    pub email: Option<Email>,
+    pub avatar_url: Option<HttpUrl>,
+    pub tags: Tags,
+    pub notes: Option<Text>,
+    pub value_cents: Cents,
+    pub last_seen_at: Option<DateTime<Utc>>,
+}
+
+/// A partial update: `None` leaves a field as it is; `Some(None)` clears a nullable one.
+#[derive(Debug, Clone, Default)]
+pub struct FanPatch {
+    pub name: Option<Option<Line>>,
+    pub email: Option<Option<Email>>,
+    pub avatar_url: Option<Option<HttpUrl>>,
+    pub tags: Option<Tags>,
+    pub notes: Option<Option<Text>>,
+    pub value_cents: Option<Cents>,
+    pub last_seen_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// Filters of the fan list.
+#[derive(Debug, Clone, Default)]
+pub struct FanFilter {
+    /// Only fans carrying this tag (compared without case).
+    pub tag: Option<String>,
+    /// Only fans whose lifetime value is at least this.
+    pub min_value: Option<Cents>,
+}
+
+pub async fn create(db: &Db, user: UserId, fan: NewFan) -> StoreResult<Fan> {
+    let now = Timestamp::now();
+    let handle = fan.handle.as_str().to_owned();
+    let platform = fan.platform;
+    let res = on_db!(db, pool => sqlx::query_as::<_, Fan>(
+        "INSERT INTO fans (user_id, platform, handle, name, email, avatar_url, tags, notes,
+                           value_cents, last_seen_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
+         RETURNING *",
+    )
+    .bind(user)
+    .bind(platform.as_str())
+    .bind(&handle)
+    .bind(fan.name.as_ref().map(Line::as_str))
+    .bind(fan.email.as_ref().map(Email::as_str))
+    .bind(fan.avatar_url.as_ref().map(HttpUrl::as_str))
+    .bind(Json(fan.tags.as_slice()))
+    .bind(fan.notes.as_ref().map(Text::as_str))
+    .bind(fan.value_cents.get())
+    .bind(fan.last_seen_at.map(Timestamp))
+    .bind(now)
+    .fetch_one(pool)
+    .await);
+    res.map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::Conflict(format!(
+                "a fan with handle {handle} already exists on {}",
+                platform.as_str()
+            ))
+        } else {
+            e.into()
+        }
+    })
+}
+
+pub async fn get(db: &Db, user: UserId, id: FanId) -> StoreResult<Fan> {
+    on_db!(db, pool => sqlx::query_as::<_, Fan>("SELECT * FROM fans WHERE id = $1 AND user_id = $2")
+        .bind(id)
+        .bind(user)
+        .fetch_optional(pool)
+        .await)?
+    .ok_or(StoreError::NotFound("fan"))
+}
+
+macro_rules! pg_tag_clause {
+    () => {
+        "($3::text IS NULL OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(fans.tags) t
+                                      WHERE lower(t) = lower($3::text)))"
+    };
+}
+macro_rules! sqlite_tag_clause {
+    () => {
+        "($3 IS NULL OR EXISTS (SELECT 1 FROM json_each(fans.tags) t
+                                WHERE lower(t.value) = lower($3)))"
+    };
+}
+/// The fan list's select or count for one dialect's tag clause (static text for sqlx).
+macro_rules! fan_list_sql {
+    (select, $tag:ident) => {
+        concat!(
+            "SELECT * FROM fans WHERE user_id = $1 AND value_cents >= $2 AND ",
+            fan_list_sql!(@clause $tag),
+            " ORDER BY id DESC LIMIT $4 OFFSET $5"
+        )
+    };
+    (count, $tag:ident) => {
+        concat!(
+            "SELECT COUNT(*) FROM fans WHERE user_id = $1 AND value_cents >= $2 AND ",
+            fan_list_sql!(@clause $tag)
+        )
+    };
+    (@clause PG_TAG_CLAUSE) => { pg_tag_clause!() };
+    (@clause SQLITE_TAG_CLAUSE) => { sqlite_tag_clause!() };
+}
+
+pub async fn list(
+    db: &Db,
+    user: UserId,
+    filter: &FanFilter,
+    page: Page,
+) -> StoreResult<Listed<Fan>> {
+    let min = filter.min_value.unwrap_or_default().get();
+    let tag = filter.tag.as_deref();
+    // The tag test is the one place the dialects differ: JSONB functions vs json_each.
+    let (rows_sql, count_sql) = match db {
+        Db::Postgres(_) => (
+            fan_list_sql!(select, PG_TAG_CLAUSE),
+            fan_list_sql!(count, PG_TAG_CLAUSE),
+        ),
+        Db::Sqlite(_) => (
+            fan_list_sql!(select, SQLITE_TAG_CLAUSE),
+            fan_list_sql!(count, SQLITE_TAG_CLAUSE),
+        ),
+    };
+    on_db!(db, pool => {
+        let items = sqlx::query_as::<_, Fan>(rows_sql)
+            .bind(user)
+            .bind(min)
+            .bind(tag)
+            .bind(page.limit)
+            .bind(page.offset)
+            .fetch_all(pool)
+            .await?;
+        let (total,): (i64,) = sqlx::query_as(count_sql)
+            .bind(user)
+            .bind(min)
+            .bind(tag)
+            .fetch_one(pool)
+            .await?;
+        Ok(Listed { items, total })
+    })
+}
+
+pub async fn update(db: &Db, user: UserId, id: FanId, patch: FanPatch) -> StoreResult<Fan> {
+    // One statement: each column takes the new value when its flag is set, so two concurrent
+    // patches of different fields both land.
+    const SQL: &str = "UPDATE fans SET
+            name         = CASE WHEN $3  THEN $4  ELSE name END,
+            email        = CASE WHEN $5  THEN $6  ELSE email END,
+            avatar_url   = CASE WHEN $7  THEN $8  ELSE avatar_url END,
+            tags         = CASE WHEN $9  THEN $10 ELSE tags END,
+            notes        = CASE WHEN $11 THEN $12 ELSE notes END,
+            value_cents  = CASE WHEN $13 THEN $14 ELSE value_cents END,
+            last_seen_at = CASE WHEN $15 THEN $16 ELSE last_seen_at END,
+            updated_at   = $17
+        WHERE id = $1 AND user_id = $2
+        RETURNING *";
+    let now = Timestamp::now();
+    let name = patch.name.as_ref().map(|v| v.as_ref().map(Line::as_str));
+    let email = patch.email.as_ref().map(|v| v.as_ref().map(Email::as_str));
+    let avatar = patch
+        .avatar_url
+        .as_ref()
+        .map(|v| v.as_ref().map(HttpUrl::as_str));
+    let tags = patch.tags.as_ref().map(|t| Json(t.as_slice()));
+    let notes = patch.notes.as_ref().map(|v| v.as_ref().map(Text::as_str));
+    let value = patch.value_cents.map(Cents::get);
+    let seen = patch.last_seen_at.map(|v| v.map(Timestamp));
+    on_db!(db, pool => sqlx::query_as::<_, Fan>(SQL)
+        .bind(id)
+        .bind(user)
+        .bind(name.is_some())
+        .bind(name.flatten())
+        .bind(email.is_some())
+        .bind(email.flatten())
+        .bind(avatar.is_some())
+        .bind(avatar.flatten())
+        .bind(tags.is_some())
+        .bind(tags.unwrap_or(Json(&[])))
+        .bind(notes.is_some())
+        .bind(notes.flatten())
+        .bind(value.is_some())
+        .bind(value.unwrap_or(0))
+        .bind(seen.is_some())
+        .bind(seen.flatten())
+        .bind(now)
+        .fetch_optional(pool)
+        .await)?
+    .ok_or(StoreError::NotFound("fan"))
+}
+
+pub async fn delete(db: &Db, user: UserId, id: FanId) -> StoreResult<()> {
+    let done = on_db!(db, pool => sqlx::query("DELETE FROM fans WHERE id = $1 AND user_id = $2")
+        .bind(id)
+        .bind(user)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+    if done == 0 {
+        return Err(StoreError::NotFound("fan"));
+    }
+    Ok(())
+}

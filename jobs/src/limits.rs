@@ -1,0 +1,198 @@
+//! Per-user request quotas ("60 writes a minute", "10 imports an hour").
+//!
+//! A sliding-window log rather than a token bucket: "the 61st write inside any minute is
+//! refused" is what the contract says, and a refill-as-you-go bucket would let a steady
+//! client through 60 + 59 writes in its first minute. Two implementations with the same
+//! semantics: in-process for a single API, Redis (one Lua script, Redis's own clock) when
+//! several API processes must share one budget.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use redis::aio::ConnectionManager;
+
+use crate::domain::UserId;
+
+/// A budget: at most `limit` calls per `window`, counted per user under `name`.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub name: &'static str,
+    pub limit: u32,
+    pub window: Duration,
+}
+
+/// The answer to "may this user make one more call?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allowed,
+    /// Refused; a slot frees up after this long.
+    Limited {
+        retry_after: Duration,
+    },
+}
+
+#[derive(Clone)]
+pub enum Limiter {
+    Local(Arc<Mutex<HashMap<(&'static str, UserId), VecDeque<Instant>>>>),
+    Redis {
+        conn: ConnectionManager,
+        prefix: String,
+    },
+}
+
+/// Trims the window, then admits the call if there is room; otherwise answers how many
+/// milliseconds until the oldest call leaves the window. Redis's clock, so every API
+/// process agrees on "now".
+const SLIDING_WINDOW_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now, now .. ':' .. ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - now)
+"#;
+
+impl Limiter {
+    pub fn local() -> Self {
+        Limiter::Local(Arc::default())
+    }
+
+    /// Connects to Redis; keys are `{prefix}:quota:{name}:{user}`.
+    pub async fn redis(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url).context("reading REDIS_URL")?;
+        let conn = ConnectionManager::new(client)
+            .await
+            .with_context(|| format!("connecting to Redis at {url}"))?;
+        Ok(Limiter::Redis {
+            conn,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Limiter::Local(_) => "in-process",
+            Limiter::Redis { .. } => "redis",
+        }
+    }
+
+    /// Counts one call against `quota` for `user` if there is room.
+    pub async fn check(&self, quota: Quota, user: UserId) -> anyhow::Result<Decision> {
+        match self {
+            Limiter::Local(windows) => {
+                let now = Instant::now();
+                let mut windows = windows.lock().expect("limiter lock poisoned");
+                if windows.len() > 100_000 {
+                    windows
+                        .retain(|_, calls| calls.back().is_some_and(|t| now - *t < quota.window));
+                }
+                let calls = windows.entry((quota.name, user)).or_default();
+                while calls.front().is_some_and(|t| now - *t >= quota.window) {
+                    calls.pop_front();
+                }
+                if calls.len() < quota.limit as usize {
+                    calls.push_back(now);
+                    Ok(Decision::Allowed)
+                } else {
+                    let oldest = *calls.front().expect("a full window is not empty");
+                    Ok(Decision::Limited {
+                        retry_after: quota.window - (now - oldest),
+                    })
+                }
+            }
+            Limiter::Redis { conn, prefix } => {
+                let key = format!("{prefix}:quota:{}:{}", quota.name, user);
+                let nonce: u64 = rand_nonce();
+                let wait_us: i64 = redis::Script::new(SLIDING_WINDOW_LUA)
+                    .key(key)
+                    .arg(quota.window.as_micros() as i64)
+                    .arg(quota.limit)
+                    .arg(nonce)
+                    .invoke_async(&mut conn.clone())
+                    .await
+                    .context("running the quota script on Redis")?;
+                Ok(if wait_us == 0 {
+                    Decision::Allowed
+                } else {
+                    Decision::Limited {
+                        retry_after: Duration::from_micros(wait_us as u64),
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// Distinguishes two calls of one microsecond in the Redis log.
+fn rand_nonce() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREE_PER_MINUTE: Quota = Quota {
+        name: "t",
+        limit: 3,
+        window: Duration::from_secs(60),
+    };
+
+    #[tokio::test]
+    async fn local_limiter_refuses_the_call_past_the_limit_with_a_wait() {
+        let limiter = Limiter::local();
+        for _ in 0..3 {
+            assert_eq!(
+                limiter.check(THREE_PER_MINUTE, UserId(1)).await.unwrap(),
+                Decision::Allowed
+            );
+        }
+        match limiter.check(THREE_PER_MINUTE, UserId(1)).await.unwrap() {
+            Decision::Limited { retry_after } => {
+                assert!(
+                    retry_after > Duration::from_secs(59) && retry_after <= Duration::from_secs(60)
+                )
+            }
+            Decision::Allowed => panic!("the 4th call in a minute must be refused"),
+        }
+        // Another user has a budget of their own.
+        assert_eq!(
+            limiter.check(THREE_PER_MINUTE, UserId(2)).await.unwrap(),
+            Decision::Allowed
+        );
+    }
+
+    #[tokio::test]
+    async fn local_limiter_frees_slots_as_the_window_slides() {
+        let limiter = Limiter::local();
+        let quota = Quota {
+            name: "t",
+            limit: 1,
+            window: Duration::from_millis(50),
+        };
+        assert_eq!(
+            limiter.check(quota, UserId(1)).await.unwrap(),
+            Decision::Allowed
+        );
+        let Decision::Limited { retry_after } = limiter.check(quota, UserId(1)).await.unwrap()
+        else {
+            panic!("second call inside the window must be refused");
+        };
+        tokio::time::sleep(retry_after).await;
+        assert_eq!(
+            limiter.check(quota, UserId(1)).await.unwrap(),
+            Decision::Allowed
+        );
+    }
+}

@@ -1,0 +1,397 @@
+//! `/api/crm/conversations`: threads with fans, their messages, inbound sync and read marks.
+
+use chrono::{DateTime, Utc};
+use fanqueue_jobs::{
+    conversations::{self, Conversation},
+    domain::{Cents, ConversationId, FanId, HttpUrl, Text},
+    messages::{self, Inbound, Message, NewAttachment},
+};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
+use serde::Deserialize;
+
+use super::{ApiError, ApiTags, BearerAuth, State, body::JsonBody, page};
+
+pub struct ConversationsApi {
+    state: State,
+}
+
+impl ConversationsApi {
+    pub fn new(state: State) -> Self {
+        ConversationsApi { state }
+    }
+}
+
+/// The fan of a conversation, as a conversation list shows it.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ConversationFan {
+    pub id: i64,
+    pub name: Option<String>,
+    pub handle: String,
+    pub avatar_url: Option<String>,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ConversationOut {
+    pub id: i64,
+    pub fan_id: i64,
+    pub platform: String,
+    pub last_message_at: Option<DateTime<Utc>>,
+    /// Inbound messages since the creator last marked the thread read.
+    pub unread_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub fan: ConversationFan,
+}
+
+impl From<Conversation> for ConversationOut {
+    fn from(c: Conversation) -> Self {
+        ConversationOut {
+            id: c.id.0,
+            fan_id: c.fan_id.0,
+            platform: c.platform,
+            last_message_at: c.last_message_at,
+            unread_count: c.unread_count,
+            created_at: c.created_at,
+            fan: ConversationFan {
+                id: c.fan_id.0,
+                name: c.fan_name,
+                handle: c.fan_handle,
+                avatar_url: c.fan_avatar_url,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ConversationPage {
+    pub items: Vec<ConversationOut>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OpenConversation {
+    /// The fan whose conversation to open.
+    pub fan_id: i64,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentIn {
+    /// A short word such as image, video, audio or file.
+    #[oai(rename = "type")]
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// An http(s) URL.
+    pub url: String,
+}
+
+#[derive(Debug, Object)]
+pub struct AttachmentOut {
+    #[oai(rename = "type")]
+    pub kind: String,
+    pub url: String,
+}
+
+/// A message the fan sent, reported by a platform sync.
+#[derive(Debug, Object, Deserialize)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundIn {
+    #[oai(validator(max_length = 5000))]
+    pub text: String,
+    /// Price of paid content the fan unlocked, in cents.
+    #[oai(validator(minimum(value = "0")))]
+    pub price_cents: Option<i64>,
+    pub attachments: Option<Vec<AttachmentIn>>,
+    /// The platform's id of the message; a sync that reports it again records nothing new.
+    #[oai(validator(max_length = 200))]
+    pub external_id: Option<String>,
+    /// When the fan sent it (default: now).
+    pub received_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct MessageOut {
+    pub id: i64,
+    pub conversation_id: i64,
+    pub fan_id: i64,
+    /// `in` (from the fan) or `out` (to the fan).
+    pub direction: String,
+    pub text: String,
+    pub price_cents: i64,
+    pub attachments: Vec<AttachmentOut>,
+    /// queued, sending, sent or failed.
+    pub status: String,
+    /// Why delivery failed, when it did.
+    pub error: Option<String>,
+    pub attempts: i64,
+    pub campaign_id: Option<i64>,
+    pub external_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+impl From<Message> for MessageOut {
+    fn from(m: Message) -> Self {
+        MessageOut {
+            id: m.id.0,
+            conversation_id: m.conversation_id.0,
+            fan_id: m.fan_id.0,
+            direction: m.direction,
+            text: m.text,
+            price_cents: m.price_cents,
+            attachments: m
+                .attachments
+                .0
+                .into_iter()
+                .map(|a| AttachmentOut {
+                    kind: a.kind,
+                    url: a.url,
+                })
+                .collect(),
+            status: m.status,
+            error: m.error,
+            attempts: m.attempts,
+            campaign_id: m.campaign_id.map(|c| c.0),
+            external_id: m.external_id,
+            created_at: m.created_at,
+            sent_at: m.sent_at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct MessagePage {
+    pub items: Vec<MessageOut>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(ApiResponse)]
+enum ListConversationsResponse {
+    /// One page of the caller's conversations, newest `lastMessageAt` first.
+    #[oai(status = 200)]
+    Ok(Json<ConversationPage>),
+}
+
+#[derive(ApiResponse)]
+enum OpenConversationResponse {
+    /// The fan already had this conversation.
+    #[oai(status = 200)]
+    Existing(Json<ConversationOut>),
+    /// The conversation was created.
+    #[oai(status = 201)]
+    Created(Json<ConversationOut>),
+}
+
+#[derive(ApiResponse)]
+enum GetConversationResponse {
+    #[oai(status = 200)]
+    Ok(Json<ConversationOut>),
+}
+
+#[derive(ApiResponse)]
+enum ListMessagesResponse {
+    /// One page of the conversation's messages, oldest first.
+    #[oai(status = 200)]
+    Ok(Json<MessagePage>),
+}
+
+#[derive(ApiResponse)]
+enum RecordInboundResponse {
+    /// This `externalId` was recorded before; nothing changed.
+    #[oai(status = 200)]
+    AlreadyRecorded(Json<MessageOut>),
+    /// Recorded; the conversation's unread count went up by one.
+    #[oai(status = 201)]
+    Recorded(Json<MessageOut>),
+}
+
+#[derive(ApiResponse)]
+enum MarkReadResponse {
+    /// The conversation, its unread count back to zero.
+    #[oai(status = 200)]
+    Ok(Json<ConversationOut>),
+}
+
+impl InboundIn {
+    fn parse(self) -> Result<Inbound, ApiError> {
+        let attachments = self.attachments.unwrap_or_default();
+        if attachments.len() > messages::ATTACHMENTS_MAX {
+            return Err(ApiError::invalid(
+                "attachments",
+                format!(
+                    "must hold at most {} attachments",
+                    messages::ATTACHMENTS_MAX
+                ),
+            ));
+        }
+        let attachments = attachments
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let kind = a.kind.trim().to_ascii_lowercase();
+                if kind.is_empty()
+                    || kind.len() > 20
+                    || !kind.chars().all(|c| c.is_ascii_lowercase())
+                {
+                    return Err(ApiError::invalid(
+                        &format!("attachments[{i}].type"),
+                        "must be a short word such as image, video, audio or file",
+                    ));
+                }
+                let url = HttpUrl::parse(&a.url)
+                    .map_err(|e| ApiError::invalid(&format!("attachments[{i}].url"), e))?;
+                Ok(NewAttachment { kind, url })
+            })
+            .collect::<Result<_, _>>()?;
+        let external_id = match self.external_id {
+            Some(id) if id.trim().is_empty() || id.len() > messages::EXTERNAL_ID_MAX => {
+                return Err(ApiError::invalid(
+                    "externalId",
+                    format!("must be 1 to {} characters", messages::EXTERNAL_ID_MAX),
+                ));
+            }
+            other => other,
+        };
+        Ok(Inbound {
+            text: Text::parse(&self.text, messages::TEXT_MAX)
+                .map_err(|e| ApiError::invalid("text", e))?,
+            price_cents: Cents::new(self.price_cents.unwrap_or(0))
+                .map_err(|e| ApiError::invalid("priceCents", e))?,
+            attachments,
+            external_id,
+            received_at: self.received_at.unwrap_or_else(Utc::now),
+        })
+    }
+}
+
+#[OpenApi(prefix_path = "/api/crm/conversations", tag = "ApiTags::Conversations")]
+impl ConversationsApi {
+    /// List conversations
+    ///
+    /// The caller's conversations with each fan's name, handle and avatar, newest
+    /// `lastMessageAt` first (threads without messages last). `limit` defaults to 50, at most 200.
+    #[oai(path = "/", method = "get", operation_id = "listConversations")]
+    async fn list(
+        &self,
+        auth: BearerAuth,
+        limit: Query<Option<i64>>,
+        offset: Query<Option<i64>>,
+    ) -> Result<ListConversationsResponse, ApiError> {
+        let page = page(limit.0, offset.0)?;
+        let listed = conversations::list(&self.state.db, auth.0, page).await?;
+        Ok(ListConversationsResponse::Ok(Json(ConversationPage {
+            items: listed.items.into_iter().map(Into::into).collect(),
+            total: listed.total,
+            limit: page.limit,
+            offset: page.offset,
+        })))
+    }
+
+    /// Open a fan's conversation
+    ///
+    /// Returns the fan's conversation, creating it when the fan has none.
+    #[oai(path = "/", method = "post", operation_id = "openConversation")]
+    async fn open(
+        &self,
+        auth: BearerAuth,
+        body: JsonBody<OpenConversation>,
+    ) -> Result<OpenConversationResponse, ApiError> {
+        let (conversation, created) =
+            conversations::open_for_fan(&self.state.db, auth.0, FanId(body.0.fan_id)).await?;
+        Ok(if created {
+            OpenConversationResponse::Created(Json(conversation.into()))
+        } else {
+            OpenConversationResponse::Existing(Json(conversation.into()))
+        })
+    }
+
+    /// Get a conversation
+    #[oai(path = "/:id", method = "get", operation_id = "getConversation")]
+    async fn get(
+        &self,
+        auth: BearerAuth,
+        id: Path<i64>,
+    ) -> Result<GetConversationResponse, ApiError> {
+        let c = conversations::get(&self.state.db, auth.0, ConversationId(id.0)).await?;
+        Ok(GetConversationResponse::Ok(Json(c.into())))
+    }
+
+    /// List a conversation's messages
+    ///
+    /// Oldest first. `limit` defaults to 50, at most 200.
+    #[oai(path = "/:id/messages", method = "get", operation_id = "listMessages")]
+    async fn messages(
+        &self,
+        auth: BearerAuth,
+        id: Path<i64>,
+        limit: Query<Option<i64>>,
+        offset: Query<Option<i64>>,
+    ) -> Result<ListMessagesResponse, ApiError> {
+        let page = page(limit.0, offset.0)?;
+        let listed = messages::list(&self.state.db, auth.0, ConversationId(id.0), page).await?;
+        Ok(ListMessagesResponse::Ok(Json(MessagePage {
+            items: listed.items.into_iter().map(Into::into).collect(),
+            total: listed.total,
+            limit: page.limit,
+            offset: page.offset,
+        })))
+    }
+
+    /// Record an inbound message
+    ///
+    /// What a platform sync calls when a fan writes: stores the message, raises the unread
+    /// count and moves `lastMessageAt`. Replaying the same `externalId` changes nothing.
+    #[oai(
+        path = "/:id/inbound",
+        method = "post",
+        operation_id = "recordInboundMessage"
+    )]
+    async fn inbound(
+        &self,
+        auth: BearerAuth,
+        id: Path<i64>,
+        body: JsonBody<InboundIn>,
+    ) -> Result<RecordInboundResponse, ApiError> {
+        let inbound = body.0.parse()?;
+        let (message, created) =
+            messages::record_inbound(&self.state.db, auth.0, ConversationId(id.0), inbound).await?;
+        Ok(if created {
+            RecordInboundResponse::Recorded(Json(message.into()))
+        } else {
+            RecordInboundResponse::AlreadyRecorded(Json(message.into()))
+        })
+    }
+
+    /// Mark a conversation read
+    ///
+    /// Resets its unread count to zero.
+    #[oai(
+        path = "/:id/read",
+        method = "post",
+        operation_id = "markConversationRead"
+    )]
+    async fn mark_read(
+        &self,
+        auth: BearerAuth,
+        id: Path<i64>,
+    ) -> Result<MarkReadResponse, ApiError> {
+        let c = conversations::mark_read(&self.state.db, auth.0, ConversationId(id.0)).await?;
+        Ok(MarkReadResponse::Ok(Json(c.into())))
+    }
+}

@@ -1,0 +1,307 @@
+//! `/api/crm/fans`: the creator's fans.
+
+use chrono::{DateTime, Utc};
+use fanqueue_jobs::{
+    domain::{Cents, Email, FanId, Handle, HttpUrl, Line, ParseError, Platform, Tags, Text},
+    fans::{self, Fan, FanFilter, FanPatch, NewFan},
+};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+    types::MaybeUndefined,
+};
+use serde::Deserialize;
+
+use super::{ApiError, ApiTags, BearerAuth, State, body::JsonBody, page};
+
+pub struct FansApi {
+    state: State,
+}
+
+impl FansApi {
+    pub fn new(state: State) -> Self {
+        FansApi { state }
+    }
+}
+
+/// A fan as the API shows it.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct FanOut {
+    pub id: i64,
+    /// onlyfans, fansly or other.
+    pub platform: String,
+    /// `@` + the platform username, lower case.
+    pub handle: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub avatar_url: Option<String>,
+    pub tags: Vec<String>,
+    pub notes: Option<String>,
+    /// Lifetime spend in cents.
+    pub value_cents: i64,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Fan> for FanOut {
+    fn from(f: Fan) -> Self {
+        FanOut {
+            id: f.id.0,
+            platform: f.platform,
+            handle: f.handle,
+            name: f.name,
+            email: f.email,
+            avatar_url: f.avatar_url,
+            tags: f.tags.0,
+            notes: f.notes,
+            value_cents: f.value_cents,
+            last_seen_at: f.last_seen_at,
+            created_at: f.created_at,
+            updated_at: f.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct FanPage {
+    pub items: Vec<FanOut>,
+    /// Fans matching the filters, over all pages.
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// A new fan. Only `handle` is required.
+#[derive(Debug, Object, Deserialize)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateFan {
+    /// onlyfans (default), fansly or other.
+    pub platform: Option<String>,
+    /// Platform username, with or without `@`; matched without case.
+    #[oai(validator(max_length = 65))]
+    pub handle: String,
+    #[oai(validator(max_length = 200))]
+    pub name: Option<String>,
+    pub email: Option<String>,
+    /// An http(s) URL.
+    pub avatar_url: Option<String>,
+    pub tags: Option<Vec<String>>,
+    #[oai(validator(max_length = 10000))]
+    pub notes: Option<String>,
+    /// Lifetime spend in cents, not negative.
+    #[oai(validator(minimum(value = "0")))]
+    pub value_cents: Option<i64>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+}
+
+/// Changes to a fan: absent fields stay as they are, `null` clears a nullable field.
+#[derive(Debug, Object, Deserialize)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateFan {
+    #[oai(validator(max_length = 200))]
+    #[serde(default)]
+    pub name: MaybeUndefined<String>,
+    #[serde(default)]
+    pub email: MaybeUndefined<String>,
+    #[serde(default)]
+    pub avatar_url: MaybeUndefined<String>,
+    pub tags: Option<Vec<String>>,
+    #[oai(validator(max_length = 10000))]
+    #[serde(default)]
+    pub notes: MaybeUndefined<String>,
+    #[oai(validator(minimum(value = "0")))]
+    pub value_cents: Option<i64>,
+    #[serde(default)]
+    pub last_seen_at: MaybeUndefined<DateTime<Utc>>,
+}
+
+#[derive(ApiResponse)]
+enum ListFansResponse {
+    /// One page of the caller's fans, newest first.
+    #[oai(status = 200)]
+    Ok(Json<FanPage>),
+}
+
+#[derive(ApiResponse)]
+enum CreateFanResponse {
+    /// The fan was created.
+    #[oai(status = 201)]
+    Created(Json<FanOut>),
+}
+
+#[derive(ApiResponse)]
+enum GetFanResponse {
+    #[oai(status = 200)]
+    Ok(Json<FanOut>),
+}
+
+#[derive(ApiResponse)]
+enum UpdateFanResponse {
+    /// The fan after the change.
+    #[oai(status = 200)]
+    Ok(Json<FanOut>),
+}
+
+#[derive(ApiResponse)]
+enum DeleteFanResponse {
+    /// The fan, its conversation and its messages are gone.
+    #[oai(status = 204)]
+    Deleted,
+}
+
+/// Parses one field, naming it in the 400 when it is refused.
+fn field<T>(name: &str, parsed: Result<T, ParseError>) -> Result<T, ApiError> {
+    parsed.map_err(|e| ApiError::invalid(name, e))
+}
+
+fn optional<T>(
+    name: &str,
+    raw: Option<&str>,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Result<Option<T>, ApiError> {
+    raw.map(|v| field(name, parse(v))).transpose()
+}
+
+/// For a patch: undefined leaves the field, null clears it, a value is parsed.
+fn patch<T>(
+    name: &str,
+    raw: &MaybeUndefined<String>,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Result<Option<Option<T>>, ApiError> {
+    Ok(match raw {
+        MaybeUndefined::Undefined => None,
+        MaybeUndefined::Null => Some(None),
+        MaybeUndefined::Value(v) => Some(Some(field(name, parse(v))?)),
+    })
+}
+
+impl CreateFan {
+    fn parse(self) -> Result<NewFan, ApiError> {
+        Ok(NewFan {
+            platform: optional("platform", self.platform.as_deref(), Platform::parse)?
+                .unwrap_or(Platform::Onlyfans),
+            handle: field("handle", Handle::parse(&self.handle))?,
+            name: optional("name", self.name.as_deref(), |v| {
+                Line::parse(v, fans::NAME_MAX)
+            })?,
+            email: optional("email", self.email.as_deref(), Email::parse)?,
+            avatar_url: optional("avatarUrl", self.avatar_url.as_deref(), HttpUrl::parse)?,
+            tags: field("tags", Tags::parse(&self.tags.unwrap_or_default()))?,
+            notes: optional("notes", self.notes.as_deref(), |v| {
+                Text::parse(v, fans::NOTES_MAX)
+            })?,
+            value_cents: field("valueCents", Cents::new(self.value_cents.unwrap_or(0)))?,
+            last_seen_at: self.last_seen_at,
+        })
+    }
+}
+
+impl UpdateFan {
+    fn parse(self) -> Result<FanPatch, ApiError> {
+        Ok(FanPatch {
+            name: patch("name", &self.name, |v| Line::parse(v, fans::NAME_MAX))?,
+            email: patch("email", &self.email, Email::parse)?,
+            avatar_url: patch("avatarUrl", &self.avatar_url, HttpUrl::parse)?,
+            tags: self
+                .tags
+                .map(|t| field("tags", Tags::parse(&t)))
+                .transpose()?,
+            notes: patch("notes", &self.notes, |v| Text::parse(v, fans::NOTES_MAX))?,
+            value_cents: self
+                .value_cents
+                .map(|v| field("valueCents", Cents::new(v)))
+                .transpose()?,
+            last_seen_at: match self.last_seen_at {
+                MaybeUndefined::Undefined => None,
+                MaybeUndefined::Null => Some(None),
+                MaybeUndefined::Value(t) => Some(Some(t)),
+            },
+        })
+    }
+}
+
+#[OpenApi(prefix_path = "/api/crm/fans", tag = "ApiTags::Fans")]
+impl FansApi {
+    /// List fans
+    ///
+    /// The caller's fans, newest first, optionally only those carrying `tag` or worth at least
+    /// `minValueCents`. `limit` defaults to 50, at most 200.
+    #[oai(path = "/", method = "get", operation_id = "listFans")]
+    async fn list(
+        &self,
+        auth: BearerAuth,
+        /// Only fans with this tag (compared without case).
+        tag: Query<Option<String>>,
+        /// Only fans whose lifetime spend is at least this many cents.
+        #[oai(name = "minValueCents")]
+        min_value_cents: Query<Option<i64>>,
+        limit: Query<Option<i64>>,
+        offset: Query<Option<i64>>,
+    ) -> Result<ListFansResponse, ApiError> {
+        let page = page(limit.0, offset.0)?;
+        let filter = FanFilter {
+            tag: tag.0,
+            min_value: min_value_cents
+                .0
+                .map(|v| field("minValueCents", Cents::new(v)))
+                .transpose()?,
+        };
+        let listed = fans::list(&self.state.db, auth.0, &filter, page).await?;
+        Ok(ListFansResponse::Ok(Json(FanPage {
+            items: listed.items.into_iter().map(FanOut::from).collect(),
+            total: listed.total,
+            limit: page.limit,
+            offset: page.offset,
+        })))
+    }
+
+    /// Create a fan
+    ///
+    /// 409 when the caller already has a fan with this handle on this platform.
+    #[oai(path = "/", method = "post", operation_id = "createFan")]
+    async fn create(
+        &self,
+        auth: BearerAuth,
+        body: JsonBody<CreateFan>,
+    ) -> Result<CreateFanResponse, ApiError> {
+        let fan = fans::create(&self.state.db, auth.0, body.0.parse()?).await?;
+        Ok(CreateFanResponse::Created(Json(fan.into())))
+    }
+
+    /// Get a fan
+    #[oai(path = "/:id", method = "get", operation_id = "getFan")]
+    async fn get(&self, auth: BearerAuth, id: Path<i64>) -> Result<GetFanResponse, ApiError> {
+        let fan = fans::get(&self.state.db, auth.0, FanId(id.0)).await?;
+        Ok(GetFanResponse::Ok(Json(fan.into())))
+    }
+
+    /// Update a fan
+    ///
+    /// Changes name, email, avatar, tags, notes, value or last-seen time; the handle and
+    /// platform are the fan's identity and stay.
+    #[oai(path = "/:id", method = "put", operation_id = "updateFan")]
+    async fn update(
+        &self,
+        auth: BearerAuth,
+        id: Path<i64>,
+        body: JsonBody<UpdateFan>,
+    ) -> Result<UpdateFanResponse, ApiError> {
+        let fan = fans::update(&self.state.db, auth.0, FanId(id.0), body.0.parse()?).await?;
+        Ok(UpdateFanResponse::Ok(Json(fan.into())))
+    }
+
+    /// Delete a fan
+    ///
+    /// Also deletes the fan's conversation and messages.
+    #[oai(path = "/:id", method = "delete", operation_id = "deleteFan")]
+    async fn delete(&self, auth: BearerAuth, id: Path<i64>) -> Result<DeleteFanResponse, ApiError> {
+        fans::delete(&self.state.db, auth.0, FanId(id.0)).await?;
+        Ok(DeleteFanResponse::Deleted)
+    }
+}

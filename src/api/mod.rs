@@ -1,0 +1,163 @@
+//! The HTTP front door: parses, authorizes and hands work to `fanqueue_jobs`. No SQL here.
+//!
+//! One file per resource, each an `#[OpenApi]` impl whose operations have their own response
+//! enum; failures are [`ApiError`]. [`BearerAuth`] is the only way a handler learns who calls,
+//! so no route can forget authentication, and it charges the caller's write quota.
+
+mod body;
+mod conversations;
+mod error;
+mod fans;
+mod health;
+
+use std::{sync::Arc, time::Duration};
+
+use fanqueue_jobs::{
+    db::{Db, Page},
+    domain::UserId,
+    limits::{Decision, Limiter, Quota},
+};
+use poem::{
+    Endpoint, EndpointExt, IntoEndpoint, Request, Route, http::Method, middleware::CatchPanic,
+};
+use poem_openapi::{OpenApiService, SecurityScheme, Tags, auth::Bearer};
+
+use crate::auth::JwtKeys;
+pub use error::ApiError;
+
+/// What every handler may need. Held by each API struct, so a missing piece fails to compile
+/// rather than answering 500.
+pub struct AppState {
+    pub db: Db,
+    pub keys: JwtKeys,
+    pub limiter: Limiter,
+    pub write_quota: Quota,
+}
+
+pub type State = Arc<AppState>;
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// The creator's fans.
+    Fans,
+    /// Conversations with fans and their messages.
+    Conversations,
+}
+
+/// The authenticated caller. Extracting it verifies the bearer token and, for writes
+/// (anything but GET/HEAD/OPTIONS), counts one call against the caller's write quota.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", bearer_format = "JWT", checker = "authenticate")]
+pub struct BearerAuth(pub UserId);
+
+async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<UserId> {
+    let state = req
+        .data::<State>()
+        .expect("the app registers its state on every request");
+    let user = state.keys.verify(&bearer.token).map_err(|e| {
+        tracing::info!(reason = %e, "bearer token refused");
+        ApiError::unauthorized()
+    })?;
+    tracing::Span::current().record("user_id", user.0);
+    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        match state.limiter.check(state.write_quota, user).await {
+            Ok(Decision::Allowed) => {}
+            Ok(Decision::Limited { retry_after }) => {
+                return Err(ApiError::rate_limited("writes", retry_after).into());
+            }
+            // Availability over strictness: a Redis outage must not take writes down with it.
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                "write quota unavailable; allowing the call"
+            ),
+        }
+    }
+    Ok(user)
+}
+
+/// Bounds of list endpoints.
+pub const DEFAULT_PAGE: i64 = 50;
+pub const MAX_PAGE: i64 = 200;
+
+/// Turns `limit`/`offset` query parameters into a bounded [`Page`].
+pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<Page, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let offset = offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::invalid("offset", "must not be negative"));
+    }
+    Ok(Page { limit, offset })
+}
+
+pub fn openapi(
+    state: &State,
+) -> OpenApiService<(fans::FansApi, conversations::ConversationsApi), ()> {
+    OpenApiService::new(
+        (
+            fans::FansApi::new(state.clone()),
+            conversations::ConversationsApi::new(state.clone()),
+        ),
+        "fanqueue",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Durable job system for creator CRMs. Every route under /api needs \
+         `Authorization: Bearer <JWT>` (HS256, `sub` = user id); writes are limited per user.",
+    )
+}
+
+/// The whole HTTP app: API, OpenAPI document, Swagger UI, health.
+pub fn app(state: State) -> impl Endpoint {
+    let api = openapi(&state);
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    Route::new()
+        .nest("/", api)
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .at("/healthz", health::healthz)
+        .data(state)
+        .with(CatchPanic::new().with_handler(panic_response))
+        .catch_all_error(|err| async move { error::render(err) })
+        .around(|ep, req| async move {
+            use tracing::Instrument;
+            let span = tracing::info_span!(
+                "request",
+                method = %req.method(),
+                path = %req.uri().path(),
+                user_id = tracing::field::Empty,
+            );
+            async move {
+                let started = std::time::Instant::now();
+                let resp = ep.call(req).await?;
+                tracing::info!(
+                    status = resp.status().as_u16(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "served"
+                );
+                Ok(resp)
+            }
+            .instrument(span)
+            .await
+        })
+        .into_endpoint()
+}
+
+/// A panicking handler answers a 500 with an error id, like any other internal failure.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> ApiError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    ApiError::internal(anyhow::anyhow!("handler panicked: {what}"))
+}
+
+/// How long shutdown waits for in-flight requests.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);

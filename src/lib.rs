@@ -1,0 +1,15 @@
+//! fanqueue: the front door (HTTP API, CLI, process roles) of a durable job system for
+//! creator CRMs. The work itself lives in the `fanqueue_jobs` crate.
+//!
+//! # Layout
+//! - [`settings`]: defaults file, optional config file, environment variables.
+//! - [`auth`]: HS256 bearer tokens.
+//! - [`api`]: poem-openapi resources, one file each, and the one API error type.
+//! - [`startup`]: building and running the roles (`serve`, `all`, `migrate`).
+//! - [`telemetry`]: logging.
+
+pub mod api;
+pub mod auth;
+pub mod settings;
+pub mod startup;
+pub mod telemetry;
