@@ -28,7 +28,9 @@ enum Subject {
 struct Claims {
     sub: Subject,
     exp: i64,
-    iat: i64,
+    /// Written by `issue`; not required of tokens minted elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<i64>,
 }
 
 /// Signing and verification keys for one secret.
@@ -45,7 +47,9 @@ impl JwtKeys {
         // Only HS256: a token that names `none` or an RSA algorithm is refused before any
         // signature check.
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // `sub` is checked by our own Claims (jsonwebtoken's check wants a string and would
+        // refuse the numeric form).
+        validation.set_required_spec_claims(&["exp"]);
         validation.leeway = 5;
         JwtKeys {
             encoding: EncodingKey::from_secret(bytes),
@@ -59,7 +63,7 @@ impl JwtKeys {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: Subject::Text(user.to_string()),
-            iat: now,
+            iat: Some(now),
             exp: now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)

@@ -2,11 +2,11 @@
 //! creator CRMs. The work itself lives in the `fanqueue_jobs` crate.
 //!
 //! # Layout
-//! - [`settings`]: defaults file, optional config file, environment variables.
-//! - [`auth`]: HS256 bearer tokens.
-//! - [`api`]: poem-openapi resources, one file each, and the one API error type.
-//! - [`startup`]: building and running the roles (`serve`, `all`, `migrate`).
-//! - [`telemetry`]: logging.
+//! - [`settings`] — defaults file, optional config file, environment variables.
+//! - [`auth`] — HS256 bearer tokens.
+//! - [`api`] — poem-openapi resources, one file each, and the one API error type.
+//! - [`startup`] — building and running the roles (`serve`, `all`, `migrate`).
+//! - [`telemetry`] — logging.
 
 pub mod api;
 pub mod auth;

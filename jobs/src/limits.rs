@@ -35,9 +35,13 @@ pub enum Decision {
     },
 }
 
+/// Per (quota, user): the instants of the calls still inside the window, oldest first. A
+/// plain mutex: each check holds it for a few pointer moves, never across an await.
+type CallLog = Arc<Mutex<HashMap<(&'static str, UserId), VecDeque<Instant>>>>;
+
 #[derive(Clone)]
 pub enum Limiter {
-    Local(Arc<Mutex<HashMap<(&'static str, UserId), VecDeque<Instant>>>>),
+    Local(CallLog),
     Redis {
         conn: ConnectionManager,
         prefix: String,

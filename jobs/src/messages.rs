@@ -70,8 +70,8 @@ pub async fn list(
     page: Page,
 ) -> StoreResult<Listed<Message>> {
     on_db!(db, pool => {
-        let owned: Option<(i64,)> =
-            sqlx::query_as("SELECT 1 FROM conversations WHERE id = $1 AND user_id = $2")
+        let owned: Option<(ConversationId,)> =
+            sqlx::query_as("SELECT id FROM conversations WHERE id = $1 AND user_id = $2")
                 .bind(conversation)
                 .bind(user)
                 .fetch_optional(pool)

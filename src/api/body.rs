@@ -48,17 +48,38 @@ impl<T: Type + DeserializeOwned> ParsePayload for JsonBody<T> {
             )
             .into());
         }
+        // serde would also read a struct from a JSON array, field by position: refuse that.
+        if data.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "the request body must be a JSON object",
+            )
+            .into());
+        }
         let mut de = serde_json::Deserializer::from_slice(&data);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-            let field = err.path().to_string();
+            let path = err.path().to_string();
             let reason = err.into_inner().to_string();
-            if field == "." {
+            // serde reports a missing field at the object holding it, not at the field.
+            if let Some(missing) = reason
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+            {
+                let field = if path == "." {
+                    missing.to_owned()
+                } else {
+                    format!("{path}.{missing}")
+                };
+                return ApiError::invalid(&field, "is required");
+            }
+            // `.` is the whole body; `?` is a place serde could not name (broken syntax).
+            if path == "." || path.contains('?') {
                 ApiError::bad_request(
                     "invalid_body",
                     format!("the body is not valid JSON for this route: {reason}"),
                 )
             } else {
-                ApiError::invalid(&field, reason)
+                ApiError::invalid(&path, reason)
             }
         })?;
         de.end().map_err(|e| {

@@ -260,10 +260,17 @@ impl InboundIn {
             })
             .collect::<Result<_, _>>()?;
         let external_id = match self.external_id {
-            Some(id) if id.trim().is_empty() || id.len() > messages::EXTERNAL_ID_MAX => {
+            Some(id)
+                if id.trim().is_empty()
+                    || id.len() > messages::EXTERNAL_ID_MAX
+                    || id.chars().any(char::is_control) =>
+            {
                 return Err(ApiError::invalid(
                     "externalId",
-                    format!("must be 1 to {} characters", messages::EXTERNAL_ID_MAX),
+                    format!(
+                        "must be 1 to {} characters, none a control character",
+                        messages::EXTERNAL_ID_MAX
+                    ),
                 ));
             }
             other => other,

@@ -246,7 +246,8 @@ impl FansApi {
     ) -> Result<ListFansResponse, ApiError> {
         let page = page(limit.0, offset.0)?;
         let filter = FanFilter {
-            tag: tag.0,
+            tag: optional("tag", tag.0.as_deref(), |v| Line::parse(v, Tags::MAX_LEN))?
+                .map(|t| t.as_str().to_owned()),
             min_value: min_value_cents
                 .0
                 .map(|v| field("minValueCents", Cents::new(v)))

@@ -1,0 +1,169 @@
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{TestApp, at, error_of, instant, json_of};
+
+crate::on_both_backends!(
+    a_new_user_lists_an_empty_page,
+    a_created_fan_reads_back_with_its_handle_normalised,
+    fans_filter_by_tag_and_minimum_value_and_paginate,
+    updating_a_fan_changes_only_the_given_fields_and_null_clears,
+    deleting_a_fan_answers_204_then_404,
+    a_second_fan_with_the_same_handle_is_a_409,
+);
+
+async fn a_new_user_lists_an_empty_page(app: TestApp) {
+    let page = json_of(app.get(1, "/api/crm/fans").await, StatusCode::OK).await;
+    assert_eq!(
+        page,
+        json!({ "items": [], "total": 0, "limit": 50, "offset": 0 })
+    );
+}
+
+async fn a_created_fan_reads_back_with_its_handle_normalised(app: TestApp) {
+    let created = app
+        .create_fan(
+            1,
+            json!({
+                "handle": " @JohnDoe ", "name": "John Doe", "email": "john@example.com",
+                "avatarUrl": "https://cdn.example.com/j.jpg", "tags": ["vip", "VIP", "whale"],
+                "notes": "Very engaged", "valueCents": 50000, "lastSeenAt": "2025-11-01T00:00:00Z"
+            }),
+        )
+        .await;
+    assert_eq!(created["handle"], "@johndoe");
+    assert_eq!(created["platform"], "onlyfans");
+    assert_eq!(created["tags"], json!(["vip", "whale"]));
+    let id = created["id"].as_i64().unwrap();
+    let fetched = json_of(
+        app.get(1, &format!("/api/crm/fans/{id}")).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(fetched, created);
+    assert_eq!(fetched["valueCents"], 50000);
+    assert_eq!(fetched["email"], "john@example.com");
+    assert_eq!(instant(&fetched["lastSeenAt"]), at("2025-11-01T00:00:00Z"));
+}
+
+async fn fans_filter_by_tag_and_minimum_value_and_paginate(app: TestApp) {
+    app.create_fan(
+        1,
+        json!({ "handle": "a", "tags": ["VIP"], "valueCents": 100 }),
+    )
+    .await;
+    app.create_fan(
+        1,
+        json!({ "handle": "b", "tags": ["basic"], "valueCents": 5000 }),
+    )
+    .await;
+    app.create_fan(
+        1,
+        json!({ "handle": "c", "tags": ["vip"], "valueCents": 9000 }),
+    )
+    .await;
+
+    let handles = |page: &serde_json::Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["handle"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let vip = json_of(app.get(1, "/api/crm/fans?tag=vip").await, StatusCode::OK).await;
+    assert_eq!(handles(&vip), ["@c", "@a"]);
+    assert_eq!(vip["total"], 2);
+
+    let rich = json_of(
+        app.get(1, "/api/crm/fans?minValueCents=5000").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(handles(&rich), ["@c", "@b"]);
+
+    let rich_vip = json_of(
+        app.get(1, "/api/crm/fans?tag=vip&minValueCents=5000").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(handles(&rich_vip), ["@c"]);
+
+    let second = json_of(
+        app.get(1, "/api/crm/fans?limit=1&offset=1").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(handles(&second), ["@b"]);
+    assert_eq!(second["total"], 3);
+    assert_eq!(second["limit"], 1);
+}
+
+async fn updating_a_fan_changes_only_the_given_fields_and_null_clears(app: TestApp) {
+    let fan = app
+        .create_fan(
+            1,
+            json!({ "handle": "jane", "name": "Jane", "email": "jane@example.com", "notes": "n" }),
+        )
+        .await;
+    let id = fan["id"].as_i64().unwrap();
+    let updated = json_of(
+        app.put(1, &format!("/api/crm/fans/{id}"), &json!({
+            "name": "Jane Updated", "tags": ["vip", "active"], "valueCents": 55000, "email": null
+        }))
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(updated["name"], "Jane Updated");
+    assert_eq!(updated["tags"], json!(["vip", "active"]));
+    assert_eq!(updated["valueCents"], 55000);
+    assert_eq!(updated["email"], serde_json::Value::Null);
+    assert_eq!(updated["notes"], "n", "fields not in the body stay");
+    assert_eq!(updated["handle"], "@jane");
+    let fetched = json_of(
+        app.get(1, &format!("/api/crm/fans/{id}")).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(fetched, updated);
+}
+
+async fn deleting_a_fan_answers_204_then_404(app: TestApp) {
+    let (fan_id, conv_id) = app.fan_with_conversation(1, "gone").await;
+    let resp = app.delete(1, &format!("/api/crm/fans/{fan_id}")).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    error_of(
+        app.get(1, &format!("/api/crm/fans/{fan_id}")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    error_of(
+        app.delete(1, &format!("/api/crm/fans/{fan_id}")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    // The fan's conversation goes with it.
+    error_of(
+        app.get(1, &format!("/api/crm/conversations/{conv_id}"))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+}
+
+async fn a_second_fan_with_the_same_handle_is_a_409(app: TestApp) {
+    app.create_fan(1, json!({ "handle": "twin" })).await;
+    let resp = app
+        .post(1, "/api/crm/fans", &json!({ "handle": "@TWIN" }))
+        .await;
+    error_of(resp, StatusCode::CONFLICT, "conflict").await;
+    // The same handle on another platform is another fan.
+    app.create_fan(1, json!({ "handle": "twin", "platform": "fansly" }))
+        .await;
+    let page = json_of(app.get(1, "/api/crm/fans").await, StatusCode::OK).await;
+    assert_eq!(page["total"], 2);
+}

@@ -1,0 +1,331 @@
+//! `spawn_app`: the app on a random port with a database of its own, driven over HTTP.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use fanqueue::{auth::JwtKeys, settings::Settings, startup::Application};
+use fanqueue_jobs::domain::UserId;
+use reqwest::{Response, StatusCode};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+
+pub const JWT_SECRET: &str = "integration-test-secret-0123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named `async fn(TestApp)` once on SQLite and once on PostgreSQL, as
+/// `<module>::sqlite::<name>` and `<module>::postgres::<name>`. With `tweak = |s| ...;` first,
+/// every app of the module gets its settings adjusted.
+#[macro_export]
+macro_rules! on_both_backends {
+    (tweak = $tweak:expr; $($name:ident),* $(,)?) => {
+        $crate::on_both_backends!(@module sqlite, Sqlite, $tweak; $($name),*);
+        $crate::on_both_backends!(@module postgres, Postgres, $tweak; $($name),*);
+    };
+    (@module $module:ident, $backend:ident, $tweak:expr; $($name:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let app = $crate::helpers::spawn_app_with($crate::helpers::Backend::$backend, $tweak).await;
+                    super::$name(app).await
+                }
+            )*
+        }
+    };
+    ($($name:ident),* $(,)?) => {
+        $crate::on_both_backends!(tweak = |_| {}; $($name),*);
+    };
+}
+
+/// A database made for one test and dropped after it.
+pub enum TestDb {
+    /// Held so the directory (and the SQLite file in it) lives as long as the test.
+    Sqlite {
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        admin_url: String,
+        name: String,
+    },
+}
+
+impl TestDb {
+    pub async fn create(backend: Backend) -> (TestDb, String) {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("creating a temp dir");
+                let url = format!("sqlite://{}", dir.path().join("test.db").display());
+                (TestDb::Sqlite { _dir: dir }, url)
+            }
+            Backend::Postgres => {
+                let admin_url = postgres_admin_url();
+                let name = format!("fq_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+                    panic!(
+                        "PostgreSQL must be reachable at {admin_url} for the tests \
+                         (scripts/test starts it): {e}"
+                    )
+                });
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("creating the test database");
+                let url = database_url_for(&admin_url, &name);
+                (TestDb::Postgres { admin_url, name }, url)
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres { admin_url, name } = self {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            // Drop runs inside the test's runtime: use a thread with a runtime of its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for cleanup");
+                rt.block_on(async {
+                    if let Ok(mut conn) = PgConnection::connect(&admin_url).await {
+                        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                            .execute(&mut conn)
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn database_url_for(admin_url: &str, name: &str) -> String {
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("a database URL has a path");
+    format!("{base}/{name}")
+}
+
+/// Settings of a test app: random port, its own data dir, a fixed secret, no Redis.
+pub fn test_settings(database_url: &str, data_dir: &std::path::Path) -> Settings {
+    let mut s = Settings::load(None).expect("default settings load");
+    s.listen_addr = "127.0.0.1:0".parse().unwrap();
+    s.database_url = Some(database_url.to_owned());
+    s.data_dir = data_dir.to_owned();
+    s.jwt_secret = Some(SecretString::from(JWT_SECRET));
+    s.redis_url = None;
+    s
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub keys: JwtKeys,
+    _db: TestDb,
+    _data_dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Spawns the app after `tweak` adjusted its settings.
+pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let (db, url) = TestDb::create(backend).await;
+    let data_dir = tempfile::tempdir().expect("a temp data dir");
+    let mut settings = test_settings(&url, data_dir.path());
+    tweak(&mut settings);
+    let app = Application::build(&settings).await.expect("the app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        keys: JwtKeys::new(&SecretString::from(JWT_SECRET)),
+        _db: db,
+        _data_dir: data_dir,
+    }
+}
+
+impl TestApp {
+    pub fn token(&self, user: i64) -> String {
+        self.keys.issue(UserId(user), Duration::from_secs(3600))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn get(&self, user: i64, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(self.token(user))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post(&self, user: i64, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(self.token(user))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn put(&self, user: i64, path: &str, body: &Value) -> Response {
+        self.client
+            .put(self.url(path))
+            .bearer_auth(self.token(user))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn delete(&self, user: i64, path: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(self.token(user))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Creates a fan for `user` and returns it (asserting 201).
+    pub async fn create_fan(&self, user: i64, body: Value) -> Value {
+        let resp = self.post(user, "/api/crm/fans", &body).await;
+        json_of(resp, StatusCode::CREATED).await
+    }
+
+    /// Opens the conversation of `fan_id` for `user` and returns it.
+    pub async fn open_conversation(&self, user: i64, fan_id: i64) -> Value {
+        let resp = self
+            .post(user, "/api/crm/conversations", &json!({ "fanId": fan_id }))
+            .await;
+        assert!(
+            resp.status().is_success(),
+            "opening a conversation: {}",
+            resp.status()
+        );
+        resp.json().await.expect("a JSON conversation")
+    }
+
+    /// A fan with a conversation, for `user`; returns (fan id, conversation id).
+    pub async fn fan_with_conversation(&self, user: i64, handle: &str) -> (i64, i64) {
+        let fan = self
+            .create_fan(user, json!({ "handle": handle, "name": handle }))
+            .await;
+        let fan_id = fan["id"].as_i64().unwrap();
+        let conv = self.open_conversation(user, fan_id).await;
+        (fan_id, conv["id"].as_i64().unwrap())
+    }
+}
+
+/// The instant a JSON timestamp stands for (the API writes RFC 3339 with an offset).
+pub fn instant(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    v.as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .unwrap_or_else(|| panic!("not an RFC 3339 timestamp: {v}"))
+        .to_utc()
+}
+
+pub fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+    s.parse().expect("a test timestamp")
+}
+
+/// Asserts the status, then returns the JSON body.
+pub async fn json_of(resp: Response, expected: StatusCode) -> Value {
+    let status = resp.status();
+    let text = resp.text().await.expect("a body");
+    assert_eq!(status, expected, "unexpected status; body: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("body is not JSON ({e}): {text}"))
+}
+
+/// Asserts a JSON error envelope with this status and code; returns the error object.
+pub async fn error_of(resp: Response, expected: StatusCode, code: &str) -> Value {
+    let body = json_of(resp, expected).await;
+    assert_eq!(body["error"]["code"], code, "error code; body: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "error message; body: {body}"
+    );
+    body["error"].clone()
+}
+
+/// The `fanqueue` binary running as its own process, with only `env` set (plus PATH/HOME).
+pub struct AppProcess {
+    pub child: Child,
+    pub address: String,
+}
+
+impl AppProcess {
+    pub fn spawn(args: &[&str], env: &[(&str, &str)], cwd: &std::path::Path) -> AppProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fanqueue"));
+        cmd.args(args)
+            .current_dir(cwd)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawning the fanqueue binary");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent
+                    && let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["fields"]["message"] == "API listening; docs at /docs"
+                {
+                    let _ = tx.send(v["fields"]["port"].as_u64().expect("a port"));
+                    sent = true;
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the fanqueue process reports its port within 30 s");
+        AppProcess {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for AppProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests over HTTP against real databases (SQLite files and PostgreSQL) and Redis.
+
+mod auth;
+mod bad_input;
+mod conversations;
+mod docs;
+mod fans;
+mod helpers;
+mod isolation;
+mod limits;
+mod processes;

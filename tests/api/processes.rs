@@ -1,0 +1,94 @@
+//! The binary as a user runs it: no settings at all, then `token`, then a request.
+
+use std::process::Command;
+
+use reqwest::StatusCode;
+
+use crate::helpers::AppProcess;
+
+#[tokio::test]
+async fn with_nothing_configured_the_binary_serves_sqlite_and_its_token_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = AppProcess::spawn(&["all"], &[], dir.path());
+    assert!(
+        dir.path().join("data/fanqueue.db").exists(),
+        "the SQLite file lives in ./data"
+    );
+    assert!(
+        dir.path().join("data/jwt_secret").exists(),
+        "the generated secret is kept in ./data"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_fanqueue"))
+        .args(["token", "--user-id", "1"])
+        .current_dir(dir.path())
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+
+    let resp = reqwest::Client::new()
+        .get(format!("{}/api/crm/fans", server.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let page: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(page["items"], serde_json::json!([]));
+}
+
+#[test]
+fn migrate_applies_once_and_again_without_harm() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let out = Command::new(env!("CARGO_BIN_EXE_fanqueue"))
+            .arg("migrate")
+            .current_dir(dir.path())
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "migrations applied (sqlite)"
+        );
+    }
+}
+
+#[test]
+fn help_lists_every_setting() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fanqueue"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for var in [
+        "DATABASE_URL",
+        "LISTEN_ADDR",
+        "JWT_SECRET",
+        "REDIS_URL",
+        "SQS_QUEUE_URL",
+        "SQS_DLQ_URL",
+        "AWS_ENDPOINT_URL",
+        "S3_BUCKET",
+        "PLATFORM_API_URL",
+        "RATE_LIMITER_ENABLED",
+        "DELIVERY_RATE_PER_MINUTE",
+    ] {
+        assert!(help.contains(var), "--help does not mention {var}");
+    }
+    for cmd in ["serve", "all", "migrate", "token"] {
+        assert!(help.contains(cmd), "--help does not list {cmd}");
+    }
+}
