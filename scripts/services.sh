@@ -8,6 +8,10 @@ export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres:postgres@127.
 export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 export TEST_AWS_ENDPOINT_URL="${TEST_AWS_ENDPOINT_URL:-http://127.0.0.1:$MOTO_PORT}"
 export TEST_PYTHON="$FQ_CACHE/moto-venv/bin/python"
+# The emulator accepts any credentials; real ones already in the environment are kept.
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}"
+export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
+export AWS_REGION="${AWS_REGION:-us-east-1}"
 
 die() { echo "scripts/services.sh: $*" >&2; exit 1; }
 say() { echo "==> $*" >&2; }

@@ -5,11 +5,13 @@
 //! - [`settings`] — defaults file, optional config file, environment variables.
 //! - [`auth`] — HS256 bearer tokens.
 //! - [`api`] — poem-openapi resources, one file each, and the one API error type.
-//! - [`startup`] — building and running the roles (`serve`, `all`, `migrate`).
+//! - [`startup`] — building and running the roles (`serve`, `worker`, `all`, `migrate`).
+//! - [`cli`] — the `import` command, a client of the API.
 //! - [`telemetry`] — logging.
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;

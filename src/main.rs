@@ -6,8 +6,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fanqueue::{
     auth::JwtKeys,
+    cli,
     settings::{ENV_VARS, Settings},
-    startup::{Application, open_db, shutdown_signal},
+    startup::{Application, Services, open_db, open_queue, run_all, run_workers, shutdown_signal},
     telemetry,
 };
 use fanqueue_jobs::domain::UserId;
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Run the HTTP API.
     Serve,
+    /// Run the job workers (CSV imports, …); as many processes as you like.
+    Worker,
     /// Run every role in one process (the embedded default's way to run).
     All,
     /// Apply database migrations and exit.
@@ -38,6 +41,17 @@ enum Command {
         /// How long the token is valid, e.g. 1h, 30m, 7d.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+    },
+    /// Upload a CSV fan export to a running server, follow the import, print its summary.
+    Import {
+        /// The .csv file.
+        file: PathBuf,
+        /// The server.
+        #[arg(long, env = "FANQUEUE_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// A bearer token (see `fanqueue token`).
+        #[arg(long, env = "FANQUEUE_TOKEN", hide_env_values = true)]
+        token: String,
     },
 }
 
@@ -56,14 +70,30 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(settings.log_format);
     match cli.command {
-        Command::Serve | Command::All => {
-            let app = Application::build(&settings).await?;
+        Command::Serve => {
+            let services = Services::open(&settings).await?;
+            let app = Application::build(&settings, &services).await?;
             app.run_until_stopped(shutdown_signal()).await
         }
+        Command::Worker => {
+            let services = Services::open(&settings).await?;
+            run_workers(&settings, &services, shutdown_signal()).await
+        }
+        Command::All => run_all(&settings, shutdown_signal()).await,
         Command::Migrate => {
             let db = open_db(&settings).await?;
+            let queue = open_queue(&settings, &db).await?;
             db.close().await;
-            println!("migrations applied ({})", db.backend_name());
+            println!(
+                "migrations applied ({}, jobs on {})",
+                db.backend_name(),
+                queue.name()
+            );
+            Ok(())
+        }
+        Command::Import { file, url, token } => {
+            let result = cli::import(&url, &token, &file).await?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(())
         }
         Command::Token { user_id, ttl } => {

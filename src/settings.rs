@@ -81,6 +81,9 @@ pub struct Settings {
     pub redis_url: Option<String>,
     pub redis_prefix: String,
     pub write_limit_per_minute: u32,
+    pub import_max_bytes: u64,
+    pub imports_per_hour: u32,
+    pub import_batch_rows: usize,
     pub log_format: LogFormat,
     pub job_backend: Option<String>,
     pub sqs_queue_url: Option<String>,
@@ -107,7 +110,12 @@ impl Settings {
             anyhow::ensure!(file.exists(), "config file {} not found", file.display());
             figment = figment.merge(Toml::file(file));
         }
-        let keys: Vec<String> = ENV_VARS.iter().map(|(k, _)| k.to_lowercase()).collect();
+        // FANQUEUE_* are the `import` command's own flags (clap reads them), not settings.
+        let keys: Vec<String> = ENV_VARS
+            .iter()
+            .filter(|(k, _)| !k.starts_with("FANQUEUE_"))
+            .map(|(k, _)| k.to_lowercase())
+            .collect();
         // An empty variable (`REDIS_URL=`) means "unset", as shells and compose files use it.
         let env = Env::raw()
             .filter(move |k| keys.iter().any(|key| k.as_str().eq_ignore_ascii_case(key)))

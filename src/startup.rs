@@ -4,10 +4,14 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use fanqueue_jobs::{
+    blobs::BlobStore,
     db::{Db, redact},
+    jobs::{JobQueue, Workers},
     limits::{Limiter, Quota},
+    worker::Deps,
 };
 use poem::{Server, listener::TcpAcceptor};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::{self, AppState, State},
@@ -15,13 +19,49 @@ use crate::{
     settings::Settings,
 };
 
-/// Opens the database and applies migrations (ours, and later the job backend's).
+/// Opens the database and applies our migrations.
 pub async fn open_db(settings: &Settings) -> anyhow::Result<Db> {
     let url = settings.database_url();
     let db = Db::connect(&url).await?;
     db.migrate().await?;
     tracing::info!(database = %redact(&url), backend = db.backend_name(), "database ready");
     Ok(db)
+}
+
+/// What every role shares: the database, the job backend (its migrations applied beside
+/// ours) and the store of uploaded files.
+#[derive(Clone)]
+pub struct Services {
+    pub db: Db,
+    pub queue: JobQueue,
+    pub blobs: BlobStore,
+}
+
+impl Services {
+    pub async fn open(settings: &Settings) -> anyhow::Result<Self> {
+        let db = open_db(settings).await?;
+        let queue = open_queue(settings, &db).await?;
+        let blobs = match &settings.s3_bucket {
+            Some(bucket) => BlobStore::s3(bucket, settings.aws_endpoint_url.as_deref()).await?,
+            None => BlobStore::local(settings.data_dir.join("blobs")).await?,
+        };
+        tracing::info!(blobs = %blobs.describe(), "blob store ready");
+        Ok(Services { db, queue, blobs })
+    }
+}
+
+/// Connects the job backend and applies its migrations.
+pub async fn open_queue(settings: &Settings, db: &Db) -> anyhow::Result<JobQueue> {
+    let queue = JobQueue::connect(
+        settings.job_backend.as_deref(),
+        db,
+        settings.redis_url.as_deref(),
+        &settings.redis_prefix,
+    )
+    .await?;
+    queue.migrate().await?;
+    tracing::info!(backend = queue.name(), "job backend ready");
+    Ok(queue)
 }
 
 /// The API role, bound and ready to serve.
@@ -32,21 +72,22 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let db = open_db(settings).await?;
+    pub async fn build(settings: &Settings, services: &Services) -> anyhow::Result<Self> {
         let keys = JwtKeys::new(&settings.jwt_secret()?);
         let limiter = match &settings.redis_url {
             Some(url) => Limiter::redis(url, &settings.redis_prefix).await?,
             None => Limiter::local(),
         };
-        tracing::info!(quotas = limiter.backend_name(), "write quotas ready");
+        tracing::info!(quotas = limiter.backend_name(), "request quotas ready");
         let listener = tokio::net::TcpListener::bind(settings.listen_addr)
             .await
             .with_context(|| format!("binding {}", settings.listen_addr))?;
         let port = listener.local_addr()?.port();
         let acceptor = TcpAcceptor::from_tokio(listener)?;
         let state = Arc::new(AppState {
-            db,
+            db: services.db.clone(),
+            queue: services.queue.clone(),
+            blobs: services.blobs.clone(),
             keys,
             limiter,
             write_quota: Quota {
@@ -54,6 +95,12 @@ impl Application {
                 limit: settings.write_limit_per_minute,
                 window: Duration::from_secs(60),
             },
+            import_quota: Quota {
+                name: "imports",
+                limit: settings.imports_per_hour,
+                window: Duration::from_secs(3600),
+            },
+            import_max_bytes: settings.import_max_bytes,
         });
         Ok(Application {
             port,
@@ -73,14 +120,56 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         tracing::info!(port = self.port, "API listening; docs at /docs");
-        let db = self.state.db.clone();
         Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(api::app(self.state), shutdown, Some(api::DRAIN_TIMEOUT))
             .await
-            .context("serving HTTP")?;
-        db.close().await;
-        Ok(())
+            .context("serving HTTP")
     }
+}
+
+/// The worker role: runs jobs until `shutdown`.
+pub async fn run_workers(
+    settings: &Settings,
+    services: &Services,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let deps = Deps {
+        db: services.db.clone(),
+        blobs: services.blobs.clone(),
+        import_batch_rows: settings.import_batch_rows.max(1),
+    };
+    Workers::run(services.queue.clone(), deps, shutdown).await
+}
+
+/// Every role in one process; SIGTERM (or `shutdown`) stops them together.
+pub async fn run_all(
+    settings: &Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let services = Services::open(settings).await?;
+    let app = Application::build(settings, &services).await?;
+    let stop = CancellationToken::new();
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+    let api = app.run_until_stopped(stop.clone().cancelled_owned());
+    let workers = run_workers(settings, &services, stop.clone().cancelled_owned());
+    // One role failing stops the other rather than leaving half a system running.
+    let (api, workers) = tokio::join!(
+        async {
+            let r = api.await;
+            stop.cancel();
+            r
+        },
+        async {
+            let r = workers.await;
+            stop.cancel();
+            r
+        }
+    );
+    api.and(workers)
 }
 
 /// Resolves on SIGTERM (what containers send) or Ctrl-C.

@@ -30,9 +30,6 @@ macro_rules! on_db {
     };
 }
 
-static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
-static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
-
 /// Errors of the aggregate modules, in terms the API maps to status codes.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -64,8 +61,9 @@ impl Db {
                 .foreign_keys(true)
                 // WAL lets readers run beside the one writer; busy_timeout makes writers queue
                 // instead of failing with SQLITE_BUSY when API and workers write at once.
+                // FULL: a commit (a 202's job) is on disk before the answer, power cut or not.
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
+                .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(30));
             if let Some(dir) = opts.get_filename().parent()
                 && !dir.as_os_str().is_empty()
@@ -92,11 +90,18 @@ impl Db {
         format!("sqlite://{}", data_dir.join("fanqueue.db").display())
     }
 
-    /// Applies our migrations for this backend. Idempotent.
+    /// Applies our migrations for this backend. Idempotent. The job backend's migrations
+    /// are applied beside these by `JobQueue::migrate`: on PostgreSQL apalis keeps its own
+    /// history table in schema `apalis`; on SQLite both histories share `_sqlx_migrations`
+    /// (apalis's versions are timestamps, ours 0001…), so each migrator ignores the other's.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         match self {
-            Db::Postgres(pool) => PG_MIGRATOR.run(pool).await,
-            Db::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await,
+            Db::Postgres(pool) => sqlx::migrate!("../migrations/postgres").run(pool).await,
+            Db::Sqlite(pool) => {
+                let mut migrator = sqlx::migrate!("../migrations/sqlite");
+                migrator.set_ignore_missing(true);
+                migrator.run(pool).await
+            }
         }
         .context("applying migrations")
     }

@@ -5,10 +5,19 @@
 //! - [`db`] — the SQL backend (PostgreSQL or an embedded SQLite file) and its migrations.
 //! - [`fans`], [`conversations`], [`messages`] — one module per aggregate, each owning its SQL.
 //! - [`limits`] — per-user quotas, in-process or shared through Redis.
+//! - [`jobs`] — job records (what clients poll) and the apalis job backend (SQLite,
+//!   PostgreSQL or Redis), enqueueing inside business transactions.
+//! - [`worker`] — running a job: dispatch by kind, retries, final outcome.
+//! - [`imports`] — the CSV fan import: parsing messy exports, batched resumable upserts.
+//! - [`blobs`] — where uploaded files wait for their job: a directory or S3.
 
+pub mod blobs;
 pub mod conversations;
 pub mod db;
 pub mod domain;
 pub mod fans;
+pub mod imports;
+pub mod jobs;
 pub mod limits;
 pub mod messages;
+pub mod worker;

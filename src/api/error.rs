@@ -42,9 +42,15 @@ pub enum ApiError {
     /// No such resource among the caller's own.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
-    /// The write collides with an existing row.
+    /// The write collides with an existing row, or the resource is past the requested state.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The upload is larger than the limit.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// The upload is not of an accepted type.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// Over a per-user quota; retry after the given number of seconds.
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
@@ -87,6 +93,21 @@ impl ApiError {
         ApiError::NotFound(body("not_found", format!("{what} not found")))
     }
 
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError::Conflict(body("conflict", message))
+    }
+
+    pub fn too_large(max_bytes: u64) -> Self {
+        ApiError::PayloadTooLarge(body(
+            "payload_too_large",
+            format!("the file is larger than the limit of {max_bytes} bytes"),
+        ))
+    }
+
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        ApiError::UnsupportedMediaType(body("unsupported_media_type", message))
+    }
+
     pub fn rate_limited(what: &str, retry_after: Duration) -> Self {
         // Round up: a client that waits the advertised seconds must find a free slot.
         let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -113,7 +134,7 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound(what) => ApiError::not_found(what),
-            StoreError::Conflict(msg) => ApiError::Conflict(body("conflict", msg)),
+            StoreError::Conflict(msg) => ApiError::conflict(msg),
             StoreError::Sql(e) => {
                 ApiError::internal(anyhow::Error::new(e).context("database query"))
             }

@@ -9,12 +9,16 @@ mod conversations;
 mod error;
 mod fans;
 mod health;
+mod imports;
+mod jobs;
 
 use std::{sync::Arc, time::Duration};
 
 use fanqueue_jobs::{
+    blobs::BlobStore,
     db::{Db, Page},
     domain::UserId,
+    jobs::JobQueue,
     limits::{Decision, Limiter, Quota},
 };
 use poem::{
@@ -29,9 +33,13 @@ pub use error::ApiError;
 /// rather than answering 500.
 pub struct AppState {
     pub db: Db,
+    pub queue: JobQueue,
+    pub blobs: BlobStore,
     pub keys: JwtKeys,
     pub limiter: Limiter,
     pub write_quota: Quota,
+    pub import_quota: Quota,
+    pub import_max_bytes: u64,
 }
 
 pub type State = Arc<AppState>;
@@ -42,6 +50,10 @@ pub enum ApiTags {
     Fans,
     /// Conversations with fans and their messages.
     Conversations,
+    /// CSV fan imports.
+    Imports,
+    /// Background jobs: status, progress, results, cancellation.
+    Jobs,
 }
 
 /// The authenticated caller. Extracting it verifies the bearer token and, for writes
@@ -95,13 +107,20 @@ pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<Page, ApiError> {
     Ok(Page { limit, offset })
 }
 
-pub fn openapi(
-    state: &State,
-) -> OpenApiService<(fans::FansApi, conversations::ConversationsApi), ()> {
+type Apis = (
+    fans::FansApi,
+    conversations::ConversationsApi,
+    imports::ImportsApi,
+    jobs::JobsApi,
+);
+
+pub fn openapi(state: &State) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             fans::FansApi::new(state.clone()),
             conversations::ConversationsApi::new(state.clone()),
+            imports::ImportsApi::new(state.clone()),
+            jobs::JobsApi::new(state.clone()),
         ),
         "fanqueue",
         env!("CARGO_PKG_VERSION"),

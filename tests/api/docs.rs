@@ -50,6 +50,10 @@ async fn openapi_documents_every_crm_route_with_bearer_security() {
             "post",
             "markConversationRead",
         ),
+        ("/api/onlyfans/import/csv", "post", "importCsv"),
+        ("/api/jobs", "get", "listJobs"),
+        ("/api/jobs/{id}", "get", "getJob"),
+        ("/api/jobs/{id}", "delete", "cancelJob"),
     ];
     for (path, method, operation_id) in expected {
         let op = &doc["paths"][path][method];
@@ -85,6 +89,18 @@ async fn openapi_documents_every_crm_route_with_bearer_security() {
     let delete = &doc["paths"]["/api/crm/fans/{id}"]["delete"]["responses"];
     assert!(delete["204"].is_object(), "DELETE documents its 204");
     assert!(doc["paths"]["/api/crm/fans"]["post"]["requestBody"]["content"]["application/json; charset=utf-8"].is_object());
+    let upload = &doc["paths"]["/api/onlyfans/import/csv"]["post"];
+    let form = &upload["requestBody"]["content"]["multipart/form-data"]["schema"];
+    assert!(
+        form.is_object(),
+        "the upload documents its multipart form: {upload}"
+    );
+    for status in ["202", "413", "415"] {
+        assert!(
+            upload["responses"][status].is_object(),
+            "the upload documents {status}"
+        );
+    }
 }
 
 #[tokio::test]

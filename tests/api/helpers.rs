@@ -6,7 +6,11 @@ use std::{
     time::Duration,
 };
 
-use fanqueue::{auth::JwtKeys, settings::Settings, startup::Application};
+use fanqueue::{
+    auth::JwtKeys,
+    settings::Settings,
+    startup::{Application, Services, run_workers},
+};
 use fanqueue_jobs::domain::UserId;
 use reqwest::{Response, StatusCode};
 use secrecy::SecretString;
@@ -33,7 +37,7 @@ macro_rules! on_both_backends {
     (@module $module:ident, $backend:ident, $tweak:expr; $($name:ident),*) => {
         mod $module {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let app = $crate::helpers::spawn_app_with($crate::helpers::Backend::$backend, $tweak).await;
                     super::$name(app).await
@@ -126,7 +130,12 @@ fn database_url_for(admin_url: &str, name: &str) -> String {
     format!("{base}/{name}")
 }
 
-/// Settings of a test app: random port, its own data dir, a fixed secret, no Redis.
+pub fn aws_endpoint() -> String {
+    std::env::var("TEST_AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:5055".into())
+}
+
+/// Settings of a test app: random port, its own data dir, a fixed secret, no Redis, local
+/// blobs, and a Redis key prefix of its own (for tests that turn Redis on).
 pub fn test_settings(database_url: &str, data_dir: &std::path::Path) -> Settings {
     let mut s = Settings::load(None).expect("default settings load");
     s.listen_addr = "127.0.0.1:0".parse().unwrap();
@@ -134,13 +143,34 @@ pub fn test_settings(database_url: &str, data_dir: &std::path::Path) -> Settings
     s.data_dir = data_dir.to_owned();
     s.jwt_secret = Some(SecretString::from(JWT_SECRET));
     s.redis_url = None;
+    s.redis_prefix = format!("fqtest-{}", uuid::Uuid::new_v4().simple());
+    s.job_backend = None;
+    s.s3_bucket = None;
     s
+}
+
+/// Tweak: uploaded files go to a fresh bucket on the S3 emulator.
+pub fn with_s3(s: &mut Settings) {
+    assert!(
+        std::env::var("AWS_ACCESS_KEY_ID").is_ok(),
+        "S3 tests need AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_REGION for the emulator (scripts/test sets them)"
+    );
+    s.s3_bucket = Some(format!("fq-test-{}", uuid::Uuid::new_v4().simple()));
+    s.aws_endpoint_url = Some(aws_endpoint());
+}
+
+/// Tweak: jobs run on Redis (queues under the app's own prefix).
+pub fn with_redis_jobs(s: &mut Settings) {
+    s.redis_url = Some(redis_url());
+    s.job_backend = Some("redis".into());
 }
 
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub keys: JwtKeys,
+    pub database_url: String,
+    pub settings: Settings,
     _db: TestDb,
     _data_dir: tempfile::TempDir,
 }
@@ -151,17 +181,39 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// Spawns the app after `tweak` adjusted its settings.
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn(backend, tweak, true).await
+}
+
+/// The API alone: jobs are stored but nobody runs them.
+pub async fn spawn_api_only(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn(backend, tweak, false).await
+}
+
+async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Settings), workers: bool) -> TestApp {
     let (db, url) = TestDb::create(backend).await;
     let data_dir = tempfile::tempdir().expect("a temp data dir");
     let mut settings = test_settings(&url, data_dir.path());
     tweak(&mut settings);
-    let app = Application::build(&settings).await.expect("the app builds");
+    let services = Services::open(&settings).await.expect("the services open");
+    let app = Application::build(&settings, &services)
+        .await
+        .expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
+    if workers {
+        let (settings, services) = (settings.clone(), services.clone());
+        tokio::spawn(async move {
+            run_workers(&settings, &services, std::future::pending())
+                .await
+                .expect("the workers run");
+        });
+    }
     TestApp {
         address,
         client: reqwest::Client::new(),
         keys: JwtKeys::new(&SecretString::from(JWT_SECRET)),
+        database_url: url,
+        settings,
         _db: db,
         _data_dir: data_dir,
     }
@@ -233,6 +285,53 @@ impl TestApp {
         resp.json().await.expect("a JSON conversation")
     }
 
+    /// Uploads `bytes` as the multipart field `file` named `name`.
+    pub async fn upload_csv(&self, user: i64, name: &str, bytes: Vec<u8>, query: &str) -> Response {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned());
+        self.client
+            .post(self.url(&format!("/api/onlyfans/import/csv{query}")))
+            .bearer_auth(self.token(user))
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+            .await
+            .expect("upload sent")
+    }
+
+    /// Uploads a CSV, expects 202, and returns the job id.
+    pub async fn import(&self, user: i64, name: &str, bytes: Vec<u8>) -> String {
+        let accepted = json_of(
+            self.upload_csv(user, name, bytes, "").await,
+            StatusCode::ACCEPTED,
+        )
+        .await;
+        let id = accepted["jobId"].as_str().expect("a jobId").to_owned();
+        assert_eq!(accepted["statusUrl"], format!("/api/jobs/{id}"));
+        id
+    }
+
+    /// Polls a job until it is final (60 s at most) and returns it.
+    pub async fn wait_job(&self, user: i64, id: &str) -> Value {
+        wait_job_at(
+            &self.client,
+            &self.address,
+            &self.token(user),
+            id,
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    /// Polls until the fan list of `user` has `total` fans.
+    pub async fn fan_total(&self, user: i64) -> i64 {
+        json_of(
+            self.get(user, "/api/crm/fans?limit=1").await,
+            StatusCode::OK,
+        )
+        .await["total"]
+            .as_i64()
+            .unwrap()
+    }
+
     /// A fan with a conversation, for `user`; returns (fan id, conversation id).
     pub async fn fan_with_conversation(&self, user: i64, handle: &str) -> (i64, i64) {
         let fan = self
@@ -255,6 +354,58 @@ pub fn instant(v: &Value) -> chrono::DateTime<chrono::Utc> {
 pub fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
     s.parse().expect("a test timestamp")
 }
+
+/// Polls `GET /api/jobs/{id}` on `base` until the job is final; panics after `timeout`.
+pub async fn wait_job_at(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    id: &str,
+    timeout: Duration,
+) -> Value {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let resp = client
+            .get(format!("{base}/api/jobs/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("job poll sent");
+        let job = json_of(resp, StatusCode::OK).await;
+        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+            return job;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} not final after {timeout:?}: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The summary of a succeeded import job.
+pub fn summary(job: &Value) -> Value {
+    assert_eq!(job["status"], "succeeded", "the import succeeded: {job}");
+    job["result"]["summary"].clone()
+}
+
+/// A CSV of `n` distinct fans with the SPEC's header.
+pub fn generated_csv(n: usize) -> Vec<u8> {
+    let mut out =
+        String::from("Username,Display Name,Email,Subscription Tier,Total Spent,Last Seen\n");
+    for i in 0..n {
+        out.push_str(&format!(
+            "fan{i},Fan {i},fan{i}@example.com,Tier{},${}.{:02},2025-01-{:02}\n",
+            i % 3,
+            i % 5000,
+            i % 100,
+            1 + i % 28
+        ));
+    }
+    out.into_bytes()
+}
+
+pub const SAMPLE_CSV: &str = include_str!("../fixtures/onlyfans_export.csv");
 
 /// Asserts the status, then returns the JSON body.
 pub async fn json_of(resp: Response, expected: StatusCode) -> Value {
@@ -284,7 +435,18 @@ pub struct AppProcess {
 }
 
 impl AppProcess {
+    /// Spawns `fanqueue args…` and waits until it logs that the API listens.
     pub fn spawn(args: &[&str], env: &[(&str, &str)], cwd: &std::path::Path) -> AppProcess {
+        Self::spawn_until(args, env, cwd, "API listening; docs at /docs")
+    }
+
+    /// Spawns `fanqueue args…` and waits until it logs `ready` (a JSON log line's message).
+    pub fn spawn_until(
+        args: &[&str],
+        env: &[(&str, &str)],
+        cwd: &std::path::Path,
+        ready: &str,
+    ) -> AppProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fanqueue"));
         cmd.args(args)
             .current_dir(cwd)
@@ -301,25 +463,29 @@ impl AppProcess {
         let mut child = cmd.spawn().expect("spawning the fanqueue binary");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let wanted = ready.to_owned();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("TEST_CHILD_LOGS").is_some() {
+                    eprintln!("{line}");
+                }
                 if !sent
                     && let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["fields"]["message"] == "API listening; docs at /docs"
+                    && v["fields"]["message"] == wanted.as_str()
                 {
-                    let _ = tx.send(v["fields"]["port"].as_u64().expect("a port"));
+                    let _ = tx.send(v["fields"]["port"].as_u64());
                     sent = true;
                 }
             }
         });
         let port = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the fanqueue process reports its port within 30 s");
-        AppProcess {
-            child,
-            address: format!("http://127.0.0.1:{port}"),
-        }
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the fanqueue process did not log {ready:?} within 60 s"));
+        let address = port
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .unwrap_or_default();
+        AppProcess { child, address }
     }
 }
 

@@ -61,7 +61,7 @@ fn migrate_applies_once_and_again_without_harm() {
         );
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
-            "migrations applied (sqlite)"
+            "migrations applied (sqlite, jobs on sqlite)"
         );
     }
 }

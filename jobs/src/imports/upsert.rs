@@ -1,0 +1,263 @@
+//! One batch of an import: upsert its fans and commit the checkpoint in the same transaction.
+//!
+//! An existing fan keeps what the file leaves empty (an empty email cell does not erase a
+//! known address), gains the file's tier as a tag, and is not rewritten at all when nothing
+//! differs, so importing a file twice changes nothing, not even `updated_at`.
+
+use sqlx::{PgConnection, QueryBuilder, Sqlite, SqliteConnection, types::Json};
+
+use super::{Checkpoint, parse::FanRow};
+use crate::{
+    db::Db,
+    domain::{Line, Timestamp, UserId},
+    jobs::JobId,
+    worker::JobError,
+};
+
+/// The fan's tags after the import: the tier is added when not already there (without case).
+macro_rules! merged_tags {
+    (pg) => {
+        "CASE WHEN EXCLUDED.tags = '[]'::jsonb OR EXISTS (
+             SELECT 1 FROM jsonb_array_elements_text(f.tags) t WHERE lower(t) = lower(EXCLUDED.tags->>0))
+         THEN f.tags ELSE f.tags || EXCLUDED.tags END"
+    };
+    (sqlite) => {
+        "CASE WHEN excluded.tags = '[]' OR EXISTS (
+             SELECT 1 FROM json_each(f.tags) t WHERE lower(t.value) = lower(json_extract(excluded.tags, '$[0]')))
+         THEN f.tags ELSE json_insert(f.tags, '$[#]', json_extract(excluded.tags, '$[0]')) END"
+    };
+}
+
+/// The PostgreSQL upsert of a batch, with `$value` the new `value_cents` of a matched fan
+/// (the file's, or the fan's own when the file has no amount for it).
+macro_rules! pg_upsert {
+    ($value:literal) => {
+        concat!(
+            "INSERT INTO fans AS f (user_id, platform, handle, name, email, tags, value_cents,
+                                    last_seen_at, created_at, updated_at)
+             SELECT $1, 'onlyfans', u.handle, u.name, u.email,
+                    CASE WHEN u.tier IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(u.tier) END,
+                    u.value_cents, u.last_seen_at, $2, $2
+             FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::timestamptz[])
+                  AS u(handle, name, email, tier, value_cents, last_seen_at)
+             ON CONFLICT (user_id, platform, handle) DO UPDATE SET
+                 name = COALESCE(EXCLUDED.name, f.name),
+                 email = COALESCE(EXCLUDED.email, f.email),
+                 tags = ", merged_tags!(pg), ",
+                 value_cents = ", $value, ",
+                 last_seen_at = COALESCE(EXCLUDED.last_seen_at, f.last_seen_at),
+                 updated_at = EXCLUDED.updated_at
+             WHERE (f.name, f.email, f.tags, f.value_cents, f.last_seen_at) IS DISTINCT FROM
+                   (COALESCE(EXCLUDED.name, f.name), COALESCE(EXCLUDED.email, f.email), ",
+            merged_tags!(pg), ", ", $value, ", COALESCE(EXCLUDED.last_seen_at, f.last_seen_at))
+             RETURNING (xmax = 0) AS inserted"
+        )
+    };
+}
+
+macro_rules! sqlite_upsert_tail {
+    ($value:literal) => {
+        concat!(
+            " ON CONFLICT (user_id, platform, handle) DO UPDATE SET
+                 name = COALESCE(excluded.name, f.name),
+                 email = COALESCE(excluded.email, f.email),
+                 tags = ",
+            merged_tags!(sqlite),
+            ",
+                 value_cents = ",
+            $value,
+            ",
+                 last_seen_at = COALESCE(excluded.last_seen_at, f.last_seen_at),
+                 updated_at = excluded.updated_at
+             WHERE (f.name, f.email, f.tags, f.value_cents, f.last_seen_at) IS NOT
+                   (COALESCE(excluded.name, f.name), COALESCE(excluded.email, f.email), ",
+            merged_tags!(sqlite),
+            ", ",
+            $value,
+            ", COALESCE(excluded.last_seen_at, f.last_seen_at))"
+        )
+    };
+}
+
+const SAVE_CHECKPOINT: &str =
+    "UPDATE job_records SET progress_done = $2, checkpoint = $3 WHERE id = $1
+     RETURNING cancel_requested";
+
+/// SQLite allows 32,766 bound values a statement; 10 a row keeps well below.
+const SQLITE_ROWS_PER_STATEMENT: usize = 2_000;
+
+pub(super) async fn set_total(db: &Db, job: &JobId, total: u64) -> Result<(), JobError> {
+    crate::on_db!(db, pool => sqlx::query("UPDATE job_records SET progress_total = $2 WHERE id = $1")
+        .bind(&job.0)
+        .bind(total as i64)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+    Ok(())
+}
+
+/// Writes `batch` (emptied) and the checkpoint in one transaction. Returns whether the
+/// client asked to cancel, read in that same transaction.
+pub(super) async fn commit_batch(
+    db: &Db,
+    user: UserId,
+    job: &JobId,
+    batch: &mut Vec<FanRow>,
+    cp: &mut Checkpoint,
+) -> Result<bool, JobError> {
+    let rows = std::mem::take(batch);
+    let now = Timestamp::now();
+    let cancel = match db {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            let inserted = upsert_pg(&mut tx, user, &rows, now).await?;
+            count(cp, rows.len(), inserted);
+            let (cancel,): (bool,) = sqlx::query_as(SAVE_CHECKPOINT)
+                .bind(&job.0)
+                .bind(cp.records_done as i64)
+                .bind(Json(&*cp))
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            cancel
+        }
+        Db::Sqlite(pool) => {
+            // IMMEDIATE: take the write lock first, so the existence check and the upsert see
+            // the same database.
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut inserted = 0;
+            for chunk in rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
+                inserted += upsert_sqlite(&mut tx, user, chunk, now).await?;
+            }
+            count(cp, rows.len(), inserted);
+            let (cancel,): (bool,) = sqlx::query_as(SAVE_CHECKPOINT)
+                .bind(&job.0)
+                .bind(cp.records_done as i64)
+                .bind(Json(&*cp))
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            cancel
+        }
+    };
+    Ok(cancel)
+}
+
+fn count(cp: &mut Checkpoint, written: usize, inserted: u64) {
+    cp.summary.successful_inserts += inserted;
+    cp.summary.updated += written as u64 - inserted;
+}
+
+/// Upserts with one statement per kind of row (with or without an amount); returns how many
+/// fans were new.
+async fn upsert_pg(
+    tx: &mut PgConnection,
+    user: UserId,
+    rows: &[FanRow],
+    now: Timestamp,
+) -> Result<u64, JobError> {
+    let mut inserted = 0;
+    for with_value in [true, false] {
+        let part: Vec<&FanRow> = rows
+            .iter()
+            .filter(|r| r.value_cents.is_some() == with_value)
+            .collect();
+        if part.is_empty() {
+            continue;
+        }
+        let sql = if with_value {
+            pg_upsert!("EXCLUDED.value_cents")
+        } else {
+            pg_upsert!("f.value_cents")
+        };
+        let flags: Vec<(bool,)> = sqlx::query_as(sql)
+            .bind(user)
+            .bind(now)
+            .bind(part.iter().map(|r| r.handle.as_str()).collect::<Vec<_>>())
+            .bind(
+                part.iter()
+                    .map(|r| r.name.as_ref().map(Line::as_str))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                part.iter()
+                    .map(|r| r.email.as_ref().map(|e| e.as_str()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                part.iter()
+                    .map(|r| r.tier.as_ref().map(Line::as_str))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                part.iter()
+                    .map(|r| r.value_cents.map_or(0, |c| c.get()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(part.iter().map(|r| r.last_seen_at).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+        inserted += flags.iter().filter(|(new,)| *new).count() as u64;
+    }
+    Ok(inserted)
+}
+
+async fn upsert_sqlite(
+    tx: &mut SqliteConnection,
+    user: UserId,
+    rows: &[FanRow],
+    now: Timestamp,
+) -> Result<u64, JobError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    // SQLite has no `xmax`: count the handles that exist before writing (the IMMEDIATE
+    // transaction keeps other writers out in between).
+    let mut exists = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM fans WHERE user_id = ");
+    exists
+        .push_bind(user)
+        .push(" AND platform = 'onlyfans' AND handle IN (");
+    let mut list = exists.separated(", ");
+    for r in rows {
+        list.push_bind(r.handle.as_str());
+    }
+    exists.push(")");
+    let (existing,): (i64,) = exists.build_query_as().fetch_one(&mut *tx).await?;
+
+    for with_value in [true, false] {
+        let part: Vec<&FanRow> = rows
+            .iter()
+            .filter(|r| r.value_cents.is_some() == with_value)
+            .collect();
+        if part.is_empty() {
+            continue;
+        }
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO fans AS f (user_id, platform, handle, name, email, tags, value_cents,
+                                    last_seen_at, created_at, updated_at) ",
+        );
+        q.push_values(part, |mut b, r| {
+            let tags = match &r.tier {
+                Some(t) => serde_json::json!([t.as_str()]).to_string(),
+                None => "[]".to_owned(),
+            };
+            b.push_bind(user)
+                .push("'onlyfans'")
+                .push_bind(r.handle.as_str().to_owned())
+                .push_bind(r.name.as_ref().map(|n| n.as_str().to_owned()))
+                .push_bind(r.email.as_ref().map(|e| e.as_str().to_owned()))
+                .push_bind(tags)
+                .push_bind(r.value_cents.map_or(0, |c| c.get()))
+                .push_bind(r.last_seen_at.map(Timestamp))
+                .push_bind(now)
+                .push_bind(now);
+        });
+        q.push(if with_value {
+            sqlite_upsert_tail!("excluded.value_cents")
+        } else {
+            sqlite_upsert_tail!("f.value_cents")
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    Ok(rows.len() as u64 - existing as u64)
+}

@@ -1,0 +1,181 @@
+//! `/api/jobs`: every accepted heavy write is a job the client polls.
+
+use chrono::{DateTime, Utc};
+use fanqueue_jobs::jobs::{self, CancelError, JobFilter, JobId, JobKind, JobRecord, JobStatus};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
+
+use super::{ApiError, ApiTags, BearerAuth, State, page};
+
+pub struct JobsApi {
+    state: State,
+}
+
+impl JobsApi {
+    pub fn new(state: State) -> Self {
+        JobsApi { state }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct Progress {
+    /// Units done (for imports: data rows accounted for).
+    pub done: i64,
+    /// Units in all, once known.
+    pub total: Option<i64>,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct JobOut {
+    pub id: String,
+    /// import_csv, …
+    pub kind: String,
+    /// queued, running, succeeded, failed or cancelled.
+    pub status: String,
+    /// Runs started so far, including one cut short by a crash.
+    pub attempts: i64,
+    pub progress: Progress,
+    /// The job's result once it has one (for imports: `{"summary": …}`).
+    pub result: Option<serde_json::Value>,
+    /// Why it failed, or why its last run failed when it will be retried.
+    pub error: Option<String>,
+    /// A cancel was asked for; a running job stops after its current batch.
+    pub cancel_requested: bool,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<JobRecord> for JobOut {
+    fn from(j: JobRecord) -> Self {
+        JobOut {
+            id: j.id,
+            kind: j.kind,
+            status: j.status,
+            attempts: j.attempts,
+            progress: Progress {
+                done: j.progress_done,
+                total: j.progress_total,
+            },
+            result: j.result.map(|r| r.0),
+            error: j.error,
+            cancel_requested: j.cancel_requested,
+            created_at: j.created_at,
+            started_at: j.started_at,
+            finished_at: j.finished_at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct JobPage {
+    pub items: Vec<JobOut>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(ApiResponse)]
+enum GetJobResponse {
+    #[oai(status = 200)]
+    Ok(Json<JobOut>),
+}
+
+#[derive(ApiResponse)]
+enum ListJobsResponse {
+    /// The caller's jobs, newest first.
+    #[oai(status = 200)]
+    Ok(Json<JobPage>),
+}
+
+#[derive(ApiResponse)]
+enum CancelJobResponse {
+    /// A queued job is now cancelled; a running one stops after its current batch (poll it).
+    #[oai(status = 202)]
+    Accepted(Json<JobOut>),
+}
+
+/// A job id from the path: anything but a ULID is a malformed id.
+pub fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    JobId::parse(raw).ok_or_else(|| ApiError::invalid("id", "must be a job id (a ULID)"))
+}
+
+#[OpenApi(prefix_path = "/api/jobs", tag = "ApiTags::Jobs")]
+impl JobsApi {
+    /// Get a job
+    ///
+    /// Status, attempts, progress and, once final, the result or the error.
+    #[oai(path = "/:id", method = "get", operation_id = "getJob")]
+    async fn get(&self, auth: BearerAuth, id: Path<String>) -> Result<GetJobResponse, ApiError> {
+        let job = jobs::get(&self.state.db, auth.0, &job_id(&id.0)?).await?;
+        Ok(GetJobResponse::Ok(Json(job.into())))
+    }
+
+    /// List jobs
+    ///
+    /// The caller's jobs, newest first, optionally of one `kind` and one `status`.
+    #[oai(path = "/", method = "get", operation_id = "listJobs")]
+    async fn list(
+        &self,
+        auth: BearerAuth,
+        /// import_csv, …
+        kind: Query<Option<String>>,
+        /// queued, running, succeeded, failed or cancelled.
+        status: Query<Option<String>>,
+        limit: Query<Option<i64>>,
+        offset: Query<Option<i64>>,
+    ) -> Result<ListJobsResponse, ApiError> {
+        let page = page(limit.0, offset.0)?;
+        let filter = JobFilter {
+            kind: kind
+                .0
+                .map(|k| {
+                    JobKind::parse(&k).ok_or_else(|| ApiError::invalid("kind", "is not a job kind"))
+                })
+                .transpose()?,
+            status: status
+                .0
+                .map(|s| {
+                    JobStatus::parse(&s).ok_or_else(|| {
+                        ApiError::invalid(
+                            "status",
+                            "must be queued, running, succeeded, failed or cancelled",
+                        )
+                    })
+                })
+                .transpose()?,
+        };
+        let listed = jobs::list(&self.state.db, auth.0, &filter, page).await?;
+        Ok(ListJobsResponse::Ok(Json(JobPage {
+            items: listed.items.into_iter().map(Into::into).collect(),
+            total: listed.total,
+            limit: page.limit,
+            offset: page.offset,
+        })))
+    }
+
+    /// Cancel a job
+    ///
+    /// A queued job is cancelled at once. A running import stops after the batch in
+    /// progress: rows already committed stay, and its summary says where it stopped.
+    /// A finished job answers 409.
+    #[oai(path = "/:id", method = "delete", operation_id = "cancelJob")]
+    async fn cancel(
+        &self,
+        auth: BearerAuth,
+        id: Path<String>,
+    ) -> Result<CancelJobResponse, ApiError> {
+        match jobs::cancel(&self.state.db, auth.0, &job_id(&id.0)?).await {
+            Ok(job) => Ok(CancelJobResponse::Accepted(Json(job.into()))),
+            Err(CancelError::Finished(status)) => Err(ApiError::conflict(format!(
+                "the job has already finished ({status}); nothing to cancel"
+            ))),
+            Err(CancelError::Store(e)) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Worker processes as operators run them: several on one PostgreSQL, and one killed with
+//! SIGKILL in the middle of a job.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use sqlx::Connection;
+
+use crate::helpers::{
+    AppProcess, Backend, JWT_SECRET, TestDb, aws_endpoint, generated_csv, json_of, wait_job_at,
+};
+
+/// The environment of a distributed deployment on `database_url`, with uploads on the S3
+/// emulator (the AWS credentials of the test run are passed through).
+fn deployment_env(database_url: &str, bucket: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("DATABASE_URL".into(), database_url.into()),
+        ("JWT_SECRET".into(), JWT_SECRET.into()),
+        ("S3_BUCKET".into(), bucket.into()),
+        ("AWS_ENDPOINT_URL".into(), aws_endpoint()),
+    ];
+    for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
+        let value = std::env::var(key).unwrap_or_else(|_| {
+            panic!("{key} must be set for the S3 emulator (scripts/test sets it)")
+        });
+        env.push((key.into(), value));
+    }
+    env
+}
+
+fn as_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+async fn upload(
+    client: &reqwest::Client,
+    api: &str,
+    token: &str,
+    name: &str,
+    bytes: Vec<u8>,
+) -> String {
+    let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned());
+    let resp = client
+        .post(format!("{api}/api/onlyfans/import/csv"))
+        .bearer_auth(token)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap();
+    json_of(resp, StatusCode::ACCEPTED).await["jobId"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_import_is_replaced_and_every_row_lands_exactly_once() {
+    const ROWS: usize = 100_000;
+    let (_db, url) = TestDb::create(Backend::Postgres).await;
+    let bucket = format!("fq-test-{}", uuid::Uuid::new_v4().simple());
+    let mut env = deployment_env(&url, &bucket);
+    // Small batches: many commits, so the kill lands between two of them mid-file.
+    env.push(("IMPORT_BATCH_ROWS".into(), "100".into()));
+    let env = as_refs(&env);
+    let dir = tempfile::tempdir().unwrap();
+    let api = AppProcess::spawn(&["serve"], &env, dir.path());
+    let mut first = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
+
+    let keys = fanqueue::auth::JwtKeys::new(&secrecy::SecretString::from(JWT_SECRET));
+    let token = keys.issue(fanqueue_jobs::domain::UserId(1), Duration::from_secs(3600));
+    let client = reqwest::Client::new();
+    let id = upload(
+        &client,
+        &api.address,
+        &token,
+        "big.csv",
+        generated_csv(ROWS),
+    )
+    .await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done_at_kill = loop {
+        let job = json_of(
+            client
+                .get(format!("{}/api/jobs/{id}", api.address))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+        let done = job["progress"]["done"].as_u64().unwrap();
+        if done > 0 {
+            first.child.kill().expect("SIGKILL the worker");
+            first.child.wait().unwrap();
+            break done;
+        }
+        assert!(Instant::now() < deadline, "the import never started: {job}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        done_at_kill < ROWS as u64,
+        "killed mid-file (at {done_at_kill} rows)"
+    );
+
+    let _second = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
+    let job = wait_job_at(&client, &api.address, &token, &id, Duration::from_secs(120)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(
+        job["attempts"], 2,
+        "the killed run and the one that finished: {job}"
+    );
+    let s = &job["result"]["summary"];
+    assert_eq!(s["totalRows"], ROWS);
+    assert_eq!(
+        s["successfulInserts"], ROWS,
+        "the summary is that of an uninterrupted run: {s}"
+    );
+    assert_eq!(s["updated"], 0);
+    assert_eq!(s["skipped"], 0);
+    assert_eq!(s["errorCount"], 0);
+
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT handle) FROM fans WHERE user_id = 1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        (rows, distinct),
+        (ROWS as i64, ROWS as i64),
+        "every row present exactly once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_one_postgres_share_the_queue_and_run_each_job_once() {
+    let (_db, url) = TestDb::create(Backend::Postgres).await;
+    let bucket = format!("fq-test-{}", uuid::Uuid::new_v4().simple());
+    let env = deployment_env(&url, &bucket);
+    let env = as_refs(&env);
+    let dir = tempfile::tempdir().unwrap();
+    let api = AppProcess::spawn(&["serve"], &env, dir.path());
+    let _a = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
+    let _b = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
+
+    let keys = fanqueue::auth::JwtKeys::new(&secrecy::SecretString::from(JWT_SECRET));
+    let client = reqwest::Client::new();
+    let mut jobs = vec![];
+    for user in 1..=8 {
+        let token = keys.issue(
+            fanqueue_jobs::domain::UserId(user),
+            Duration::from_secs(3600),
+        );
+        let id = upload(
+            &client,
+            &api.address,
+            &token,
+            "fans.csv",
+            generated_csv(3_000),
+        )
+        .await;
+        jobs.push((token, id));
+    }
+    for (token, id) in &jobs {
+        let job = wait_job_at(&client, &api.address, token, id, Duration::from_secs(120)).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(job["attempts"], 1, "ran once: {job}");
+        assert_eq!(job["result"]["summary"]["successfulInserts"], 3_000);
+    }
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let (fans,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM fans")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(fans, 8 * 3_000);
+}
