@@ -21,7 +21,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("LISTEN_ADDR", "where the API listens [127.0.0.1:8080]"),
     (
         "DATA_DIR",
-        "directory of the embedded default's SQLite file and generated secret [data]",
+        "the embedded default's SQLite file, secret and blobs [data]",
     ),
     (
         "DATABASE_URL",
@@ -35,7 +35,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "REDIS_URL",
         "Redis for quotas shared across API processes [unset: in-process]",
     ),
-    ("REDIS_PREFIX", "prefix of fanqueue's Redis keys [fanqueue]"),
+    (
+        "REDIS_PREFIX",
+        "prefix of fanqueue's Redis keys and queues [fanqueue]",
+    ),
     (
         "WRITE_LIMIT_PER_MINUTE",
         "writes per user per minute before 429 [60]",
@@ -46,21 +49,27 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     (
         "JOB_BACKEND",
-        "sqlite, postgres or redis [follows DATABASE_URL]",
+        "sqlite, postgres or redis (needs REDIS_URL) [follows DATABASE_URL]",
+    ),
+    ("IMPORT_MAX_BYTES", "largest CSV upload accepted [10485760]"),
+    (
+        "IMPORTS_PER_HOUR",
+        "CSV imports per user per hour before 429 [10]",
+    ),
+    ("IMPORT_BATCH_ROWS", "rows per import transaction [2000]"),
+    (
+        "S3_BUCKET",
+        "bucket for uploaded CSV files [unset: <DATA_DIR>/blobs]",
+    ),
+    (
+        "AWS_ENDPOINT_URL",
+        "SQS/S3 endpoint, e.g. an emulator [AWS]",
     ),
     (
         "SQS_QUEUE_URL",
         "outbound SQS queue [unset: embedded queue]",
     ),
     ("SQS_DLQ_URL", "its dead-letter queue"),
-    (
-        "AWS_ENDPOINT_URL",
-        "SQS/S3 endpoint, e.g. an emulator [AWS]",
-    ),
-    (
-        "S3_BUCKET",
-        "bucket for uploaded CSV files [unset: <DATA_DIR>/blobs]",
-    ),
     ("PLATFORM_API_URL", "where the dispatcher delivers messages"),
     (
         "RATE_LIMITER_ENABLED",
@@ -70,6 +79,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "DELIVERY_RATE_PER_MINUTE",
         "platform deliveries per creator per minute [10]",
     ),
+    (
+        "FANQUEUE_URL",
+        "server the `import` command talks to [http://127.0.0.1:8080]",
+    ),
+    ("FANQUEUE_TOKEN", "bearer token the `import` command sends"),
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,25 +198,110 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    // Tests that read settings run in a figment `Jail`: it serializes them, so one test's
+    // environment variables never leak into another's.
     #[test]
     fn defaults_load_without_any_setting() {
-        let s = Settings::load(None).unwrap();
-        assert_eq!(s.listen_addr.to_string(), "127.0.0.1:8080");
-        assert_eq!(s.write_limit_per_minute, 60);
-        assert_eq!(s.delivery_rate_per_minute, 10);
-        assert!(s.rate_limiter_enabled);
-        assert!(s.database_url().starts_with("sqlite://"));
+        figment::Jail::expect_with(|_| {
+            let s = Settings::load(None).unwrap();
+            assert_eq!(s.listen_addr.to_string(), "127.0.0.1:8080");
+            assert_eq!(s.write_limit_per_minute, 60);
+            assert_eq!(
+                (s.import_max_bytes, s.imports_per_hour),
+                (10 * 1024 * 1024, 10)
+            );
+            assert_eq!(s.delivery_rate_per_minute, 10);
+            assert!(s.rate_limiter_enabled);
+            assert!(s.database_url().starts_with("sqlite://"));
+            Ok(())
+        });
+    }
+
+    /// Every listed variable reaches its setting: a name missing from the list (or
+    /// misspelt) would be silently ignored, as IMPORT_MAX_BYTES once was.
+    #[test]
+    fn every_listed_variable_overrides_its_setting() {
+        figment::Jail::expect_with(|jail| {
+            let values = [
+                ("LISTEN_ADDR", "0.0.0.0:9999"),
+                ("DATA_DIR", "/tmp/elsewhere"),
+                ("DATABASE_URL", "postgres://u@h/db"),
+                ("JWT_SECRET", "a-secret-from-the-environment"),
+                ("REDIS_URL", "redis://r:6379"),
+                ("REDIS_PREFIX", "p"),
+                ("WRITE_LIMIT_PER_MINUTE", "7"),
+                ("LOG_FORMAT", "json"),
+                ("JOB_BACKEND", "redis"),
+                ("IMPORT_MAX_BYTES", "123"),
+                ("IMPORTS_PER_HOUR", "4"),
+                ("IMPORT_BATCH_ROWS", "50"),
+                ("S3_BUCKET", "b"),
+                ("AWS_ENDPOINT_URL", "http://e"),
+                ("SQS_QUEUE_URL", "http://q"),
+                ("SQS_DLQ_URL", "http://d"),
+                ("PLATFORM_API_URL", "http://p"),
+                ("RATE_LIMITER_ENABLED", "false"),
+                ("DELIVERY_RATE_PER_MINUTE", "3"),
+            ];
+            let listed: Vec<&str> = ENV_VARS
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| !k.starts_with("FANQUEUE_"))
+                .collect();
+            assert_eq!(
+                listed,
+                values.map(|(k, _)| k),
+                "the test covers every listed variable"
+            );
+            for (k, v) in values {
+                jail.set_env(k, v);
+            }
+            let s = Settings::load(None).expect("settings load");
+            assert_eq!(s.listen_addr.to_string(), "0.0.0.0:9999");
+            assert_eq!(s.data_dir, PathBuf::from("/tmp/elsewhere"));
+            assert_eq!(s.database_url.as_deref(), Some("postgres://u@h/db"));
+            assert_eq!(
+                s.jwt_secret
+                    .as_ref()
+                    .map(|x| x.expose_secret().to_owned())
+                    .as_deref(),
+                Some("a-secret-from-the-environment")
+            );
+            assert_eq!(s.redis_url.as_deref(), Some("redis://r:6379"));
+            assert_eq!(s.redis_prefix, "p");
+            assert_eq!(s.write_limit_per_minute, 7);
+            assert_eq!(s.log_format, LogFormat::Json);
+            assert_eq!(s.job_backend.as_deref(), Some("redis"));
+            assert_eq!(
+                (s.import_max_bytes, s.imports_per_hour, s.import_batch_rows),
+                (123, 4, 50)
+            );
+            assert_eq!(s.s3_bucket.as_deref(), Some("b"));
+            assert_eq!(s.aws_endpoint_url.as_deref(), Some("http://e"));
+            assert_eq!(
+                (s.sqs_queue_url.as_deref(), s.sqs_dlq_url.as_deref()),
+                (Some("http://q"), Some("http://d"))
+            );
+            assert_eq!(s.platform_api_url.as_deref(), Some("http://p"));
+            assert!(!s.rate_limiter_enabled);
+            assert_eq!(s.delivery_rate_per_minute, 3);
+            // An empty variable means unset.
+            jail.set_env("REDIS_URL", "");
+            assert_eq!(Settings::load(None).unwrap().redis_url, None);
+            Ok(())
+        });
     }
 
     #[test]
     fn generated_secret_is_kept_and_reused() {
-        let dir = std::env::temp_dir().join(format!("fq-secret-{}", uuid::Uuid::new_v4()));
-        let mut s = Settings::load(None).unwrap();
-        s.data_dir = dir.clone();
-        let first = s.jwt_secret().unwrap();
-        let second = s.jwt_secret().unwrap();
-        assert_eq!(first.expose_secret(), second.expose_secret());
-        assert_eq!(first.expose_secret().len(), 64);
-        std::fs::remove_dir_all(dir).unwrap();
+        figment::Jail::expect_with(|jail| {
+            let mut s = Settings::load(None).unwrap();
+            s.data_dir = jail.directory().join("data");
+            let first = s.jwt_secret().unwrap();
+            let second = s.jwt_secret().unwrap();
+            assert_eq!(first.expose_secret(), second.expose_secret());
+            assert_eq!(first.expose_secret().len(), 64);
+            Ok(())
+        });
     }
 }

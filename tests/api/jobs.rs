@@ -28,14 +28,14 @@ async fn jobs_are_listed_filtered_and_private_to_their_user(app: TestApp) {
             .collect()
     };
     let failed = json_of(app.get(1, "/api/jobs?status=failed").await, StatusCode::OK).await;
-    assert_eq!(ids(&failed), [bad.clone()]);
+    assert_eq!(ids(&failed), [bad.as_str()]);
     let imports = json_of(
         app.get(1, "/api/jobs?kind=import_csv&status=succeeded")
             .await,
         StatusCode::OK,
     )
     .await;
-    assert_eq!(ids(&imports), [ok.clone()]);
+    assert_eq!(ids(&imports), [ok.as_str()]);
 
     for (path, field) in [
         ("/api/jobs?status=done", "status"),

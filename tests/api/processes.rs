@@ -42,6 +42,46 @@ async fn with_nothing_configured_the_binary_serves_sqlite_and_its_token_works() 
     assert_eq!(resp.status(), StatusCode::OK);
     let page: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(page["items"], serde_json::json!([]));
+
+    // `fanqueue import` uploads the SPEC's sample, follows the job and prints the summary;
+    // the same file again adds no fan.
+    let fixture = format!(
+        "{}/tests/fixtures/onlyfans_export.csv",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    for (inserted, updated) in [(2, 0), (0, 2)] {
+        let out = Command::new(env!("CARGO_BIN_EXE_fanqueue"))
+            .args(["import", &fixture])
+            .current_dir(dir.path())
+            .env_clear()
+            .env("FANQUEUE_URL", &server.address)
+            .env("FANQUEUE_TOKEN", &token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("the summary as JSON");
+        let s = &result["summary"];
+        assert_eq!(s["totalRows"], 2);
+        assert_eq!(
+            (s["successfulInserts"].as_u64(), s["updated"].as_u64()),
+            (Some(inserted), Some(updated))
+        );
+    }
+    let page: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/crm/fans", server.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["total"], 2);
 }
 
 #[test]
@@ -82,13 +122,17 @@ fn help_lists_every_setting() {
         "SQS_DLQ_URL",
         "AWS_ENDPOINT_URL",
         "S3_BUCKET",
+        "JOB_BACKEND",
+        "IMPORT_MAX_BYTES",
+        "IMPORTS_PER_HOUR",
+        "FANQUEUE_TOKEN",
         "PLATFORM_API_URL",
         "RATE_LIMITER_ENABLED",
         "DELIVERY_RATE_PER_MINUTE",
     ] {
         assert!(help.contains(var), "--help does not mention {var}");
     }
-    for cmd in ["serve", "all", "migrate", "token"] {
+    for cmd in ["serve", "worker", "all", "migrate", "token", "import"] {
         assert!(help.contains(cmd), "--help does not list {cmd}");
     }
 }
