@@ -195,6 +195,8 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+// figment's `Jail::expect_with` fixes its closure's error type (figment::Error, large).
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

@@ -128,6 +128,11 @@ async fn a_messy_export_is_read_and_every_row_is_accounted_for(app: TestApp) {
     assert_eq!(errors[1]["row"], 7);
     assert!(errors[1]["error"].as_str().unwrap().contains("lots"), "{s}");
     assert_eq!(s["errorCount"], 2);
+    let accounted: u64 = ["successfulInserts", "updated", "skipped", "errorCount"]
+        .iter()
+        .map(|k| s[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(accounted, 6, "every row is counted exactly once: {s}");
 
     let fans = json_of(app.get(1, "/api/crm/fans").await, StatusCode::OK).await;
     let mut handles = handles_of(&fans);
@@ -526,4 +531,65 @@ async fn the_outbox_relay_pushes_a_job_the_api_never_pushed() {
     });
     let s = summary(&app.wait_job(1, &id).await);
     assert_eq!(s["successfulInserts"], 2);
+}
+
+/// More than 1,000 bad rows: 1,000 are listed, all are counted, the good rows still land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_summary_lists_a_thousand_errors_and_counts_the_rest() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let mut csv = String::from("Username,Email\n");
+    for i in 0..1_205 {
+        csv.push_str(&format!("bad{i},not-an-email-{i}\n"));
+    }
+    csv.push_str("good,good@example.com\n");
+    let s = summary(
+        &app.wait_job(1, &app.import(1, "errors.csv", csv.into_bytes()).await)
+            .await,
+    );
+    assert_eq!(s["totalRows"], 1_206);
+    assert_eq!(s["errors"].as_array().unwrap().len(), 1_000);
+    assert_eq!(s["errors"][0]["row"], 2);
+    assert_eq!(s["errorCount"], 1_205);
+    assert_eq!(s["errorsOmitted"], 205);
+    assert_eq!(s["successfulInserts"], 1);
+    assert_eq!(app.fan_total(1).await, 1);
+}
+
+/// A run that fails for a reason worth retrying (here: the upload vanished from storage)
+/// is retried with backoff per the kind's policy, then recorded as failed with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_import_is_retried_by_its_policy_then_failed_with_the_reason() {
+    let app = spawn_api_only(Backend::Postgres, |_| {}).await;
+    let id = app
+        .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
+        .await;
+    let services = fanqueue::startup::Services::open(&app.settings)
+        .await
+        .unwrap();
+    let key = fanqueue_jobs::imports::blob_key(
+        fanqueue_jobs::domain::UserId(1),
+        &fanqueue_jobs::jobs::JobId(id.clone()),
+    );
+    services.blobs.delete(&key).await.unwrap();
+    let settings = app.settings.clone();
+    let started = std::time::Instant::now();
+    tokio::spawn(async move {
+        fanqueue::startup::run_workers(&settings, &services, std::future::pending()).await
+    });
+    let job = app.wait_job(1, &id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    let max = fanqueue_jobs::imports::RETRY.max_attempts;
+    assert_eq!(job["attempts"], max, "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("gave up after {max} attempts")) && error.contains("not found"),
+        "{error}"
+    );
+    // The runs were spaced by the backoff (1 s, 2 s, 4 s, ±20%), not run back to back: a
+    // lower bound on elapsed time, which a slow machine can only exceed.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(5),
+        "retries waited: {:?}",
+        started.elapsed()
+    );
 }

@@ -79,9 +79,21 @@ macro_rules! sqlite_upsert_tail {
     };
 }
 
-const SAVE_CHECKPOINT: &str =
-    "UPDATE job_records SET progress_done = $2, checkpoint = $3 WHERE id = $1
-     RETURNING cancel_requested";
+/// Stores the checkpoint in the batch's transaction and reads whether a cancel was asked for.
+macro_rules! save_checkpoint {
+    ($conn:expr, $job:expr, $cp:expr) => {{
+        let (cancel,): (bool,) = sqlx::query_as(
+            "UPDATE job_records SET progress_done = $2, checkpoint = $3 WHERE id = $1
+             RETURNING cancel_requested",
+        )
+        .bind(&$job.0)
+        .bind($cp.records_done as i64)
+        .bind(Json(&*$cp))
+        .fetch_one($conn)
+        .await?;
+        cancel
+    }};
+}
 
 /// SQLite allows 32,766 bound values a statement; 10 a row keeps well below.
 const SQLITE_ROWS_PER_STATEMENT: usize = 2_000;
@@ -112,12 +124,7 @@ pub(super) async fn commit_batch(
             let mut tx = pool.begin().await?;
             let inserted = upsert_pg(&mut tx, user, &rows, now).await?;
             count(cp, rows.len(), inserted);
-            let (cancel,): (bool,) = sqlx::query_as(SAVE_CHECKPOINT)
-                .bind(&job.0)
-                .bind(cp.records_done as i64)
-                .bind(Json(&*cp))
-                .fetch_one(&mut *tx)
-                .await?;
+            let cancel = save_checkpoint!(&mut *tx, job, cp);
             tx.commit().await?;
             cancel
         }
@@ -130,12 +137,7 @@ pub(super) async fn commit_batch(
                 inserted += upsert_sqlite(&mut tx, user, chunk, now).await?;
             }
             count(cp, rows.len(), inserted);
-            let (cancel,): (bool,) = sqlx::query_as(SAVE_CHECKPOINT)
-                .bind(&job.0)
-                .bind(cp.records_done as i64)
-                .bind(Json(&*cp))
-                .fetch_one(&mut *tx)
-                .await?;
+            let cancel = save_checkpoint!(&mut *tx, job, cp);
             tx.commit().await?;
             cancel
         }

@@ -182,8 +182,6 @@ pub async fn list(
     filter: &JobFilter,
     page: Page,
 ) -> StoreResult<Listed<JobRecord>> {
-    const WHERE: &str =
-        "user_id = $1 AND ($2 IS NULL OR kind = $2) AND ($3 IS NULL OR status = $3)";
     let kind = filter.kind.map(JobKind::as_str);
     let status = filter.status.map(JobStatus::as_str);
     let (rows_sql, count_sql) = match db {
@@ -202,7 +200,6 @@ pub async fn list(
             "SELECT COUNT(*) FROM job_records WHERE user_id = $1 AND ($2 IS NULL OR kind = $2) AND ($3 IS NULL OR status = $3)",
         ),
     };
-    let _ = WHERE;
     on_db!(db, pool => {
         let items = sqlx::query_as::<_, JobRecord>(rows_sql)
             .bind(user)

@@ -217,69 +217,59 @@ pub trait JobTx {
     ) -> impl Future<Output = Result<(), EnqueueError>> + Send;
 }
 
-const INSERT_RECORD: &str =
-    "INSERT INTO job_records (id, user_id, kind, status, payload, created_at, dispatched_at)
-     VALUES ($1, $2, $3, 'queued', $4, $5, $6)";
+/// The body of [`JobTx::enqueue`] for one SQL backend: insert the record; if the job backend
+/// is this same database (`$own`), push the apalis task with `$push` in the transaction; if it
+/// is Redis, leave the record as an outbox row for `after_commit` and the relay.
+macro_rules! enqueue_in_tx {
+    ($tx:ident, $queue:expr, $job:expr, $own:pat, |$task:ident| $push:expr) => {{
+        let (queue, job): (&JobQueue, &NewJob) = ($queue, $job);
+        let now = Timestamp::now();
+        let shared = matches!(queue, $own);
+        sqlx::query(
+            "INSERT INTO job_records (id, user_id, kind, status, payload, created_at, dispatched_at)
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6)",
+        )
+        .bind(&job.id.0)
+        .bind(job.user)
+        .bind(job.kind.as_str())
+        .bind(sqlx::types::Json(&job.payload))
+        .bind(now)
+        .bind(shared.then_some(now))
+        .execute(&mut **$tx)
+        .await?;
+        match queue {
+            $own => {
+                let $task = task(&job.id).map_err(EnqueueError::Backend)?;
+                $push.await.map_err(|e| EnqueueError::Backend(anyhow::Error::new(e)))?;
+                Ok(())
+            }
+            JobQueue::Redis { .. } => Ok(()),
+            other => Err(EnqueueError::Backend(anyhow::anyhow!(
+                "a {} job backend cannot take jobs from a {} transaction",
+                other.name(),
+                stringify!($own)
+            ))),
+        }
+    }};
+}
 
 impl JobTx for sqlx::Transaction<'_, Postgres> {
     async fn enqueue(&mut self, queue: &JobQueue, job: &NewJob) -> Result<(), EnqueueError> {
-        let now = Timestamp::now();
-        let shared = matches!(queue, JobQueue::Postgres(_));
-        sqlx::query(INSERT_RECORD)
-            .bind(&job.id.0)
-            .bind(job.user)
-            .bind(job.kind.as_str())
-            .bind(sqlx::types::Json(&job.payload))
-            .bind(now)
-            .bind(shared.then_some(now))
-            .execute(&mut **self)
-            .await?;
-        match queue {
-            JobQueue::Postgres(_) => {
-                let task = task(&job.id).map_err(EnqueueError::Backend)?;
-                apalis_postgres::queries::push_tasks(&mut **self, job.kind.as_str(), vec![task])
-                    .await
-                    .map_err(|e| EnqueueError::Backend(anyhow::Error::new(e)))?;
-            }
-            JobQueue::Redis { .. } => {}
-            JobQueue::Sqlite(_) => {
-                return Err(EnqueueError::Backend(anyhow::anyhow!(
-                    "a SQLite job backend cannot take jobs from a PostgreSQL transaction"
-                )));
-            }
-        }
-        Ok(())
+        enqueue_in_tx!(self, queue, job, JobQueue::Postgres(_), |task| {
+            apalis_postgres::queries::push_tasks(&mut **self, job.kind.as_str(), vec![task])
+        })
     }
 }
 
 impl JobTx for sqlx::Transaction<'_, Sqlite> {
     async fn enqueue(&mut self, queue: &JobQueue, job: &NewJob) -> Result<(), EnqueueError> {
-        let now = Timestamp::now();
-        let shared = matches!(queue, JobQueue::Sqlite(_));
-        sqlx::query(INSERT_RECORD)
-            .bind(&job.id.0)
-            .bind(job.user)
-            .bind(job.kind.as_str())
-            .bind(sqlx::types::Json(&job.payload))
-            .bind(now)
-            .bind(shared.then_some(now))
-            .execute(&mut **self)
-            .await?;
-        match queue {
-            JobQueue::Sqlite(_) => {
-                let task = task(&job.id).map_err(EnqueueError::Backend)?;
-                apalis_sqlite::queries::push_tasks(&mut **self, job.kind.as_str(), &[task])
-                    .await
-                    .map_err(|e| EnqueueError::Backend(anyhow::Error::new(e)))?;
-            }
-            JobQueue::Redis { .. } => {}
-            JobQueue::Postgres(_) => {
-                return Err(EnqueueError::Backend(anyhow::anyhow!(
-                    "a PostgreSQL job backend cannot take jobs from a SQLite transaction"
-                )));
-            }
-        }
-        Ok(())
+        enqueue_in_tx!(self, queue, job, JobQueue::Sqlite(_), |task| {
+            apalis_sqlite::queries::push_tasks(
+                &mut **self,
+                job.kind.as_str(),
+                std::slice::from_ref(&task),
+            )
+        })
     }
 }
 
