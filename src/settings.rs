@@ -56,7 +56,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "IMPORTS_PER_HOUR",
         "CSV imports per user per hour before 429 [10]",
     ),
-    ("IMPORT_BATCH_ROWS", "rows per import transaction [2000]"),
+    ("IMPORT_BATCH_ROWS", "rows per import transaction [5000]"),
     (
         "S3_BUCKET",
         "bucket for uploaded CSV files [unset: <DATA_DIR>/blobs]",

@@ -203,44 +203,101 @@ pub async fn run(deps: &Deps, record: &JobRecord) -> Result<Outcome, JobError> {
     )
     .await
     .map_err(file_error)?;
+    let mut writing = None;
+    let result = write_pass(
+        deps,
+        record,
+        &job,
+        &mut reader,
+        &last_rows,
+        cp,
+        &mut writing,
+    )
+    .await;
+    // A run that failed must not leave a batch committing behind it: the retry would read
+    // the checkpoint before that commit and count the batch twice.
+    if let Some(write) = writing {
+        let _ = write.await;
+    }
+    result
+}
+
+type BatchWrite = tokio::task::JoinHandle<Result<(Checkpoint, bool), JobError>>;
+
+/// Pass 2. One batch is written while the next is parsed. Checkpoints stay in file order: a
+/// batch's write starts only after the previous one committed, and carries the counters
+/// through that previous batch plus what parsing saw up to its own last row.
+async fn write_pass<R: tokio::io::AsyncRead + Unpin + Send>(
+    deps: &Deps,
+    record: &JobRecord,
+    job: &JobId,
+    reader: &mut FanCsvReader<R>,
+    last_rows: &LastRows,
+    mut cp: Checkpoint,
+    writing: &mut Option<BatchWrite>,
+) -> Result<Outcome, JobError> {
     let mut batch = Vec::with_capacity(deps.import_batch_rows);
     let mut pending = 0usize;
-    while let Some(item) = reader.next_row().await.map_err(file_error)? {
-        let row = match &item {
-            Ok(r) => r.row,
-            Err(e) => e.row,
-        };
-        if row <= cp.last_row {
-            continue;
-        }
-        match item {
-            Err(e) => cp.summary.error(e.row, e.error),
-            Ok(fan) => {
-                let last = last_rows.get(&handle_hash(fan.handle.as_str())).copied();
-                match last {
+    loop {
+        let item = reader.next_row().await.map_err(file_error)?;
+        if let Some(item) = item {
+            let row = match &item {
+                Ok(r) => r.row,
+                Err(e) => e.row,
+            };
+            if row <= cp.last_row {
+                continue;
+            }
+            match item {
+                Err(e) => cp.summary.error(e.row, e.error),
+                Ok(fan) => match last_rows.get(&handle_hash(fan.handle.as_str())).copied() {
                     Some(last) if u64::from(last) != fan.row => {
                         cp.summary.skip(fan.row, format!("duplicate of row {last}"));
                     }
                     _ => batch.push(fan),
-                }
+                },
             }
+            cp.last_row = row;
+            cp.records_done += 1;
+            pending += 1;
+            if pending < deps.import_batch_rows {
+                continue;
+            }
+        } else if pending == 0 {
+            break;
         }
-        cp.last_row = row;
-        cp.records_done += 1;
-        pending += 1;
-        if pending >= deps.import_batch_rows {
-            let cancel =
-                upsert::commit_batch(&deps.db, record.user_id, &job, &mut batch, &mut cp).await?;
-            pending = 0;
+        if let Some(previous) = writing.take() {
+            let (written, cancel) = join(previous).await?;
             if cancel {
-                return Ok(cancelled(cp));
+                return Ok(cancelled(written));
             }
+            cp.summary.successful_inserts = written.summary.successful_inserts;
+            cp.summary.updated = written.summary.updated;
         }
+        let rows = std::mem::replace(&mut batch, Vec::with_capacity(deps.import_batch_rows));
+        *writing = Some(tokio::spawn(upsert::commit_batch(
+            deps.db.clone(),
+            record.user_id,
+            job.clone(),
+            rows,
+            cp.clone(),
+        )));
+        pending = 0;
     }
-    if pending > 0 {
-        upsert::commit_batch(&deps.db, record.user_id, &job, &mut batch, &mut cp).await?;
+    if let Some(last) = writing.take() {
+        let (written, cancel) = join(last).await?;
+        if cancel {
+            return Ok(cancelled(written));
+        }
+        cp = written;
     }
     Ok(Outcome::Succeeded(json!({ "summary": cp.summary })))
+}
+
+async fn join(write: BatchWrite) -> Result<(Checkpoint, bool), JobError> {
+    write
+        .await
+        .map_err(|e| JobError::Transient(anyhow::anyhow!("a batch write died: {e}")))?
 }
 
 fn cancelled(mut cp: Checkpoint) -> Outcome {

@@ -108,23 +108,24 @@ pub(super) async fn set_total(db: &Db, job: &JobId, total: u64) -> Result<(), Jo
     Ok(())
 }
 
-/// Writes `batch` (emptied) and the checkpoint in one transaction. Returns whether the
-/// client asked to cancel, read in that same transaction.
+/// Writes `rows` and the checkpoint `cp` (to which it adds the batch's counts) in one
+/// transaction. Returns that checkpoint and whether the client asked to cancel, read in the
+/// same transaction.
 pub(super) async fn commit_batch(
-    db: &Db,
+    db: Db,
     user: UserId,
-    job: &JobId,
-    batch: &mut Vec<FanRow>,
-    cp: &mut Checkpoint,
-) -> Result<bool, JobError> {
-    let rows = std::mem::take(batch);
+    job: JobId,
+    rows: Vec<FanRow>,
+    mut cp: Checkpoint,
+) -> Result<(Checkpoint, bool), JobError> {
+    let (job, cp_ref) = (&job, &mut cp);
     let now = Timestamp::now();
-    let cancel = match db {
+    let cancel = match &db {
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
             let inserted = upsert_pg(&mut tx, user, &rows, now).await?;
-            count(cp, rows.len(), inserted);
-            let cancel = save_checkpoint!(&mut *tx, job, cp);
+            count(cp_ref, rows.len(), inserted);
+            let cancel = save_checkpoint!(&mut *tx, job, cp_ref);
             tx.commit().await?;
             cancel
         }
@@ -136,13 +137,13 @@ pub(super) async fn commit_batch(
             for chunk in rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
                 inserted += upsert_sqlite(&mut tx, user, chunk, now).await?;
             }
-            count(cp, rows.len(), inserted);
-            let cancel = save_checkpoint!(&mut *tx, job, cp);
+            count(cp_ref, rows.len(), inserted);
+            let cancel = save_checkpoint!(&mut *tx, job, cp_ref);
             tx.commit().await?;
             cancel
         }
     };
-    Ok(cancel)
+    Ok((cp, cancel))
 }
 
 fn count(cp: &mut Checkpoint, written: usize, inserted: u64) {
