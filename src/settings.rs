@@ -69,7 +69,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "SQS_QUEUE_URL",
         "outbound SQS queue [unset: embedded queue]",
     ),
-    ("SQS_DLQ_URL", "its dead-letter queue"),
+    ("SQS_DLQ_URL", "its dead-letter queue (for the DLQ count)"),
+    (
+        "OUTBOUND_MAX_RECEIVES",
+        "embedded queue: receives before the DLQ [5]",
+    ),
     ("PLATFORM_API_URL", "where the dispatcher delivers messages"),
     (
         "RATE_LIMITER_ENABLED",
@@ -102,6 +106,7 @@ pub struct Settings {
     pub job_backend: Option<String>,
     pub sqs_queue_url: Option<String>,
     pub sqs_dlq_url: Option<String>,
+    pub outbound_max_receives: u32,
     pub aws_endpoint_url: Option<String>,
     pub s3_bucket: Option<String>,
     pub platform_api_url: Option<String>,
@@ -241,6 +246,7 @@ mod tests {
                 ("AWS_ENDPOINT_URL", "http://e"),
                 ("SQS_QUEUE_URL", "http://q"),
                 ("SQS_DLQ_URL", "http://d"),
+                ("OUTBOUND_MAX_RECEIVES", "9"),
                 ("PLATFORM_API_URL", "http://p"),
                 ("RATE_LIMITER_ENABLED", "false"),
                 ("DELIVERY_RATE_PER_MINUTE", "3"),
@@ -284,6 +290,7 @@ mod tests {
                 (s.sqs_queue_url.as_deref(), s.sqs_dlq_url.as_deref()),
                 (Some("http://q"), Some("http://d"))
             );
+            assert_eq!(s.outbound_max_receives, 9);
             assert_eq!(s.platform_api_url.as_deref(), Some("http://p"));
             assert!(!s.rate_limiter_enabled);
             assert_eq!(s.delivery_rate_per_minute, 3);

@@ -8,6 +8,7 @@ use fanqueue_jobs::{
     db::{Db, redact},
     jobs::{JobQueue, Workers},
     limits::{Limiter, Quota},
+    outbound::{EmbeddedQueue, Outbound, SqsQueue},
     worker::Deps,
 };
 use poem::{Server, listener::TcpAcceptor};
@@ -29,12 +30,13 @@ pub async fn open_db(settings: &Settings) -> anyhow::Result<Db> {
 }
 
 /// What every role shares: the database, the job backend (its migrations applied beside
-/// ours) and the store of uploaded files.
+/// ours), the store of uploaded files and the outbound queue.
 #[derive(Clone)]
 pub struct Services {
     pub db: Db,
     pub queue: JobQueue,
     pub blobs: BlobStore,
+    pub outbound: Outbound,
 }
 
 impl Services {
@@ -46,7 +48,36 @@ impl Services {
             None => BlobStore::local(settings.data_dir.join("blobs")).await?,
         };
         tracing::info!(blobs = %blobs.describe(), "blob store ready");
-        Ok(Services { db, queue, blobs })
+        let outbound = match &settings.sqs_queue_url {
+            Some(url) => {
+                let sqs = SqsQueue::new(
+                    url,
+                    settings.sqs_dlq_url.as_deref(),
+                    settings.aws_endpoint_url.as_deref(),
+                )
+                .await?;
+                // Unreachable now is logged loudly, not fatal: requests are still accepted (their
+                // jobs are stored) and send jobs retry until the queue answers.
+                if let Err(e) = sqs.check().await {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "the SQS queue does not answer; send jobs will retry"
+                    );
+                }
+                Outbound::Sqs(sqs)
+            }
+            None => Outbound::Embedded(EmbeddedQueue::new(
+                db.clone(),
+                settings.outbound_max_receives,
+            )),
+        };
+        tracing::info!(outbound = outbound.name(), "outbound queue ready");
+        Ok(Services {
+            db,
+            queue,
+            blobs,
+            outbound,
+        })
     }
 }
 
@@ -88,6 +119,7 @@ impl Application {
             db: services.db.clone(),
             queue: services.queue.clone(),
             blobs: services.blobs.clone(),
+            outbound: services.outbound.clone(),
             keys,
             limiter,
             write_quota: Quota {
@@ -101,6 +133,12 @@ impl Application {
                 window: Duration::from_secs(3600),
             },
             import_max_bytes: settings.import_max_bytes,
+            campaign_quota: Quota {
+                name: "campaigns",
+                limit: 5,
+                window: Duration::from_secs(3600),
+            },
+            delivery_rate_per_minute: settings.delivery_rate_per_minute,
         });
         Ok(Application {
             port,
@@ -137,6 +175,8 @@ pub async fn run_workers(
         db: services.db.clone(),
         blobs: services.blobs.clone(),
         import_batch_rows: settings.import_batch_rows.max(1),
+        outbound: services.outbound.clone(),
+        rate_limiter_enabled: settings.rate_limiter_enabled,
     };
     Workers::run(services.queue.clone(), deps, shutdown).await
 }

@@ -10,8 +10,12 @@
 //! - [`worker`] — running a job: dispatch by kind, retries, final outcome.
 //! - [`imports`] — the CSV fan import: parsing messy exports, batched resumable upserts.
 //! - [`blobs`] — where uploaded files wait for their job: a directory or S3.
+//! - [`campaigns`] — bulk campaigns: many recipients, one job, live metrics.
+//! - [`outbound`] — the queue to the dispatcher: SQS, or an SQL table with SQS's semantics.
+//! - [`sends`] — the jobs that put messages on the outbound queue, 10 a batch.
 
 pub mod blobs;
+pub mod campaigns;
 pub mod conversations;
 pub mod db;
 pub mod domain;
@@ -20,4 +24,6 @@ pub mod imports;
 pub mod jobs;
 pub mod limits;
 pub mod messages;
+pub mod outbound;
+pub mod sends;
 pub mod worker;

@@ -173,3 +173,158 @@ pub async fn record_inbound(
         Ok(result)
     })
 }
+
+/// Priority of an outbound message: 1 (lowest) to 10, default 5.
+pub const PRIORITY_DEFAULT: i64 = 5;
+
+/// An outbound message, parsed: what to send, not yet to whom.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub text: Text,
+    pub price_cents: Cents,
+    pub attachments: Vec<NewAttachment>,
+    pub priority: i64,
+}
+
+/// Inserts a queued outbound message to `$fan` in the transaction `$conn`, opening the fan's
+/// conversation when it has none and moving its `last_message_at`. `None` when the fan is
+/// not the user's. Written once for both SQL backends (a macro: each expands it with its own
+/// connection type).
+macro_rules! insert_outbound {
+    ($conn:expr, $user:expr, $fan:expr, $out:expr, $job:expr, $campaign:expr, $now:expr) => {{
+        let (user, fan, out, job, campaign, now): (
+            $crate::domain::UserId,
+            $crate::domain::FanId,
+            &$crate::messages::Outgoing,
+            &$crate::jobs::JobId,
+            Option<$crate::domain::CampaignId>,
+            $crate::domain::Timestamp,
+        ) = ($user, $fan, $out, $job, $campaign, $now);
+        sqlx::query(
+            "INSERT INTO conversations (user_id, fan_id, platform, unread_count, created_at)
+             SELECT user_id, id, platform, 0, $3 FROM fans WHERE id = $1 AND user_id = $2
+             ON CONFLICT (fan_id) DO NOTHING",
+        )
+        .bind(fan)
+        .bind(user)
+        .bind(now)
+        .execute(&mut *$conn)
+        .await?;
+        let conversation: Option<($crate::domain::ConversationId,)> = sqlx::query_as(
+            "UPDATE conversations SET last_message_at = CASE
+                 WHEN last_message_at IS NULL OR last_message_at < $3 THEN $3 ELSE last_message_at END
+             WHERE fan_id = $1 AND user_id = $2 RETURNING id",
+        )
+        .bind(fan)
+        .bind(user)
+        .bind(now)
+        .fetch_optional(&mut *$conn)
+        .await?;
+        match conversation {
+            None => None,
+            Some((conversation,)) => {
+                let attachments: Vec<$crate::messages::Attachment> = out
+                    .attachments
+                    .iter()
+                    .map(|a| $crate::messages::Attachment { kind: a.kind.clone(), url: a.url.as_str().to_owned() })
+                    .collect();
+                let message = sqlx::query_as::<_, $crate::messages::Message>(
+                    "INSERT INTO messages (user_id, conversation_id, fan_id, direction, text, price_cents,
+                                           attachments, status, attempts, campaign_id, created_at, priority, job_id)
+                     VALUES ($1, $2, $3, 'out', $4, $5, $6, 'queued', 0, $7, $8, $9, $10)
+                     RETURNING *",
+                )
+                .bind(user)
+                .bind(conversation)
+                .bind(fan)
+                .bind(out.text.as_str())
+                .bind(out.price_cents.get())
+                .bind(sqlx::types::Json(&attachments))
+                .bind(campaign)
+                .bind(now)
+                .bind(out.priority)
+                .bind(&job.0)
+                .fetch_one(&mut *$conn)
+                .await?;
+                Some(message)
+            }
+        }
+    }};
+}
+pub(crate) use insert_outbound;
+
+/// Where a single message goes: to a fan (the send route) or into a conversation.
+#[derive(Debug, Clone, Copy)]
+pub enum Recipient {
+    Fan(FanId),
+    Conversation(ConversationId),
+}
+
+/// Queues one outbound message and its `send_message` job in one transaction.
+pub async fn queue_single(
+    db: &Db,
+    queue: &crate::jobs::JobQueue,
+    user: UserId,
+    to: Recipient,
+    out: &Outgoing,
+) -> Result<Message, crate::jobs::queue::EnqueueError> {
+    use crate::jobs::{JobId, JobKind, JobTx, NewJob, queue::EnqueueError};
+    let now = Timestamp::now();
+    let job = JobId::generate();
+    let message = on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        let fan = match to {
+            Recipient::Fan(fan) => Some(fan),
+            Recipient::Conversation(c) => sqlx::query_as::<_, (FanId,)>(
+                "SELECT fan_id FROM conversations WHERE id = $1 AND user_id = $2",
+            )
+            .bind(c)
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|(f,)| f),
+        };
+        let Some(fan) = fan else {
+            return Err(EnqueueError::NotFound(match to {
+                Recipient::Fan(_) => "fan",
+                Recipient::Conversation(_) => "conversation",
+            }));
+        };
+        let Some(message) = insert_outbound!(&mut *tx, user, fan, out, &job, None, now) else {
+            return Err(EnqueueError::NotFound("fan"));
+        };
+        let new_job = NewJob {
+            id: job.clone(),
+            user,
+            kind: JobKind::SendMessage,
+            payload: serde_json::json!({ "messageIds": [message.id.0] }),
+        };
+        tx.enqueue(queue, &new_job).await?;
+        tx.commit().await?;
+        queue.after_commit(db, &new_job).await;
+        message
+    });
+    Ok(message)
+}
+
+/// Outbound messages of `user` not yet final: the creator's delivery backlog.
+pub async fn backlog(db: &Db, user: UserId) -> StoreResult<i64> {
+    let (n,): (i64,) = on_db!(db, pool => sqlx::query_as(
+        "SELECT COUNT(*) FROM messages WHERE user_id = $1 AND direction = 'out' AND status IN ('queued', 'sending')",
+    )
+    .bind(user)
+    .fetch_one(pool)
+    .await)?;
+    Ok(n)
+}
+
+/// When the creator's last outbound message was sent or failed.
+pub async fn last_processed_at(db: &Db, user: UserId) -> StoreResult<Option<DateTime<Utc>>> {
+    let (at,): (Option<DateTime<Utc>>,) = on_db!(db, pool => sqlx::query_as(
+        "SELECT MAX(sent_at) FROM messages WHERE user_id = $1 AND direction = 'out' AND status IN ('sent', 'failed')",
+    )
+    .bind(user)
+    .fetch_one(pool)
+    .await)?;
+    Ok(at)
+}

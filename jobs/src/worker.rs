@@ -13,6 +13,8 @@ use crate::{
     db::Db,
     imports,
     jobs::{self, JobId, JobKind, JobRecord, JobStatus, queue::JobTask},
+    outbound::Outbound,
+    sends,
 };
 
 /// What job handlers need. Cloned into every worker.
@@ -22,6 +24,10 @@ pub struct Deps {
     pub blobs: BlobStore,
     /// Rows per import transaction: bigger is faster, smaller loses less work to a crash.
     pub import_batch_rows: usize,
+    /// Where send jobs put messages for the dispatcher.
+    pub outbound: Outbound,
+    /// `false`: messages skip the queue, are logged and marked sent.
+    pub rate_limiter_enabled: bool,
 }
 
 /// How a run ended, as the kind's code reports it.
@@ -58,6 +64,7 @@ impl From<crate::db::StoreError> for JobError {
 pub fn concurrency(kind: JobKind) -> usize {
     match kind {
         JobKind::ImportCsv => 2,
+        JobKind::SendMessage | JobKind::BulkSend => 4,
     }
 }
 
@@ -92,6 +99,7 @@ pub async fn handle(task: JobTask, deps: Data<Deps>) -> Result<(), BoxDynError> 
         );
         let outcome = match kind {
             JobKind::ImportCsv => imports::run(&deps, &record).await,
+            JobKind::SendMessage | JobKind::BulkSend => sends::run(&deps, &record).await,
         };
         match outcome {
             Ok(Outcome::Succeeded(result)) => {
@@ -114,6 +122,7 @@ pub async fn handle(task: JobTask, deps: Data<Deps>) -> Result<(), BoxDynError> 
                 Ok(())
             }
             Err(JobError::Permanent(reason)) => {
+                give_up(&deps, kind, &record, &reason).await;
                 jobs::finish(&deps.db, &id, JobStatus::Failed, None, Some(&reason)).await?;
                 tracing::warn!(%reason, "job failed permanently");
                 after_final(&deps, kind, &record).await;
@@ -121,6 +130,7 @@ pub async fn handle(task: JobTask, deps: Data<Deps>) -> Result<(), BoxDynError> 
             }
             Err(JobError::Transient(e)) if record.attempts >= i64::from(policy.max_attempts) => {
                 let reason = format!("gave up after {} attempts: {e:#}", record.attempts);
+                give_up(&deps, kind, &record, &reason).await;
                 jobs::finish(&deps.db, &id, JobStatus::Failed, None, Some(&reason)).await?;
                 tracing::error!(%reason, "job failed");
                 after_final(&deps, kind, &record).await;
@@ -143,6 +153,16 @@ pub async fn handle(task: JobTask, deps: Data<Deps>) -> Result<(), BoxDynError> 
 async fn after_final(deps: &Deps, kind: JobKind, record: &JobRecord) {
     match kind {
         JobKind::ImportCsv => imports::cleanup(deps, record).await,
+        JobKind::SendMessage | JobKind::BulkSend => {}
+    }
+}
+
+/// A job failed for good: what it was doing must not stay pending (a send job's messages
+/// that never reached the queue are failed with the reason).
+async fn give_up(deps: &Deps, kind: JobKind, record: &JobRecord, reason: &str) {
+    match kind {
+        JobKind::ImportCsv => {}
+        JobKind::SendMessage | JobKind::BulkSend => sends::give_up(deps, record, reason).await,
     }
 }
 

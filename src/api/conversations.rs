@@ -121,6 +121,26 @@ pub struct InboundIn {
     pub received_at: Option<DateTime<Utc>>,
 }
 
+/// A message to the conversation's fan.
+#[derive(Debug, Object, Deserialize)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboundIn {
+    #[oai(validator(max_length = 5000))]
+    pub text: String,
+    /// Price of paid content, in cents.
+    #[oai(validator(minimum(value = "0")))]
+    pub price_cents: Option<i64>,
+    pub attachments: Option<Vec<AttachmentIn>>,
+}
+
+#[derive(ApiResponse)]
+enum SendInConversationResponse {
+    /// Stored with its job; it will be delivered at the platform's rate.
+    #[oai(status = 202)]
+    Accepted(Json<super::messages::QueuedOut>),
+}
+
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct MessageOut {
@@ -228,37 +248,39 @@ enum MarkReadResponse {
     Ok(Json<ConversationOut>),
 }
 
+/// Parses the attachments of a message body (`type` a short word, `url` http(s)).
+fn parse_attachments(raw: Option<Vec<AttachmentIn>>) -> Result<Vec<NewAttachment>, ApiError> {
+    let attachments = raw.unwrap_or_default();
+    if attachments.len() > messages::ATTACHMENTS_MAX {
+        return Err(ApiError::invalid(
+            "attachments",
+            format!(
+                "must hold at most {} attachments",
+                messages::ATTACHMENTS_MAX
+            ),
+        ));
+    }
+    attachments
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let kind = a.kind.trim().to_ascii_lowercase();
+            if kind.is_empty() || kind.len() > 20 || !kind.chars().all(|c| c.is_ascii_lowercase()) {
+                return Err(ApiError::invalid(
+                    &format!("attachments[{i}].type"),
+                    "must be a short word such as image, video, audio or file",
+                ));
+            }
+            let url = HttpUrl::parse(&a.url)
+                .map_err(|e| ApiError::invalid(&format!("attachments[{i}].url"), e))?;
+            Ok(NewAttachment { kind, url })
+        })
+        .collect()
+}
+
 impl InboundIn {
     fn parse(self) -> Result<Inbound, ApiError> {
-        let attachments = self.attachments.unwrap_or_default();
-        if attachments.len() > messages::ATTACHMENTS_MAX {
-            return Err(ApiError::invalid(
-                "attachments",
-                format!(
-                    "must hold at most {} attachments",
-                    messages::ATTACHMENTS_MAX
-                ),
-            ));
-        }
-        let attachments = attachments
-            .into_iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let kind = a.kind.trim().to_ascii_lowercase();
-                if kind.is_empty()
-                    || kind.len() > 20
-                    || !kind.chars().all(|c| c.is_ascii_lowercase())
-                {
-                    return Err(ApiError::invalid(
-                        &format!("attachments[{i}].type"),
-                        "must be a short word such as image, video, audio or file",
-                    ));
-                }
-                let url = HttpUrl::parse(&a.url)
-                    .map_err(|e| ApiError::invalid(&format!("attachments[{i}].url"), e))?;
-                Ok(NewAttachment { kind, url })
-            })
-            .collect::<Result<_, _>>()?;
+        let attachments = parse_attachments(self.attachments)?;
         let external_id = match self.external_id {
             Some(id)
                 if id.trim().is_empty()
@@ -358,6 +380,38 @@ impl ConversationsApi {
             limit: page.limit,
             offset: page.offset,
         })))
+    }
+
+    /// Send a message in a conversation
+    ///
+    /// Stores the message (`queued`) and its delivery job in one transaction, moves the
+    /// conversation's `lastMessageAt`, and answers 202.
+    #[oai(
+        path = "/:id/messages",
+        method = "post",
+        operation_id = "sendInConversation"
+    )]
+    async fn send(
+        &self,
+        auth: BearerAuth,
+        id: Path<i64>,
+        body: JsonBody<OutboundIn>,
+    ) -> Result<SendInConversationResponse, ApiError> {
+        let b = body.0;
+        let out = super::messages::outgoing(
+            ("text", &b.text),
+            b.price_cents,
+            parse_attachments(b.attachments)?,
+            None,
+        )?;
+        let queued = super::messages::queue_one(
+            &self.state,
+            auth.0,
+            fanqueue_jobs::messages::Recipient::Conversation(ConversationId(id.0)),
+            &out,
+        )
+        .await?;
+        Ok(SendInConversationResponse::Accepted(Json(queued)))
     }
 
     /// Record an inbound message

@@ -5,12 +5,14 @@
 //! so no route can forget authentication, and it charges the caller's write quota.
 
 mod body;
+mod campaigns;
 mod conversations;
 mod error;
 mod fans;
 mod health;
 mod imports;
 mod jobs;
+mod messages;
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,6 +22,7 @@ use fanqueue_jobs::{
     domain::UserId,
     jobs::JobQueue,
     limits::{Decision, Limiter, Quota},
+    outbound::Outbound,
 };
 use poem::{
     Endpoint, EndpointExt, IntoEndpoint, Request, Route, http::Method, middleware::CatchPanic,
@@ -40,6 +43,11 @@ pub struct AppState {
     pub write_quota: Quota,
     pub import_quota: Quota,
     pub import_max_bytes: u64,
+    pub outbound: Outbound,
+    /// 5 bulk campaigns per hour per user (SPEC section 5).
+    pub campaign_quota: Quota,
+    /// Platform deliveries per creator per minute, for send-time estimates.
+    pub delivery_rate_per_minute: u32,
 }
 
 pub type State = Arc<AppState>;
@@ -52,6 +60,10 @@ pub enum ApiTags {
     Conversations,
     /// CSV fan imports.
     Imports,
+    /// Outbound messages: single sends, bulk campaigns, the outbound queue.
+    Messages,
+    /// Bulk campaigns and their metrics.
+    Campaigns,
     /// Background jobs: status, progress, results, cancellation.
     Jobs,
 }
@@ -112,6 +124,8 @@ type Apis = (
     conversations::ConversationsApi,
     imports::ImportsApi,
     jobs::JobsApi,
+    messages::MessagesApi,
+    campaigns::CampaignsApi,
 );
 
 pub fn openapi(state: &State) -> OpenApiService<Apis, ()> {
@@ -121,6 +135,8 @@ pub fn openapi(state: &State) -> OpenApiService<Apis, ()> {
             conversations::ConversationsApi::new(state.clone()),
             imports::ImportsApi::new(state.clone()),
             jobs::JobsApi::new(state.clone()),
+            messages::MessagesApi::new(state.clone()),
+            campaigns::CampaignsApi::new(state.clone()),
         ),
         "fanqueue",
         env!("CARGO_PKG_VERSION"),

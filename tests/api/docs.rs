@@ -54,6 +54,16 @@ async fn openapi_documents_every_crm_route_with_bearer_security() {
         ("/api/jobs", "get", "listJobs"),
         ("/api/jobs/{id}", "get", "getJob"),
         ("/api/jobs/{id}", "delete", "cancelJob"),
+        ("/api/onlyfans/messages/send", "post", "sendMessage"),
+        ("/api/onlyfans/messages/status", "get", "messageQueueStatus"),
+        ("/api/messages/bulk", "post", "sendBulk"),
+        (
+            "/api/crm/conversations/{id}/messages",
+            "post",
+            "sendInConversation",
+        ),
+        ("/api/crm/campaigns", "get", "listCampaigns"),
+        ("/api/crm/campaigns/{id}", "get", "getCampaign"),
     ];
     for (path, method, operation_id) in expected {
         let op = &doc["paths"][path][method];

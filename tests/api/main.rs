@@ -10,6 +10,8 @@ mod imports;
 mod isolation;
 mod jobs;
 mod limits;
+mod messages;
 mod migrations;
+mod outbound;
 mod processes;
 mod workers;

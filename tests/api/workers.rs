@@ -176,3 +176,105 @@ async fn two_workers_on_one_postgres_share_the_queue_and_run_each_job_once() {
         .unwrap();
     assert_eq!(fans, 8 * 3_000);
 }
+
+/// A worker killed between two batches of a bulk send, and a new one finishing the job:
+/// every message is on the queue exactly once. The queue is FIFO, so even a kill inside a
+/// batch (after SQS accepted it, before the mark) cannot leave a second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_between_send_batches_leaves_every_message_on_the_queue_once() {
+    let (_db, url) = TestDb::create(Backend::Postgres).await;
+    let bucket = format!("fq-test-{}", uuid::Uuid::new_v4().simple());
+    let (queue, dlq) = crate::helpers::sqs_queues(true, 5).await;
+    let mut env = deployment_env(&url, &bucket);
+    env.push(("SQS_QUEUE_URL".into(), queue.clone()));
+    env.push(("SQS_DLQ_URL".into(), dlq));
+    env.push(("WRITE_LIMIT_PER_MINUTE".into(), "1000".into()));
+    let env = as_refs(&env);
+    let dir = tempfile::tempdir().unwrap();
+    let api = AppProcess::spawn(&["serve"], &env, dir.path());
+
+    let keys = fanqueue::auth::JwtKeys::new(&secrecy::SecretString::from(JWT_SECRET));
+    let token = keys.issue(fanqueue_jobs::domain::UserId(1), Duration::from_secs(3600));
+    let client = reqwest::Client::new();
+    let mut fans = vec![];
+    for i in 0..100 {
+        let resp = client
+            .post(format!("{}/api/crm/fans", api.address))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "handle": format!("fan{i}") }))
+            .send()
+            .await
+            .unwrap();
+        fans.push(
+            json_of(resp, StatusCode::CREATED).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    let resp = client
+        .post(format!("{}/api/messages/bulk", api.address))
+        .bearer_auth(&token)
+        .json(
+            &serde_json::json!({ "recipientIds": fans, "content": "Hi!", "campaignName": "Crash" }),
+        )
+        .send()
+        .await
+        .unwrap();
+    json_of(resp, StatusCode::ACCEPTED).await;
+    let jobs = json_of(
+        client
+            .get(format!("{}/api/jobs?kind=bulk_send", api.address))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    let id = jobs["items"][0]["id"].as_str().unwrap().to_owned();
+
+    // The job is stored; now a worker takes it, and dies once some batches are on the queue.
+    let mut first = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done_at_kill = loop {
+        let job = json_of(
+            client
+                .get(format!("{}/api/jobs/{id}", api.address))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+        let done = job["progress"]["done"].as_i64().unwrap();
+        if done >= 10 {
+            first.child.kill().expect("SIGKILL the worker");
+            first.child.wait().unwrap();
+            break done;
+        }
+        assert!(Instant::now() < deadline, "the job never started: {job}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(
+        done_at_kill < 100,
+        "killed with batches left ({done_at_kill} of 100 queued)"
+    );
+
+    let _second = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
+    let job = wait_job_at(&client, &api.address, &token, &id, Duration::from_secs(120)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["result"]["queued"], 100);
+
+    let bodies = crate::helpers::boto3_drain(&queue);
+    let ids: std::collections::HashSet<String> = bodies
+        .iter()
+        .map(|b| b["messageId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        bodies.len(),
+        100,
+        "no message twice, none missing (killed at {done_at_kill})"
+    );
+    assert_eq!(ids.len(), 100);
+}

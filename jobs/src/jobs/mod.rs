@@ -49,15 +49,21 @@ impl fmt::Display for JobId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobKind {
     ImportCsv,
+    /// Put one message on the outbound queue.
+    SendMessage,
+    /// Put a campaign's messages on the outbound queue, 10 a batch.
+    BulkSend,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 1] = [JobKind::ImportCsv];
+    pub const ALL: [JobKind; 3] = [JobKind::ImportCsv, JobKind::SendMessage, JobKind::BulkSend];
 
     /// Stable name: the API's `kind` and the apalis queue name.
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::ImportCsv => "import_csv",
+            JobKind::SendMessage => "send_message",
+            JobKind::BulkSend => "bulk_send",
         }
     }
 
@@ -68,6 +74,7 @@ impl JobKind {
     pub fn retry(self) -> RetryPolicy {
         match self {
             JobKind::ImportCsv => crate::imports::RETRY,
+            JobKind::SendMessage | JobKind::BulkSend => crate::sends::RETRY,
         }
     }
 }
@@ -307,5 +314,17 @@ pub async fn will_retry(db: &Db, id: &JobId, error: &str) -> StoreResult<()> {
     .execute(pool)
     .await
     .map(|_| ()))?;
+    Ok(())
+}
+
+/// Records progress: `done` of `total` units.
+pub async fn set_progress(db: &Db, id: &JobId, done: i64, total: i64) -> StoreResult<()> {
+    on_db!(db, pool => sqlx::query("UPDATE job_records SET progress_done = $2, progress_total = $3 WHERE id = $1")
+        .bind(&id.0)
+        .bind(done)
+        .bind(total)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
     Ok(())
 }

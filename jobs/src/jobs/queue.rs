@@ -201,6 +201,9 @@ fn redis_config(prefix: &str, kind: JobKind) -> apalis_redis::Config {
 /// Why a job could not be enqueued.
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
+    /// The row the job is about is not the user's (nothing was stored).
+    #[error("{0} not found")]
+    NotFound(&'static str),
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
     #[error("job backend: {0:#}")]

@@ -1,0 +1,158 @@
+//! The embedded outbound queue: rows of `outbound_queue` in the application's own database,
+//! so queued messages survive restarts with everything else.
+
+use std::time::Duration;
+
+use super::{BatchOutcome, OutboundEntry, OutboundQueue, QueueCounts, QueueError, Received};
+use crate::{db::Db, domain::Timestamp, on_db};
+
+#[derive(Clone, Debug)]
+pub struct EmbeddedQueue {
+    db: Db,
+    /// Receives after which a message goes to the dead-letter queue (SQS's `maxReceiveCount`).
+    max_receives: u32,
+}
+
+/// Hands out one candidate row (or moves it to the DLQ when it was received too often).
+macro_rules! receive_one {
+    ($conn:expr, $id:expr, $body:expr, $count:expr, $max_receives:expr, $until:expr) => {{
+        if $count >= $max_receives {
+            sqlx::query("UPDATE outbound_queue SET dead = TRUE, receipt = NULL WHERE id = $1")
+                .bind($id)
+                .execute($conn)
+                .await
+                .map_err(sql_error)?;
+            None
+        } else {
+            let receipt = ulid::Ulid::generate().to_string();
+            sqlx::query(
+                "UPDATE outbound_queue SET receive_count = receive_count + 1, visible_at = $2, receipt = $3
+                 WHERE id = $1",
+            )
+            .bind($id)
+            .bind($until)
+            .bind(&receipt)
+            .execute($conn)
+            .await
+            .map_err(sql_error)?;
+            Some(Received { receipt, body: $body, receive_count: ($count + 1) as u32 })
+        }
+    }};
+}
+
+fn sql_error(e: sqlx::Error) -> QueueError {
+    QueueError(format!("embedded queue: {e}"))
+}
+
+impl EmbeddedQueue {
+    pub fn new(db: Db, max_receives: u32) -> Self {
+        EmbeddedQueue {
+            db,
+            max_receives: max_receives.max(1),
+        }
+    }
+}
+
+impl OutboundQueue for EmbeddedQueue {
+    /// All entries in one transaction; an entry whose message is already on the queue is
+    /// accepted without a second copy (the message id is the deduplication key).
+    async fn send_batch(&self, entries: &[OutboundEntry]) -> Result<BatchOutcome, QueueError> {
+        let now = Timestamp::now();
+        on_db!(&self.db, pool => {
+            let mut tx = pool.begin().await.map_err(sql_error)?;
+            for e in entries {
+                sqlx::query(
+                    "INSERT INTO outbound_queue (body, dedup_key, visible_at, created_at)
+                     VALUES ($1, $2, $3, $3) ON CONFLICT (dedup_key) DO NOTHING",
+                )
+                .bind(&e.body)
+                .bind(&e.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql_error)?;
+            }
+            tx.commit().await.map_err(sql_error)?;
+        });
+        Ok(BatchOutcome::default())
+    }
+
+    /// Like SQS: a message received more than `max_receives` times goes to the DLQ instead of
+    /// being handed out again.
+    async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Received>, QueueError> {
+        let now = Timestamp::now();
+        let until = Timestamp(now.0 + chrono::TimeDelta::from_std(visibility).unwrap_or_default());
+        let max_receives = i64::from(self.max_receives);
+        let mut out = Vec::new();
+        match &self.db {
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(sql_error)?;
+                let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+                    "SELECT id, body, receive_count FROM outbound_queue
+                     WHERE NOT dead AND visible_at <= $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                )
+                .bind(now)
+                .bind(max as i64)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(sql_error)?;
+                for (id, body, count) in rows {
+                    if let Some(r) = receive_one!(&mut *tx, id, body, count, max_receives, until) {
+                        out.push(r);
+                    }
+                }
+                tx.commit().await.map_err(sql_error)?;
+            }
+            Db::Sqlite(pool) => {
+                let mut tx = pool
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(sql_error)?;
+                let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+                    "SELECT id, body, receive_count FROM outbound_queue
+                     WHERE NOT dead AND visible_at <= $1 ORDER BY id LIMIT $2",
+                )
+                .bind(now)
+                .bind(max as i64)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(sql_error)?;
+                for (id, body, count) in rows {
+                    if let Some(r) = receive_one!(&mut *tx, id, body, count, max_receives, until) {
+                        out.push(r);
+                    }
+                }
+                tx.commit().await.map_err(sql_error)?;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, receipt: &str) -> Result<(), QueueError> {
+        on_db!(&self.db, pool => sqlx::query("DELETE FROM outbound_queue WHERE receipt = $1 AND NOT dead")
+            .bind(receipt)
+            .execute(pool)
+            .await
+            .map(|_| ()))
+        .map_err(sql_error)
+    }
+
+    async fn counts(&self) -> Result<QueueCounts, QueueError> {
+        let now = Timestamp::now();
+        let (depth, in_flight, dlq): (i64, i64, i64) = on_db!(&self.db, pool => sqlx::query_as(
+            "SELECT COALESCE(SUM(CASE WHEN NOT dead AND visible_at <= $1 THEN 1 ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN NOT dead AND visible_at > $1 THEN 1 ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN dead THEN 1 ELSE 0 END), 0)
+             FROM outbound_queue",
+        )
+        .bind(now)
+        .fetch_one(pool)
+        .await)
+        .map_err(sql_error)?;
+        Ok(QueueCounts {
+            depth: depth as u64,
+            in_flight: in_flight as u64,
+            dlq: dlq as u64,
+        })
+    }
+}

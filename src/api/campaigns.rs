@@ -1,0 +1,151 @@
+//! `/api/crm/campaigns`: bulk campaigns with live metrics.
+
+use chrono::{DateTime, Utc};
+use fanqueue_jobs::{
+    campaigns::{self, Campaign},
+    domain::CampaignId,
+};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
+
+use super::{ApiError, ApiTags, BearerAuth, State, page};
+
+pub struct CampaignsApi {
+    state: State,
+}
+
+impl CampaignsApi {
+    pub fn new(state: State) -> Self {
+        CampaignsApi { state }
+    }
+}
+
+/// Counts of the campaign's messages, read live from them, and the platform's figures.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct CampaignMetrics {
+    pub total: i64,
+    /// Not yet delivered to the platform (on the outbound queue or about to be).
+    pub queued: i64,
+    pub sent: i64,
+    pub delivered: i64,
+    pub failed: i64,
+    pub opened: i64,
+    pub clicked: i64,
+    pub revenue_cents: i64,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct CampaignOut {
+    pub id: i64,
+    pub name: String,
+    /// bulk_message, welcome, re-engagement, ppv or custom.
+    #[oai(rename = "type")]
+    pub kind: String,
+    /// draft, scheduled, active, paused or completed (every message sent or failed).
+    pub status: String,
+    /// `{content, mediaUrls, priceCents}`.
+    pub template: serde_json::Value,
+    /// `{recipientIds}`.
+    pub target_audience: serde_json::Value,
+    pub metrics: CampaignMetrics,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Object)]
+pub struct CampaignPage {
+    pub items: Vec<CampaignOut>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(ApiResponse)]
+enum ListCampaignsResponse {
+    /// The caller's campaigns, newest first.
+    #[oai(status = 200)]
+    Ok(Json<CampaignPage>),
+}
+
+#[derive(ApiResponse)]
+enum GetCampaignResponse {
+    #[oai(status = 200)]
+    Ok(Json<CampaignOut>),
+}
+
+async fn with_metrics(state: &State, c: Campaign) -> Result<CampaignOut, ApiError> {
+    let counts = campaigns::counts(&state.db, c.id).await?;
+    let stored = |k: &str| c.metrics.0.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
+    // Completed as soon as every message is final, even before the job refreshed the row.
+    let status =
+        if c.status == "active" && counts.total > 0 && counts.queued == 0 && counts.sending == 0 {
+            "completed".to_owned()
+        } else {
+            c.status.clone()
+        };
+    Ok(CampaignOut {
+        id: c.id.0,
+        name: c.name.clone(),
+        kind: c.kind.clone(),
+        status,
+        template: c.template.0.clone(),
+        target_audience: c.target_audience.0.clone(),
+        metrics: CampaignMetrics {
+            total: counts.total,
+            queued: counts.queued + counts.sending,
+            sent: counts.sent,
+            delivered: stored("delivered"),
+            failed: counts.failed,
+            opened: stored("opened"),
+            clicked: stored("clicked"),
+            revenue_cents: stored("revenueCents"),
+        },
+        created_at: c.created_at,
+        started_at: c.started_at,
+        completed_at: c.completed_at,
+    })
+}
+
+#[OpenApi(prefix_path = "/api/crm/campaigns", tag = "ApiTags::Campaigns")]
+impl CampaignsApi {
+    /// List campaigns
+    ///
+    /// Newest first, each with live metrics.
+    #[oai(path = "/", method = "get", operation_id = "listCampaigns")]
+    async fn list(
+        &self,
+        auth: BearerAuth,
+        limit: Query<Option<i64>>,
+        offset: Query<Option<i64>>,
+    ) -> Result<ListCampaignsResponse, ApiError> {
+        let page = page(limit.0, offset.0)?;
+        let listed = campaigns::list(&self.state.db, auth.0, page).await?;
+        let mut items = Vec::with_capacity(listed.items.len());
+        for c in listed.items {
+            items.push(with_metrics(&self.state, c).await?);
+        }
+        Ok(ListCampaignsResponse::Ok(Json(CampaignPage {
+            items,
+            total: listed.total,
+            limit: page.limit,
+            offset: page.offset,
+        })))
+    }
+
+    /// Get a campaign
+    ///
+    /// With live metrics: queued, sent, delivered, failed, …
+    #[oai(path = "/:id", method = "get", operation_id = "getCampaign")]
+    async fn get(&self, auth: BearerAuth, id: Path<i64>) -> Result<GetCampaignResponse, ApiError> {
+        let c = campaigns::get(&self.state.db, auth.0, CampaignId(id.0)).await?;
+        Ok(GetCampaignResponse::Ok(Json(
+            with_metrics(&self.state, c).await?,
+        )))
+    }
+}
