@@ -66,16 +66,19 @@ pub async fn list(db: &Db, user: UserId, page: Page) -> StoreResult<Listed<Conve
     })
 }
 
+/// Creates the conversation of fan `$1` of user `$2` (at `$3`) unless it has one; inserts
+/// nothing when the fan is not the user's.
+pub(crate) const OPEN_SQL: &str =
+    "INSERT INTO conversations (user_id, fan_id, platform, unread_count, created_at)
+     SELECT user_id, id, platform, 0, $3 FROM fans WHERE id = $1 AND user_id = $2
+     ON CONFLICT (fan_id) DO NOTHING";
+
 /// Returns the fan's conversation, creating it when the fan has none; `true` when created.
 pub async fn open_for_fan(db: &Db, user: UserId, fan: FanId) -> StoreResult<(Conversation, bool)> {
     let now = Timestamp::now();
     let created = on_db!(db, pool => {
         // The fan must be the caller's; the insert copies its platform.
-        let inserted = sqlx::query(
-            "INSERT INTO conversations (user_id, fan_id, platform, unread_count, created_at)
-             SELECT user_id, id, platform, 0, $3 FROM fans WHERE id = $1 AND user_id = $2
-             ON CONFLICT (fan_id) DO NOTHING",
-        )
+        let inserted = sqlx::query(OPEN_SQL)
         .bind(fan)
         .bind(user)
         .bind(now)

@@ -200,11 +200,7 @@ macro_rules! insert_outbound {
             Option<$crate::domain::CampaignId>,
             $crate::domain::Timestamp,
         ) = ($user, $fan, $out, $job, $campaign, $now);
-        sqlx::query(
-            "INSERT INTO conversations (user_id, fan_id, platform, unread_count, created_at)
-             SELECT user_id, id, platform, 0, $3 FROM fans WHERE id = $1 AND user_id = $2
-             ON CONFLICT (fan_id) DO NOTHING",
-        )
+        sqlx::query($crate::conversations::OPEN_SQL)
         .bind(fan)
         .bind(user)
         .bind(now)

@@ -5,7 +5,6 @@ use std::time::Duration;
 use fanqueue_jobs::{
     imports::{self, ImportPayload},
     jobs::{JobId, JobStatus},
-    limits::Decision,
     worker::wait_final,
 };
 use poem::{FromRequest, Request, RequestBody, web::Multipart};
@@ -257,21 +256,7 @@ impl ImportsApi {
                 format!("must be at most {MAX_WAIT} seconds"),
             ));
         }
-        match self
-            .state
-            .limiter
-            .check(self.state.import_quota, user)
-            .await
-        {
-            Ok(Decision::Allowed) => {}
-            Ok(Decision::Limited { retry_after }) => {
-                return Err(ApiError::rate_limited("imports", retry_after));
-            }
-            Err(e) => tracing::error!(
-                error = format!("{e:#}"),
-                "import quota unavailable; allowing the import"
-            ),
-        }
+        super::charge(&self.state, self.state.import_quota, user).await?;
         let id = JobId::generate();
         let key = imports::blob_key(user, &id);
         self.state

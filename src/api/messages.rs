@@ -7,7 +7,6 @@ use fanqueue_jobs::{
     campaigns::{self, BulkError, NewBulk},
     domain::{Cents, FanId, HttpUrl, Line, Text},
     jobs::queue::EnqueueError,
-    limits::Decision,
     messages::{self, NewAttachment, Outgoing, PRIORITY_DEFAULT, Recipient},
     outbound::OutboundQueue,
 };
@@ -275,21 +274,7 @@ impl MessagesApi {
             media(b.media_urls)?,
             b.priority,
         )?;
-        match self
-            .state
-            .limiter
-            .check(self.state.campaign_quota, user)
-            .await
-        {
-            Ok(Decision::Allowed) => {}
-            Ok(Decision::Limited { retry_after }) => {
-                return Err(ApiError::rate_limited("campaigns", retry_after));
-            }
-            Err(e) => tracing::error!(
-                error = format!("{e:#}"),
-                "campaign quota unavailable; allowing the campaign"
-            ),
-        }
+        super::charge(&self.state, self.state.campaign_quota, user).await?;
         let created = campaigns::create_bulk(
             &self.state.db,
             &self.state.queue,

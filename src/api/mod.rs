@@ -84,19 +84,29 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<UserId> {
     })?;
     tracing::Span::current().record("user_id", user.0);
     if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        match state.limiter.check(state.write_quota, user).await {
-            Ok(Decision::Allowed) => {}
-            Ok(Decision::Limited { retry_after }) => {
-                return Err(ApiError::rate_limited("writes", retry_after).into());
-            }
-            // Availability over strictness: a Redis outage must not take writes down with it.
-            Err(e) => tracing::error!(
-                error = format!("{e:#}"),
-                "write quota unavailable; allowing the call"
-            ),
-        }
+        charge(state, state.write_quota, user).await?;
     }
     Ok(user)
+}
+
+/// Counts one call of `user` against `quota`: 429 with Retry-After past it. If the quota
+/// store (Redis) is unreachable the call is allowed and the failure logged: availability over
+/// strictness, so a Redis outage does not take writes down with it.
+pub async fn charge(state: &AppState, quota: Quota, user: UserId) -> Result<(), ApiError> {
+    match state.limiter.check(quota, user).await {
+        Ok(Decision::Allowed) => Ok(()),
+        Ok(Decision::Limited { retry_after }) => {
+            Err(ApiError::rate_limited(quota.name, retry_after))
+        }
+        Err(e) => {
+            tracing::error!(
+                error = format!("{e:#}"),
+                quota = quota.name,
+                "quota unavailable; allowing the call"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Bounds of list endpoints.

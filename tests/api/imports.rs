@@ -9,6 +9,8 @@ use crate::helpers::{
 };
 
 crate::on_both_backends!(
+    // Small batches: many commits, so a cancel lands mid-file whatever the machine's speed.
+    tweak = |s| s.import_batch_rows = 200;
     the_sample_export_imports_and_importing_it_again_adds_no_fan,
     a_messy_export_is_read_and_every_row_is_accounted_for,
     bad_uploads_get_a_clear_4xx_and_import_nothing,

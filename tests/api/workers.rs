@@ -32,6 +32,40 @@ fn as_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
+/// Polls the job until `progress.done` reaches `at_least`, then SIGKILLs `worker`; returns
+/// the progress seen at the kill. Fails if the job finishes first.
+async fn kill_once_progressed(
+    client: &reqwest::Client,
+    api: &str,
+    token: &str,
+    id: &str,
+    at_least: u64,
+    worker: &mut AppProcess,
+) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let resp = client
+            .get(format!("{api}/api/jobs/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let job = json_of(resp, StatusCode::OK).await;
+        let done = job["progress"]["done"].as_u64().unwrap();
+        if done >= at_least {
+            worker.child.kill().expect("SIGKILL the worker");
+            worker.child.wait().unwrap();
+            return done;
+        }
+        assert!(
+            job["status"] != "succeeded",
+            "the job finished before the worker could be killed: {job}"
+        );
+        assert!(Instant::now() < deadline, "the job never progressed: {job}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn upload(
     client: &reqwest::Client,
     api: &str,
@@ -78,27 +112,8 @@ async fn a_worker_killed_mid_import_is_replaced_and_every_row_lands_exactly_once
     )
     .await;
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let done_at_kill = loop {
-        let job = json_of(
-            client
-                .get(format!("{}/api/jobs/{id}", api.address))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap(),
-            StatusCode::OK,
-        )
-        .await;
-        let done = job["progress"]["done"].as_u64().unwrap();
-        if done > 0 {
-            first.child.kill().expect("SIGKILL the worker");
-            first.child.wait().unwrap();
-            break done;
-        }
-        assert!(Instant::now() < deadline, "the import never started: {job}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let done_at_kill =
+        kill_once_progressed(&client, &api.address, &token, &id, 1, &mut first).await;
     assert!(
         done_at_kill < ROWS as u64,
         "killed mid-file (at {done_at_kill} rows)"
@@ -235,27 +250,8 @@ async fn a_worker_killed_between_send_batches_leaves_every_message_on_the_queue_
 
     // The job is stored; now a worker takes it, and dies once some batches are on the queue.
     let mut first = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let done_at_kill = loop {
-        let job = json_of(
-            client
-                .get(format!("{}/api/jobs/{id}", api.address))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap(),
-            StatusCode::OK,
-        )
-        .await;
-        let done = job["progress"]["done"].as_i64().unwrap();
-        if done >= 10 {
-            first.child.kill().expect("SIGKILL the worker");
-            first.child.wait().unwrap();
-            break done;
-        }
-        assert!(Instant::now() < deadline, "the job never started: {job}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let done_at_kill =
+        kill_once_progressed(&client, &api.address, &token, &id, 10, &mut first).await;
     assert!(
         done_at_kill < 100,
         "killed with batches left ({done_at_kill} of 100 queued)"

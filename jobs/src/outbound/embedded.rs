@@ -83,48 +83,36 @@ impl OutboundQueue for EmbeddedQueue {
         let now = Timestamp::now();
         let until = Timestamp(now.0 + chrono::TimeDelta::from_std(visibility).unwrap_or_default());
         let max_receives = i64::from(self.max_receives);
+        // PostgreSQL: skip rows another receiver holds; SQLite: take the write lock first
+        // (one writer at a time), so a row is never handed to two receivers.
+        let (begin, select) = match &self.db {
+            Db::Postgres(_) => (
+                "BEGIN",
+                "SELECT id, body, receive_count FROM outbound_queue
+                 WHERE NOT dead AND visible_at <= $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+            ),
+            Db::Sqlite(_) => (
+                "BEGIN IMMEDIATE",
+                "SELECT id, body, receive_count FROM outbound_queue
+                 WHERE NOT dead AND visible_at <= $1 ORDER BY id LIMIT $2",
+            ),
+        };
         let mut out = Vec::new();
-        match &self.db {
-            Db::Postgres(pool) => {
-                let mut tx = pool.begin().await.map_err(sql_error)?;
-                let rows: Vec<(i64, String, i64)> = sqlx::query_as(
-                    "SELECT id, body, receive_count FROM outbound_queue
-                     WHERE NOT dead AND visible_at <= $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-                )
+        on_db!(&self.db, pool => {
+            let mut tx = pool.begin_with(begin).await.map_err(sql_error)?;
+            let rows: Vec<(i64, String, i64)> = sqlx::query_as(select)
                 .bind(now)
                 .bind(max as i64)
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(sql_error)?;
-                for (id, body, count) in rows {
-                    if let Some(r) = receive_one!(&mut *tx, id, body, count, max_receives, until) {
-                        out.push(r);
-                    }
+            for (id, body, count) in rows {
+                if let Some(r) = receive_one!(&mut *tx, id, body, count, max_receives, until) {
+                    out.push(r);
                 }
-                tx.commit().await.map_err(sql_error)?;
             }
-            Db::Sqlite(pool) => {
-                let mut tx = pool
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(sql_error)?;
-                let rows: Vec<(i64, String, i64)> = sqlx::query_as(
-                    "SELECT id, body, receive_count FROM outbound_queue
-                     WHERE NOT dead AND visible_at <= $1 ORDER BY id LIMIT $2",
-                )
-                .bind(now)
-                .bind(max as i64)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(sql_error)?;
-                for (id, body, count) in rows {
-                    if let Some(r) = receive_one!(&mut *tx, id, body, count, max_receives, until) {
-                        out.push(r);
-                    }
-                }
-                tx.commit().await.map_err(sql_error)?;
-            }
-        }
+            tx.commit().await.map_err(sql_error)?;
+        });
         Ok(out)
     }
 
