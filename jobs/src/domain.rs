@@ -6,6 +6,12 @@ use std::fmt;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
+/// U+FFFE and U+FFFF are not characters: SQS refuses a message holding one, and text
+/// exports choke on them.
+fn is_noncharacter(c: char) -> bool {
+    matches!(c, '\u{FFFE}' | '\u{FFFF}')
+}
+
 /// Why a raw value was refused. The caller knows which field it came from and names it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -117,8 +123,10 @@ impl Line {
         if s.chars().count() > max_chars {
             return Err(invalid(format!("must be at most {max_chars} characters")));
         }
-        if s.chars().any(char::is_control) {
-            return Err(invalid("must not contain control characters"));
+        if s.chars().any(|c| c.is_control() || is_noncharacter(c)) {
+            return Err(invalid(
+                "must not contain control characters (or U+FFFE/U+FFFF)",
+            ));
         }
         Ok(Line(s.to_owned()))
     }
@@ -142,9 +150,11 @@ impl Text {
         }
         if raw
             .chars()
-            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+            .any(|c| (c.is_control() && !matches!(c, '\n' | '\r' | '\t')) || is_noncharacter(c))
         {
-            return Err(invalid("must not contain control characters"));
+            return Err(invalid(
+                "must not contain control characters (or U+FFFE/U+FFFF)",
+            ));
         }
         Ok(Text(raw.to_owned()))
     }
@@ -379,6 +389,13 @@ mod tests {
         assert!(Line::parse("Jane\nDoe", 10).is_err());
         assert!(Line::parse(&"é".repeat(11), 10).is_err());
         assert!(Line::parse(&"é".repeat(10), 10).is_ok());
+    }
+
+    #[test]
+    fn text_refuses_noncharacters_sqs_would_refuse() {
+        assert!(Text::parse("fine\ttext\n", 100).is_ok());
+        assert!(Text::parse("bad \u{FFFF}", 100).is_err());
+        assert!(Line::parse("bad \u{FFFE}", 100).is_err());
     }
 
     #[test]
