@@ -94,15 +94,20 @@ pub async fn create_bulk(
     let metrics = json!({ "sent": 0, "delivered": 0, "failed": 0, "opened": 0, "clicked": 0, "revenueCents": 0 });
     on_db!(db, pool => {
         let mut tx = pool.begin().await?;
-        let mut owned: Vec<i64> = Vec::with_capacity(ids.len());
+        let mut q = sqlx::QueryBuilder::new("SELECT id FROM fans WHERE user_id = ");
+        q.push_bind(user).push(" AND id IN (");
+        let mut list = q.separated(", ");
         for id in &ids {
-            let found: Option<(i64,)> = sqlx::query_as("SELECT id FROM fans WHERE id = $1 AND user_id = $2")
-                .bind(id)
-                .bind(user)
-                .fetch_optional(&mut *tx)
-                .await?;
-            owned.extend(found.map(|(id,)| id));
+            list.push_bind(*id);
         }
+        q.push(")");
+        let owned: Vec<i64> = q
+            .build_query_as::<(i64,)>()
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(id,)| id)
+            .collect();
         let missing: Vec<i64> = ids.iter().copied().filter(|id| !owned.contains(id)).collect();
         if !missing.is_empty() {
             return Err(BulkError::NotOwned(missing));

@@ -113,12 +113,6 @@ impl Db {
         }
     }
 
-    /// A round trip to the database, for health checks.
-    pub async fn ping(&self) -> anyhow::Result<()> {
-        on_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
-            .context("pinging the database")
-    }
-
     pub async fn close(&self) {
         on_db!(self, pool => pool.close().await)
     }

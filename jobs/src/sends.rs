@@ -79,18 +79,22 @@ async fn pending(db: &Db, job: &str) -> Result<Vec<Pending>, JobError> {
     .await)?)
 }
 
+/// One statement for the batch's accepted messages.
 async fn mark_enqueued(db: &Db, ids: &[i64]) -> Result<(), JobError> {
-    let now = Timestamp::now();
-    for id in ids {
-        on_db!(db, pool => sqlx::query(
-            "UPDATE messages SET enqueued_at = $2, attempts = attempts + 1 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(pool)
-        .await
-        .map(|_| ()))?;
+    if ids.is_empty() {
+        return Ok(());
     }
+    let now = Timestamp::now();
+    on_db!(db, pool => {
+        let mut q = sqlx::QueryBuilder::new("UPDATE messages SET attempts = attempts + 1, enqueued_at = ");
+        q.push_bind(now).push(" WHERE id IN (");
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(pool).await.map(|_| ())
+    })?;
     Ok(())
 }
 

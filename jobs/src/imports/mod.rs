@@ -17,7 +17,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{
     db::Db,
@@ -315,9 +315,4 @@ pub async fn cleanup(deps: &Deps, record: &JobRecord) {
     if let Err(e) = deps.blobs.delete(&payload.blob_key).await {
         tracing::warn!(key = %payload.blob_key, error = format!("{e:#}"), "could not delete the uploaded file");
     }
-}
-
-/// The summary of a finished import job's result, if it has one.
-pub fn summary_of(result: &Value) -> Option<Summary> {
-    serde_json::from_value(result.get("summary")?.clone()).ok()
 }
