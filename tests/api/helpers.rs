@@ -201,12 +201,7 @@ async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Settings), workers: boo
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     if workers {
-        let (settings, services) = (settings.clone(), services.clone());
-        tokio::spawn(async move {
-            run_workers(&settings, &services, std::future::pending())
-                .await
-                .expect("the workers run");
-        });
+        start_workers(&settings, services);
     }
     TestApp {
         address,
@@ -219,7 +214,29 @@ async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Settings), workers: boo
     }
 }
 
+/// Runs the worker role for this deployment in the background, until the test ends.
+fn start_workers(settings: &Settings, services: Services) {
+    let settings = settings.clone();
+    tokio::spawn(async move {
+        run_workers(&settings, &services, std::future::pending())
+            .await
+            .expect("the workers run");
+    });
+}
+
 impl TestApp {
+    /// The deployment's services (database, job backend, blobs, queue), opened anew.
+    pub async fn services(&self) -> Services {
+        Services::open(&self.settings)
+            .await
+            .expect("the services open")
+    }
+
+    /// Starts workers on this app's database (for apps spawned without them).
+    pub async fn start_workers(&self) {
+        start_workers(&self.settings, self.services().await);
+    }
+
     pub fn token(&self, user: i64) -> String {
         self.keys.issue(UserId(user), Duration::from_secs(3600))
     }

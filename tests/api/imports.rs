@@ -413,13 +413,7 @@ async fn cancelling_a_queued_import_cancels_it_at_once() {
     assert_eq!(cancelled["status"], "cancelled");
     assert!(cancelled["finishedAt"].is_string());
     // Now start a worker on the same database: the job stays cancelled and imports nothing.
-    let services = fanqueue::startup::Services::open(&app.settings)
-        .await
-        .unwrap();
-    let settings = app.settings.clone();
-    tokio::spawn(async move {
-        fanqueue::startup::run_workers(&settings, &services, std::future::pending()).await
-    });
+    app.start_workers().await;
     let second = app
         .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
         .await;
@@ -524,13 +518,7 @@ async fn the_outbox_relay_pushes_a_job_the_api_never_pushed() {
         .await
         .unwrap();
     // A worker process of this deployment starts: its relay pushes the job, which then runs.
-    let services = fanqueue::startup::Services::open(&app.settings)
-        .await
-        .unwrap();
-    let settings = app.settings.clone();
-    tokio::spawn(async move {
-        fanqueue::startup::run_workers(&settings, &services, std::future::pending()).await
-    });
+    app.start_workers().await;
     let s = summary(&app.wait_job(1, &id).await);
     assert_eq!(s["successfulInserts"], 2);
 }
@@ -565,19 +553,14 @@ async fn a_failing_import_is_retried_by_its_policy_then_failed_with_the_reason()
     let id = app
         .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
         .await;
-    let services = fanqueue::startup::Services::open(&app.settings)
-        .await
-        .unwrap();
+    let services = app.services().await;
     let key = fanqueue_jobs::imports::blob_key(
         fanqueue_jobs::domain::UserId(1),
         &fanqueue_jobs::jobs::JobId(id.clone()),
     );
     services.blobs.delete(&key).await.unwrap();
-    let settings = app.settings.clone();
     let started = std::time::Instant::now();
-    tokio::spawn(async move {
-        fanqueue::startup::run_workers(&settings, &services, std::future::pending()).await
-    });
+    app.start_workers().await;
     let job = app.wait_job(1, &id).await;
     assert_eq!(job["status"], "failed", "{job}");
     let max = fanqueue_jobs::imports::RETRY.max_attempts;

@@ -6,6 +6,23 @@ use reqwest::StatusCode;
 
 use crate::helpers::AppProcess;
 
+/// Runs `fanqueue args…` in `dir` with only `env` set; asserts success, returns stdout.
+fn fanqueue(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_fanqueue"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fanqueue {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
 #[tokio::test]
 async fn with_nothing_configured_the_binary_serves_sqlite_and_its_token_works() {
     let dir = tempfile::tempdir().unwrap();
@@ -19,18 +36,9 @@ async fn with_nothing_configured_the_binary_serves_sqlite_and_its_token_works() 
         "the generated secret is kept in ./data"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_fanqueue"))
-        .args(["token", "--user-id", "1"])
-        .current_dir(dir.path())
-        .env_clear()
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let token = fanqueue(dir.path(), &["token", "--user-id", "1"], &[])
+        .trim()
+        .to_owned();
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
 
     let resp = reqwest::Client::new()
@@ -50,21 +58,15 @@ async fn with_nothing_configured_the_binary_serves_sqlite_and_its_token_works() 
         env!("CARGO_MANIFEST_DIR")
     );
     for (inserted, updated) in [(2, 0), (0, 2)] {
-        let out = Command::new(env!("CARGO_BIN_EXE_fanqueue"))
-            .args(["import", &fixture])
-            .current_dir(dir.path())
-            .env_clear()
-            .env("FANQUEUE_URL", &server.address)
-            .env("FANQUEUE_TOKEN", &token)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = fanqueue(
+            dir.path(),
+            &["import", &fixture],
+            &[
+                ("FANQUEUE_URL", &server.address),
+                ("FANQUEUE_TOKEN", &token),
+            ],
         );
-        let result: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("the summary as JSON");
+        let result: serde_json::Value = serde_json::from_str(&out).expect("the summary as JSON");
         let s = &result["summary"];
         assert_eq!(s["totalRows"], 2);
         assert_eq!(
@@ -88,21 +90,8 @@ async fn with_nothing_configured_the_binary_serves_sqlite_and_its_token_works() 
 fn migrate_applies_once_and_again_without_harm() {
     let dir = tempfile::tempdir().unwrap();
     for _ in 0..2 {
-        let out = Command::new(env!("CARGO_BIN_EXE_fanqueue"))
-            .arg("migrate")
-            .current_dir(dir.path())
-            .env_clear()
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "migrations applied (sqlite, jobs on sqlite)"
-        );
+        let out = fanqueue(dir.path(), &["migrate"], &[]);
+        assert_eq!(out.trim(), "migrations applied (sqlite, jobs on sqlite)");
     }
 }
 
