@@ -5,13 +5,17 @@
 //! - [`settings`] — defaults file, optional config file, environment variables.
 //! - [`auth`] — HS256 bearer tokens.
 //! - [`api`] — poem-openapi resources, one file each, and the one API error type.
-//! - [`startup`] — building and running the roles (`serve`, `worker`, `all`, `migrate`).
+//! - [`quotas`] — per-user request quotas, in-process or shared through Redis.
+//! - [`startup`] — opening the services and starting each role's services.
+//! - [`supervisor`] — running a process's services together; SIGTERM drains them.
 //! - [`cli`] — the `import` command, a client of the API.
 //! - [`telemetry`] — logging.
 
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod quotas;
 pub mod settings;
 pub mod startup;
+pub mod supervisor;
 pub mod telemetry;

@@ -8,7 +8,7 @@ use fanqueue::{
     auth::JwtKeys,
     cli,
     settings::{ENV_VARS, Settings},
-    startup::{Application, Services, open_db, open_queue, run_all, run_workers, shutdown_signal},
+    startup::{self, Role, open_db, open_job_backend, shutdown_signal},
     telemetry,
 };
 use fanqueue_jobs::domain::UserId;
@@ -70,24 +70,17 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(settings.log_format);
     match cli.command {
-        Command::Serve => {
-            let services = Services::open(&settings).await?;
-            let app = Application::build(&settings, &services).await?;
-            app.run_until_stopped(shutdown_signal()).await
-        }
-        Command::Worker => {
-            let services = Services::open(&settings).await?;
-            run_workers(&settings, &services, shutdown_signal()).await
-        }
-        Command::All => run_all(&settings, shutdown_signal()).await,
+        Command::Serve => startup::run(Role::Serve, &settings, shutdown_signal()).await,
+        Command::Worker => startup::run(Role::Worker, &settings, shutdown_signal()).await,
+        Command::All => startup::run(Role::All, &settings, shutdown_signal()).await,
         Command::Migrate => {
             let db = open_db(&settings).await?;
-            let queue = open_queue(&settings, &db).await?;
+            let jobs = open_job_backend(&settings, &db).await?;
             db.close().await;
             println!(
                 "migrations applied ({}, jobs on {})",
                 db.backend_name(),
-                queue.name()
+                jobs.name()
             );
             Ok(())
         }

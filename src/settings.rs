@@ -56,6 +56,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "IMPORTS_PER_HOUR",
         "CSV imports per user per hour before 429 [10]",
     ),
+    (
+        "CAMPAIGNS_PER_HOUR",
+        "bulk campaigns per user per hour before 429 [5]",
+    ),
     ("IMPORT_BATCH_ROWS", "rows per import transaction [5000]"),
     (
         "S3_BUCKET",
@@ -90,25 +94,78 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("FANQUEUE_TOKEN", "bearer token the `import` command sends"),
 ];
 
+/// Every setting, grouped by concern. The groups are flattened: a setting's name (and its
+/// variable) is the same as if it stood alone, e.g. `IMPORT_BATCH_ROWS` → `imports.import_batch_rows`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
-    pub listen_addr: SocketAddr,
+    #[serde(flatten)]
+    pub database: DatabaseSettings,
+    #[serde(flatten)]
+    pub api: ApiSettings,
+    #[serde(flatten)]
+    pub jobs: JobSettings,
+    #[serde(flatten)]
+    pub imports: ImportSettings,
+    #[serde(flatten)]
+    pub outbound: OutboundSettings,
+    #[serde(flatten)]
+    pub delivery: DeliverySettings,
+    /// SQS and S3 endpoint (an emulator); unset: AWS.
+    pub aws_endpoint_url: Option<String>,
+    pub log_format: LogFormat,
+}
+
+/// Where state lives: the SQL database (or the embedded file) and Redis.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// The embedded default's SQLite file, generated secret and blobs.
     pub data_dir: PathBuf,
+    /// `postgres://…` or `sqlite:…`; unset: the SQLite file in `data_dir`.
     pub database_url: Option<String>,
-    pub jwt_secret: Option<SecretString>,
+    /// Shared quotas across API processes, and the `redis` job backend.
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+}
+
+/// The HTTP API: where it listens, who may call, and how often.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    pub listen_addr: SocketAddr,
+    pub jwt_secret: Option<SecretString>,
     pub write_limit_per_minute: u32,
-    pub import_max_bytes: u64,
     pub imports_per_hour: u32,
-    pub import_batch_rows: usize,
-    pub log_format: LogFormat,
+    pub campaigns_per_hour: u32,
+}
+
+/// The job backend.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobSettings {
+    /// `sqlite`, `postgres` or `redis`; unset: the database's own kind.
     pub job_backend: Option<String>,
+}
+
+/// CSV imports.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImportSettings {
+    pub import_max_bytes: u64,
+    pub import_batch_rows: usize,
+    /// Uploaded files go to this bucket; unset: `<data_dir>/blobs`.
+    pub s3_bucket: Option<String>,
+}
+
+/// The outbound queue between the send jobs and the dispatcher.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutboundSettings {
+    /// SQS; unset: the embedded queue.
     pub sqs_queue_url: Option<String>,
     pub sqs_dlq_url: Option<String>,
+    /// Embedded queue: receives before a message moves to the DLQ.
     pub outbound_max_receives: u32,
-    pub aws_endpoint_url: Option<String>,
-    pub s3_bucket: Option<String>,
+}
+
+/// Delivery to the platform.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeliverySettings {
     pub platform_api_url: Option<String>,
     pub rate_limiter_enabled: bool,
     pub delivery_rate_per_minute: u32,
@@ -153,27 +210,29 @@ impl Settings {
 
     /// The database to use: `DATABASE_URL`, or the embedded SQLite file.
     pub fn database_url(&self) -> String {
-        self.database_url
+        self.database
+            .database_url
             .clone()
-            .unwrap_or_else(|| fanqueue_jobs::db::Db::embedded_url(&self.data_dir))
+            .unwrap_or_else(|| fanqueue_jobs::db::Db::embedded_url(&self.database.data_dir))
     }
 
     /// `JWT_SECRET`, or the secret generated once and kept in the data directory.
     pub fn jwt_secret(&self) -> anyhow::Result<SecretString> {
-        if let Some(secret) = &self.jwt_secret {
+        if let Some(secret) = &self.api.jwt_secret {
             anyhow::ensure!(
                 secret.expose_secret().len() >= 16,
                 "JWT_SECRET must be at least 16 characters"
             );
             return Ok(secret.clone());
         }
-        let path = self.data_dir.join("jwt_secret");
+        let data_dir = &self.database.data_dir;
+        let path = data_dir.join("jwt_secret");
         if let Ok(existing) = std::fs::read_to_string(&path) {
             tracing::warn!(path = %path.display(), "JWT_SECRET is not set: using the secret kept in the data directory");
             return Ok(SecretString::from(existing.trim().to_owned()));
         }
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("creating the data directory {}", self.data_dir.display()))?;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
         let secret: String = {
             use rand::Rng;
             let bytes: [u8; 32] = rand::rng().random();
@@ -211,14 +270,15 @@ mod tests {
     fn defaults_load_without_any_setting() {
         figment::Jail::expect_with(|_| {
             let s = Settings::load(None).unwrap();
-            assert_eq!(s.listen_addr.to_string(), "127.0.0.1:8080");
-            assert_eq!(s.write_limit_per_minute, 60);
+            assert_eq!(s.api.listen_addr.to_string(), "127.0.0.1:8080");
+            assert_eq!(s.api.write_limit_per_minute, 60);
             assert_eq!(
-                (s.import_max_bytes, s.imports_per_hour),
+                (s.imports.import_max_bytes, s.api.imports_per_hour),
                 (10 * 1024 * 1024, 10)
             );
-            assert_eq!(s.delivery_rate_per_minute, 10);
-            assert!(s.rate_limiter_enabled);
+            assert_eq!(s.api.campaigns_per_hour, 5);
+            assert_eq!(s.delivery.delivery_rate_per_minute, 10);
+            assert!(s.delivery.rate_limiter_enabled);
             assert!(s.database_url().starts_with("sqlite://"));
             Ok(())
         });
@@ -241,6 +301,7 @@ mod tests {
                 ("JOB_BACKEND", "redis"),
                 ("IMPORT_MAX_BYTES", "123"),
                 ("IMPORTS_PER_HOUR", "4"),
+                ("CAMPAIGNS_PER_HOUR", "2"),
                 ("IMPORT_BATCH_ROWS", "50"),
                 ("S3_BUCKET", "b"),
                 ("AWS_ENDPOINT_URL", "http://e"),
@@ -265,38 +326,50 @@ mod tests {
                 jail.set_env(k, v);
             }
             let s = Settings::load(None).expect("settings load");
-            assert_eq!(s.listen_addr.to_string(), "0.0.0.0:9999");
-            assert_eq!(s.data_dir, PathBuf::from("/tmp/elsewhere"));
-            assert_eq!(s.database_url.as_deref(), Some("postgres://u@h/db"));
+            assert_eq!(s.api.listen_addr.to_string(), "0.0.0.0:9999");
+            assert_eq!(s.database.data_dir, PathBuf::from("/tmp/elsewhere"));
             assert_eq!(
-                s.jwt_secret
+                s.database.database_url.as_deref(),
+                Some("postgres://u@h/db")
+            );
+            assert_eq!(
+                s.api
+                    .jwt_secret
                     .as_ref()
                     .map(|x| x.expose_secret().to_owned())
                     .as_deref(),
                 Some("a-secret-from-the-environment")
             );
-            assert_eq!(s.redis_url.as_deref(), Some("redis://r:6379"));
-            assert_eq!(s.redis_prefix, "p");
-            assert_eq!(s.write_limit_per_minute, 7);
+            assert_eq!(s.database.redis_url.as_deref(), Some("redis://r:6379"));
+            assert_eq!(s.database.redis_prefix, "p");
+            assert_eq!(s.api.write_limit_per_minute, 7);
             assert_eq!(s.log_format, LogFormat::Json);
-            assert_eq!(s.job_backend.as_deref(), Some("redis"));
+            assert_eq!(s.jobs.job_backend.as_deref(), Some("redis"));
             assert_eq!(
-                (s.import_max_bytes, s.imports_per_hour, s.import_batch_rows),
+                (
+                    s.imports.import_max_bytes,
+                    s.api.imports_per_hour,
+                    s.imports.import_batch_rows
+                ),
                 (123, 4, 50)
             );
-            assert_eq!(s.s3_bucket.as_deref(), Some("b"));
+            assert_eq!(s.api.campaigns_per_hour, 2);
+            assert_eq!(s.imports.s3_bucket.as_deref(), Some("b"));
             assert_eq!(s.aws_endpoint_url.as_deref(), Some("http://e"));
             assert_eq!(
-                (s.sqs_queue_url.as_deref(), s.sqs_dlq_url.as_deref()),
+                (
+                    s.outbound.sqs_queue_url.as_deref(),
+                    s.outbound.sqs_dlq_url.as_deref()
+                ),
                 (Some("http://q"), Some("http://d"))
             );
-            assert_eq!(s.outbound_max_receives, 9);
-            assert_eq!(s.platform_api_url.as_deref(), Some("http://p"));
-            assert!(!s.rate_limiter_enabled);
-            assert_eq!(s.delivery_rate_per_minute, 3);
+            assert_eq!(s.outbound.outbound_max_receives, 9);
+            assert_eq!(s.delivery.platform_api_url.as_deref(), Some("http://p"));
+            assert!(!s.delivery.rate_limiter_enabled);
+            assert_eq!(s.delivery.delivery_rate_per_minute, 3);
             // An empty variable means unset.
             jail.set_env("REDIS_URL", "");
-            assert_eq!(Settings::load(None).unwrap().redis_url, None);
+            assert_eq!(Settings::load(None).unwrap().database.redis_url, None);
             Ok(())
         });
     }
@@ -305,7 +378,7 @@ mod tests {
     fn generated_secret_is_kept_and_reused() {
         figment::Jail::expect_with(|jail| {
             let mut s = Settings::load(None).unwrap();
-            s.data_dir = jail.directory().join("data");
+            s.database.data_dir = jail.directory().join("data");
             let first = s.jwt_secret().unwrap();
             let second = s.jwt_secret().unwrap();
             assert_eq!(first.expose_secret(), second.expose_secret());

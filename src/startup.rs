@@ -6,18 +6,19 @@ use anyhow::Context;
 use fanqueue_jobs::{
     blobs::BlobStore,
     db::{Db, redact},
-    jobs::{JobQueue, Workers},
-    limits::{Limiter, Quota},
+    engine::{JobBackend, relay::OutboxRelay},
+    kinds::Deps,
     outbound::{EmbeddedQueue, Outbound, SqsQueue},
-    worker::Deps,
+    runtime::Workers,
 };
 use poem::{Server, listener::TcpAcceptor};
-use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::{self, AppState, State},
+    api::{self, AppState, Quotas, State},
     auth::JwtKeys,
+    quotas::{Limiter, Quota},
     settings::Settings,
+    supervisor::Supervisor,
 };
 
 /// Opens the database and applies our migrations.
@@ -34,7 +35,7 @@ pub async fn open_db(settings: &Settings) -> anyhow::Result<Db> {
 #[derive(Clone)]
 pub struct Services {
     pub db: Db,
-    pub queue: JobQueue,
+    pub jobs: JobBackend,
     pub blobs: BlobStore,
     pub outbound: Outbound,
 }
@@ -42,20 +43,18 @@ pub struct Services {
 impl Services {
     pub async fn open(settings: &Settings) -> anyhow::Result<Self> {
         let db = open_db(settings).await?;
-        let queue = open_queue(settings, &db).await?;
-        let blobs = match &settings.s3_bucket {
-            Some(bucket) => BlobStore::s3(bucket, settings.aws_endpoint_url.as_deref()).await?,
-            None => BlobStore::local(settings.data_dir.join("blobs")).await?,
+        let jobs = open_job_backend(settings, &db).await?;
+        let aws_endpoint = settings.aws_endpoint_url.as_deref();
+        let blobs = match &settings.imports.s3_bucket {
+            Some(bucket) => BlobStore::s3(bucket, aws_endpoint).await?,
+            None => BlobStore::local(settings.database.data_dir.join("blobs")).await?,
         };
         tracing::info!(blobs = %blobs.describe(), "blob store ready");
-        let outbound = match &settings.sqs_queue_url {
+        let outbound = match &settings.outbound.sqs_queue_url {
             Some(url) => {
-                let sqs = SqsQueue::new(
-                    url,
-                    settings.sqs_dlq_url.as_deref(),
-                    settings.aws_endpoint_url.as_deref(),
-                )
-                .await?;
+                let sqs =
+                    SqsQueue::new(url, settings.outbound.sqs_dlq_url.as_deref(), aws_endpoint)
+                        .await?;
                 // Unreachable now is logged loudly, not fatal: requests are still accepted (their
                 // jobs are stored) and send jobs retry until the queue answers.
                 if let Err(e) = sqs.check().await {
@@ -68,13 +67,13 @@ impl Services {
             }
             None => Outbound::Embedded(EmbeddedQueue::new(
                 db.clone(),
-                settings.outbound_max_receives,
+                settings.outbound.outbound_max_receives,
             )),
         };
         tracing::info!(outbound = outbound.name(), "outbound queue ready");
         Ok(Services {
             db,
-            queue,
+            jobs,
             blobs,
             outbound,
         })
@@ -82,17 +81,17 @@ impl Services {
 }
 
 /// Connects the job backend and applies its migrations.
-pub async fn open_queue(settings: &Settings, db: &Db) -> anyhow::Result<JobQueue> {
-    let queue = JobQueue::connect(
-        settings.job_backend.as_deref(),
+pub async fn open_job_backend(settings: &Settings, db: &Db) -> anyhow::Result<JobBackend> {
+    let jobs = JobBackend::connect(
+        settings.jobs.job_backend.as_deref(),
         db,
-        settings.redis_url.as_deref(),
-        &settings.redis_prefix,
+        settings.database.redis_url.as_deref(),
+        &settings.database.redis_prefix,
     )
     .await?;
-    queue.migrate().await?;
-    tracing::info!(backend = queue.name(), "job backend ready");
-    Ok(queue)
+    jobs.migrate().await?;
+    tracing::info!(backend = jobs.name(), "job backend ready");
+    Ok(jobs)
 }
 
 /// The API role, bound and ready to serve.
@@ -105,40 +104,43 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: &Settings, services: &Services) -> anyhow::Result<Self> {
         let keys = JwtKeys::new(&settings.jwt_secret()?);
-        let limiter = match &settings.redis_url {
-            Some(url) => Limiter::redis(url, &settings.redis_prefix).await?,
+        let limiter = match &settings.database.redis_url {
+            Some(url) => Limiter::redis(url, &settings.database.redis_prefix).await?,
             None => Limiter::local(),
         };
         tracing::info!(quotas = limiter.backend_name(), "request quotas ready");
-        let listener = tokio::net::TcpListener::bind(settings.listen_addr)
+        let listen = settings.api.listen_addr;
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("binding {}", settings.listen_addr))?;
+            .with_context(|| format!("binding {listen}"))?;
         let port = listener.local_addr()?.port();
         let acceptor = TcpAcceptor::from_tokio(listener)?;
         let state = Arc::new(AppState {
             db: services.db.clone(),
-            queue: services.queue.clone(),
+            jobs: services.jobs.clone(),
             blobs: services.blobs.clone(),
             outbound: services.outbound.clone(),
             keys,
-            limiter,
-            write_quota: Quota {
-                name: "writes",
-                limit: settings.write_limit_per_minute,
-                window: Duration::from_secs(60),
+            quotas: Quotas {
+                limiter,
+                writes: Quota {
+                    name: "writes",
+                    limit: settings.api.write_limit_per_minute,
+                    window: Duration::from_secs(60),
+                },
+                imports: Quota {
+                    name: "imports",
+                    limit: settings.api.imports_per_hour,
+                    window: Duration::from_secs(3600),
+                },
+                campaigns: Quota {
+                    name: "campaigns",
+                    limit: settings.api.campaigns_per_hour,
+                    window: Duration::from_secs(3600),
+                },
             },
-            import_quota: Quota {
-                name: "imports",
-                limit: settings.imports_per_hour,
-                window: Duration::from_secs(3600),
-            },
-            import_max_bytes: settings.import_max_bytes,
-            campaign_quota: Quota {
-                name: "campaigns",
-                limit: 5,
-                window: Duration::from_secs(3600),
-            },
-            delivery_rate_per_minute: settings.delivery_rate_per_minute,
+            import_max_bytes: settings.imports.import_max_bytes,
+            delivery_rate_per_minute: settings.delivery.delivery_rate_per_minute,
         });
         Ok(Application {
             port,
@@ -165,51 +167,58 @@ impl Application {
     }
 }
 
-/// The worker role: runs jobs until `shutdown`.
-pub async fn run_workers(
-    settings: &Settings,
-    services: &Services,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let deps = Deps {
+/// The job kinds' dependencies, from the settings and the shared services.
+fn deps(settings: &Settings, services: &Services) -> Deps {
+    Deps {
         db: services.db.clone(),
         blobs: services.blobs.clone(),
-        import_batch_rows: settings.import_batch_rows.max(1),
+        import_batch_rows: settings.imports.import_batch_rows.max(1),
         outbound: services.outbound.clone(),
-        rate_limiter_enabled: settings.rate_limiter_enabled,
-    };
-    Workers::run(services.queue.clone(), deps, shutdown).await
+        rate_limiter_enabled: settings.delivery.rate_limiter_enabled,
+    }
 }
 
-/// Every role in one process; SIGTERM (or `shutdown`) stops them together.
-pub async fn run_all(
+/// Starts the worker role's services: the workers, and the outbox relay when jobs pass through
+/// one (Redis).
+pub fn start_workers(sup: &mut Supervisor, settings: &Settings, services: &Services) {
+    let workers = Workers::new(services.jobs.clone(), deps(settings, services));
+    sup.start("workers", |cancel| workers.run(cancel));
+    if services.jobs.uses_outbox() {
+        let relay = OutboxRelay::new(services.jobs.clone(), services.db.clone());
+        sup.start("outbox relay", |cancel| relay.run(cancel));
+    }
+}
+
+/// Starts the API role's service.
+pub fn start_api(sup: &mut Supervisor, app: Application) {
+    sup.start("api", |cancel| {
+        app.run_until_stopped(cancel.cancelled_owned())
+    });
+}
+
+/// Which roles a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Serve,
+    Worker,
+    All,
+}
+
+/// Runs `role` until `shutdown` (SIGTERM, Ctrl-C) or until one of its services fails.
+pub async fn run(
+    role: Role,
     settings: &Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let services = Services::open(settings).await?;
-    let app = Application::build(settings, &services).await?;
-    let stop = CancellationToken::new();
-    let trigger = stop.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        trigger.cancel();
-    });
-    let api = app.run_until_stopped(stop.clone().cancelled_owned());
-    let workers = run_workers(settings, &services, stop.clone().cancelled_owned());
-    // One role failing stops the other rather than leaving half a system running.
-    let (api, workers) = tokio::join!(
-        async {
-            let r = api.await;
-            stop.cancel();
-            r
-        },
-        async {
-            let r = workers.await;
-            stop.cancel();
-            r
-        }
-    );
-    api.and(workers)
+    let mut sup = Supervisor::default();
+    if matches!(role, Role::Serve | Role::All) {
+        start_api(&mut sup, Application::build(settings, &services).await?);
+    }
+    if matches!(role, Role::Worker | Role::All) {
+        start_workers(&mut sup, settings, &services);
+    }
+    sup.run(shutdown).await
 }
 
 /// Resolves on SIGTERM (what containers send) or Ctrl-C.
@@ -232,5 +241,4 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("shutdown requested; draining");
 }

@@ -6,7 +6,7 @@ use std::{path::Path, str::FromStr, time::Duration};
 
 use anyhow::Context;
 use sqlx::{
-    PgPool, SqlitePool,
+    PgPool, Postgres, Sqlite, SqlitePool, Transaction,
     postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
@@ -28,6 +28,35 @@ macro_rules! on_db {
             $crate::db::Db::Sqlite($pool) => $body,
         }
     };
+}
+
+/// A transaction on either backend, begun by [`Db::begin`]. Modules that own a table offer
+/// functions taking `&mut Tx`, so one transaction can span several owners (a message, its
+/// conversation and its job commit together).
+pub enum Tx {
+    Postgres(Transaction<'static, Postgres>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+/// Runs the same expression against whichever transaction `$tx` holds; `$conn` is a
+/// `&mut Transaction` of that backend (use `&mut **$conn` as the executor).
+#[macro_export]
+macro_rules! on_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $tx {
+            $crate::db::Tx::Postgres($conn) => $body,
+            $crate::db::Tx::Sqlite($conn) => $body,
+        }
+    };
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Postgres(tx) => tx.commit().await,
+            Tx::Sqlite(tx) => tx.commit().await,
+        }
+    }
 }
 
 /// Errors of the aggregate modules, in terms the API maps to status codes.
@@ -60,7 +89,9 @@ impl Db {
                 .create_if_missing(true)
                 .foreign_keys(true)
                 // WAL lets readers run beside the one writer; busy_timeout makes writers queue
-                // instead of failing with SQLITE_BUSY when API and workers write at once.
+                // (up to this bound) instead of failing with SQLITE_BUSY when API and workers
+                // write at once. Write transactions begin IMMEDIATE ([`Db::begin`]) so that the
+                // wait applies to them too.
                 // FULL: a commit (a 202's job) is on disk before the answer, power cut or not.
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
@@ -85,13 +116,24 @@ impl Db {
         }
     }
 
+    /// Begins a write transaction. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`): a deferred transaction that reads and then writes cannot wait for another
+    /// writer (SQLite answers "database is locked" at once to keep its snapshot consistent),
+    /// whereas an immediate one waits in line, within the busy timeout.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+            Db::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+
     /// The SQLite URL of the embedded default inside `data_dir`.
     pub fn embedded_url(data_dir: &Path) -> String {
         format!("sqlite://{}", data_dir.join("fanqueue.db").display())
     }
 
     /// Applies our migrations for this backend. Idempotent. The job backend's migrations
-    /// are applied beside these by `JobQueue::migrate`: on PostgreSQL apalis keeps its own
+    /// are applied beside these by `JobBackend::migrate`: on PostgreSQL apalis keeps its own
     /// history table in schema `apalis`; on SQLite both histories share `_sqlx_migrations`
     /// (apalis's versions are timestamps, ours 0001…), so each migrator ignores the other's.
     pub async fn migrate(&self) -> anyhow::Result<()> {

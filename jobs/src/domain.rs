@@ -46,31 +46,124 @@ id_type!(ConversationId);
 id_type!(MessageId);
 id_type!(CampaignId);
 
-/// The platforms a fan can come from (SPEC section 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Platform {
-    Onlyfans,
-    Fansly,
-    Other,
+/// A value read back from the database that is not one of its type's words: the row was
+/// written by something else (or a newer release), and pretending otherwise would hide it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?} (expected one of: {expected})")]
+pub struct UnknownValue {
+    pub what: &'static str,
+    pub value: String,
+    pub expected: String,
+}
+
+/// A closed set of words stored as text (statuses, kinds, platforms): `as_str` writes it,
+/// `parse` reads it back exactly, and decoding a row holding any other word is an error that
+/// names the type and the word.
+#[macro_export]
+macro_rules! text_enum {
+    ($(#[$doc:meta])* $vis:vis enum $name:ident as $what:literal {
+        $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)?
+    }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// The value a stored word stands for; any other word is an error.
+            pub fn parse(raw: &str) -> Result<Self, $crate::domain::UnknownValue> {
+                match raw {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err($crate::domain::UnknownValue {
+                        what: $what,
+                        value: raw.to_owned(),
+                        expected: [$($text),+].join(", "),
+                    }),
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ::sqlx::Type<::sqlx::Postgres> for $name {
+            fn type_info() -> ::sqlx::postgres::PgTypeInfo {
+                <&str as ::sqlx::Type<::sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &::sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as ::sqlx::Type<::sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl ::sqlx::Encode<'_, ::sqlx::Postgres> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut ::sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<::sqlx::encode::IsNull, ::sqlx::error::BoxDynError> {
+                <&str as ::sqlx::Encode<::sqlx::Postgres>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r> ::sqlx::Decode<'r, ::sqlx::Postgres> for $name {
+            fn decode(value: ::sqlx::postgres::PgValueRef<'r>) -> Result<Self, ::sqlx::error::BoxDynError> {
+                let raw = <&str as ::sqlx::Decode<::sqlx::Postgres>>::decode(value)?;
+                Ok($name::parse(raw)?)
+            }
+        }
+
+        impl ::sqlx::Type<::sqlx::Sqlite> for $name {
+            fn type_info() -> ::sqlx::sqlite::SqliteTypeInfo {
+                <&str as ::sqlx::Type<::sqlx::Sqlite>>::type_info()
+            }
+            fn compatible(ty: &::sqlx::sqlite::SqliteTypeInfo) -> bool {
+                <&str as ::sqlx::Type<::sqlx::Sqlite>>::compatible(ty)
+            }
+        }
+
+        impl<'q> ::sqlx::Encode<'q, ::sqlx::Sqlite> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <::sqlx::Sqlite as ::sqlx::Database>::ArgumentBuffer,
+            ) -> Result<::sqlx::encode::IsNull, ::sqlx::error::BoxDynError> {
+                <&str as ::sqlx::Encode<'q, ::sqlx::Sqlite>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r> ::sqlx::Decode<'r, ::sqlx::Sqlite> for $name {
+            fn decode(value: ::sqlx::sqlite::SqliteValueRef<'r>) -> Result<Self, ::sqlx::error::BoxDynError> {
+                let raw = <&str as ::sqlx::Decode<::sqlx::Sqlite>>::decode(value)?;
+                Ok($name::parse(raw)?)
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// The platforms a fan can come from (SPEC section 3).
+    pub enum Platform as "platform" {
+        Onlyfans = "onlyfans",
+        Fansly = "fansly",
+        Other = "other",
+    }
 }
 
 impl Platform {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Platform::Onlyfans => "onlyfans",
-            Platform::Fansly => "fansly",
-            Platform::Other => "other",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        match raw.trim().to_ascii_lowercase().as_str() {
-            "onlyfans" => Ok(Platform::Onlyfans),
-            "fansly" => Ok(Platform::Fansly),
-            "other" => Ok(Platform::Other),
-            _ => Err(invalid("must be one of onlyfans, fansly, other")),
-        }
+    /// Reads a platform a client typed: spaces and case do not matter.
+    pub fn parse_input(raw: &str) -> Result<Self, ParseError> {
+        Self::parse(&raw.trim().to_ascii_lowercase())
+            .map_err(|_| invalid("must be one of onlyfans, fansly, other"))
     }
 }
 

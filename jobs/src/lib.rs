@@ -1,29 +1,28 @@
 //! The engine behind fanqueue's API: everything that is not HTTP.
 //!
-//! # Layout
-//! - [`domain`] — ids, handles, emails, money and text, parsed once at the edge.
-//! - [`db`] — the SQL backend (PostgreSQL or an embedded SQLite file) and its migrations.
-//! - [`fans`], [`conversations`], [`messages`] — one module per aggregate, each owning its SQL.
-//! - [`limits`] — per-user quotas, in-process or shared through Redis.
-//! - [`jobs`] — job records (what clients poll) and the apalis job backend (SQLite,
-//!   PostgreSQL or Redis), enqueueing inside business transactions.
-//! - [`worker`] — running a job: dispatch by kind, retries, final outcome.
-//! - [`imports`] — the CSV fan import: parsing messy exports, batched resumable upserts.
-//! - [`blobs`] — where uploaded files wait for their job: a directory or S3.
-//! - [`campaigns`] — bulk campaigns: many recipients, one job, live metrics.
-//! - [`outbound`] — the queue to the dispatcher: SQS, or an SQL table with SQS's semantics.
-//! - [`sends`] — the jobs that put messages on the outbound queue, 10 a batch.
+//! Why "jobs": every write the API cannot finish in a row update becomes a durable job, and
+//! this crate is everything those jobs touch, so it holds the job engine and also the tables
+//! and values the API reads directly (fans, conversations): one crate, one owner per table.
+//!
+//! # Layout, in layers (a module imports only from its own layer or those above it here)
+//! 1. Foundations:
+//!    - [`domain`] — ids, handles, emails, money, text and stored words, parsed once at the edge.
+//!    - [`db`] — the SQL backend (PostgreSQL or an embedded SQLite file), transactions, migrations.
+//!    - [`blobs`] — where uploaded files wait for their job: a directory or S3.
+//!    - [`outbound`] — the queue to the dispatcher: SQS, or an SQL table with SQS's semantics.
+//! 2. [`engine`] — the job engine: job ids and records, the apalis backend, the outbox relay,
+//!    the contract a job kind implements, and running one job. Knows no kind.
+//! 3. [`crm`] — the aggregates (fans, conversations, messages, campaigns), one owner per table.
+//! 4. [`kinds`] — the job kinds (CSV import, single send, bulk send), one file each.
+//! 5. [`runtime`] — the one list of kinds and the workers service that runs them.
+//!
+//! The `fanqueue` crate (API, CLI, process roles) sits on top and may use any layer.
 
 pub mod blobs;
-pub mod campaigns;
-pub mod conversations;
+pub mod crm;
 pub mod db;
 pub mod domain;
-pub mod fans;
-pub mod imports;
-pub mod jobs;
-pub mod limits;
-pub mod messages;
+pub mod engine;
+pub mod kinds;
 pub mod outbound;
-pub mod sends;
-pub mod worker;
+pub mod runtime;

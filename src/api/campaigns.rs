@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use fanqueue_jobs::{
-    campaigns::{self, Campaign},
+    crm::campaigns::{self, Campaign, CampaignStatus},
     domain::CampaignId,
 };
 use poem_openapi::{
@@ -83,17 +83,20 @@ async fn with_metrics(state: &State, c: Campaign) -> Result<CampaignOut, ApiErro
     let counts = campaigns::counts(&state.db, c.id).await?;
     let stored = |k: &str| c.metrics.0.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
     // Completed as soon as every message is final, even before the job refreshed the row.
-    let status =
-        if c.status == "active" && counts.total > 0 && counts.queued == 0 && counts.sending == 0 {
-            "completed".to_owned()
-        } else {
-            c.status.clone()
-        };
+    let status = if c.status == CampaignStatus::Active
+        && counts.total > 0
+        && counts.queued == 0
+        && counts.sending == 0
+    {
+        CampaignStatus::Completed
+    } else {
+        c.status
+    };
     Ok(CampaignOut {
         id: c.id.0,
         name: c.name.clone(),
-        kind: c.kind.clone(),
-        status,
+        kind: c.kind.to_string(),
+        status: status.to_string(),
         template: c.template.0.clone(),
         target_audience: c.target_audience.0.clone(),
         metrics: CampaignMetrics {

@@ -2,9 +2,12 @@
 
 use chrono::{DateTime, Utc};
 use fanqueue_jobs::{
-    conversations::{self, Conversation},
+    crm::{
+        conversations::{self, Conversation},
+        messages::{self, Inbound, Message, NewAttachment},
+    },
     domain::{Cents, ConversationId, FanId, HttpUrl, Text},
-    messages::{self, Inbound, Message, NewAttachment},
+    kinds::send_message::Recipient,
 };
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
@@ -53,7 +56,7 @@ impl From<Conversation> for ConversationOut {
         ConversationOut {
             id: c.id.0,
             fan_id: c.fan_id.0,
-            platform: c.platform,
+            platform: c.platform.to_string(),
             last_message_at: c.last_message_at,
             unread_count: c.unread_count,
             created_at: c.created_at,
@@ -169,7 +172,7 @@ impl From<Message> for MessageOut {
             id: m.id.0,
             conversation_id: m.conversation_id.0,
             fan_id: m.fan_id.0,
-            direction: m.direction,
+            direction: m.direction.to_string(),
             text: m.text,
             price_cents: m.price_cents,
             attachments: m
@@ -181,7 +184,7 @@ impl From<Message> for MessageOut {
                     url: a.url,
                 })
                 .collect(),
-            status: m.status,
+            status: m.status.to_string(),
             error: m.error,
             attempts: m.attempts,
             campaign_id: m.campaign_id.map(|c| c.0),
@@ -407,7 +410,7 @@ impl ConversationsApi {
         let queued = super::messages::queue_one(
             &self.state,
             auth.0,
-            fanqueue_jobs::messages::Recipient::Conversation(ConversationId(id.0)),
+            Recipient::Conversation(ConversationId(id.0)),
             &out,
         )
         .await?;

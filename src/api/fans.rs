@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use fanqueue_jobs::{
+    crm::fans::{self, Fan, FanFilter, FanPatch, NewFan},
     domain::{Cents, Email, FanId, Handle, HttpUrl, Line, ParseError, Platform, Tags, Text},
-    fans::{self, Fan, FanFilter, FanPatch, NewFan},
 };
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
@@ -50,7 +50,7 @@ impl From<Fan> for FanOut {
     fn from(f: Fan) -> Self {
         FanOut {
             id: f.id.0,
-            platform: f.platform,
+            platform: f.platform.to_string(),
             handle: f.handle,
             name: f.name,
             email: f.email,
@@ -184,7 +184,7 @@ fn patch<T>(
 impl CreateFan {
     fn parse(self) -> Result<NewFan, ApiError> {
         Ok(NewFan {
-            platform: optional("platform", self.platform.as_deref(), Platform::parse)?
+            platform: optional("platform", self.platform.as_deref(), Platform::parse_input)?
                 .unwrap_or(Platform::Onlyfans),
             handle: field("handle", Handle::parse(&self.handle))?,
             name: optional("name", self.name.as_deref(), |v| {

@@ -3,9 +3,8 @@
 use std::time::Duration;
 
 use fanqueue_jobs::{
-    imports::{self, ImportPayload},
-    jobs::{JobId, JobStatus},
-    worker::wait_final,
+    engine::{JobId, JobStatus, record},
+    kinds::import_csv::{self, ImportPayload},
 };
 use poem::{FromRequest, Request, RequestBody, web::Multipart};
 use poem_openapi::{
@@ -256,9 +255,9 @@ impl ImportsApi {
                 format!("must be at most {MAX_WAIT} seconds"),
             ));
         }
-        super::charge(&self.state, self.state.import_quota, user).await?;
+        super::charge(&self.state, self.state.quotas.imports, user).await?;
         let id = JobId::generate();
-        let key = imports::blob_key(user, &id);
+        let key = import_csv::blob_key(user, &id);
         self.state
             .blobs
             .put_file(&key, upload.spool.path())
@@ -269,14 +268,8 @@ impl ImportsApi {
             file_name: upload.file_name,
             size_bytes: upload.size,
         };
-        if let Err(e) = imports::enqueue(
-            &self.state.db,
-            &self.state.queue,
-            id.clone(),
-            user,
-            &payload,
-        )
-        .await
+        if let Err(e) =
+            import_csv::submit(&self.state.db, &self.state.jobs, id.clone(), user, &payload).await
         {
             let _ = self.state.blobs.delete(&key).await;
             return Err(ApiError::internal(
@@ -285,12 +278,11 @@ impl ImportsApi {
         }
         tracing::info!(job_id = %id, bytes = payload.size_bytes, "import accepted");
         let status_url = format!("/api/jobs/{id}");
-        let mut status = JobStatus::Queued.as_str().to_owned();
+        let mut status = JobStatus::Queued.to_string();
         if wait > 0 {
-            let job = wait_final(&self.state.db, user, &id, Duration::from_secs(wait))
-                .await
-                .map_err(ApiError::internal)?;
-            match (job.status(), job.result) {
+            let job =
+                record::wait_final(&self.state.db, user, &id, Duration::from_secs(wait)).await?;
+            match (job.status, job.result) {
                 (JobStatus::Failed, _) => {
                     return Err(ApiError::bad_request(
                         "import_failed",
@@ -301,11 +293,11 @@ impl ImportsApi {
                     return Ok(ImportResponse::Finished(Json(ImportFinished {
                         job_id: id.0,
                         status_url,
-                        status: job.status,
+                        status: status.to_string(),
                         summary: result.0.get("summary").cloned().unwrap_or_default(),
                     })));
                 }
-                _ => status = job.status,
+                (other, _) => status = other.to_string(),
             }
         }
         Ok(ImportResponse::Accepted(Json(ImportAccepted {

@@ -1,7 +1,13 @@
 //! `/api/jobs`: every accepted heavy write is a job the client polls.
 
 use chrono::{DateTime, Utc};
-use fanqueue_jobs::jobs::{self, CancelError, JobFilter, JobId, JobKind, JobRecord, JobStatus};
+use fanqueue_jobs::{
+    engine::{
+        JobFilter, JobId, JobRecord, JobStatus,
+        record::{self, CancelError},
+    },
+    runtime::Kind,
+};
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     param::{Path, Query},
@@ -54,9 +60,9 @@ pub struct JobOut {
 impl From<JobRecord> for JobOut {
     fn from(j: JobRecord) -> Self {
         JobOut {
-            id: j.id,
+            id: j.id.0,
             kind: j.kind,
-            status: j.status,
+            status: j.status.to_string(),
             attempts: j.attempts,
             progress: Progress {
                 done: j.progress_done,
@@ -112,7 +118,7 @@ impl JobsApi {
     /// Status, attempts, progress and, once final, the result or the error.
     #[oai(path = "/:id", method = "get", operation_id = "getJob")]
     async fn get(&self, auth: BearerAuth, id: Path<String>) -> Result<GetJobResponse, ApiError> {
-        let job = jobs::get(&self.state.db, auth.0, &job_id(&id.0)?).await?;
+        let job = record::get(&self.state.db, auth.0, &job_id(&id.0)?).await?;
         Ok(GetJobResponse::Ok(Json(job.into())))
     }
 
@@ -135,13 +141,15 @@ impl JobsApi {
             kind: kind
                 .0
                 .map(|k| {
-                    JobKind::parse(&k).ok_or_else(|| ApiError::invalid("kind", "is not a job kind"))
+                    Kind::parse(&k)
+                        .map(Kind::name)
+                        .map_err(|_| ApiError::invalid("kind", "is not a job kind"))
                 })
                 .transpose()?,
             status: status
                 .0
                 .map(|s| {
-                    JobStatus::parse(&s).ok_or_else(|| {
+                    JobStatus::parse(&s).map_err(|_| {
                         ApiError::invalid(
                             "status",
                             "must be queued, running, succeeded, failed or cancelled",
@@ -150,7 +158,7 @@ impl JobsApi {
                 })
                 .transpose()?,
         };
-        let listed = jobs::list(&self.state.db, auth.0, &filter, page).await?;
+        let listed = record::list(&self.state.db, auth.0, &filter, page).await?;
         Ok(ListJobsResponse::Ok(Json(JobPage {
             items: listed.items.into_iter().map(Into::into).collect(),
             total: listed.total,
@@ -170,7 +178,7 @@ impl JobsApi {
         auth: BearerAuth,
         id: Path<String>,
     ) -> Result<CancelJobResponse, ApiError> {
-        match jobs::cancel(&self.state.db, auth.0, &job_id(&id.0)?).await {
+        match record::cancel(&self.state.db, auth.0, &job_id(&id.0)?).await {
             Ok(job) => Ok(CancelJobResponse::Accepted(Json(job.into()))),
             Err(CancelError::Finished(status)) => Err(ApiError::conflict(format!(
                 "the job has already finished ({status}); nothing to cancel"

@@ -4,10 +4,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fanqueue_jobs::{
-    campaigns::{self, BulkError, NewBulk},
-    domain::{Cents, FanId, HttpUrl, Line, Text},
-    jobs::queue::EnqueueError,
-    messages::{self, NewAttachment, Outgoing, PRIORITY_DEFAULT, Recipient},
+    crm::{
+        campaigns::{self, NewBulk},
+        messages::{self, NewAttachment, Outgoing, PRIORITY_DEFAULT},
+    },
+    domain::{Cents, FanId, HttpUrl, Line, Text, UserId},
+    kinds::{
+        SubmitError, bulk_send,
+        send_message::{self, Recipient},
+    },
     outbound::OutboundQueue,
 };
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
@@ -165,28 +170,38 @@ pub fn eta(now: DateTime<Utc>, backlog: i64, per_minute: u32) -> DateTime<Utc> {
     now + Duration::from_secs_f64(ahead as f64 * 60.0 / f64::from(per_minute.max(1)))
 }
 
-pub fn enqueue_error(e: EnqueueError) -> ApiError {
+/// A submission that stored nothing, as the client sees it.
+pub fn submit_error(e: SubmitError) -> ApiError {
     match e {
-        EnqueueError::NotFound(what) => ApiError::not_found(what),
-        other => ApiError::internal(anyhow::Error::new(other).context("queueing the message")),
+        SubmitError::NotFound(what) => ApiError::not_found(what),
+        SubmitError::NotOwned(ids) => ApiError::invalid(
+            "recipientIds",
+            format!(
+                "these are not among your fans: {:?}",
+                ids.iter().map(|f| f.0).collect::<Vec<_>>()
+            ),
+        ),
+        SubmitError::Enqueue(e) => {
+            ApiError::internal(anyhow::Error::new(e).context("queueing the message"))
+        }
     }
 }
 
 /// Queues one message and answers as the send routes do.
 pub async fn queue_one(
     state: &State,
-    user: fanqueue_jobs::domain::UserId,
+    user: UserId,
     to: Recipient,
     out: &Outgoing,
 ) -> Result<QueuedOut, ApiError> {
-    let message = messages::queue_single(&state.db, &state.queue, user, to, out)
+    let message = send_message::submit(&state.db, &state.jobs, user, to, out)
         .await
-        .map_err(enqueue_error)?;
+        .map_err(submit_error)?;
     let backlog = messages::backlog(&state.db, user).await?;
     tracing::info!(message_id = message.id.0, backlog, "message queued");
     Ok(QueuedOut {
         message_id: message.id.0,
-        status: message.status,
+        status: message.status.to_string(),
         queued_at: message.created_at,
         estimated_send_time: eta(message.created_at, backlog, state.delivery_rate_per_minute),
     })
@@ -274,10 +289,10 @@ impl MessagesApi {
             media(b.media_urls)?,
             b.priority,
         )?;
-        super::charge(&self.state, self.state.campaign_quota, user).await?;
-        let created = campaigns::create_bulk(
+        super::charge(&self.state, self.state.quotas.campaigns, user).await?;
+        let created = bulk_send::submit(
             &self.state.db,
-            &self.state.queue,
+            &self.state.jobs,
             user,
             NewBulk {
                 name,
@@ -286,20 +301,9 @@ impl MessagesApi {
             },
         )
         .await
-        .map_err(|e| match e {
-            BulkError::NotOwned(ids) => ApiError::invalid(
-                "recipientIds",
-                format!("these are not among your fans: {ids:?}"),
-            ),
-            BulkError::Enqueue(e) => enqueue_error(e),
-        })?;
+        .map_err(submit_error)?;
         let backlog = messages::backlog(&self.state.db, user).await?;
         let n = created.message_ids.len() as i64;
-        tracing::info!(
-            campaign_id = created.campaign.id.0,
-            recipients = n,
-            "campaign queued"
-        );
         Ok(BulkResponse::Accepted(Json(BulkOut {
             campaign_id: created.campaign.id.0,
             total_recipients: n,

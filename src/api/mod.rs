@@ -2,7 +2,9 @@
 //!
 //! One file per resource, each an `#[OpenApi]` impl whose operations have their own response
 //! enum; failures are [`ApiError`]. [`BearerAuth`] is the only way a handler learns who calls,
-//! so no route can forget authentication, and it charges the caller's write quota.
+//! so no route can forget authentication, and it charges the caller's write quota. Every
+//! quota charge of a request is kept in the request's ledger and refunded when the request
+//! fails (any 4xx or 5xx), so that only what succeeded counts.
 
 mod body;
 mod campaigns;
@@ -14,40 +16,49 @@ mod imports;
 mod jobs;
 mod messages;
 
-use std::{sync::Arc, time::Duration};
+use std::{cell::RefCell, sync::Arc, time::Duration};
 
 use fanqueue_jobs::{
     blobs::BlobStore,
     db::{Db, Page},
     domain::UserId,
-    jobs::JobQueue,
-    limits::{Decision, Limiter, Quota},
+    engine::JobBackend,
     outbound::Outbound,
 };
 use poem::{
-    Endpoint, EndpointExt, IntoEndpoint, Request, Route, http::Method, middleware::CatchPanic,
+    Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Route, http::Method,
+    middleware::CatchPanic,
 };
 use poem_openapi::{OpenApiService, SecurityScheme, Tags, auth::Bearer};
 
-use crate::auth::JwtKeys;
+use crate::{
+    auth::JwtKeys,
+    quotas::{Charge, Decision, Limiter, Quota},
+};
 pub use error::ApiError;
 
 /// What every handler may need. Held by each API struct, so a missing piece fails to compile
 /// rather than answering 500.
 pub struct AppState {
     pub db: Db,
-    pub queue: JobQueue,
+    pub jobs: JobBackend,
     pub blobs: BlobStore,
-    pub keys: JwtKeys,
-    pub limiter: Limiter,
-    pub write_quota: Quota,
-    pub import_quota: Quota,
-    pub import_max_bytes: u64,
     pub outbound: Outbound,
-    /// 5 bulk campaigns per hour per user (SPEC section 5).
-    pub campaign_quota: Quota,
+    pub keys: JwtKeys,
+    pub quotas: Quotas,
+    pub import_max_bytes: u64,
     /// Platform deliveries per creator per minute, for send-time estimates.
     pub delivery_rate_per_minute: u32,
+}
+
+/// The per-user quotas and where they are counted.
+pub struct Quotas {
+    pub limiter: Limiter,
+    /// Every write (POST, PUT, DELETE under /api).
+    pub writes: Quota,
+    pub imports: Quota,
+    /// Bulk campaigns (SPEC section 5: 5 an hour).
+    pub campaigns: Quota,
 }
 
 pub type State = Arc<AppState>;
@@ -84,17 +95,27 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<UserId> {
     })?;
     tracing::Span::current().record("user_id", user.0);
     if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        charge(state, state.write_quota, user).await?;
+        charge(state, state.quotas.writes, user).await?;
     }
     Ok(user)
 }
 
-/// Counts one call of `user` against `quota`: 429 with Retry-After past it. If the quota
-/// store (Redis) is unreachable the call is allowed and the failure logged: availability over
-/// strictness, so a Redis outage does not take writes down with it.
+tokio::task_local! {
+    /// The quota charges of the request being served (see [`charge`]).
+    static LEDGER: RefCell<Vec<Charge>>;
+}
+
+/// Counts one call of `user` against `quota`: 429 with Retry-After past it. The charge goes
+/// into the request's ledger, refunded if the request fails. If the quota store (Redis) is
+/// unreachable the call is allowed and the failure logged: availability over strictness, so a
+/// Redis outage does not take writes down with it.
 pub async fn charge(state: &AppState, quota: Quota, user: UserId) -> Result<(), ApiError> {
-    match state.limiter.check(quota, user).await {
-        Ok(Decision::Allowed) => Ok(()),
+    match state.quotas.limiter.check(quota, user).await {
+        Ok(Decision::Allowed(charge)) => {
+            let kept = LEDGER.try_with(|ledger| ledger.borrow_mut().push(charge));
+            debug_assert!(kept.is_ok(), "every request runs inside its ledger");
+            Ok(())
+        }
         Ok(Decision::Limited { retry_after }) => {
             Err(ApiError::rate_limited(quota.name, retry_after))
         }
@@ -162,6 +183,7 @@ pub fn app(state: State) -> impl Endpoint {
     let api = openapi(&state);
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
+    let limiter = state.quotas.limiter.clone();
     Route::new()
         .nest("/", api)
         .at("/openapi.json", spec)
@@ -170,28 +192,54 @@ pub fn app(state: State) -> impl Endpoint {
         .data(state)
         .with(CatchPanic::new().with_handler(panic_response))
         .catch_all_error(|err| async move { error::render(err) })
-        .around(|ep, req| async move {
-            use tracing::Instrument;
-            let span = tracing::info_span!(
-                "request",
-                method = %req.method(),
-                path = %req.uri().path(),
-                user_id = tracing::field::Empty,
-            );
-            async move {
-                let started = std::time::Instant::now();
-                let resp = ep.call(req).await?;
-                tracing::info!(
-                    status = resp.status().as_u16(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "served"
-                );
-                Ok(resp)
-            }
-            .instrument(span)
-            .await
-        })
+        .around(move |ep, req| track(ep, req, limiter.clone()))
         .into_endpoint()
+}
+
+/// Serves one request inside a span and a quota ledger: logs its outcome, and refunds its
+/// quota charges when it failed.
+async fn track<E: Endpoint>(
+    ep: Arc<E>,
+    req: Request,
+    limiter: Limiter,
+) -> poem::Result<poem::Response> {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        user_id = tracing::field::Empty,
+    );
+    async move {
+        let started = std::time::Instant::now();
+        let (resp, charges) = LEDGER
+            .scope(RefCell::default(), async {
+                let resp = ep.call(req).await.map(IntoResponse::into_response);
+                (resp, LEDGER.with(|ledger| ledger.take()))
+            })
+            .await;
+        let resp = resp?;
+        if resp.status().is_client_error() || resp.status().is_server_error() {
+            refund(&limiter, &charges).await;
+        }
+        tracing::info!(
+            status = resp.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "served"
+        );
+        Ok(resp)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Gives back what a failed request charged: only requests that succeeded use up quotas.
+async fn refund(limiter: &Limiter, charges: &[Charge]) {
+    for charge in charges {
+        if let Err(e) = limiter.refund(charge).await {
+            tracing::warn!(error = format!("{e:#}"), "could not refund a quota charge");
+        }
+    }
 }
 
 /// A panicking handler answers a 500 with an error id, like any other internal failure.

@@ -7,7 +7,7 @@ use crate::helpers::{TestApp, error_of, json_of};
 
 crate::on_both_backends!(
     // These tests send many writes; the quota is tested in limits.rs.
-    tweak = |s| s.write_limit_per_minute = 10_000;
+    tweak = |s| s.api.write_limit_per_minute = 10_000;
     bad_fan_bodies_are_400s_naming_the_field,
     a_one_megabyte_name_is_a_400,
     invalid_utf8_and_non_json_bodies_are_400s,

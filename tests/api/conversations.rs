@@ -213,7 +213,7 @@ async fn conversation_limit_over_200_is_a_400(app: TestApp) {
 /// 55 conversations: the default page holds 50, the total says 55.
 #[tokio::test]
 async fn conversations_page_fifty_by_default_with_the_total() {
-    let app = spawn_app_with(Backend::Sqlite, |s| s.write_limit_per_minute = 1000).await;
+    let app = spawn_app_with(Backend::Sqlite, |s| s.api.write_limit_per_minute = 1000).await;
     for i in 0..55 {
         app.fan_with_conversation(1, &format!("fan{i}")).await;
     }

@@ -9,7 +9,8 @@ use std::{
 use fanqueue::{
     auth::JwtKeys,
     settings::Settings,
-    startup::{Application, Services, run_workers},
+    startup::{self, Application, Services},
+    supervisor::Supervisor,
 };
 use fanqueue_jobs::domain::UserId;
 use reqwest::{Response, StatusCode};
@@ -138,14 +139,14 @@ pub fn aws_endpoint() -> String {
 /// blobs, and a Redis key prefix of its own (for tests that turn Redis on).
 pub fn test_settings(database_url: &str, data_dir: &std::path::Path) -> Settings {
     let mut s = Settings::load(None).expect("default settings load");
-    s.listen_addr = "127.0.0.1:0".parse().unwrap();
-    s.database_url = Some(database_url.to_owned());
-    s.data_dir = data_dir.to_owned();
-    s.jwt_secret = Some(SecretString::from(JWT_SECRET));
-    s.redis_url = None;
-    s.redis_prefix = format!("fqtest-{}", uuid::Uuid::new_v4().simple());
-    s.job_backend = None;
-    s.s3_bucket = None;
+    s.api.listen_addr = "127.0.0.1:0".parse().unwrap();
+    s.database.database_url = Some(database_url.to_owned());
+    s.database.data_dir = data_dir.to_owned();
+    s.api.jwt_secret = Some(SecretString::from(JWT_SECRET));
+    s.database.redis_url = None;
+    s.database.redis_prefix = format!("fqtest-{}", uuid::Uuid::new_v4().simple());
+    s.jobs.job_backend = None;
+    s.imports.s3_bucket = None;
     s
 }
 
@@ -155,14 +156,14 @@ pub fn with_s3(s: &mut Settings) {
         std::env::var("AWS_ACCESS_KEY_ID").is_ok(),
         "S3 tests need AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_REGION for the emulator (scripts/test sets them)"
     );
-    s.s3_bucket = Some(format!("fq-test-{}", uuid::Uuid::new_v4().simple()));
+    s.imports.s3_bucket = Some(format!("fq-test-{}", uuid::Uuid::new_v4().simple()));
     s.aws_endpoint_url = Some(aws_endpoint());
 }
 
 /// Tweak: jobs run on Redis (queues under the app's own prefix).
 pub fn with_redis_jobs(s: &mut Settings) {
-    s.redis_url = Some(redis_url());
-    s.job_backend = Some("redis".into());
+    s.database.redis_url = Some(redis_url());
+    s.jobs.job_backend = Some("redis".into());
 }
 
 pub struct TestApp {
@@ -214,13 +215,15 @@ async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Settings), workers: boo
     }
 }
 
-/// Runs the worker role for this deployment in the background, until the test ends.
+/// Runs the worker role's services for this deployment in the background, until the test
+/// ends. A service that stops on its own fails the test loudly.
 fn start_workers(settings: &Settings, services: Services) {
-    let settings = settings.clone();
+    let mut sup = Supervisor::default();
+    startup::start_workers(&mut sup, settings, &services);
     tokio::spawn(async move {
-        run_workers(&settings, &services, std::future::pending())
-            .await
-            .expect("the workers run");
+        if let Err(e) = sup.run(std::future::pending()).await {
+            panic!("the worker role stopped: {e:#}");
+        }
     });
 }
 
@@ -580,8 +583,8 @@ pub async fn sqs_client() -> aws_sdk_sqs::Client {
 pub fn with_sqs(url: &str, dlq: &str) -> impl FnOnce(&mut Settings) + use<> {
     let (url, dlq) = (url.to_owned(), dlq.to_owned());
     move |s: &mut Settings| {
-        s.sqs_queue_url = Some(url);
-        s.sqs_dlq_url = Some(dlq);
+        s.outbound.sqs_queue_url = Some(url);
+        s.outbound.sqs_dlq_url = Some(dlq);
         s.aws_endpoint_url = Some(aws_endpoint());
     }
 }

@@ -1,5 +1,6 @@
 //! CSV imports end to end: upload, job, poll, summary, fans.
 
+use fanqueue_jobs::{engine::JobKind, kinds::import_csv::ImportCsv};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -10,7 +11,7 @@ use crate::helpers::{
 
 crate::on_both_backends!(
     // Small batches: many commits, so a cancel lands mid-file whatever the machine's speed.
-    tweak = |s| s.import_batch_rows = 200;
+    tweak = |s| s.imports.import_batch_rows = 200;
     the_sample_export_imports_and_importing_it_again_adds_no_fan,
     a_messy_export_is_read_and_every_row_is_accounted_for,
     bad_uploads_get_a_clear_4xx_and_import_nothing,
@@ -380,7 +381,7 @@ async fn raw_upload_headers(app: &TestApp, length: u64) -> (u16, String) {
 /// An upload without a usable Content-Length is cut off as soon as it crosses the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_over_the_limit_is_refused_while_streaming() {
-    let app = spawn_app_with(Backend::Sqlite, |s| s.import_max_bytes = 1_000).await;
+    let app = spawn_app_with(Backend::Sqlite, |s| s.imports.import_max_bytes = 1_000).await;
     let csv = generated_csv(100); // about 6 KB, within the form overhead allowance
     assert!(csv.len() > 1_000);
     error_of(
@@ -446,14 +447,14 @@ async fn on_postgres_with_s3_the_sample_imports_and_the_upload_is_removed_after(
     assert_eq!(app.fan_total(1).await, 2);
     // Both uploads went to the bucket and were deleted once their jobs were final.
     let blobs = fanqueue_jobs::blobs::BlobStore::s3(
-        app.settings.s3_bucket.as_deref().unwrap(),
+        app.settings.imports.s3_bucket.as_deref().unwrap(),
         app.settings.aws_endpoint_url.as_deref(),
     )
     .await
     .unwrap();
-    let key = fanqueue_jobs::imports::blob_key(
+    let key = fanqueue_jobs::kinds::import_csv::blob_key(
         fanqueue_jobs::domain::UserId(1),
-        &fanqueue_jobs::jobs::JobId(id),
+        &fanqueue_jobs::engine::JobId(id),
     );
     let err = blobs
         .open(&key)
@@ -492,7 +493,7 @@ async fn the_outbox_relay_pushes_a_job_the_api_never_pushed() {
         .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
         .await;
     // Forget the push the API made, as if it had crashed right after the commit.
-    let prefix = app.settings.redis_prefix.clone();
+    let prefix = app.settings.database.redis_prefix.clone();
     let client = redis::Client::open(crate::helpers::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -554,16 +555,16 @@ async fn a_failing_import_is_retried_by_its_policy_then_failed_with_the_reason()
         .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
         .await;
     let services = app.services().await;
-    let key = fanqueue_jobs::imports::blob_key(
+    let key = fanqueue_jobs::kinds::import_csv::blob_key(
         fanqueue_jobs::domain::UserId(1),
-        &fanqueue_jobs::jobs::JobId(id.clone()),
+        &fanqueue_jobs::engine::JobId(id.clone()),
     );
     services.blobs.delete(&key).await.unwrap();
     let started = std::time::Instant::now();
     app.start_workers().await;
     let job = app.wait_job(1, &id).await;
     assert_eq!(job["status"], "failed", "{job}");
-    let max = fanqueue_jobs::imports::RETRY.max_attempts;
+    let max = <ImportCsv as JobKind>::RETRY.max_attempts;
     assert_eq!(job["attempts"], max, "{job}");
     let error = job["error"].as_str().unwrap();
     assert!(

@@ -2,6 +2,7 @@
 
 mod auth;
 mod bad_input;
+mod concurrency;
 mod conversations;
 mod docs;
 mod fans;

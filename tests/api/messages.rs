@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use fanqueue_jobs::{engine::JobKind, kinds::bulk_send::BulkSend};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -319,7 +320,7 @@ async fn a_bulk_of_100_makes_10_batch_calls_and_a_boto3_consumer_reads_every_fie
     let (queue, dlq) = sqs_queues(false, 3).await;
     let sqs = with_sqs(&queue, &dlq);
     let app = spawn_app_with(Backend::Postgres, move |s| {
-        s.write_limit_per_minute = 1_000;
+        s.api.write_limit_per_minute = 1_000;
         sqs(s);
     })
     .await;
@@ -405,7 +406,7 @@ async fn a_bulk_of_100_makes_10_batch_calls_and_a_boto3_consumer_reads_every_fie
 /// counts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_embedded_default_a_bulk_reaches_the_embedded_queue() {
-    let app = spawn_app_with(Backend::Sqlite, |s| s.write_limit_per_minute = 1_000).await;
+    let app = spawn_app_with(Backend::Sqlite, |s| s.api.write_limit_per_minute = 1_000).await;
     let (_, campaign, job) = bulk(&app, 100).await;
     let job = app.wait_job(1, &job).await;
     assert_eq!(job["status"], "succeeded", "{job}");
@@ -445,7 +446,7 @@ async fn on_the_embedded_default_a_bulk_reaches_the_embedded_queue() {
 /// campaign completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_rate_limiter_disabled_messages_are_marked_sent_without_the_queue() {
-    let app = spawn_app_with(Backend::Sqlite, |s| s.rate_limiter_enabled = false).await;
+    let app = spawn_app_with(Backend::Sqlite, |s| s.delivery.rate_limiter_enabled = false).await;
     let (_, campaign, job) = bulk(&app, 3).await;
     let job = app.wait_job(1, &job).await;
     assert_eq!(job["result"]["sent"], 3, "{job}");
@@ -478,7 +479,7 @@ async fn with_the_rate_limiter_disabled_messages_are_marked_sent_without_the_que
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_sqs_unreachable_the_job_retries_then_fails_the_messages_with_the_reason() {
     let app = spawn_app_with(Backend::Sqlite, |s| {
-        s.sqs_queue_url = Some("http://127.0.0.1:9/000000000000/unreachable".into());
+        s.outbound.sqs_queue_url = Some("http://127.0.0.1:9/000000000000/unreachable".into());
         s.aws_endpoint_url = Some("http://127.0.0.1:9".into());
     })
     .await;
@@ -492,7 +493,7 @@ async fn with_sqs_unreachable_the_job_retries_then_fails_the_messages_with_the_r
     )
     .await;
     assert_eq!(job["status"], "failed", "{job}");
-    assert_eq!(job["attempts"], fanqueue_jobs::sends::RETRY.max_attempts);
+    assert_eq!(job["attempts"], <BulkSend as JobKind>::RETRY.max_attempts);
     let c = json_of(
         app.get(1, &format!("/api/crm/campaigns/{campaign}")).await,
         StatusCode::OK,

@@ -1,7 +1,7 @@
 //! Our migrations and apalis's live side by side: a fresh database and one migrated by an
 //! earlier release (CRM tables only) both end up with everything, data intact.
 
-use fanqueue_jobs::{db::Db, jobs::JobQueue};
+use fanqueue_jobs::{db::Db, engine::JobBackend};
 
 use crate::helpers::{Backend, TestDb};
 
@@ -30,7 +30,7 @@ async fn table_exists(db: &Db, table: &str) -> bool {
 
 async fn migrate_all(db: &Db) {
     db.migrate().await.expect("our migrations");
-    let queue = JobQueue::connect(None, db, None, "unused").await.unwrap();
+    let queue = JobBackend::connect(None, db, None, "unused").await.unwrap();
     queue.migrate().await.expect("apalis migrations");
 }
 
@@ -94,7 +94,7 @@ async fn database_of_an_earlier_release_upgrades_and_keeps_its_rows(backend: Bac
 
     migrate_all(&db).await;
     assert_fully_migrated(&db, backend).await;
-    let fan = fanqueue_jobs::fans::get(
+    let fan = fanqueue_jobs::crm::fans::get(
         &db,
         fanqueue_jobs::domain::UserId(1),
         fanqueue_jobs::domain::FanId(1),

@@ -1,13 +1,12 @@
-//! Jobs as clients see them: one `job_records` row per job, whatever backend runs it.
+//! Jobs as clients see them: one `job_records` row per job, whatever backend runs it. This
+//! module is the only one that writes the table; each change is a named transition.
 //!
 //! apalis owns delivery (its queue tables or Redis keys, leases, heartbeats, re-enqueueing the
-//! tasks of dead workers); this module owns what a job *is* for the API: kind, status,
-//! attempts, progress, result, and the resume checkpoint that makes a re-run after a crash
-//! end with the same result. The apalis task carries only the job id.
+//! tasks of dead workers); a record owns what a job *is* for the API: kind, status, attempts,
+//! progress, result, and the resume checkpoint that makes a re-run after a crash end with the
+//! same result. The apalis task carries only the job id.
 
-pub mod queue;
-
-use std::fmt;
+use std::{fmt, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -15,16 +14,15 @@ use serde_json::Value;
 use sqlx::types::Json;
 
 use crate::{
-    db::{Db, Listed, Page, StoreError, StoreResult},
+    db::{Db, Listed, Page, StoreError, StoreResult, Tx},
     domain::{Timestamp, UserId},
-    on_db,
+    on_db, on_tx, text_enum,
 };
 
-pub use queue::{JobQueue, JobTx, Workers};
-
 /// A job id: the ULID of its apalis task.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(transparent)]
+#[sqlx(transparent)]
 pub struct JobId(pub String);
 
 impl JobId {
@@ -44,83 +42,19 @@ impl fmt::Display for JobId {
     }
 }
 
-/// The kinds of job, each with its own apalis queue (named here, never after a Rust type,
-/// so renaming code cannot orphan queued jobs) and its own retry policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JobKind {
-    ImportCsv,
-    /// Put one message on the outbound queue.
-    SendMessage,
-    /// Put a campaign's messages on the outbound queue, 10 a batch.
-    BulkSend,
-}
-
-impl JobKind {
-    pub const ALL: [JobKind; 3] = [JobKind::ImportCsv, JobKind::SendMessage, JobKind::BulkSend];
-
-    /// Stable name: the API's `kind` and the apalis queue name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::ImportCsv => "import_csv",
-            JobKind::SendMessage => "send_message",
-            JobKind::BulkSend => "bulk_send",
-        }
+text_enum! {
+    /// Where a job is in its life. `queued → running → succeeded | failed | cancelled`; a run
+    /// that fails and will be retried, or is stopped by a shutdown, goes back to `queued`.
+    pub enum JobStatus as "job status" {
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Cancelled = "cancelled",
     }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == raw)
-    }
-
-    pub fn retry(self) -> RetryPolicy {
-        match self {
-            JobKind::ImportCsv => crate::imports::RETRY,
-            JobKind::SendMessage | JobKind::BulkSend => crate::sends::RETRY,
-        }
-    }
-}
-
-/// How often a job runs before it is failed, and how long it waits between runs.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Runs in all, the first included. A run cut short by a crash counts as one.
-    pub max_attempts: u32,
-    /// Wait before the second run; doubles for each later one, up to `max_backoff`.
-    pub first_backoff: std::time::Duration,
-    pub max_backoff: std::time::Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 5] = [
-        JobStatus::Queued,
-        JobStatus::Running,
-        JobStatus::Succeeded,
-        JobStatus::Failed,
-        JobStatus::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Queued => "queued",
-            JobStatus::Running => "running",
-            JobStatus::Succeeded => "succeeded",
-            JobStatus::Failed => "failed",
-            JobStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == raw)
-    }
-
     pub fn is_final(self) -> bool {
         matches!(
             self,
@@ -132,10 +66,12 @@ impl JobStatus {
 /// A job as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRecord {
-    pub id: String,
+    pub id: JobId,
     pub user_id: UserId,
+    /// The name of its kind ([`JobKind::NAME`](super::JobKind::NAME)); the worker runtime
+    /// knows every kind.
     pub kind: String,
-    pub status: String,
+    pub status: JobStatus,
     pub attempts: i64,
     pub progress_done: i64,
     pub progress_total: Option<i64>,
@@ -150,33 +86,47 @@ pub struct JobRecord {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-impl JobRecord {
-    pub fn status(&self) -> JobStatus {
-        JobStatus::parse(&self.status).unwrap_or(JobStatus::Failed)
-    }
-}
-
-/// A job to enqueue.
+/// A job to enqueue, made for a kind by `NewJob::of` (beside the kind contract).
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: JobId,
     pub user: UserId,
-    pub kind: JobKind,
+    pub kind: &'static str,
     pub payload: Value,
 }
 
 /// Filters of the job list.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
-    pub kind: Option<JobKind>,
+    pub kind: Option<&'static str>,
     pub status: Option<JobStatus>,
+}
+
+/// Stores a new `queued` record in `tx`; `dispatched` when its task is pushed in the same
+/// transaction (otherwise it is an outbox row for the relay).
+pub(super) async fn insert(tx: &mut Tx, job: &NewJob, dispatched: bool) -> sqlx::Result<()> {
+    let now = Timestamp::now();
+    on_tx!(tx, conn => sqlx::query(
+        "INSERT INTO job_records (id, user_id, kind, status, payload, created_at, dispatched_at)
+         VALUES ($1, $2, $3, 'queued', $4, $5, $6)",
+    )
+    .bind(&job.id)
+    .bind(job.user)
+    .bind(job.kind)
+    .bind(Json(&job.payload))
+    .bind(now)
+    .bind(dispatched.then_some(now))
+    .execute(&mut **conn)
+    .await
+    .map(|_| ()))?;
+    Ok(())
 }
 
 pub async fn get(db: &Db, user: UserId, id: &JobId) -> StoreResult<JobRecord> {
     on_db!(db, pool => sqlx::query_as::<_, JobRecord>(
         "SELECT * FROM job_records WHERE id = $1 AND user_id = $2",
     )
-    .bind(&id.0)
+    .bind(id)
     .bind(user)
     .fetch_optional(pool)
     .await)?
@@ -189,7 +139,7 @@ pub async fn list(
     filter: &JobFilter,
     page: Page,
 ) -> StoreResult<Listed<JobRecord>> {
-    let kind = filter.kind.map(JobKind::as_str);
+    let kind = filter.kind;
     let status = filter.status.map(JobStatus::as_str);
     let (rows_sql, count_sql) = match db {
         // PostgreSQL wants the type of a parameter that is only compared with NULL.
@@ -226,11 +176,28 @@ pub async fn list(
     })
 }
 
+/// Waits until the job is final or `timeout` passes; returns the record as last seen.
+pub async fn wait_final(
+    db: &Db,
+    user: UserId,
+    id: &JobId,
+    timeout: Duration,
+) -> StoreResult<JobRecord> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let record = get(db, user, id).await?;
+        if record.status.is_final() || tokio::time::Instant::now() >= deadline {
+            return Ok(record);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Why a cancel was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {
     #[error("the job has already finished ({0})")]
-    Finished(String),
+    Finished(JobStatus),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -248,7 +215,7 @@ pub async fn cancel(db: &Db, user: UserId, id: &JobId) -> Result<JobRecord, Canc
          WHERE id = $1 AND user_id = $2 AND status IN ('queued', 'running')
          RETURNING *",
     )
-    .bind(&id.0)
+    .bind(id)
     .bind(user)
     .bind(now)
     .fetch_optional(pool)
@@ -263,9 +230,9 @@ pub async fn cancel(db: &Db, user: UserId, id: &JobId) -> Result<JobRecord, Canc
     }
 }
 
-/// Marks a run as started. `None` when the job is already final (a duplicate delivery, or a
-/// job cancelled while queued): the worker then has nothing to do.
-pub async fn start_run(db: &Db, id: &JobId) -> StoreResult<Option<JobRecord>> {
+/// `queued → running`: a run starts (and counts as an attempt). `None` when the job is already
+/// final (a duplicate delivery, or a job cancelled while queued): nothing to do.
+pub async fn start(db: &Db, id: &JobId) -> StoreResult<Option<JobRecord>> {
     let now = Timestamp::now();
     Ok(on_db!(db, pool => sqlx::query_as::<_, JobRecord>(
         "UPDATE job_records SET status = 'running', attempts = attempts + 1,
@@ -273,13 +240,57 @@ pub async fn start_run(db: &Db, id: &JobId) -> StoreResult<Option<JobRecord>> {
          WHERE id = $1 AND status IN ('queued', 'running')
          RETURNING *",
     )
-    .bind(&id.0)
+    .bind(id)
     .bind(now)
     .fetch_optional(pool)
     .await)?)
 }
 
-/// Records the final outcome of a job.
+/// Records how many units the job has in all (the progress total).
+pub async fn set_total(db: &Db, id: &JobId, total: i64) -> StoreResult<()> {
+    on_db!(db, pool => sqlx::query("UPDATE job_records SET progress_total = $2 WHERE id = $1")
+        .bind(id)
+        .bind(total)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+    Ok(())
+}
+
+/// Records progress: `done` of `total` units.
+pub async fn set_progress(db: &Db, id: &JobId, done: i64, total: i64) -> StoreResult<()> {
+    on_db!(db, pool => sqlx::query("UPDATE job_records SET progress_done = $2, progress_total = $3 WHERE id = $1")
+        .bind(id)
+        .bind(done)
+        .bind(total)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+    Ok(())
+}
+
+/// Stores the resume checkpoint and progress in the transaction of the batch they describe,
+/// so that work and checkpoint commit together. Returns whether a cancel was asked for (read
+/// in the same transaction).
+pub async fn save_checkpoint(
+    tx: &mut Tx,
+    id: &JobId,
+    done: i64,
+    checkpoint: &impl Serialize,
+) -> sqlx::Result<bool> {
+    let (cancel,): (bool,) = on_tx!(tx, conn => sqlx::query_as(
+        "UPDATE job_records SET progress_done = $2, checkpoint = $3 WHERE id = $1
+         RETURNING cancel_requested",
+    )
+    .bind(id)
+    .bind(done)
+    .bind(Json(checkpoint))
+    .fetch_one(&mut **conn)
+    .await)?;
+    Ok(cancel)
+}
+
+/// `running → succeeded | failed | cancelled`, with the result or the reason.
 pub async fn finish(
     db: &Db,
     id: &JobId,
@@ -293,8 +304,8 @@ pub async fn finish(
         "UPDATE job_records SET status = $2, result = $3, error = $4, finished_at = $5
          WHERE id = $1",
     )
-    .bind(&id.0)
-    .bind(status.as_str())
+    .bind(id)
+    .bind(status)
     .bind(result.map(Json))
     .bind(error)
     .bind(now)
@@ -304,12 +315,12 @@ pub async fn finish(
     Ok(())
 }
 
-/// A run failed and another will follow: back to `queued`, with the reason kept visible.
+/// `running → queued`: the run failed and another will follow; the reason stays visible.
 pub async fn will_retry(db: &Db, id: &JobId, error: &str) -> StoreResult<()> {
     on_db!(db, pool => sqlx::query(
         "UPDATE job_records SET status = 'queued', error = $2 WHERE id = $1 AND status = 'running'",
     )
-    .bind(&id.0)
+    .bind(id)
     .bind(error)
     .execute(pool)
     .await
@@ -317,12 +328,43 @@ pub async fn will_retry(db: &Db, id: &JobId, error: &str) -> StoreResult<()> {
     Ok(())
 }
 
-/// Records progress: `done` of `total` units.
-pub async fn set_progress(db: &Db, id: &JobId, done: i64, total: i64) -> StoreResult<()> {
-    on_db!(db, pool => sqlx::query("UPDATE job_records SET progress_done = $2, progress_total = $3 WHERE id = $1")
-        .bind(&id.0)
-        .bind(done)
-        .bind(total)
+/// `running → queued`: the run stopped at a safe point because its worker is shutting down.
+/// It resumes from its checkpoint on the next worker, and does not count as an attempt (a
+/// deploy must not use up a job's retries).
+pub async fn release(db: &Db, id: &JobId) -> StoreResult<()> {
+    on_db!(db, pool => sqlx::query(
+        "UPDATE job_records SET status = 'queued', attempts = attempts - 1
+         WHERE id = $1 AND status = 'running'",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .map(|_| ()))?;
+    Ok(())
+}
+
+/// The outbox rows older than `cutoff` that no push has reached yet: `(id, kind)`.
+pub(super) async fn undispatched(
+    db: &Db,
+    cutoff: Timestamp,
+    limit: i64,
+) -> StoreResult<Vec<(JobId, String)>> {
+    Ok(on_db!(db, pool => sqlx::query_as(
+        "SELECT id, kind FROM job_records WHERE dispatched_at IS NULL AND created_at < $1
+         ORDER BY created_at LIMIT $2",
+    )
+    .bind(cutoff)
+    .bind(limit)
+    .fetch_all(pool)
+    .await)?)
+}
+
+/// The job's task is in the job backend (the outbox row is done).
+pub(super) async fn mark_dispatched(db: &Db, id: &JobId) -> StoreResult<()> {
+    let now = Timestamp::now();
+    on_db!(db, pool => sqlx::query("UPDATE job_records SET dispatched_at = $2 WHERE id = $1")
+        .bind(id)
+        .bind(now)
         .execute(pool)
         .await
         .map(|_| ()))?;

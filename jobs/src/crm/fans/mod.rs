@@ -1,12 +1,15 @@
-//! Fans: the creator's subscribers. Unique per (user, platform, handle).
+//! Fans: the creator's subscribers, unique per (user, platform, handle). The only module that
+//! writes `fans`; [`import`] holds the batched upsert of the CSV import.
+
+pub mod import;
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
 use crate::{
-    db::{Db, Listed, Page, StoreError, StoreResult, is_unique_violation},
+    db::{Db, Listed, Page, StoreError, StoreResult, Tx, is_unique_violation},
     domain::{Cents, Email, FanId, Handle, HttpUrl, Line, Platform, Tags, Text, Timestamp, UserId},
-    on_db,
+    on_db, on_tx,
 };
 
 /// Bounds of a fan's free-form fields.
@@ -18,7 +21,7 @@ pub const NOTES_MAX: usize = 10_000;
 pub struct Fan {
     pub id: FanId,
     pub user_id: UserId,
-    pub platform: String,
+    pub platform: Platform,
     pub handle: String,
     pub name: Option<String>,
     pub email: Option<String>,
@@ -77,7 +80,7 @@ pub async fn create(db: &Db, user: UserId, fan: NewFan) -> StoreResult<Fan> {
          RETURNING *",
     )
     .bind(user)
-    .bind(platform.as_str())
+    .bind(platform)
     .bind(&handle)
     .bind(fan.name.as_ref().map(Line::as_str))
     .bind(fan.email.as_ref().map(Email::as_str))
@@ -238,4 +241,32 @@ pub async fn delete(db: &Db, user: UserId, id: FanId) -> StoreResult<()> {
         return Err(StoreError::NotFound("fan"));
     }
     Ok(())
+}
+
+/// Of `ids`, those that are not fans of `user`, read in `tx` (so that what is created next
+/// sees the same fans).
+pub async fn not_owned(tx: &mut Tx, user: UserId, ids: &[FanId]) -> sqlx::Result<Vec<FanId>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let owned: Vec<FanId> = on_tx!(tx, conn => {
+        let mut q = sqlx::QueryBuilder::new("SELECT id FROM fans WHERE user_id = ");
+        q.push_bind(user).push(" AND id IN (");
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build_query_as::<(FanId,)>()
+            .fetch_all(&mut **conn)
+            .await?
+            .into_iter()
+            .map(|(id,)| id)
+            .collect()
+    });
+    Ok(ids
+        .iter()
+        .copied()
+        .filter(|id| !owned.contains(id))
+        .collect())
 }

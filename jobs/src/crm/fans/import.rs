@@ -1,18 +1,30 @@
-//! One batch of an import: upsert its fans and commit the checkpoint in the same transaction.
+//! The fans of an import batch, upserted in the caller's transaction (the import commits its
+//! checkpoint in the same one).
 //!
 //! An existing fan keeps what the file leaves empty (an empty email cell does not erase a
 //! known address), gains the file's tier as a tag, and is not rewritten at all when nothing
 //! differs, so importing a file twice changes nothing, not even `updated_at`.
 
-use sqlx::{PgConnection, QueryBuilder, Sqlite, SqliteConnection, types::Json};
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, QueryBuilder, Sqlite, SqliteConnection};
 
-use super::{Checkpoint, parse::FanRow};
 use crate::{
-    db::Db,
-    domain::{Line, Timestamp, UserId},
-    jobs::JobId,
-    worker::JobError,
+    db::Tx,
+    domain::{Cents, Email, Handle, Line, Timestamp, UserId},
 };
+
+/// One fan as an export row gives it. `row` is the spreadsheet row number: the header is row
+/// 1, the first data record row 2.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FanRow {
+    pub row: u64,
+    pub handle: Handle,
+    pub name: Option<Line>,
+    pub email: Option<Email>,
+    pub tier: Option<Line>,
+    pub value_cents: Option<Cents>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+}
 
 /// The fan's tags after the import: the tier is added when not already there (without case).
 macro_rules! merged_tags {
@@ -79,76 +91,24 @@ macro_rules! sqlite_upsert_tail {
     };
 }
 
-/// Stores the checkpoint in the batch's transaction and reads whether a cancel was asked for.
-macro_rules! save_checkpoint {
-    ($conn:expr, $job:expr, $cp:expr) => {{
-        let (cancel,): (bool,) = sqlx::query_as(
-            "UPDATE job_records SET progress_done = $2, checkpoint = $3 WHERE id = $1
-             RETURNING cancel_requested",
-        )
-        .bind(&$job.0)
-        .bind($cp.records_done as i64)
-        .bind(Json(&*$cp))
-        .fetch_one($conn)
-        .await?;
-        cancel
-    }};
-}
-
 /// SQLite allows 32,766 bound values a statement; 10 a row keeps well below.
 const SQLITE_ROWS_PER_STATEMENT: usize = 2_000;
 
-pub(super) async fn set_total(db: &Db, job: &JobId, total: u64) -> Result<(), JobError> {
-    crate::on_db!(db, pool => sqlx::query("UPDATE job_records SET progress_total = $2 WHERE id = $1")
-        .bind(&job.0)
-        .bind(total as i64)
-        .execute(pool)
-        .await
-        .map(|_| ()))?;
-    Ok(())
-}
-
-/// Writes `rows` and the checkpoint `cp` (to which it adds the batch's counts) in one
-/// transaction. Returns that checkpoint and whether the client asked to cancel, read in the
-/// same transaction.
-pub(super) async fn commit_batch(
-    db: Db,
-    user: UserId,
-    job: JobId,
-    rows: Vec<FanRow>,
-    mut cp: Checkpoint,
-) -> Result<(Checkpoint, bool), JobError> {
-    let (job, cp_ref) = (&job, &mut cp);
+/// Upserts `rows` (one handle each) for `user` in `tx`; returns how many fans were new. On
+/// SQLite `tx` must hold the write lock ([`Db::begin`](crate::db::Db::begin) takes it), so that
+/// the existence count and the upsert see the same fans.
+pub async fn upsert_batch(tx: &mut Tx, user: UserId, rows: &[FanRow]) -> sqlx::Result<u64> {
     let now = Timestamp::now();
-    let cancel = match &db {
-        Db::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            let inserted = upsert_pg(&mut tx, user, &rows, now).await?;
-            count(cp_ref, rows.len(), inserted);
-            let cancel = save_checkpoint!(&mut *tx, job, cp_ref);
-            tx.commit().await?;
-            cancel
-        }
-        Db::Sqlite(pool) => {
-            // IMMEDIATE: take the write lock first, so the existence check and the upsert see
-            // the same database.
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    match tx {
+        Tx::Postgres(conn) => upsert_pg(conn, user, rows, now).await,
+        Tx::Sqlite(conn) => {
             let mut inserted = 0;
             for chunk in rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
-                inserted += upsert_sqlite(&mut tx, user, chunk, now).await?;
+                inserted += upsert_sqlite(conn, user, chunk, now).await?;
             }
-            count(cp_ref, rows.len(), inserted);
-            let cancel = save_checkpoint!(&mut *tx, job, cp_ref);
-            tx.commit().await?;
-            cancel
+            Ok(inserted)
         }
-    };
-    Ok((cp, cancel))
-}
-
-fn count(cp: &mut Checkpoint, written: usize, inserted: u64) {
-    cp.summary.successful_inserts += inserted;
-    cp.summary.updated += written as u64 - inserted;
+    }
 }
 
 /// Upserts with one statement per kind of row (with or without an amount); returns how many
@@ -158,7 +118,7 @@ async fn upsert_pg(
     user: UserId,
     rows: &[FanRow],
     now: Timestamp,
-) -> Result<u64, JobError> {
+) -> sqlx::Result<u64> {
     let mut inserted = 0;
     for with_value in [true, false] {
         let part: Vec<&FanRow> = rows
@@ -210,7 +170,7 @@ async fn upsert_sqlite(
     user: UserId,
     rows: &[FanRow],
     now: Timestamp,
-) -> Result<u64, JobError> {
+) -> sqlx::Result<u64> {
     if rows.is_empty() {
         return Ok(0);
     }

@@ -28,19 +28,9 @@ const NAME_MAX: usize = 200;
 /// Longest subscription tier label kept.
 const TIER_MAX: usize = 50;
 
-/// One mapped data row. `row` is the spreadsheet row number: the header is row 1, the first
-/// data record row 2 (records counted by the CSV parser, so quoted fields with newlines do not
-/// shift numbers).
-#[derive(Debug, Clone, PartialEq)]
-pub struct FanRow {
-    pub row: u64,
-    pub handle: Handle,
-    pub name: Option<Line>,
-    pub email: Option<Email>,
-    pub tier: Option<Line>,
-    pub value_cents: Option<Cents>,
-    pub last_seen_at: Option<DateTime<Utc>>,
-}
+/// One mapped data row (records are counted by the CSV parser, so quoted fields with
+/// newlines do not shift row numbers).
+pub use crate::crm::fans::import::FanRow;
 
 /// A row that could not be imported. `error` is short and shown to the creator next to the
 /// row number, so it says what to fix; several problems in one row are joined with `; `.

@@ -1,11 +1,13 @@
-//! Conversations: one thread per fan, listed newest message first.
+//! Conversations: one thread per fan, listed newest message first. The only module that
+//! writes `conversations`; what messages change of a thread (unread count, last message
+//! time) goes through the transaction functions here.
 
 use chrono::{DateTime, Utc};
 
 use crate::{
-    db::{Db, Listed, Page, StoreError, StoreResult},
-    domain::{ConversationId, FanId, Timestamp, UserId},
-    on_db,
+    db::{Db, Listed, Page, StoreError, StoreResult, Tx},
+    domain::{ConversationId, FanId, Platform, Timestamp, UserId},
+    on_db, on_tx,
 };
 
 /// A conversation with the fan fields a conversation list shows.
@@ -14,7 +16,7 @@ pub struct Conversation {
     pub id: ConversationId,
     pub user_id: UserId,
     pub fan_id: FanId,
-    pub platform: String,
+    pub platform: Platform,
     pub last_message_at: Option<DateTime<Utc>>,
     pub unread_count: i64,
     pub created_at: DateTime<Utc>,
@@ -68,7 +70,7 @@ pub async fn list(db: &Db, user: UserId, page: Page) -> StoreResult<Listed<Conve
 
 /// Creates the conversation of fan `$1` of user `$2` (at `$3`) unless it has one; inserts
 /// nothing when the fan is not the user's.
-pub(crate) const OPEN_SQL: &str =
+const OPEN_SQL: &str =
     "INSERT INTO conversations (user_id, fan_id, platform, unread_count, created_at)
      SELECT user_id, id, platform, 0, $3 FROM fans WHERE id = $1 AND user_id = $2
      ON CONFLICT (fan_id) DO NOTHING";
@@ -110,4 +112,62 @@ pub async fn mark_read(db: &Db, user: UserId, id: ConversationId) -> StoreResult
         return Err(StoreError::NotFound("conversation"));
     }
     get(db, user, id).await
+}
+
+/// The fan of conversation `id`, when it is `user`'s (read in `tx`).
+pub async fn fan_of(tx: &mut Tx, user: UserId, id: ConversationId) -> sqlx::Result<Option<FanId>> {
+    let fan: Option<(FanId,)> = on_tx!(tx, conn => sqlx::query_as(
+        "SELECT fan_id FROM conversations WHERE id = $1 AND user_id = $2",
+    )
+    .bind(id)
+    .bind(user)
+    .fetch_optional(&mut **conn)
+    .await)?;
+    Ok(fan.map(|(f,)| f))
+}
+
+/// For a message to `fan` written at `at`: opens the fan's conversation when it has none and
+/// moves its `last_message_at` forward. `None` when the fan is not `user`'s.
+pub async fn touch_for_outbound(
+    tx: &mut Tx,
+    user: UserId,
+    fan: FanId,
+    at: Timestamp,
+) -> sqlx::Result<Option<ConversationId>> {
+    let id: Option<(ConversationId,)> = on_tx!(tx, conn => {
+        sqlx::query(OPEN_SQL)
+            .bind(fan)
+            .bind(user)
+            .bind(at)
+            .execute(&mut **conn)
+            .await?;
+        sqlx::query_as(
+            "UPDATE conversations SET last_message_at = CASE
+                 WHEN last_message_at IS NULL OR last_message_at < $3 THEN $3 ELSE last_message_at END
+             WHERE fan_id = $1 AND user_id = $2 RETURNING id",
+        )
+        .bind(fan)
+        .bind(user)
+        .bind(at)
+        .fetch_optional(&mut **conn)
+        .await?
+    });
+    Ok(id.map(|(c,)| c))
+}
+
+/// For a new inbound message received at `at`: one more unread, and `last_message_at` moves
+/// forward.
+pub async fn touch_for_inbound(tx: &mut Tx, id: ConversationId, at: Timestamp) -> sqlx::Result<()> {
+    on_tx!(tx, conn => sqlx::query(
+        "UPDATE conversations SET unread_count = unread_count + 1,
+             last_message_at = CASE WHEN last_message_at IS NULL OR last_message_at < $2
+                                    THEN $2 ELSE last_message_at END
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(at)
+    .execute(&mut **conn)
+    .await
+    .map(|_| ()))?;
+    Ok(())
 }

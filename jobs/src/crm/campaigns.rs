@@ -1,0 +1,162 @@
+//! Campaigns: one message to many fans. The only module that writes `campaigns`; its sent
+//! and failed metrics are counted from the campaign's messages.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::types::Json;
+
+use super::messages::{self, Outgoing, StatusCounts};
+use crate::{
+    db::{Db, Listed, Page, StoreError, StoreResult, Tx},
+    domain::{CampaignId, FanId, Line, Timestamp, UserId},
+    on_db, on_tx, text_enum,
+};
+
+/// At most this many recipients a campaign (SPEC section 5).
+pub const MAX_RECIPIENTS: usize = 100;
+pub const NAME_MAX: usize = 200;
+
+text_enum! {
+    pub enum CampaignStatus as "campaign status" {
+        Draft = "draft",
+        Scheduled = "scheduled",
+        /// Its messages are being delivered.
+        Active = "active",
+        Paused = "paused",
+        /// Every message is sent or failed.
+        Completed = "completed",
+    }
+}
+
+text_enum! {
+    pub enum CampaignType as "campaign type" {
+        BulkMessage = "bulk_message",
+        Welcome = "welcome",
+        ReEngagement = "re-engagement",
+        Ppv = "ppv",
+        Custom = "custom",
+    }
+}
+
+/// A campaign as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Campaign {
+    pub id: CampaignId,
+    pub user_id: UserId,
+    pub name: String,
+    #[sqlx(rename = "type")]
+    pub kind: CampaignType,
+    pub status: CampaignStatus,
+    pub template: Json<Value>,
+    pub target_audience: Json<Value>,
+    pub metrics: Json<Value>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// A campaign to create, already parsed.
+#[derive(Debug, Clone)]
+pub struct NewBulk {
+    pub name: Line,
+    /// Distinct fan ids, at most [`MAX_RECIPIENTS`].
+    pub recipients: Vec<FanId>,
+    pub message: Outgoing,
+}
+
+/// New → `active`: stores a bulk campaign in `tx` (its messages are stored beside it by the
+/// caller).
+pub async fn insert_active(
+    tx: &mut Tx,
+    user: UserId,
+    bulk: &NewBulk,
+    now: Timestamp,
+) -> sqlx::Result<Campaign> {
+    let ids: Vec<i64> = bulk.recipients.iter().map(|f| f.0).collect();
+    let template = json!({
+        "content": bulk.message.text.as_str(),
+        "mediaUrls": bulk.message.attachments.iter().map(|a| a.url.as_str()).collect::<Vec<_>>(),
+        "priceCents": bulk.message.price_cents.get(),
+    });
+    let audience = json!({ "recipientIds": ids });
+    let metrics = json!({ "sent": 0, "delivered": 0, "failed": 0, "opened": 0, "clicked": 0, "revenueCents": 0 });
+    on_tx!(tx, conn => sqlx::query_as::<_, Campaign>(
+        "INSERT INTO campaigns (user_id, name, type, status, template, target_audience, metrics,
+                                created_at, started_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+         RETURNING *",
+    )
+    .bind(user)
+    .bind(bulk.name.as_str())
+    .bind(CampaignType::BulkMessage)
+    .bind(CampaignStatus::Active)
+    .bind(Json(&template))
+    .bind(Json(&audience))
+    .bind(Json(&metrics))
+    .bind(now)
+    .fetch_one(&mut **conn)
+    .await)
+}
+
+pub async fn get(db: &Db, user: UserId, id: CampaignId) -> StoreResult<Campaign> {
+    on_db!(db, pool => sqlx::query_as::<_, Campaign>("SELECT * FROM campaigns WHERE id = $1 AND user_id = $2")
+        .bind(id)
+        .bind(user)
+        .fetch_optional(pool)
+        .await)?
+    .ok_or(StoreError::NotFound("campaign"))
+}
+
+pub async fn list(db: &Db, user: UserId, page: Page) -> StoreResult<Listed<Campaign>> {
+    on_db!(db, pool => {
+        let items = sqlx::query_as::<_, Campaign>(
+            "SELECT * FROM campaigns WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
+        )
+        .bind(user)
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(pool)
+        .await?;
+        let (total,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM campaigns WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(pool)
+            .await?;
+        Ok(Listed { items, total })
+    })
+}
+
+/// Live counts of one campaign's messages.
+pub async fn counts(db: &Db, id: CampaignId) -> StoreResult<StatusCounts> {
+    messages::counts_of_campaign(db, id).await
+}
+
+/// Brings a campaign's stored metrics in line with its messages, and marks it `completed`
+/// once every message is final (sent or failed).
+pub async fn refresh(db: &Db, id: CampaignId) -> StoreResult<()> {
+    let c = counts(db, id).await?;
+    let now = Timestamp::now();
+    let done = c.queued == 0 && c.sending == 0;
+    // Only what the messages say is rewritten; delivered/opened/clicked/revenue are reported
+    // by the platform and kept.
+    let (Json(mut metrics),): (Json<Value>,) = on_db!(db, pool => sqlx::query_as("SELECT metrics FROM campaigns WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await)?;
+    metrics["sent"] = json!(c.sent);
+    metrics["failed"] = json!(c.failed);
+    on_db!(db, pool => sqlx::query(
+        "UPDATE campaigns SET
+             metrics = $2,
+             status = CASE WHEN $3 AND status = 'active' THEN 'completed' ELSE status END,
+             completed_at = CASE WHEN $3 AND completed_at IS NULL THEN $4 ELSE completed_at END
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(Json(&metrics))
+    .bind(done)
+    .bind(now)
+    .execute(pool)
+    .await
+    .map(|_| ()))?;
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! Messages of a conversation: inbound ones recorded by a platform sync, outbound ones queued
+//! for delivery. The only module that writes `messages`: an outbound message moves through
+//! named transitions, `queued` → on the outbound queue → `sending` → `sent`, or `failed` with
+//! a reason.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+
+use super::conversations;
+use crate::{
+    db::{Db, Listed, Page, StoreError, StoreResult, Tx},
+    domain::{
+        CampaignId, Cents, ConversationId, FanId, HttpUrl, MessageId, Text, Timestamp, UserId,
+    },
+    engine::JobId,
+    on_db, on_tx, text_enum,
+};
+
+pub const TEXT_MAX: usize = 5_000;
+pub const ATTACHMENTS_MAX: usize = 20;
+pub const EXTERNAL_ID_MAX: usize = 200;
+
+text_enum! {
+    /// Delivery state of a message. Inbound messages are `sent` from the start.
+    pub enum MessageStatus as "message status" {
+        Queued = "queued",
+        Sending = "sending",
+        Sent = "sent",
+        Failed = "failed",
+    }
+}
+
+text_enum! {
+    pub enum Direction as "message direction" {
+        /// From the fan.
+        In = "in",
+        /// To the fan.
+        Out = "out",
+    }
+}
+
+/// A media attachment of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: String,
+}
+
+/// A message as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Message {
+    pub id: MessageId,
+    pub user_id: UserId,
+    pub conversation_id: ConversationId,
+    pub fan_id: FanId,
+    pub direction: Direction,
+    pub text: String,
+    pub price_cents: i64,
+    pub attachments: Json<Vec<Attachment>>,
+    pub status: MessageStatus,
+    pub error: Option<String>,
+    pub attempts: i64,
+    pub campaign_id: Option<CampaignId>,
+    pub external_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// A parsed attachment: its kind is a short word, its URL http(s).
+#[derive(Debug, Clone)]
+pub struct NewAttachment {
+    pub kind: String,
+    pub url: HttpUrl,
+}
+
+fn stored(attachments: &[NewAttachment]) -> Vec<Attachment> {
+    attachments
+        .iter()
+        .map(|a| Attachment {
+            kind: a.kind.clone(),
+            url: a.url.as_str().to_owned(),
+        })
+        .collect()
+}
+
+/// A message the fan sent, as a platform sync reports it.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub text: Text,
+    pub price_cents: Cents,
+    pub attachments: Vec<NewAttachment>,
+    /// The platform's id of the message: recording the same id twice records it once.
+    pub external_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+pub async fn list(
+    db: &Db,
+    user: UserId,
+    conversation: ConversationId,
+    page: Page,
+) -> StoreResult<Listed<Message>> {
+    on_db!(db, pool => {
+        let owned: Option<(ConversationId,)> =
+            sqlx::query_as("SELECT id FROM conversations WHERE id = $1 AND user_id = $2")
+                .bind(conversation)
+                .bind(user)
+                .fetch_optional(pool)
+                .await?;
+        if owned.is_none() {
+            return Err(StoreError::NotFound("conversation"));
+        }
+        let items = sqlx::query_as::<_, Message>(
+            "SELECT * FROM messages WHERE conversation_id = $1 AND user_id = $2
+             ORDER BY created_at, id LIMIT $3 OFFSET $4",
+        )
+        .bind(conversation)
+        .bind(user)
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(pool)
+        .await?;
+        let (total,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM messages WHERE conversation_id = $1 AND user_id = $2")
+                .bind(conversation)
+                .bind(user)
+                .fetch_one(pool)
+                .await?;
+        Ok(Listed { items, total })
+    })
+}
+
+/// Records an inbound message, bumps the unread count and moves `last_message_at` forward.
+/// Returns the message and `true` when it is new (a replayed `external_id` changes nothing).
+pub async fn record_inbound(
+    db: &Db,
+    user: UserId,
+    conversation: ConversationId,
+    msg: Inbound,
+) -> StoreResult<(Message, bool)> {
+    let attachments = stored(&msg.attachments);
+    let received = Timestamp(msg.received_at);
+    let mut tx = db.begin().await?;
+    let Some(fan) = conversations::fan_of(&mut tx, user, conversation).await? else {
+        return Err(StoreError::NotFound("conversation"));
+    };
+    let inserted = on_tx!(&mut tx, conn => sqlx::query_as::<_, Message>(
+        "INSERT INTO messages (user_id, conversation_id, fan_id, direction, text, price_cents,
+                               attachments, status, attempts, external_id, created_at, sent_at)
+         VALUES ($1, $2, $3, 'in', $4, $5, $6, 'sent', 0, $7, $8, $8)
+         ON CONFLICT (conversation_id, external_id) WHERE external_id IS NOT NULL DO NOTHING
+         RETURNING *",
+    )
+    .bind(user)
+    .bind(conversation)
+    .bind(fan)
+    .bind(msg.text.as_str())
+    .bind(msg.price_cents.get())
+    .bind(Json(&attachments))
+    .bind(msg.external_id.as_deref())
+    .bind(received)
+    .fetch_optional(&mut **conn)
+    .await)?;
+    let result = match inserted {
+        Some(message) => {
+            conversations::touch_for_inbound(&mut tx, conversation, received).await?;
+            (message, true)
+        }
+        None => {
+            let existing = on_tx!(&mut tx, conn => sqlx::query_as::<_, Message>(
+                "SELECT * FROM messages WHERE conversation_id = $1 AND external_id = $2",
+            )
+            .bind(conversation)
+            .bind(msg.external_id.as_deref())
+            .fetch_one(&mut **conn)
+            .await)?;
+            (existing, false)
+        }
+    };
+    tx.commit().await?;
+    Ok(result)
+}
+
+/// Priority of an outbound message: 1 (lowest) to 10, default 5.
+pub const PRIORITY_DEFAULT: i64 = 5;
+
+/// An outbound message, parsed: what to send, not yet to whom.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub text: Text,
+    pub price_cents: Cents,
+    pub attachments: Vec<NewAttachment>,
+    pub priority: i64,
+}
+
+/// New → `queued`: stores an outbound message to `fan` in `tx`, to be put on the outbound
+/// queue by `job`; opens the fan's conversation when it has none and moves its
+/// `last_message_at`. `None` when the fan is not `user`'s.
+pub async fn insert_queued(
+    tx: &mut Tx,
+    user: UserId,
+    fan: FanId,
+    out: &Outgoing,
+    job: &JobId,
+    campaign: Option<CampaignId>,
+    now: Timestamp,
+) -> sqlx::Result<Option<Message>> {
+    let Some(conversation) = conversations::touch_for_outbound(tx, user, fan, now).await? else {
+        return Ok(None);
+    };
+    let attachments = stored(&out.attachments);
+    let message = on_tx!(tx, conn => sqlx::query_as::<_, Message>(
+        "INSERT INTO messages (user_id, conversation_id, fan_id, direction, text, price_cents,
+                               attachments, status, attempts, campaign_id, created_at, priority, job_id)
+         VALUES ($1, $2, $3, 'out', $4, $5, $6, 'queued', 0, $7, $8, $9, $10)
+         RETURNING *",
+    )
+    .bind(user)
+    .bind(conversation)
+    .bind(fan)
+    .bind(out.text.as_str())
+    .bind(out.price_cents.get())
+    .bind(Json(&attachments))
+    .bind(campaign)
+    .bind(now)
+    .bind(out.priority)
+    .bind(job)
+    .fetch_one(&mut **conn)
+    .await)?;
+    Ok(Some(message))
+}
+
+/// A queued message not yet on the outbound queue: what its job sends.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Unqueued {
+    pub id: MessageId,
+    pub user_id: UserId,
+    pub fan_id: FanId,
+    pub text: String,
+    pub attachments: Json<Vec<Attachment>>,
+    pub priority: i64,
+    pub campaign_id: Option<CampaignId>,
+}
+
+/// The messages of `job` still to put on the outbound queue, oldest first.
+pub async fn unqueued_of_job(db: &Db, job: &JobId) -> StoreResult<Vec<Unqueued>> {
+    Ok(on_db!(db, pool => sqlx::query_as::<_, Unqueued>(
+        "SELECT id, user_id, fan_id, text, attachments, priority, campaign_id FROM messages
+         WHERE job_id = $1 AND status = 'queued' AND enqueued_at IS NULL ORDER BY id",
+    )
+    .bind(job)
+    .fetch_all(pool)
+    .await)?)
+}
+
+/// How many messages `job` is about.
+pub async fn count_of_job(db: &Db, job: &JobId) -> StoreResult<i64> {
+    let (n,): (i64,) = on_db!(db, pool => sqlx::query_as("SELECT COUNT(*) FROM messages WHERE job_id = $1")
+        .bind(job)
+        .fetch_one(pool)
+        .await)?;
+    Ok(n)
+}
+
+/// `queued` → on the outbound queue: the queue accepted these messages (one statement for a
+/// whole batch). Set once: a re-run of the job skips them.
+pub async fn mark_on_queue(db: &Db, ids: &[MessageId]) -> StoreResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let now = Timestamp::now();
+    on_db!(db, pool => {
+        let mut q = sqlx::QueryBuilder::new("UPDATE messages SET attempts = attempts + 1, enqueued_at = ");
+        q.push_bind(now).push(" WHERE id IN (");
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(pool).await.map(|_| ())
+    })?;
+    Ok(())
+}
+
+/// `queued` → `failed`: the queue refused the message for good.
+pub async fn fail_queued(db: &Db, id: MessageId, reason: &str) -> StoreResult<()> {
+    on_db!(db, pool => sqlx::query(
+        "UPDATE messages SET status = 'failed', error = $2, attempts = attempts + 1
+         WHERE id = $1 AND status = 'queued'",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(pool)
+    .await
+    .map(|_| ()))?;
+    Ok(())
+}
+
+/// `queued` → `failed` for every message of `job` that never reached the outbound queue (its
+/// job gave up), so that none stays queued forever.
+pub async fn fail_unqueued_of_job(db: &Db, job: &JobId, reason: &str) -> StoreResult<u64> {
+    let done = on_db!(db, pool => sqlx::query(
+        "UPDATE messages SET status = 'failed', error = $2, attempts = attempts + 1
+         WHERE job_id = $1 AND status = 'queued' AND enqueued_at IS NULL",
+    )
+    .bind(job)
+    .bind(reason)
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(done)
+}
+
+/// `queued` → `sent` without the outbound queue (`RATE_LIMITER_ENABLED=false`: the message was
+/// logged instead of delivered).
+pub async fn mark_sent_without_queue(db: &Db, id: MessageId) -> StoreResult<()> {
+    let now = Timestamp::now();
+    on_db!(db, pool => sqlx::query(
+        "UPDATE messages SET status = 'sent', sent_at = $2, attempts = attempts + 1
+         WHERE id = $1 AND status = 'queued'",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(pool)
+    .await
+    .map(|_| ()))?;
+    Ok(())
+}
+
+/// The messages of `job`: on the outbound queue (still `queued`), `sent`, `failed`.
+pub async fn tally_of_job(db: &Db, job: &JobId) -> StoreResult<(i64, i64, i64)> {
+    Ok(on_db!(db, pool => sqlx::query_as(
+        "SELECT COALESCE(SUM(CASE WHEN status = 'queued' AND enqueued_at IS NOT NULL THEN 1 ELSE 0 END), 0),
+                COALESCE(SUM(CASE WHEN status = 'sent' THEN 1 ELSE 0 END), 0),
+                COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0)
+         FROM messages WHERE job_id = $1",
+    )
+    .bind(job)
+    .fetch_one(pool)
+    .await)?)
+}
+
+/// Message counts by delivery status.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusCounts {
+    pub total: i64,
+    pub queued: i64,
+    pub sending: i64,
+    pub sent: i64,
+    pub failed: i64,
+}
+
+/// Live counts of one campaign's messages.
+pub async fn counts_of_campaign(db: &Db, campaign: CampaignId) -> StoreResult<StatusCounts> {
+    let rows: Vec<(MessageStatus, i64)> = on_db!(db, pool => sqlx::query_as(
+        "SELECT status, COUNT(*) FROM messages WHERE campaign_id = $1 GROUP BY status",
+    )
+    .bind(campaign)
+    .fetch_all(pool)
+    .await)?;
+    let mut c = StatusCounts::default();
+    for (status, n) in rows {
+        c.total += n;
+        match status {
+            MessageStatus::Queued => c.queued = n,
+            MessageStatus::Sending => c.sending = n,
+            MessageStatus::Sent => c.sent = n,
+            MessageStatus::Failed => c.failed = n,
+        }
+    }
+    Ok(c)
+}
+
+/// Outbound messages of `user` not yet final: the creator's delivery backlog.
+pub async fn backlog(db: &Db, user: UserId) -> StoreResult<i64> {
+    let (n,): (i64,) = on_db!(db, pool => sqlx::query_as(
+        "SELECT COUNT(*) FROM messages WHERE user_id = $1 AND direction = 'out' AND status IN ('queued', 'sending')",
+    )
+    .bind(user)
+    .fetch_one(pool)
+    .await)?;
+    Ok(n)
+}
+
+/// When the creator's last outbound message was sent or failed.
+pub async fn last_processed_at(db: &Db, user: UserId) -> StoreResult<Option<DateTime<Utc>>> {
+    let (at,): (Option<DateTime<Utc>>,) = on_db!(db, pool => sqlx::query_as(
+        "SELECT MAX(sent_at) FROM messages WHERE user_id = $1 AND direction = 'out' AND status IN ('sent', 'failed')",
+    )
+    .bind(user)
+    .fetch_one(pool)
+    .await)?;
+    Ok(at)
+}

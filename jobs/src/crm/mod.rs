@@ -1,0 +1,13 @@
+//! The creator's data, one module per table, each the only writer of its table: reads, and
+//! writes as named transitions (some taking the caller's [`Tx`](crate::db::Tx), so that rows of
+//! several tables and a job can commit together).
+//!
+//! - [`fans`] — subscribers, and the batched upsert of a CSV import.
+//! - [`conversations`] — one thread per fan; unread counts and last-message times.
+//! - [`messages`] — inbound and outbound messages and their delivery states.
+//! - [`campaigns`] — bulk campaigns and their metrics.
+
+pub mod campaigns;
+pub mod conversations;
+pub mod fans;
+pub mod messages;

@@ -1,0 +1,250 @@
+//! The job backend: apalis on PostgreSQL, SQLite or Redis (`JOB_BACKEND`).
+//!
+//! Guarantees differ by backend, and this is where they are made:
+//! - PostgreSQL and SQLite: the job record, the apalis task and the business rows commit in
+//!   one transaction ([`JobBackend::enqueue`]): a job exists if and only if its write committed.
+//! - Redis cannot join an SQL transaction, so the record is an outbox row: it commits with the
+//!   business rows (`dispatched_at` NULL), is pushed to Redis right after the commit
+//!   ([`JobBackend::after_commit`]), and the outbox relay re-pushes any row a crash left
+//!   behind. Pushes carry the job id as apalis's idempotency key and runs skip final jobs, so
+//!   a double push runs once.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use apalis::prelude::{TaskBuilder, TaskId};
+use apalis_postgres::PostgresStorage;
+use apalis_sqlite::SqliteStorage;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, SqlitePool};
+
+use super::record::{self, JobId, NewJob};
+use crate::db::{Db, Tx};
+
+/// What an apalis task carries: the job id. Everything else is in `job_records`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobTask {
+    pub job_id: String,
+}
+
+/// Which apalis storage runs the jobs.
+#[derive(Clone)]
+pub enum JobBackend {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+    /// Queues are named `{prefix}:{kind}`: deployments (or test runs) sharing one Redis
+    /// never take each other's tasks.
+    Redis {
+        conn: apalis_redis::ConnectionManager,
+        prefix: String,
+    },
+}
+
+/// How often an idle worker looks for new tasks.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// A worker heartbeats this often; after [`MISSED_HEARTBEATS`] silent beats its tasks are
+/// handed to another worker. 10 s × 3 rescues a killed worker's job within 30-40 s.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+pub const MISSED_HEARTBEATS: usize = 3;
+
+/// Why a job could not be enqueued (nothing was stored).
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error("job backend: {0:#}")]
+    Backend(anyhow::Error),
+}
+
+impl JobBackend {
+    /// Picks the backend: `JOB_BACKEND` when given, else the one the database implies.
+    pub async fn connect(
+        backend: Option<&str>,
+        db: &Db,
+        redis_url: Option<&str>,
+        redis_prefix: &str,
+    ) -> anyhow::Result<Self> {
+        let backend = match (backend, db) {
+            (None | Some("postgres"), Db::Postgres(pool)) => JobBackend::Postgres(pool.clone()),
+            (None | Some("sqlite"), Db::Sqlite(pool)) => JobBackend::Sqlite(pool.clone()),
+            (Some("redis"), _) => {
+                let url = redis_url.context("JOB_BACKEND=redis needs REDIS_URL")?;
+                let conn = apalis_redis::connect(url)
+                    .await
+                    .with_context(|| format!("connecting the job backend to Redis at {url}"))?;
+                JobBackend::Redis {
+                    conn,
+                    prefix: redis_prefix.to_owned(),
+                }
+            }
+            (Some(other), db) => anyhow::bail!(
+                "JOB_BACKEND={other} does not work with a {} DATABASE_URL (use {}, or redis)",
+                db.backend_name(),
+                db.backend_name()
+            ),
+        };
+        Ok(backend)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobBackend::Postgres(_) => "postgres",
+            JobBackend::Sqlite(_) => "sqlite",
+            JobBackend::Redis { .. } => "redis",
+        }
+    }
+
+    /// Whether jobs pass through the outbox (and so need the relay running somewhere).
+    pub fn uses_outbox(&self) -> bool {
+        matches!(self, JobBackend::Redis { .. })
+    }
+
+    /// Applies apalis's own migrations beside ours. On PostgreSQL they live in schema
+    /// `apalis` with their own history table; on SQLite they share `_sqlx_migrations` with
+    /// ours, so each migrator is told to ignore the other's versions. apalis-sqlite's
+    /// `setup()` is not used: it would turn `synchronous` off, and a 202 must survive a crash.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match self {
+            JobBackend::Postgres(pool) => PostgresStorage::<()>::setup(pool)
+                .await
+                .context("applying apalis-postgres migrations")?,
+            JobBackend::Sqlite(pool) => {
+                let mut migrator = SqliteStorage::<()>::migrations();
+                migrator.set_ignore_missing(true);
+                migrator
+                    .run(pool)
+                    .await
+                    .context("applying apalis-sqlite migrations")?;
+            }
+            JobBackend::Redis { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Stores `job` in `tx`, beside the rows it is about: its record, and its apalis task when
+    /// the backend is this same database. Call [`JobBackend::after_commit`] once `tx`
+    /// committed.
+    pub async fn enqueue(&self, tx: &mut Tx, job: &NewJob) -> Result<(), EnqueueError> {
+        let shared = matches!(
+            (self, &*tx),
+            (JobBackend::Postgres(_), Tx::Postgres(_)) | (JobBackend::Sqlite(_), Tx::Sqlite(_))
+        );
+        if !shared && !self.uses_outbox() {
+            return Err(EnqueueError::Backend(anyhow::anyhow!(
+                "a {} job backend cannot take jobs from another database's transaction",
+                self.name()
+            )));
+        }
+        record::insert(tx, job, shared).await?;
+        let task = || task(&job.id).map_err(EnqueueError::Backend);
+        match tx {
+            Tx::Postgres(conn) if shared => {
+                apalis_postgres::queries::push_tasks(&mut **conn, job.kind, vec![task()?])
+                    .await
+                    .map_err(|e| EnqueueError::Backend(anyhow::Error::new(e)))?
+            }
+            Tx::Sqlite(conn) if shared => apalis_sqlite::queries::push_tasks(
+                &mut **conn,
+                job.kind,
+                std::slice::from_ref(&task()?),
+            )
+            .await
+            .map_err(|e| EnqueueError::Backend(anyhow::Error::new(e)))?,
+            // Redis: the record is the outbox row.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Right after the transaction that stored `job` committed: for Redis, push it now rather
+    /// than waiting for the relay. A failure here loses nothing (the outbox row stays).
+    pub async fn after_commit(&self, db: &Db, job: &NewJob) {
+        if self.uses_outbox()
+            && let Err(e) = self.push_outbox_row(db, &job.id, job.kind).await
+        {
+            tracing::warn!(job_id = %job.id, error = format!("{e:#}"), "push to Redis failed; the relay will retry");
+        }
+    }
+
+    /// Pushes an outbox row's task to Redis and marks the row dispatched.
+    pub(super) async fn push_outbox_row(
+        &self,
+        db: &Db,
+        job: &JobId,
+        kind: &str,
+    ) -> anyhow::Result<()> {
+        let JobBackend::Redis { conn, prefix } = self else {
+            anyhow::bail!("only a Redis job backend has an outbox");
+        };
+        let mut conn = conn.clone();
+        apalis_redis::queries::push_tasks(&mut conn, &redis_config(prefix, kind), &[task(job)?])
+            .await
+            .with_context(|| format!("pushing job {job} to Redis"))?;
+        record::mark_dispatched(db, job).await?;
+        Ok(())
+    }
+}
+
+fn task(job: &JobId) -> anyhow::Result<apalis::prelude::Task<Vec<u8>>> {
+    let ulid: ulid::Ulid = job.0.parse().context("job ids are ULIDs")?;
+    let args = serde_json::to_vec(&JobTask {
+        job_id: job.0.clone(),
+    })?;
+    Ok(TaskBuilder::new(args)
+        .task_id(TaskId::from_ulid(ulid))
+        .idempotency_key(&job.0)
+        // A backstop only: the engine records the final failure itself after
+        // `RetryPolicy::max_attempts` runs and then stops the task.
+        .max_attempts(50)
+        .build())
+}
+
+/// The apalis-redis configuration of the queue of `kind`.
+pub fn redis_config(prefix: &str, kind: &str) -> apalis_redis::Config {
+    apalis_redis::Config::default()
+        .queue(format!("{prefix}:{kind}"))
+        .heartbeat_interval(HEARTBEAT)
+        .missed_heartbeats(MISSED_HEARTBEATS)
+}
+
+/// Evaluates `$body` with `$storage` bound to the apalis storage of queue `$queue` on the
+/// backend `$backend` holds. The body is compiled once per storage type, so generic apalis
+/// code (a worker built on the storage) is written once for all three backends.
+#[macro_export]
+macro_rules! with_storage {
+    ($backend:expr, $queue:expr, $storage:ident => $body:expr) => {{
+        use ::apalis::prelude::BackendExt as _;
+        use $crate::engine::backend::{HEARTBEAT, JobTask, MISSED_HEARTBEATS, POLL_INTERVAL};
+        let queue: &str = $queue;
+        match $backend {
+            $crate::engine::JobBackend::Postgres(pool) => {
+                let $storage = ::apalis_postgres::PostgresStorage::<JobTask>::new(pool)
+                    .with_config(
+                        ::apalis_postgres::Config::default()
+                            .queue(queue)
+                            .heartbeat_interval(HEARTBEAT)
+                            .missed_heartbeats(MISSED_HEARTBEATS),
+                    )
+                    .poll_with_interval(POLL_INTERVAL);
+                $body
+            }
+            $crate::engine::JobBackend::Sqlite(pool) => {
+                let $storage = ::apalis_sqlite::SqliteStorage::<JobTask>::new(pool)
+                    .with_config(
+                        ::apalis_sqlite::Config::default()
+                            .queue(queue)
+                            .heartbeat_interval(HEARTBEAT)
+                            .missed_heartbeats(MISSED_HEARTBEATS),
+                    )
+                    .poll_with_interval(POLL_INTERVAL);
+                $body
+            }
+            $crate::engine::JobBackend::Redis { conn, prefix } => {
+                let $storage = ::apalis_redis::RedisStorage::<JobTask>::new(conn.clone())
+                    .with_config($crate::engine::backend::redis_config(prefix, queue))
+                    .poll_with_interval(POLL_INTERVAL);
+                $body
+            }
+        }
+    }};
+}

@@ -1,0 +1,107 @@
+//! The `bulk_send` job kind: puts a campaign's messages on the outbound queue, 10 a batch.
+//! Submitted with the campaign and its messages in one transaction.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Deps, SubmitError, fan_out::FanOut};
+use crate::{
+    crm::{
+        campaigns::{self, Campaign, NewBulk},
+        fans, messages,
+    },
+    db::Db,
+    domain::{MessageId, Timestamp, UserId},
+    engine::{
+        JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome, RetryPolicy, RunContext,
+    },
+};
+
+#[derive(Clone)]
+pub struct BulkSend(FanOut);
+
+impl BulkSend {
+    pub fn new(deps: &Deps) -> Self {
+        BulkSend(FanOut::new(deps))
+    }
+}
+
+impl JobKind for BulkSend {
+    /// Also the name of its queue.
+    const NAME: &'static str = "bulk_send";
+    /// A run retries a failing call itself (1 s, 2 s, 4 s); the job then runs twice more
+    /// before its remaining messages are failed.
+    const RETRY: RetryPolicy = RetryPolicy {
+        max_attempts: 3,
+        first_backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(10),
+    };
+    const CONCURRENCY: usize = 4;
+
+    async fn run(&self, job: &JobRecord, ctx: &RunContext) -> Result<Outcome, JobError> {
+        self.0.run(job, ctx).await
+    }
+
+    async fn give_up(&self, job: &JobRecord, reason: &str) {
+        self.0.give_up(job, reason).await
+    }
+}
+
+/// The created campaign and its messages' ids.
+pub struct Created {
+    pub campaign: Campaign,
+    pub message_ids: Vec<MessageId>,
+}
+
+/// Creates the campaign (`active`), one queued message per recipient (opening conversations
+/// where needed) and the `bulk_send` job, all in one transaction. Recipients that are not the
+/// caller's fans refuse the whole campaign.
+pub async fn submit(
+    db: &Db,
+    backend: &JobBackend,
+    user: UserId,
+    bulk: NewBulk,
+) -> Result<Created, SubmitError> {
+    let now = Timestamp::now();
+    let job = JobId::generate();
+    let mut tx = db.begin().await?;
+    let missing = fans::not_owned(&mut tx, user, &bulk.recipients).await?;
+    if !missing.is_empty() {
+        return Err(SubmitError::NotOwned(missing));
+    }
+    let campaign = campaigns::insert_active(&mut tx, user, &bulk, now).await?;
+    let mut message_ids = Vec::with_capacity(bulk.recipients.len());
+    for fan in &bulk.recipients {
+        let message = messages::insert_queued(
+            &mut tx,
+            user,
+            *fan,
+            &bulk.message,
+            &job,
+            Some(campaign.id),
+            now,
+        )
+        .await?
+        .ok_or(SubmitError::NotOwned(vec![*fan]))?;
+        message_ids.push(message.id);
+    }
+    let new_job = NewJob::of::<BulkSend>(
+        job,
+        user,
+        json!({ "campaignId": campaign.id.0, "messageIds": message_ids }),
+    );
+    backend.enqueue(&mut tx, &new_job).await?;
+    tx.commit().await?;
+    backend.after_commit(db, &new_job).await;
+    tracing::info!(
+        job_id = %new_job.id,
+        campaign_id = campaign.id.0,
+        recipients = message_ids.len(),
+        "campaign queued"
+    );
+    Ok(Created {
+        campaign,
+        message_ids,
+    })
+}

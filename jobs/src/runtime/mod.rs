@@ -1,0 +1,94 @@
+//! The worker runtime: the one list of job kinds, and the service that runs them.
+//!
+//! Adding a kind: a file in [`kinds`](crate::kinds) implementing
+//! [`JobKind`](crate::engine::JobKind), and one line in the list below.
+
+mod workers;
+
+pub use workers::Workers;
+
+use crate::{
+    domain::UnknownValue,
+    engine::JobKind,
+    kinds::{bulk_send::BulkSend, import_csv::ImportCsv, send_message::SendMessage},
+};
+
+/// Declares the list: the [`Kind`] enum (one variant per kind, named like its type) and the
+/// start of one worker per kind.
+macro_rules! job_kinds {
+    ($($kind:ident),+ $(,)?) => {
+        /// Every job kind this build runs.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Kind {
+            $($kind),+
+        }
+
+        impl Kind {
+            pub const ALL: &'static [Kind] = &[$(Kind::$kind),+];
+
+            /// The kind's stable name ([`JobKind::NAME`]).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Kind::$kind => <$kind as JobKind>::NAME),+
+                }
+            }
+        }
+
+        impl Workers {
+            /// Starts one supervised worker per kind.
+            fn start_all(
+                &self,
+                set: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+                cancel: &tokio_util::sync::CancellationToken,
+            ) {
+                $(self.start(set, $kind::new(self.deps()), cancel);)+
+            }
+        }
+    };
+}
+
+job_kinds![ImportCsv, SendMessage, BulkSend];
+
+impl Kind {
+    /// The kind of a stored name; any other name is an error that says so.
+    pub fn parse(raw: &str) -> Result<Kind, UnknownValue> {
+        Kind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.name() == raw)
+            .ok_or_else(|| UnknownValue {
+                what: "job kind",
+                value: raw.to_owned(),
+                expected: Kind::ALL
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_own_name_and_reads_back() {
+        let names: std::collections::HashSet<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), Kind::ALL.len(), "names are unique");
+        for kind in Kind::ALL {
+            assert_eq!(Kind::parse(kind.name()), Ok(*kind));
+        }
+        let err = Kind::parse("mystery").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown job kind \"mystery\" (expected one of: import_csv, send_message, bulk_send)"
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! The workers service: one apalis worker per job kind, each supervised. A worker whose job
+//! backend fails (a database outage, pool timeouts, a lost Redis connection) is built again
+//! after a backoff, so a transient error never ends job processing; only cancellation does.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use apalis::{
+    layers::retry::{
+        HasherRng, RetryPolicy as ApalisRetry,
+        backoff::{ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff},
+    },
+    prelude::*,
+};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::Kind;
+use crate::{
+    db::Db,
+    engine::{
+        JobBackend, JobId, JobKind, RetryPolicy, RunContext, backend::JobTask, execute::execute,
+    },
+    kinds::Deps,
+    with_storage,
+};
+
+/// First wait before a failed worker is built again; doubles up to [`RESTART_MAX`].
+const RESTART_FIRST: Duration = Duration::from_secs(1);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A worker that ran this long before failing starts its backoff over.
+const RESTART_RESET: Duration = Duration::from_secs(60);
+
+pub struct Workers {
+    backend: JobBackend,
+    deps: Deps,
+}
+
+/// What a worker's handler gets: the kind, the database, and the run context.
+#[derive(Clone)]
+struct KindRunner<K> {
+    kind: K,
+    db: Db,
+    ctx: RunContext,
+}
+
+/// The handler every worker of kind `K` is built with.
+async fn run_task<K: JobKind>(
+    task: JobTask,
+    runner: Data<KindRunner<K>>,
+) -> Result<(), BoxDynError> {
+    execute(&runner.kind, &runner.db, JobId(task.job_id), &runner.ctx).await
+}
+
+/// A name unique to this process and start: apalis refuses two live workers of one name.
+fn worker_name(kind: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let start = &ulid::Ulid::generate().to_string()[20..];
+    format!("{kind}-{host}-{}-{start}", std::process::id())
+}
+
+fn backoff(policy: RetryPolicy) -> anyhow::Result<ExponentialBackoff<HasherRng>> {
+    Ok(ExponentialBackoffMaker::new(
+        policy.first_backoff,
+        policy.max_backoff,
+        0.2,
+        HasherRng::default(),
+    )
+    .context("building the retry backoff")?
+    .make_backoff())
+}
+
+impl Workers {
+    pub fn new(backend: JobBackend, deps: Deps) -> Self {
+        Workers { backend, deps }
+    }
+
+    pub(super) fn deps(&self) -> &Deps {
+        &self.deps
+    }
+
+    /// Runs every kind's worker until `cancel`, then lets in-flight jobs reach a safe point
+    /// (a job cut short resumes from its checkpoint on the next worker). Returns an error only
+    /// when a worker cannot be built at all.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut set = JoinSet::new();
+        self.start_all(&mut set, &cancel);
+        tracing::info!(
+            backend = self.backend.name(),
+            kinds = ?Kind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>(),
+            "workers running"
+        );
+        while let Some(done) = set.join_next().await {
+            done.context("a worker panicked")??;
+        }
+        Ok(())
+    }
+
+    /// Starts the supervised worker of `kind`; `cancel` is also its jobs' shutdown signal
+    /// (running jobs stop at their next safe point).
+    pub(super) fn start<K: JobKind>(
+        &self,
+        set: &mut JoinSet<anyhow::Result<()>>,
+        kind: K,
+        cancel: &CancellationToken,
+    ) {
+        let runner = KindRunner {
+            kind,
+            db: self.deps.db.clone(),
+            ctx: RunContext {
+                shutdown: cancel.clone(),
+            },
+        };
+        set.spawn(supervise(runner, self.backend.clone()));
+    }
+}
+
+/// Runs the worker of `K`, building it again after a backoff whenever it ends before the
+/// shutdown.
+async fn supervise<K: JobKind>(runner: KindRunner<K>, backend: JobBackend) -> anyhow::Result<()> {
+    let cancel = runner.ctx.shutdown.clone();
+    let retries = K::RETRY.max_attempts.saturating_sub(1) as usize;
+    let mut wait = RESTART_FIRST;
+    loop {
+        let started = Instant::now();
+        let retry = ApalisRetry::retries(retries).with_backoff(backoff(K::RETRY)?);
+        let stop = cancel.clone();
+        let runner = runner.clone();
+        let ended = with_storage!(&backend, K::NAME, storage => {
+            WorkerBuilder::new(worker_name(K::NAME))
+                .backend(storage)
+                .retry(retry)
+                .concurrency(K::CONCURRENCY)
+                .data(runner)
+                .build(run_task::<K>)
+                .run_until(async move {
+                    stop.cancelled().await;
+                    Ok::<(), std::io::Error>(())
+                })
+                .await
+        });
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        if started.elapsed() >= RESTART_RESET {
+            wait = RESTART_FIRST;
+        }
+        let error = match ended {
+            Ok(()) => "it stopped by itself".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(kind = K::NAME, %error, retry_in = ?wait, "worker lost its job backend; building it again");
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(RESTART_MAX);
+    }
+}
