@@ -449,9 +449,11 @@ pub async fn error_of(resp: Response, expected: StatusCode, code: &str) -> Value
 }
 
 /// The `fanqueue` binary running as its own process, with only `env` set (plus PATH/HOME).
+/// Its JSON log lines are kept for the test to read.
 pub struct AppProcess {
     pub child: Child,
     pub address: String,
+    logs: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
 impl AppProcess {
@@ -482,6 +484,8 @@ impl AppProcess {
         }
         let mut child = cmd.spawn().expect("spawning the fanqueue binary");
         let stderr = child.stderr.take().expect("piped stderr");
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = logs.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let wanted = ready.to_owned();
         std::thread::spawn(move || {
@@ -490,13 +494,14 @@ impl AppProcess {
                 if std::env::var_os("TEST_CHILD_LOGS").is_some() {
                     eprintln!("{line}");
                 }
-                if !sent
-                    && let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["fields"]["message"] == wanted.as_str()
-                {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if !sent && v["fields"]["message"] == wanted.as_str() {
                     let _ = tx.send(v["fields"]["port"].as_u64());
                     sent = true;
                 }
+                kept.lock().unwrap().push(v);
             }
         });
         let port = rx
@@ -505,7 +510,58 @@ impl AppProcess {
         let address = port
             .map(|p| format!("http://127.0.0.1:{p}"))
             .unwrap_or_default();
-        AppProcess { child, address }
+        AppProcess {
+            child,
+            address,
+            logs,
+        }
+    }
+
+    /// The log lines so far whose message is `message`.
+    pub fn logged(&self, message: &str) -> Vec<Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["fields"]["message"] == message)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (at most `timeout`) until the process logs `message`; returns that line.
+    pub async fn wait_for_log(&self, message: &str, timeout: Duration) -> Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.logged(message).into_iter().next() {
+                return line;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the process did not log {message:?} within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits (at most `timeout`) for the process to exit; returns its exit
+    /// status and how long it took.
+    pub async fn terminate(&mut self, timeout: Duration) -> (std::process::ExitStatus, Duration) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM failed");
+        let sent = std::time::Instant::now();
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("the child's status") {
+                return (exit, sent.elapsed());
+            }
+            assert!(
+                sent.elapsed() < timeout,
+                "the process did not exit within {timeout:?} of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

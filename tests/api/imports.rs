@@ -1,6 +1,9 @@
 //! CSV imports end to end: upload, job, poll, summary, fans.
 
-use fanqueue_jobs::{engine::JobKind, kinds::import_csv::ImportCsv};
+use fanqueue_jobs::{
+    engine::{JobKind, relay::OutboxRelay},
+    kinds::import_csv::ImportCsv,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -484,15 +487,9 @@ async fn with_jobs_on_redis_the_sample_imports_through_the_outbox() {
     assert!(dispatched, "the outbox row was marked dispatched");
 }
 
-/// A job whose outbox row was committed but never pushed (the API died in between) is
-/// pushed by the relay and runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_outbox_relay_pushes_a_job_the_api_never_pushed() {
-    let app = spawn_api_only(Backend::Sqlite, with_redis_jobs).await;
-    let id = app
-        .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
-        .await;
-    // Forget the push the API made, as if it had crashed right after the commit.
+/// Undoes the API's push of job `id` to Redis and marks its outbox row undispatched, as if
+/// the API had crashed right after the commit; `age` moves the row's creation back.
+async fn forget_push(app: &TestApp, id: &str, age: chrono::TimeDelta) {
     let prefix = app.settings.database.redis_prefix.clone();
     let client = redis::Client::open(crate::helpers::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -513,15 +510,49 @@ async fn the_outbox_relay_pushes_a_job_the_api_never_pushed() {
     let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&app.database_url)
         .await
         .unwrap();
-    sqlx::query("UPDATE job_records SET dispatched_at = NULL WHERE id = $1")
-        .bind(&id)
+    sqlx::query("UPDATE job_records SET dispatched_at = NULL, created_at = $2 WHERE id = $1")
+        .bind(id)
+        .bind(fanqueue_jobs::domain::Timestamp(chrono::Utc::now() - age))
         .execute(&mut db)
         .await
         .unwrap();
+}
+
+/// A job whose outbox row was committed but never pushed (the API died in between) is
+/// pushed by the relay and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_relay_pushes_a_job_the_api_never_pushed() {
+    let app = spawn_api_only(Backend::Sqlite, with_redis_jobs).await;
+    let id = app
+        .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
+        .await;
+    forget_push(&app, &id, chrono::TimeDelta::zero()).await;
     // A worker process of this deployment starts: its relay pushes the job, which then runs.
     app.start_workers().await;
     let s = summary(&app.wait_job(1, &id).await);
     assert_eq!(s["successfulInserts"], 2);
+}
+
+/// One step of the relay pushes each forgotten job once; a second step finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_relay_step_pushes_each_forgotten_job_exactly_once() {
+    let app = spawn_api_only(Backend::Sqlite, with_redis_jobs).await;
+    let id = app
+        .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
+        .await;
+    forget_push(&app, &id, chrono::TimeDelta::minutes(1)).await;
+    let services = app.services().await;
+    let relay = OutboxRelay::new(services.jobs.clone(), services.db.clone());
+    assert_eq!(
+        relay.run_once().await.unwrap(),
+        1,
+        "the forgotten job is pushed"
+    );
+    assert_eq!(relay.run_once().await.unwrap(), 0, "and not pushed again");
+    app.start_workers().await;
+    let job = app.wait_job(1, &id).await;
+    assert_eq!(summary(&job)["successfulInserts"], 2);
+    assert_eq!(job["attempts"], 1, "{job}");
 }
 
 /// More than 1,000 bad rows: 1,000 are listed, all are counted, the good rows still land.

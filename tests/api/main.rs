@@ -13,6 +13,8 @@ mod jobs;
 mod limits;
 mod messages;
 mod migrations;
+mod outage;
 mod outbound;
 mod processes;
+mod shutdown;
 mod workers;

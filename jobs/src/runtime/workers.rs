@@ -134,8 +134,9 @@ async fn supervise<K: JobKind>(runner: KindRunner<K>, backend: JobBackend) -> an
         let ended = with_storage!(&backend, K::NAME, storage => {
             WorkerBuilder::new(worker_name(K::NAME))
                 .backend(storage)
-                .retry(retry)
+                // Concurrency first: a retry then reuses its job's slot.
                 .concurrency(K::CONCURRENCY)
+                .retry(retry)
                 .data(runner)
                 .build(run_task::<K>)
                 .run_until(async move {

@@ -1,0 +1,177 @@
+//! The job backend's database goes away for a while: a `fanqueue worker` process keeps going
+//! (it rebuilds its workers after a backoff instead of ending them), and once the database
+//! is back, the job that was running when it went finishes with every row exactly once and
+//! new jobs run.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use sqlx::{Connection, PgConnection};
+
+use crate::helpers::{
+    AppProcess, Backend, JWT_SECRET, TestDb, generated_csv, json_of, postgres_admin_url,
+    wait_job_at,
+};
+
+const ROWS: usize = 20_000;
+
+/// Takes the database `name` away: refuses new connections and ends the open ones (the
+/// pools' idle connections too), as a failover or a network cut would.
+async fn cut(admin: &mut PgConnection, name: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"
+    )))
+    .execute(&mut *admin)
+    .await
+    .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .execute(&mut *admin)
+    .await
+    .unwrap();
+}
+
+async fn restore(admin: &mut PgConnection, name: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"
+    )))
+    .execute(&mut *admin)
+    .await
+    .unwrap();
+}
+
+async fn upload(client: &reqwest::Client, api: &str, token: &str, rows: usize) -> String {
+    let part = reqwest::multipart::Part::bytes(generated_csv(rows)).file_name("fans.csv");
+    let resp = client
+        .post(format!("{api}/api/onlyfans/import/csv"))
+        .bearer_auth(token)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap();
+    json_of(resp, StatusCode::ACCEPTED).await["jobId"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_run_jobs_again_after_their_database_was_unreachable_and_lose_nothing() {
+    let (db, url) = TestDb::create(Backend::Postgres).await;
+    let TestDb::Postgres { name, .. } = &db else {
+        unreachable!("a PostgreSQL test database")
+    };
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("JWT_SECRET", JWT_SECRET),
+        // Small batches: the import is mid-file when the database goes away.
+        ("IMPORT_BATCH_ROWS", "100"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let api = AppProcess::spawn(&["serve"], &env, dir.path());
+    let mut worker = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
+    let keys = fanqueue::auth::JwtKeys::new(&secrecy::SecretString::from(JWT_SECRET));
+    let token = keys.issue(fanqueue_jobs::domain::UserId(1), Duration::from_secs(3600));
+    let client = reqwest::Client::new();
+
+    // An import is running when the database goes away.
+    let running = upload(&client, &api.address, &token, ROWS).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let resp = client
+            .get(format!("{}/api/jobs/{running}", api.address))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        let job = json_of(resp, StatusCode::OK).await;
+        assert_ne!(
+            job["status"], "succeeded",
+            "finished before the outage: {job}"
+        );
+        if job["progress"]["done"].as_u64().unwrap() >= 500 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the import never progressed: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut admin = PgConnection::connect(&postgres_admin_url()).await.unwrap();
+    cut(&mut admin, name).await;
+    // Down long enough for every kind's worker to fail on it at least once.
+    let lost = "worker lost its job backend; building it again";
+    let kinds_lost = |worker: &AppProcess| {
+        let mut kinds: Vec<String> = worker
+            .logged(lost)
+            .iter()
+            .map(|l| l["fields"]["kind"].as_str().unwrap().to_owned())
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while kinds_lost(&worker) != ["bulk_send", "import_csv", "send_message"] {
+        assert!(
+            Instant::now() < deadline,
+            "the workers did not all notice the outage: {:?}",
+            kinds_lost(&worker)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    restore(&mut admin, name).await;
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "the worker process is still running"
+    );
+
+    // The interrupted import finishes as an uninterrupted run would.
+    let job = wait_job_at(
+        &client,
+        &api.address,
+        &token,
+        &running,
+        Duration::from_secs(180),
+    )
+    .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let s = &job["result"]["summary"];
+    assert_eq!(s["totalRows"], ROWS);
+    assert_eq!(s["successfulInserts"], ROWS, "{s}");
+    assert_eq!(s["updated"], 0, "{s}");
+
+    // And new jobs run.
+    let fresh_token = keys.issue(fanqueue_jobs::domain::UserId(2), Duration::from_secs(3600));
+    let fresh = upload(&client, &api.address, &fresh_token, 50).await;
+    let job = wait_job_at(
+        &client,
+        &api.address,
+        &fresh_token,
+        &fresh,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT handle) FROM fans WHERE user_id = 1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        (rows, distinct),
+        (ROWS as i64, ROWS as i64),
+        "every row exactly once"
+    );
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "the worker process kept running throughout"
+    );
+}
