@@ -120,6 +120,17 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// The fan rows of `user` in the PostgreSQL database at `url`, and how many distinct handles
+/// they hold: equal counts mean no fan was written twice.
+pub async fn pg_fan_rows(url: &str, user: i64) -> (i64, i64) {
+    let mut conn = PgConnection::connect(url).await.unwrap();
+    sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT handle) FROM fans WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -561,6 +572,98 @@ impl AppProcess {
                 "the process did not exit within {timeout:?} of SIGTERM"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A client of a running server (an [`AppProcess`]) acting as one user.
+pub struct ApiClient {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub token: String,
+}
+
+impl ApiClient {
+    /// User `user` of the server at `base` (tokens signed with [`JWT_SECRET`]).
+    pub fn new(base: &str, user: i64) -> Self {
+        let keys = JwtKeys::new(&SecretString::from(JWT_SECRET));
+        ApiClient {
+            client: reqwest::Client::new(),
+            base: base.to_owned(),
+            token: keys.issue(UserId(user), Duration::from_secs(3600)),
+        }
+    }
+
+    /// `GET path`, asserting 200; the JSON body.
+    pub async fn get(&self, path: &str) -> Value {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("request sent");
+        json_of(resp, StatusCode::OK).await
+    }
+
+    /// `POST path` with a JSON body, asserting the `expected` status; the JSON body.
+    pub async fn post(&self, path: &str, body: &Value, expected: StatusCode) -> Value {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        json_of(resp, expected).await
+    }
+
+    /// Uploads `bytes` as the CSV `name`, asserting 202; the job id.
+    pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> String {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned());
+        let resp = self
+            .client
+            .post(format!("{}/api/onlyfans/import/csv", self.base))
+            .bearer_auth(&self.token)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+            .await
+            .expect("upload sent");
+        json_of(resp, StatusCode::ACCEPTED).await["jobId"]
+            .as_str()
+            .expect("a jobId")
+            .to_owned()
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        self.get(&format!("/api/jobs/{id}")).await
+    }
+
+    /// Polls the job until it is final; panics after `timeout`.
+    pub async fn wait_job(&self, id: &str, timeout: Duration) -> Value {
+        wait_job_at(&self.client, &self.base, &self.token, id, timeout).await
+    }
+
+    /// Polls until the job's `progress.done` reaches `at_least` (60 s at most) and returns
+    /// it; fails if the job finishes first.
+    pub async fn wait_progress(&self, id: &str, at_least: u64) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let job = self.job(id).await;
+            let done = job["progress"]["done"].as_u64().unwrap();
+            assert!(
+                job["status"] != "succeeded",
+                "the job finished before it could be interrupted: {job}"
+            );
+            if done >= at_least {
+                return done;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the job never progressed: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }

@@ -5,12 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::StatusCode;
 use sqlx::{Connection, PgConnection};
 
 use crate::helpers::{
-    AppProcess, Backend, JWT_SECRET, TestDb, generated_csv, json_of, postgres_admin_url,
-    wait_job_at,
+    ApiClient, AppProcess, Backend, JWT_SECRET, TestDb, generated_csv, postgres_admin_url,
 };
 
 const ROWS: usize = 20_000;
@@ -43,21 +41,6 @@ async fn restore(admin: &mut PgConnection, name: &str) {
     .unwrap();
 }
 
-async fn upload(client: &reqwest::Client, api: &str, token: &str, rows: usize) -> String {
-    let part = reqwest::multipart::Part::bytes(generated_csv(rows)).file_name("fans.csv");
-    let resp = client
-        .post(format!("{api}/api/onlyfans/import/csv"))
-        .bearer_auth(token)
-        .multipart(reqwest::multipart::Form::new().part("file", part))
-        .send()
-        .await
-        .unwrap();
-    json_of(resp, StatusCode::ACCEPTED).await["jobId"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_run_jobs_again_after_their_database_was_unreachable_and_lose_nothing() {
     let (db, url) = TestDb::create(Backend::Postgres).await;
@@ -73,34 +56,11 @@ async fn workers_run_jobs_again_after_their_database_was_unreachable_and_lose_no
     let dir = tempfile::tempdir().unwrap();
     let api = AppProcess::spawn(&["serve"], &env, dir.path());
     let mut worker = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
-    let keys = fanqueue::auth::JwtKeys::new(&secrecy::SecretString::from(JWT_SECRET));
-    let token = keys.issue(fanqueue_jobs::domain::UserId(1), Duration::from_secs(3600));
-    let client = reqwest::Client::new();
+    let user = ApiClient::new(&api.address, 1);
 
     // An import is running when the database goes away.
-    let running = upload(&client, &api.address, &token, ROWS).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let resp = client
-            .get(format!("{}/api/jobs/{running}", api.address))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        let job = json_of(resp, StatusCode::OK).await;
-        assert_ne!(
-            job["status"], "succeeded",
-            "finished before the outage: {job}"
-        );
-        if job["progress"]["done"].as_u64().unwrap() >= 500 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the import never progressed: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let running = user.upload("fans.csv", generated_csv(ROWS)).await;
+    user.wait_progress(&running, 500).await;
     let mut admin = PgConnection::connect(&postgres_admin_url()).await.unwrap();
     cut(&mut admin, name).await;
     // Down long enough for every kind's worker to fail on it at least once.
@@ -131,14 +91,7 @@ async fn workers_run_jobs_again_after_their_database_was_unreachable_and_lose_no
     );
 
     // The interrupted import finishes as an uninterrupted run would.
-    let job = wait_job_at(
-        &client,
-        &api.address,
-        &token,
-        &running,
-        Duration::from_secs(180),
-    )
-    .await;
+    let job = user.wait_job(&running, Duration::from_secs(180)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let s = &job["result"]["summary"];
     assert_eq!(s["totalRows"], ROWS);
@@ -146,27 +99,14 @@ async fn workers_run_jobs_again_after_their_database_was_unreachable_and_lose_no
     assert_eq!(s["updated"], 0, "{s}");
 
     // And new jobs run.
-    let fresh_token = keys.issue(fanqueue_jobs::domain::UserId(2), Duration::from_secs(3600));
-    let fresh = upload(&client, &api.address, &fresh_token, 50).await;
-    let job = wait_job_at(
-        &client,
-        &api.address,
-        &fresh_token,
-        &fresh,
-        Duration::from_secs(60),
-    )
-    .await;
+    let other = ApiClient::new(&api.address, 2);
+    let fresh = other.upload("fans.csv", generated_csv(50)).await;
+    let job = other.wait_job(&fresh, Duration::from_secs(60)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["attempts"], 1, "{job}");
 
-    let mut conn = PgConnection::connect(&url).await.unwrap();
-    let (rows, distinct): (i64, i64) =
-        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT handle) FROM fans WHERE user_id = 1")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
     assert_eq!(
-        (rows, distinct),
+        crate::helpers::pg_fan_rows(&url, 1).await,
         (ROWS as i64, ROWS as i64),
         "every row exactly once"
     );

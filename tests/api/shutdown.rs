@@ -2,25 +2,14 @@
 //! import runs, exits 0 within its drain bound, and the import resumes from its checkpoint on
 //! the next start.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fanqueue::supervisor::DRAIN_TIMEOUT;
-use reqwest::StatusCode;
 use sqlx::Connection;
 
-use crate::helpers::{AppProcess, JWT_SECRET, generated_csv, json_of, wait_job_at};
+use crate::helpers::{ApiClient, AppProcess, JWT_SECRET, generated_csv};
 
 const ROWS: usize = 100_000;
-
-async fn job(client: &reqwest::Client, api: &str, token: &str, id: &str) -> serde_json::Value {
-    let resp = client
-        .get(format!("{api}/api/jobs/{id}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("job poll sent");
-    json_of(resp, StatusCode::OK).await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_an_import_exits_0_in_bound_and_the_import_resumes_on_the_next_start() {
@@ -28,38 +17,11 @@ async fn sigterm_during_an_import_exits_0_in_bound_and_the_import_resumes_on_the
     // Small batches: many commits, so the signal lands between two of them mid-file.
     let env = [("JWT_SECRET", JWT_SECRET), ("IMPORT_BATCH_ROWS", "250")];
     let mut first = AppProcess::spawn(&["all"], &env, dir.path());
-    let keys = fanqueue::auth::JwtKeys::new(&secrecy::SecretString::from(JWT_SECRET));
-    let token = keys.issue(fanqueue_jobs::domain::UserId(1), Duration::from_secs(3600));
-    let client = reqwest::Client::new();
-
-    let part = reqwest::multipart::Part::bytes(generated_csv(ROWS)).file_name("big.csv");
-    let resp = client
-        .post(format!("{}/api/onlyfans/import/csv", first.address))
-        .bearer_auth(&token)
-        .multipart(reqwest::multipart::Form::new().part("file", part))
-        .send()
-        .await
-        .unwrap();
-    let id = json_of(resp, StatusCode::ACCEPTED).await["jobId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let user = ApiClient::new(&first.address, 1);
+    let id = user.upload("big.csv", generated_csv(ROWS)).await;
 
     // Wait until some batches are committed, then SIGTERM.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let done_at_signal = loop {
-        let j = job(&client, &first.address, &token, &id).await;
-        let done = j["progress"]["done"].as_u64().unwrap();
-        assert_ne!(j["status"], "succeeded", "finished before the signal: {j}");
-        if done >= 1_000 {
-            break done;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the import never progressed: {j}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let done_at_signal = user.wait_progress(&id, 1_000).await;
     let (exit, took) = first.terminate(DRAIN_TIMEOUT * 2).await;
     assert!(
         exit.success(),
@@ -101,14 +63,8 @@ async fn sigterm_during_an_import_exits_0_in_bound_and_the_import_resumes_on_the
 
     // The next start takes it up where it stopped and ends as an uninterrupted run would.
     let second = AppProcess::spawn(&["all"], &env, dir.path());
-    let finished = wait_job_at(
-        &client,
-        &second.address,
-        &token,
-        &id,
-        Duration::from_secs(120),
-    )
-    .await;
+    let user = ApiClient::new(&second.address, 1);
+    let finished = user.wait_job(&id, Duration::from_secs(120)).await;
     assert_eq!(finished["status"], "succeeded", "{finished}");
     assert_eq!(finished["attempts"], 1, "{finished}");
     let s = &finished["result"]["summary"];
@@ -129,15 +85,6 @@ async fn sigterm_during_an_import_exits_0_in_bound_and_the_import_resumes_on_the
         Some(done + 1),
         "resumed after the last committed row (the header is row 1)"
     );
-    let fans = json_of(
-        client
-            .get(format!("{}/api/crm/fans?limit=1", second.address))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let fans = user.get("/api/crm/fans?limit=1").await;
     assert_eq!(fans["total"], ROWS, "every row present exactly once");
 }

@@ -1,13 +1,14 @@
 //! Worker processes as operators run them: several on one PostgreSQL, and one killed with
 //! SIGKILL in the middle of a job.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
+use serde_json::json;
 use sqlx::Connection;
 
 use crate::helpers::{
-    AppProcess, Backend, JWT_SECRET, TestDb, aws_endpoint, generated_csv, json_of, wait_job_at,
+    ApiClient, AppProcess, Backend, JWT_SECRET, TestDb, aws_endpoint, generated_csv,
 };
 
 /// The environment of a distributed deployment on `database_url`, with uploads on the S3
@@ -32,59 +33,18 @@ fn as_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-/// Polls the job until `progress.done` reaches `at_least`, then SIGKILLs `worker`; returns
+/// Waits until the job's `progress.done` reaches `at_least`, then SIGKILLs `worker`; returns
 /// the progress seen at the kill. Fails if the job finishes first.
 async fn kill_once_progressed(
-    client: &reqwest::Client,
-    api: &str,
-    token: &str,
+    api: &ApiClient,
     id: &str,
     at_least: u64,
     worker: &mut AppProcess,
 ) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let resp = client
-            .get(format!("{api}/api/jobs/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        let job = json_of(resp, StatusCode::OK).await;
-        let done = job["progress"]["done"].as_u64().unwrap();
-        if done >= at_least {
-            worker.child.kill().expect("SIGKILL the worker");
-            worker.child.wait().unwrap();
-            return done;
-        }
-        assert!(
-            job["status"] != "succeeded",
-            "the job finished before the worker could be killed: {job}"
-        );
-        assert!(Instant::now() < deadline, "the job never progressed: {job}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-async fn upload(
-    client: &reqwest::Client,
-    api: &str,
-    token: &str,
-    name: &str,
-    bytes: Vec<u8>,
-) -> String {
-    let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned());
-    let resp = client
-        .post(format!("{api}/api/onlyfans/import/csv"))
-        .bearer_auth(token)
-        .multipart(reqwest::multipart::Form::new().part("file", part))
-        .send()
-        .await
-        .unwrap();
-    json_of(resp, StatusCode::ACCEPTED).await["jobId"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    let done = api.wait_progress(id, at_least).await;
+    worker.child.kill().expect("SIGKILL the worker");
+    worker.child.wait().unwrap();
+    done
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,27 +60,17 @@ async fn a_worker_killed_mid_import_is_replaced_and_every_row_lands_exactly_once
     let api = AppProcess::spawn(&["serve"], &env, dir.path());
     let mut first = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
 
-    let keys = fanqueue::auth::JwtKeys::new(&secrecy::SecretString::from(JWT_SECRET));
-    let token = keys.issue(fanqueue_jobs::domain::UserId(1), Duration::from_secs(3600));
-    let client = reqwest::Client::new();
-    let id = upload(
-        &client,
-        &api.address,
-        &token,
-        "big.csv",
-        generated_csv(ROWS),
-    )
-    .await;
+    let user = ApiClient::new(&api.address, 1);
+    let id = user.upload("big.csv", generated_csv(ROWS)).await;
 
-    let done_at_kill =
-        kill_once_progressed(&client, &api.address, &token, &id, 1, &mut first).await;
+    let done_at_kill = kill_once_progressed(&user, &id, 1, &mut first).await;
     assert!(
         done_at_kill < ROWS as u64,
         "killed mid-file (at {done_at_kill} rows)"
     );
 
     let _second = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
-    let job = wait_job_at(&client, &api.address, &token, &id, Duration::from_secs(120)).await;
+    let job = user.wait_job(&id, Duration::from_secs(120)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(
         job["attempts"], 2,
@@ -136,14 +86,8 @@ async fn a_worker_killed_mid_import_is_replaced_and_every_row_lands_exactly_once
     assert_eq!(s["skipped"], 0);
     assert_eq!(s["errorCount"], 0);
 
-    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-    let (rows, distinct): (i64, i64) =
-        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT handle) FROM fans WHERE user_id = 1")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
     assert_eq!(
-        (rows, distinct),
+        crate::helpers::pg_fan_rows(&url, 1).await,
         (ROWS as i64, ROWS as i64),
         "every row present exactly once"
     );
@@ -160,26 +104,14 @@ async fn two_workers_on_one_postgres_share_the_queue_and_run_each_job_once() {
     let _a = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
     let _b = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
 
-    let keys = fanqueue::auth::JwtKeys::new(&secrecy::SecretString::from(JWT_SECRET));
-    let client = reqwest::Client::new();
     let mut jobs = vec![];
     for user in 1..=8 {
-        let token = keys.issue(
-            fanqueue_jobs::domain::UserId(user),
-            Duration::from_secs(3600),
-        );
-        let id = upload(
-            &client,
-            &api.address,
-            &token,
-            "fans.csv",
-            generated_csv(3_000),
-        )
-        .await;
-        jobs.push((token, id));
+        let user = ApiClient::new(&api.address, user);
+        let id = user.upload("fans.csv", generated_csv(3_000)).await;
+        jobs.push((user, id));
     }
-    for (token, id) in &jobs {
-        let job = wait_job_at(&client, &api.address, token, id, Duration::from_secs(120)).await;
+    for (user, id) in &jobs {
+        let job = user.wait_job(id, Duration::from_secs(120)).await;
         assert_eq!(job["status"], "succeeded", "{job}");
         assert_eq!(job["attempts"], 1, "ran once: {job}");
         assert_eq!(job["result"]["summary"]["successfulInserts"], 3_000);
@@ -208,57 +140,29 @@ async fn a_worker_killed_between_send_batches_leaves_every_message_on_the_queue_
     let dir = tempfile::tempdir().unwrap();
     let api = AppProcess::spawn(&["serve"], &env, dir.path());
 
-    let keys = fanqueue::auth::JwtKeys::new(&secrecy::SecretString::from(JWT_SECRET));
-    let token = keys.issue(fanqueue_jobs::domain::UserId(1), Duration::from_secs(3600));
-    let client = reqwest::Client::new();
+    let user = ApiClient::new(&api.address, 1);
     let mut fans = vec![];
     for i in 0..100 {
-        let resp = client
-            .post(format!("{}/api/crm/fans", api.address))
-            .bearer_auth(&token)
-            .json(&serde_json::json!({ "handle": format!("fan{i}") }))
-            .send()
-            .await
-            .unwrap();
-        fans.push(
-            json_of(resp, StatusCode::CREATED).await["id"]
-                .as_i64()
-                .unwrap(),
-        );
+        let fan = json!({ "handle": format!("fan{i}") });
+        let fan = user.post("/api/crm/fans", &fan, StatusCode::CREATED).await;
+        fans.push(fan["id"].as_i64().unwrap());
     }
-    let resp = client
-        .post(format!("{}/api/messages/bulk", api.address))
-        .bearer_auth(&token)
-        .json(
-            &serde_json::json!({ "recipientIds": fans, "content": "Hi!", "campaignName": "Crash" }),
-        )
-        .send()
-        .await
-        .unwrap();
-    json_of(resp, StatusCode::ACCEPTED).await;
-    let jobs = json_of(
-        client
-            .get(format!("{}/api/jobs?kind=bulk_send", api.address))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let bulk = json!({ "recipientIds": fans, "content": "Hi!", "campaignName": "Crash" });
+    user.post("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
+        .await;
+    let jobs = user.get("/api/jobs?kind=bulk_send").await;
     let id = jobs["items"][0]["id"].as_str().unwrap().to_owned();
 
     // The job is stored; now a worker takes it, and dies once some batches are on the queue.
     let mut first = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
-    let done_at_kill =
-        kill_once_progressed(&client, &api.address, &token, &id, 10, &mut first).await;
+    let done_at_kill = kill_once_progressed(&user, &id, 10, &mut first).await;
     assert!(
         done_at_kill < 100,
         "killed with batches left ({done_at_kill} of 100 queued)"
     );
 
     let _second = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
-    let job = wait_job_at(&client, &api.address, &token, &id, Duration::from_secs(120)).await;
+    let job = user.wait_job(&id, Duration::from_secs(120)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["result"]["queued"], 100);
 
