@@ -29,6 +29,9 @@ enum Command {
     Serve,
     /// Run the job workers (CSV imports, …); as many processes as you like.
     Worker,
+    /// Deliver queued messages to the platform at each creator's rate; as many processes as
+    /// you like (they share the rate through Redis).
+    Dispatch,
     /// Run every role in one process (the embedded default's way to run).
     All,
     /// Apply database migrations and exit.
@@ -72,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => startup::run(Role::Serve, &settings, shutdown_signal()).await,
         Command::Worker => startup::run(Role::Worker, &settings, shutdown_signal()).await,
+        Command::Dispatch => startup::run(Role::Dispatch, &settings, shutdown_signal()).await,
         Command::All => startup::run(Role::All, &settings, shutdown_signal()).await,
         Command::Migrate => {
             let db = open_db(&settings).await?;

@@ -88,6 +88,18 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "platform deliveries per creator per minute [10]",
     ),
     (
+        "PLATFORM_TIMEOUT_MS",
+        "how long one delivery attempt may take [10000]",
+    ),
+    (
+        "DELIVERY_MAX_ATTEMPTS",
+        "delivery attempts before a message fails to the DLQ [5]",
+    ),
+    (
+        "DISPATCH_CONCURRENCY",
+        "deliveries in flight at once per dispatcher [64]",
+    ),
+    (
         "FANQUEUE_URL",
         "server the `import` command talks to [http://127.0.0.1:8080]",
     ),
@@ -169,6 +181,9 @@ pub struct DeliverySettings {
     pub platform_api_url: Option<String>,
     pub rate_limiter_enabled: bool,
     pub delivery_rate_per_minute: u32,
+    pub platform_timeout_ms: u64,
+    pub delivery_max_attempts: u32,
+    pub dispatch_concurrency: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -311,6 +326,9 @@ mod tests {
                 ("PLATFORM_API_URL", "http://p"),
                 ("RATE_LIMITER_ENABLED", "false"),
                 ("DELIVERY_RATE_PER_MINUTE", "3"),
+                ("PLATFORM_TIMEOUT_MS", "2500"),
+                ("DELIVERY_MAX_ATTEMPTS", "7"),
+                ("DISPATCH_CONCURRENCY", "8"),
             ];
             let listed: Vec<&str> = ENV_VARS
                 .iter()
@@ -367,6 +385,14 @@ mod tests {
             assert_eq!(s.delivery.platform_api_url.as_deref(), Some("http://p"));
             assert!(!s.delivery.rate_limiter_enabled);
             assert_eq!(s.delivery.delivery_rate_per_minute, 3);
+            assert_eq!(
+                (
+                    s.delivery.platform_timeout_ms,
+                    s.delivery.delivery_max_attempts,
+                    s.delivery.dispatch_concurrency
+                ),
+                (2500, 7, 8)
+            );
             // An empty variable means unset.
             jail.set_env("REDIS_URL", "");
             assert_eq!(Settings::load(None).unwrap().database.redis_url, None);

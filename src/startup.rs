@@ -6,10 +6,14 @@ use anyhow::Context;
 use fanqueue_jobs::{
     blobs::BlobStore,
     db::{Db, redact},
+    delivery::{
+        limiter::{DeliveryLimiter, Pace},
+        platform::Platform,
+    },
     engine::{JobBackend, relay::OutboxRelay},
     kinds::Deps,
     outbound::{EmbeddedQueue, Outbound, SqsQueue},
-    runtime::Workers,
+    runtime::{DispatchConfig, Dispatcher, Workers},
 };
 use poem::{Server, listener::TcpAcceptor};
 
@@ -140,7 +144,7 @@ impl Application {
                 },
             },
             import_max_bytes: settings.imports.import_max_bytes,
-            delivery_rate_per_minute: settings.delivery.delivery_rate_per_minute,
+            pace: pace(settings),
         });
         Ok(Application {
             port,
@@ -196,11 +200,64 @@ pub fn start_api(sup: &mut Supervisor, app: Application) {
     });
 }
 
+/// How long a delivery may take to reach the platform: the request timeout plus a margin
+/// for the time before the request leaves and after the answer arrives.
+const FLIGHT_MARGIN: Duration = Duration::from_secs(5);
+
+/// The delivery pace the settings ask for.
+pub fn pace(settings: &Settings) -> Pace {
+    Pace {
+        per_minute: settings.delivery.delivery_rate_per_minute.max(1),
+        max_flight: Duration::from_millis(settings.delivery.platform_timeout_ms) + FLIGHT_MARGIN,
+    }
+}
+
+/// The delivery limiter: in Redis when `REDIS_URL` is set (every dispatcher shares it), else
+/// in this process.
+pub async fn delivery_limiter(settings: &Settings) -> anyhow::Result<DeliveryLimiter> {
+    let pace = pace(settings);
+    Ok(match &settings.database.redis_url {
+        Some(url) => DeliveryLimiter::redis(url, &settings.database.redis_prefix, pace).await?,
+        None => DeliveryLimiter::local(pace),
+    })
+}
+
+/// Starts the dispatcher service; it needs `PLATFORM_API_URL`.
+pub async fn start_dispatcher(
+    sup: &mut Supervisor,
+    settings: &Settings,
+    services: &Services,
+) -> anyhow::Result<()> {
+    let url = settings
+        .delivery
+        .platform_api_url
+        .as_deref()
+        .context("the dispatcher needs PLATFORM_API_URL (where it delivers messages)")?;
+    let platform = Platform::new(
+        url,
+        Duration::from_millis(settings.delivery.platform_timeout_ms),
+    )?;
+    let dispatcher = Dispatcher::new(
+        services.db.clone(),
+        services.outbound.clone(),
+        delivery_limiter(settings).await?,
+        platform,
+        DispatchConfig {
+            max_attempts: settings.delivery.delivery_max_attempts.max(1),
+            concurrency: settings.delivery.dispatch_concurrency.max(1),
+            ..DispatchConfig::default()
+        },
+    );
+    sup.start("dispatcher", |cancel| dispatcher.run(cancel));
+    Ok(())
+}
+
 /// Which roles a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Serve,
     Worker,
+    Dispatch,
     All,
 }
 
@@ -217,6 +274,15 @@ pub async fn run(
     }
     if matches!(role, Role::Worker | Role::All) {
         start_workers(&mut sup, settings, &services);
+    }
+    let deliver = role == Role::Dispatch
+        || (role == Role::All && settings.delivery.platform_api_url.is_some());
+    if deliver && settings.delivery.rate_limiter_enabled {
+        start_dispatcher(&mut sup, settings, &services).await?;
+    } else if role == Role::All && settings.delivery.rate_limiter_enabled {
+        tracing::warn!(
+            "PLATFORM_API_URL is not set: no dispatcher runs, and messages wait on the outbound queue"
+        );
     }
     sup.run(shutdown).await
 }

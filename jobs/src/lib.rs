@@ -10,17 +10,20 @@
 //!    - [`db`] — the SQL backend (PostgreSQL or an embedded SQLite file), transactions, migrations.
 //!    - [`blobs`] — where uploaded files wait for their job: a directory or S3.
 //!    - [`outbound`] — the queue to the dispatcher: SQS, or an SQL table with SQS's semantics.
+//!    - [`delivery`] — the per-creator delivery limiter and the platform's HTTP adapter.
 //! 2. [`engine`] — the job engine: job ids and records, the apalis backend, the outbox relay,
 //!    the contract a job kind implements, and running one job. Knows no kind.
 //! 3. [`crm`] — the aggregates (fans, conversations, messages, campaigns), one owner per table.
 //! 4. [`kinds`] — the job kinds (CSV import, single send, bulk send), one file each.
-//! 5. [`runtime`] — the one list of kinds and the workers service that runs them.
+//! 5. [`runtime`] — the services: the workers (and the one list of kinds they run), and the
+//!    dispatcher that delivers messages at each creator's rate.
 //!
 //! The `fanqueue` crate (API, CLI, process roles) sits on top and may use any layer.
 
 pub mod blobs;
 pub mod crm;
 pub mod db;
+pub mod delivery;
 pub mod domain;
 pub mod engine;
 pub mod kinds;

@@ -1,12 +1,11 @@
 //! Outbound messages: single sends, bulk campaigns, and the state of the outbound queue.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use fanqueue_jobs::{
     crm::{
         campaigns::{self, NewBulk},
-        messages::{self, NewAttachment, Outgoing, PRIORITY_DEFAULT},
+        deliveries,
+        messages::{self, Message, NewAttachment, Outgoing, PRIORITY_DEFAULT},
     },
     domain::{Cents, FanId, HttpUrl, Line, Text, UserId},
     kinds::{
@@ -73,7 +72,8 @@ pub struct QueuedOut {
     /// `queued`: stored, and its job will put it on the outbound queue.
     pub status: String,
     pub queued_at: DateTime<Utc>,
-    /// When the platform should get it, from the creator's backlog and the delivery rate.
+    /// When the platform should get it: the creator's next free slot, then one slot per
+    /// message ahead of it (higher priority, or as high and older).
     pub estimated_send_time: DateTime<Utc>,
 }
 
@@ -164,10 +164,17 @@ fn media(urls: Option<Vec<String>>) -> Result<Vec<NewAttachment>, ApiError> {
         .collect()
 }
 
-/// When the `n`-th message of a backlog reaches the platform at `per_minute`.
-pub fn eta(now: DateTime<Utc>, backlog: i64, per_minute: u32) -> DateTime<Utc> {
-    let ahead = backlog.max(1) - 1;
-    now + Duration::from_secs_f64(ahead as f64 * 60.0 / f64::from(per_minute.max(1)))
+/// When `m` should reach the platform: the dispatcher's schedule for its creator (the next
+/// free slot after the creator's latest attempt, then one slot per message ahead of it).
+pub async fn eta(state: &State, m: &Message) -> Result<DateTime<Utc>, ApiError> {
+    let ahead = messages::ahead_of(&state.db, m).await?;
+    let last = deliveries::last_started(&state.db, m.user_id).await?;
+    let spacing = state.pace.spacing();
+    let next_free = match last {
+        Some(last) => m.created_at.max(last + spacing),
+        None => m.created_at,
+    };
+    Ok(state.pace.eta(next_free, ahead))
 }
 
 /// A submission that stored nothing, as the client sees it.
@@ -197,13 +204,11 @@ pub async fn queue_one(
     let message = send_message::submit(&state.db, &state.jobs, user, to, out)
         .await
         .map_err(submit_error)?;
-    let backlog = messages::backlog(&state.db, user).await?;
-    tracing::info!(message_id = message.id.0, backlog, "message queued");
     Ok(QueuedOut {
         message_id: message.id.0,
         status: message.status.to_string(),
         queued_at: message.created_at,
-        estimated_send_time: eta(message.created_at, backlog, state.delivery_rate_per_minute),
+        estimated_send_time: eta(state, &message).await?,
     })
 }
 
@@ -302,18 +307,13 @@ impl MessagesApi {
         )
         .await
         .map_err(submit_error)?;
-        let backlog = messages::backlog(&self.state.db, user).await?;
         let n = created.message_ids.len() as i64;
         Ok(BulkResponse::Accepted(Json(BulkOut {
             campaign_id: created.campaign.id.0,
             total_recipients: n,
             queued: n,
             failed: 0,
-            estimated_completion_time: eta(
-                created.campaign.created_at,
-                backlog,
-                self.state.delivery_rate_per_minute,
-            ),
+            estimated_completion_time: eta(&self.state, &created.last).await?,
             status: "queued".into(),
         })))
     }

@@ -21,6 +21,7 @@ use std::{cell::RefCell, sync::Arc, time::Duration};
 use fanqueue_jobs::{
     blobs::BlobStore,
     db::{Db, Page},
+    delivery::limiter::Pace,
     domain::UserId,
     engine::JobBackend,
     outbound::Outbound,
@@ -47,8 +48,8 @@ pub struct AppState {
     pub keys: JwtKeys,
     pub quotas: Quotas,
     pub import_max_bytes: u64,
-    /// Platform deliveries per creator per minute, for send-time estimates.
-    pub delivery_rate_per_minute: u32,
+    /// The dispatcher's pace per creator, for send-time estimates.
+    pub pace: Pace,
 }
 
 /// The per-user quotas and where they are counted.

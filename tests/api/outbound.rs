@@ -32,7 +32,10 @@ async fn honours_the_queue_contract(q: &impl OutboundQueue, max_receives: u32) {
     );
 
     // Received: hidden for the visibility timeout, counted as in flight.
-    let got = q.receive(10, Duration::from_secs(3)).await.unwrap();
+    let got = q
+        .receive(10, Duration::from_secs(3), Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|m| m.receive_count == 1));
     assert_eq!(
@@ -44,7 +47,7 @@ async fn honours_the_queue_contract(q: &impl OutboundQueue, max_receives: u32) {
         }
     );
     assert!(
-        q.receive(10, Duration::from_secs(1))
+        q.receive(10, Duration::from_secs(1), Duration::ZERO)
             .await
             .unwrap()
             .is_empty(),
@@ -61,7 +64,10 @@ async fn honours_the_queue_contract(q: &impl OutboundQueue, max_receives: u32) {
     let mut receives = 1;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let got = q.receive(10, Duration::from_secs(1)).await.unwrap();
+        let got = q
+            .receive(10, Duration::from_secs(1), Duration::ZERO)
+            .await
+            .unwrap();
         if let Some(m) = got.first() {
             receives += 1;
             assert_eq!(m.receive_count, receives, "each receive counts");

@@ -7,14 +7,19 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
-use super::conversations;
+use super::{
+    conversations,
+    deliveries::{self, AttemptOutcome},
+};
 use crate::{
     db::{Db, Listed, Page, StoreError, StoreResult, Tx},
     domain::{
         CampaignId, Cents, ConversationId, FanId, HttpUrl, MessageId, Text, Timestamp, UserId,
     },
     engine::JobId,
-    on_db, on_tx, text_enum,
+    on_db, on_tx,
+    outbound::{OutboundBody, OutboundEntry},
+    text_enum,
 };
 
 pub const TEXT_MAX: usize = 5_000;
@@ -66,6 +71,8 @@ pub struct Message {
     pub external_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
+    /// 1 (lowest) to 10; outbound messages are delivered highest first.
+    pub priority: i64,
 }
 
 /// A parsed attachment: its kind is a short word, its URL http(s).
@@ -232,9 +239,9 @@ pub async fn insert_queued(
     Ok(Some(message))
 }
 
-/// A queued message not yet on the outbound queue: what its job sends.
+/// What travels of an outbound message: on the outbound queue, and to the platform.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Unqueued {
+pub struct Deliverable {
     pub id: MessageId,
     pub user_id: UserId,
     pub fan_id: FanId,
@@ -244,9 +251,34 @@ pub struct Unqueued {
     pub campaign_id: Option<CampaignId>,
 }
 
+impl Deliverable {
+    /// The body the seeds' consumer reads (ids as strings).
+    pub fn body(&self) -> OutboundBody {
+        OutboundBody {
+            message_id: self.id.to_string(),
+            user_id: self.user_id.to_string(),
+            recipient_id: self.fan_id.to_string(),
+            content: self.text.clone(),
+            media_urls: self.attachments.0.iter().map(|a| a.url.clone()).collect(),
+            priority: self.priority,
+            campaign_id: self.campaign_id.map(|c| c.to_string()),
+        }
+    }
+
+    /// The message as an entry of the outbound queue: its id is the deduplication key, its
+    /// creator the FIFO group.
+    pub fn entry(&self) -> OutboundEntry {
+        OutboundEntry {
+            id: self.id.to_string(),
+            group: self.user_id.to_string(),
+            body: serde_json::to_string(&self.body()).expect("the body serializes"),
+        }
+    }
+}
+
 /// The messages of `job` still to put on the outbound queue, oldest first.
-pub async fn unqueued_of_job(db: &Db, job: &JobId) -> StoreResult<Vec<Unqueued>> {
-    Ok(on_db!(db, pool => sqlx::query_as::<_, Unqueued>(
+pub async fn unqueued_of_job(db: &Db, job: &JobId) -> StoreResult<Vec<Deliverable>> {
+    Ok(on_db!(db, pool => sqlx::query_as::<_, Deliverable>(
         "SELECT id, user_id, fan_id, text, attachments, priority, campaign_id FROM messages
          WHERE job_id = $1 AND status = 'queued' AND enqueued_at IS NULL ORDER BY id",
     )
@@ -272,7 +304,7 @@ pub async fn mark_on_queue(db: &Db, ids: &[MessageId]) -> StoreResult<()> {
     }
     let now = Timestamp::now();
     on_db!(db, pool => {
-        let mut q = sqlx::QueryBuilder::new("UPDATE messages SET attempts = attempts + 1, enqueued_at = ");
+        let mut q = sqlx::QueryBuilder::new("UPDATE messages SET enqueued_at = ");
         q.push_bind(now).push(" WHERE id IN (");
         let mut list = q.separated(", ");
         for id in ids {
@@ -287,8 +319,7 @@ pub async fn mark_on_queue(db: &Db, ids: &[MessageId]) -> StoreResult<()> {
 /// `queued` → `failed`: the queue refused the message for good.
 pub async fn fail_queued(db: &Db, id: MessageId, reason: &str) -> StoreResult<()> {
     on_db!(db, pool => sqlx::query(
-        "UPDATE messages SET status = 'failed', error = $2, attempts = attempts + 1
-         WHERE id = $1 AND status = 'queued'",
+        "UPDATE messages SET status = 'failed', error = $2 WHERE id = $1 AND status = 'queued'",
     )
     .bind(id)
     .bind(reason)
@@ -302,7 +333,7 @@ pub async fn fail_queued(db: &Db, id: MessageId, reason: &str) -> StoreResult<()
 /// job gave up), so that none stays queued forever.
 pub async fn fail_unqueued_of_job(db: &Db, job: &JobId, reason: &str) -> StoreResult<u64> {
     let done = on_db!(db, pool => sqlx::query(
-        "UPDATE messages SET status = 'failed', error = $2, attempts = attempts + 1
+        "UPDATE messages SET status = 'failed', error = $2
          WHERE job_id = $1 AND status = 'queued' AND enqueued_at IS NULL",
     )
     .bind(job)
@@ -342,6 +373,237 @@ pub async fn tally_of_job(db: &Db, job: &JobId) -> StoreResult<(i64, i64, i64)> 
     .await)?)
 }
 
+/// On the outbound queue → in the creator's schedule: the dispatcher received these
+/// messages from the queue and holds them from now on (the queue's copies can go). Idempotent:
+/// a message already in the schedule, sent or failed is left as it is. Returns how many moved.
+pub async fn park(db: &Db, ids: &[MessageId]) -> StoreResult<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let now = Timestamp::now();
+    let moved = on_db!(db, pool => {
+        let mut q = sqlx::QueryBuilder::new("UPDATE messages SET ready_at = ");
+        q.push_bind(now)
+            .push(", enqueued_at = COALESCE(enqueued_at, ")
+            .push_bind(now)
+            .push(") WHERE status = 'queued' AND direction = 'out' AND ready_at IS NULL AND id IN (");
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(pool).await.map(|r| r.rows_affected())
+    })?;
+    Ok(moved)
+}
+
+/// Creators with a message to deliver now: in the schedule and due, or `sending` under an
+/// expired lease (its dispatcher died). At most `limit`.
+pub async fn creators_due(db: &Db, limit: i64) -> StoreResult<Vec<UserId>> {
+    let now = Timestamp::now();
+    let rows: Vec<(UserId,)> = on_db!(db, pool => sqlx::query_as(
+        "SELECT user_id FROM messages
+         WHERE status = 'queued' AND ready_at IS NOT NULL
+           AND (next_attempt_at IS NULL OR next_attempt_at <= $1)
+         UNION
+         SELECT user_id FROM messages WHERE status = 'sending' AND lease_until <= $1
+         LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(pool)
+    .await)?;
+    Ok(rows.into_iter().map(|(u,)| u).collect())
+}
+
+/// When the creator's earliest message in the schedule becomes due, or a lease of theirs
+/// expires; `None` when they have nothing left to deliver.
+pub async fn next_due(db: &Db, user: UserId) -> StoreResult<Option<DateTime<Utc>>> {
+    let (scheduled, leased): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = on_db!(db, pool => sqlx::query_as(
+        "SELECT
+           (SELECT MIN(COALESCE(next_attempt_at, ready_at)) FROM messages
+             WHERE user_id = $1 AND status = 'queued' AND ready_at IS NOT NULL),
+           (SELECT MIN(lease_until) FROM messages WHERE user_id = $1 AND status = 'sending')",
+    )
+    .bind(user)
+    .fetch_one(pool)
+    .await)?;
+    Ok(match (scheduled, leased) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+/// A message taken for one delivery attempt.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub message: Deliverable,
+    /// The attempt's number; the outcome is recorded only if no one took the message over.
+    pub attempt: i64,
+    attempt_id: i64,
+}
+
+/// Schedule → `sending`: takes the creator's next message (one whose dispatcher died first,
+/// then the highest priority, then the oldest) for one attempt, held until `lease_until`.
+/// The attempt is logged in the same transaction. `None` when nothing is due.
+pub async fn claim_next(
+    db: &Db,
+    user: UserId,
+    lease_until: DateTime<Utc>,
+) -> StoreResult<Option<Claim>> {
+    let now = Timestamp::now();
+    // PostgreSQL: skip rows another dispatcher is taking; SQLite: the transaction holds the
+    // write lock (Db::begin), so one dispatcher claims at a time.
+    let (expired, scheduled) = match db {
+        Db::Postgres(_) => (
+            "SELECT id FROM messages WHERE user_id = $1 AND status = 'sending' AND lease_until <= $2
+             LIMIT 1 FOR UPDATE SKIP LOCKED",
+            "SELECT id FROM messages WHERE user_id = $1 AND status = 'queued' AND ready_at IS NOT NULL
+               AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
+             ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        ),
+        Db::Sqlite(_) => (
+            "SELECT id FROM messages WHERE user_id = $1 AND status = 'sending' AND lease_until <= $2
+             LIMIT 1",
+            "SELECT id FROM messages WHERE user_id = $1 AND status = 'queued' AND ready_at IS NOT NULL
+               AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
+             ORDER BY priority DESC, created_at, id LIMIT 1",
+        ),
+    };
+    let mut tx = db.begin().await?;
+    let mut id: Option<(MessageId,)> = None;
+    for sql in [expired, scheduled] {
+        id = on_tx!(&mut tx, conn => sqlx::query_as(sql)
+            .bind(user)
+            .bind(now)
+            .fetch_optional(&mut **conn)
+            .await)?;
+        if id.is_some() {
+            break;
+        }
+    }
+    let Some((id,)) = id else {
+        return Ok(None);
+    };
+    let (message, attempt): (Deliverable, i64) = on_tx!(&mut tx, conn => {
+        let row = sqlx::query(
+            "UPDATE messages SET status = 'sending', attempts = attempts + 1, lease_until = $2,
+                 next_attempt_at = NULL
+             WHERE id = $1
+             RETURNING id, user_id, fan_id, text, attachments, priority, campaign_id, attempts",
+        )
+        .bind(id)
+        .bind(Timestamp(lease_until))
+        .fetch_one(&mut **conn)
+        .await?;
+        use sqlx::{FromRow, Row};
+        (Deliverable::from_row(&row)?, row.try_get("attempts")?)
+    });
+    let attempt_id = deliveries::start(&mut tx, id, user, attempt, now).await?;
+    tx.commit().await?;
+    Ok(Some(Claim {
+        message,
+        attempt,
+        attempt_id,
+    }))
+}
+
+/// How the attempt of a [`Claim`] ended, as it is recorded.
+#[derive(Debug, Clone)]
+pub enum Settled<'a> {
+    /// `sending` → `sent`.
+    Delivered { http_status: u16 },
+    /// `sending` → back in the schedule, the attempt not charged (the platform said to wait).
+    RateLimited { http_status: u16 },
+    /// `sending` → back in the schedule, not before `next_attempt_at`.
+    Retry {
+        http_status: Option<u16>,
+        reason: &'a str,
+        next_attempt_at: DateTime<Utc>,
+    },
+    /// `sending` → `failed`: refused by the platform (`Rejected`) or out of attempts.
+    Failed {
+        outcome: AttemptOutcome,
+        http_status: Option<u16>,
+        reason: &'a str,
+    },
+}
+
+/// Records how a claimed attempt ended, with its log row, in one transaction. `false` when
+/// the message was taken over meanwhile (its lease expired and another attempt claimed it):
+/// that attempt records its own outcome.
+pub async fn settle(db: &Db, claim: &Claim, settled: Settled<'_>) -> StoreResult<bool> {
+    let now = Timestamp::now();
+    let (id, attempt) = (claim.message.id, claim.attempt);
+    let mut tx = db.begin().await?;
+    let (moved, outcome, http_status, reason) = match settled {
+        Settled::Delivered { http_status } => {
+            let moved = on_tx!(&mut tx, conn => sqlx::query(
+                "UPDATE messages SET status = 'sent', sent_at = $3, lease_until = NULL, error = NULL
+                 WHERE id = $1 AND status = 'sending' AND attempts = $2",
+            )
+            .bind(id)
+            .bind(attempt)
+            .bind(now)
+            .execute(&mut **conn)
+            .await
+            .map(|r| r.rows_affected()))?;
+            (moved, AttemptOutcome::Delivered, Some(http_status), None)
+        }
+        Settled::RateLimited { http_status } => {
+            let moved = on_tx!(&mut tx, conn => sqlx::query(
+                "UPDATE messages SET status = 'queued', attempts = attempts - 1, lease_until = NULL
+                 WHERE id = $1 AND status = 'sending' AND attempts = $2",
+            )
+            .bind(id)
+            .bind(attempt)
+            .execute(&mut **conn)
+            .await
+            .map(|r| r.rows_affected()))?;
+            (moved, AttemptOutcome::RateLimited, Some(http_status), None)
+        }
+        Settled::Retry {
+            http_status,
+            reason,
+            next_attempt_at,
+        } => {
+            let moved = on_tx!(&mut tx, conn => sqlx::query(
+                "UPDATE messages SET status = 'queued', lease_until = NULL, error = $3,
+                     next_attempt_at = $4
+                 WHERE id = $1 AND status = 'sending' AND attempts = $2",
+            )
+            .bind(id)
+            .bind(attempt)
+            .bind(reason)
+            .bind(Timestamp(next_attempt_at))
+            .execute(&mut **conn)
+            .await
+            .map(|r| r.rows_affected()))?;
+            (moved, AttemptOutcome::Retry, http_status, Some(reason))
+        }
+        Settled::Failed {
+            outcome,
+            http_status,
+            reason,
+        } => {
+            let moved = on_tx!(&mut tx, conn => sqlx::query(
+                "UPDATE messages SET status = 'failed', lease_until = NULL, error = $3
+                 WHERE id = $1 AND status = 'sending' AND attempts = $2",
+            )
+            .bind(id)
+            .bind(attempt)
+            .bind(reason)
+            .execute(&mut **conn)
+            .await
+            .map(|r| r.rows_affected()))?;
+            (moved, outcome, http_status, Some(reason))
+        }
+    };
+    deliveries::finish(&mut tx, claim.attempt_id, outcome, http_status, reason, now).await?;
+    tx.commit().await?;
+    Ok(moved == 1)
+}
+
 /// Message counts by delivery status.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StatusCounts {
@@ -371,6 +633,23 @@ pub async fn counts_of_campaign(db: &Db, campaign: CampaignId) -> StoreResult<St
         }
     }
     Ok(c)
+}
+
+/// How many of the creator's waiting messages go out before `m`: higher priority, or the same
+/// priority and older (the dispatcher's order).
+pub async fn ahead_of(db: &Db, m: &Message) -> StoreResult<i64> {
+    let (n,): (i64,) = on_db!(db, pool => sqlx::query_as(
+        "SELECT COUNT(*) FROM messages
+         WHERE user_id = $1 AND direction = 'out' AND status = 'queued' AND id <> $4
+           AND (priority > $2 OR (priority = $2 AND (created_at < $3 OR (created_at = $3 AND id < $4))))",
+    )
+    .bind(m.user_id)
+    .bind(m.priority)
+    .bind(Timestamp(m.created_at))
+    .bind(m.id)
+    .fetch_one(pool)
+    .await)?;
+    Ok(n)
 }
 
 /// Outbound messages of `user` not yet final: the creator's delivery backlog.

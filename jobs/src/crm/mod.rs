@@ -5,9 +5,11 @@
 //! - [`fans`] — subscribers, and the batched upsert of a CSV import.
 //! - [`conversations`] — one thread per fan; unread counts and last-message times.
 //! - [`messages`] — inbound and outbound messages and their delivery states.
+//! - [`deliveries`] — the log of delivery attempts (written with the message's transitions).
 //! - [`campaigns`] — bulk campaigns and their metrics.
 
 pub mod campaigns;
 pub mod conversations;
+pub mod deliveries;
 pub mod fans;
 pub mod messages;

@@ -9,7 +9,8 @@ use super::{Deps, SubmitError, fan_out::FanOut};
 use crate::{
     crm::{
         campaigns::{self, Campaign, NewBulk},
-        fans, messages,
+        fans,
+        messages::{self, Message},
     },
     db::Db,
     domain::{MessageId, Timestamp, UserId},
@@ -52,6 +53,8 @@ impl JobKind for BulkSend {
 pub struct Created {
     pub campaign: Campaign,
     pub message_ids: Vec<MessageId>,
+    /// The campaign's last message in delivery order (its send time ends the campaign).
+    pub last: Message,
 }
 
 /// Creates the campaign (`active`), one queued message per recipient (opening conversations
@@ -72,6 +75,7 @@ pub async fn submit(
     }
     let campaign = campaigns::insert_active(&mut tx, user, &bulk, now).await?;
     let mut message_ids = Vec::with_capacity(bulk.recipients.len());
+    let mut last = None;
     for fan in &bulk.recipients {
         let message = messages::insert_queued(
             &mut tx,
@@ -85,7 +89,9 @@ pub async fn submit(
         .await?
         .ok_or(SubmitError::NotOwned(vec![*fan]))?;
         message_ids.push(message.id);
+        last = Some(message);
     }
+    let last = last.ok_or(SubmitError::NotFound("recipient"))?;
     let new_job = NewJob::of::<BulkSend>(
         job,
         user,
@@ -103,5 +109,6 @@ pub async fn submit(
     Ok(Created {
         campaign,
         message_ids,
+        last,
     })
 }

@@ -15,14 +15,13 @@ use super::Deps;
 use crate::{
     crm::{
         campaigns,
-        messages::{self, Unqueued},
+        messages::{self, Deliverable},
     },
     db::Db,
     domain::{CampaignId, MessageId},
     engine::{JobError, JobRecord, Outcome, RunContext, record},
     outbound::{
-        ENQUEUE_BACKOFF, MAX_BATCH, Outbound, OutboundBody, OutboundEntry, OutboundQueue,
-        send_with_retries,
+        ENQUEUE_BACKOFF, MAX_BATCH, Outbound, OutboundEntry, OutboundQueue, send_with_retries,
     },
 };
 
@@ -40,23 +39,6 @@ pub struct FanOut {
     outbound: Outbound,
     /// `false`: messages skip the queue, are logged and marked sent.
     rate_limiter_enabled: bool,
-}
-
-fn entry(m: &Unqueued) -> OutboundEntry {
-    let body = OutboundBody {
-        message_id: m.id.to_string(),
-        user_id: m.user_id.to_string(),
-        recipient_id: m.fan_id.to_string(),
-        content: m.text.clone(),
-        media_urls: m.attachments.0.iter().map(|a| a.url.clone()).collect(),
-        priority: m.priority,
-        campaign_id: m.campaign_id.map(|c| c.to_string()),
-    };
-    OutboundEntry {
-        id: m.id.to_string(),
-        group: m.user_id.to_string(),
-        body: serde_json::to_string(&body).expect("the body serializes"),
-    }
 }
 
 fn ids(raw: &[String]) -> Vec<MessageId> {
@@ -120,7 +102,7 @@ impl FanOut {
         } else {
             for chunk in todo.chunks(MAX_BATCH) {
                 ctx.check_shutdown()?;
-                let entries: Vec<OutboundEntry> = chunk.iter().map(entry).collect();
+                let entries: Vec<OutboundEntry> = chunk.iter().map(Deliverable::entry).collect();
                 let sent = send_with_retries(&entries, &ENQUEUE_BACKOFF, |batch| {
                     let queue = self.outbound.clone();
                     async move { queue.send_batch(&batch).await }

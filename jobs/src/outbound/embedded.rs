@@ -44,6 +44,9 @@ fn sql_error(e: sqlx::Error) -> QueueError {
     QueueError(format!("embedded queue: {e}"))
 }
 
+/// How often a waiting receive looks again.
+const POLL: Duration = Duration::from_millis(100);
+
 impl EmbeddedQueue {
     pub fn new(db: Db, max_receives: u32) -> Self {
         EmbeddedQueue {
@@ -51,35 +54,14 @@ impl EmbeddedQueue {
             max_receives: max_receives.max(1),
         }
     }
-}
 
-impl OutboundQueue for EmbeddedQueue {
-    /// All entries in one transaction; an entry whose message is already on the queue is
-    /// accepted without a second copy (the message id is the deduplication key).
-    async fn send_batch(&self, entries: &[OutboundEntry]) -> Result<BatchOutcome, QueueError> {
-        let now = Timestamp::now();
-        on_db!(&self.db, pool => {
-            let mut tx = pool.begin().await.map_err(sql_error)?;
-            for e in entries {
-                sqlx::query(
-                    "INSERT INTO outbound_queue (body, dedup_key, visible_at, created_at)
-                     VALUES ($1, $2, $3, $3) ON CONFLICT (dedup_key) DO NOTHING",
-                )
-                .bind(&e.body)
-                .bind(&e.id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql_error)?;
-            }
-            tx.commit().await.map_err(sql_error)?;
-        });
-        Ok(BatchOutcome::default())
-    }
-
-    /// Like SQS: a message received more than `max_receives` times goes to the DLQ instead of
-    /// being handed out again.
-    async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Received>, QueueError> {
+    /// One receive, without waiting. Like SQS: a message received more than `max_receives`
+    /// times goes to the DLQ instead of being handed out again.
+    async fn receive_now(
+        &self,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Received>, QueueError> {
         let now = Timestamp::now();
         let until = Timestamp(now.0 + chrono::TimeDelta::from_std(visibility).unwrap_or_default());
         let max_receives = i64::from(self.max_receives);
@@ -115,13 +97,85 @@ impl OutboundQueue for EmbeddedQueue {
         });
         Ok(out)
     }
+}
+
+impl OutboundQueue for EmbeddedQueue {
+    /// All entries in one transaction; an entry whose message is already on the queue is
+    /// accepted without a second copy (the message id is the deduplication key).
+    async fn send_batch(&self, entries: &[OutboundEntry]) -> Result<BatchOutcome, QueueError> {
+        let now = Timestamp::now();
+        on_db!(&self.db, pool => {
+            let mut tx = pool.begin().await.map_err(sql_error)?;
+            for e in entries {
+                sqlx::query(
+                    "INSERT INTO outbound_queue (body, dedup_key, visible_at, created_at)
+                     VALUES ($1, $2, $3, $3) ON CONFLICT (dedup_key) DO NOTHING",
+                )
+                .bind(&e.body)
+                .bind(&e.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql_error)?;
+            }
+            tx.commit().await.map_err(sql_error)?;
+        });
+        Ok(BatchOutcome::default())
+    }
+
+    /// Polls every [`POLL`] until a message is visible or `wait` has passed.
+    async fn receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Received>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let got = self.receive_now(max, visibility).await?;
+            if !got.is_empty() || tokio::time::Instant::now() + POLL > deadline {
+                return Ok(got);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
 
     async fn delete(&self, receipt: &str) -> Result<(), QueueError> {
-        on_db!(&self.db, pool => sqlx::query("DELETE FROM outbound_queue WHERE receipt = $1 AND NOT dead")
-            .bind(receipt)
-            .execute(pool)
-            .await
-            .map(|_| ()))
+        self.delete_batch(&[receipt.to_owned()]).await
+    }
+
+    async fn delete_batch(&self, receipts: &[String]) -> Result<(), QueueError> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        on_db!(&self.db, pool => {
+            let mut q = sqlx::QueryBuilder::new("DELETE FROM outbound_queue WHERE NOT dead AND receipt IN (");
+            let mut list = q.separated(", ");
+            for r in receipts {
+                list.push_bind(r);
+            }
+            q.push(")");
+            q.build().execute(pool).await.map(|_| ())
+        })
+        .map_err(sql_error)
+    }
+
+    /// One row per message: a message dead-lettered again replaces its earlier row.
+    async fn dead_letter(&self, entry: &OutboundEntry, reason: &str) -> Result<(), QueueError> {
+        let now = Timestamp::now();
+        on_db!(&self.db, pool => sqlx::query(
+            "INSERT INTO outbound_queue (dead, body, dedup_key, visible_at, created_at, last_error)
+             VALUES (TRUE, $1, $2, $3, $3, $4)
+             ON CONFLICT (dedup_key) DO UPDATE SET dead = TRUE, body = EXCLUDED.body,
+                 last_error = EXCLUDED.last_error, receipt = NULL",
+        )
+        .bind(&entry.body)
+        .bind(&entry.id)
+        .bind(now)
+        .bind(reason)
+        .execute(pool)
+        .await
+        .map(|_| ()))
         .map_err(sql_error)
     }
 

@@ -82,14 +82,28 @@ pub trait OutboundQueue {
         &self,
         entries: &[OutboundEntry],
     ) -> impl Future<Output = Result<BatchOutcome, QueueError>> + Send;
-    /// Receives up to `max` visible messages and hides them for `visibility`.
+    /// Receives up to `max` visible messages and hides them for `visibility`, waiting up to
+    /// `wait` for one to arrive when none is visible (SQS long polling).
     fn receive(
         &self,
         max: usize,
         visibility: Duration,
+        wait: Duration,
     ) -> impl Future<Output = Result<Vec<Received>, QueueError>> + Send;
     /// Deletes a received message (it was handled).
     fn delete(&self, receipt: &str) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Deletes up to [`MAX_BATCH`] received messages in one call.
+    fn delete_batch(
+        &self,
+        receipts: &[String],
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Puts a message straight into the dead-letter queue with the reason it failed (its
+    /// delivery attempts are used up).
+    fn dead_letter(
+        &self,
+        entry: &OutboundEntry,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
     fn counts(&self) -> impl Future<Output = Result<QueueCounts, QueueError>> + Send;
 }
 
@@ -117,10 +131,15 @@ impl OutboundQueue for Outbound {
         }
     }
 
-    async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Received>, QueueError> {
+    async fn receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Received>, QueueError> {
         match self {
-            Outbound::Sqs(q) => q.receive(max, visibility).await,
-            Outbound::Embedded(q) => q.receive(max, visibility).await,
+            Outbound::Sqs(q) => q.receive(max, visibility, wait).await,
+            Outbound::Embedded(q) => q.receive(max, visibility, wait).await,
         }
     }
 
@@ -128,6 +147,20 @@ impl OutboundQueue for Outbound {
         match self {
             Outbound::Sqs(q) => q.delete(receipt).await,
             Outbound::Embedded(q) => q.delete(receipt).await,
+        }
+    }
+
+    async fn delete_batch(&self, receipts: &[String]) -> Result<(), QueueError> {
+        match self {
+            Outbound::Sqs(q) => q.delete_batch(receipts).await,
+            Outbound::Embedded(q) => q.delete_batch(receipts).await,
+        }
+    }
+
+    async fn dead_letter(&self, entry: &OutboundEntry, reason: &str) -> Result<(), QueueError> {
+        match self {
+            Outbound::Sqs(q) => q.dead_letter(entry, reason).await,
+            Outbound::Embedded(q) => q.dead_letter(entry, reason).await,
         }
     }
 

@@ -5,7 +5,10 @@ use std::time::Duration;
 use anyhow::Context;
 use aws_sdk_sqs::{
     Client,
-    types::{MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry},
+    types::{
+        DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+        QueueAttributeName, SendMessageBatchRequestEntry,
+    },
 };
 
 use super::{BatchOutcome, OutboundEntry, OutboundQueue, QueueCounts, QueueError, Received};
@@ -141,13 +144,20 @@ impl OutboundQueue for SqsQueue {
         Ok(BatchOutcome { failed })
     }
 
-    async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Received>, QueueError> {
+    /// Long polling: waits up to `wait` (SQS allows 20 s) for a message to arrive.
+    async fn receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Received>, QueueError> {
         let out = self
             .client
             .receive_message()
             .queue_url(&self.url)
             .max_number_of_messages(max.clamp(1, 10) as i32)
             .visibility_timeout(visibility.as_secs().min(43_200) as i32)
+            .wait_time_seconds(wait.as_secs().min(20) as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
@@ -175,6 +185,71 @@ impl OutboundQueue for SqsQueue {
             .send()
             .await
             .map_err(|e| sdk_error("DeleteMessage", e))?;
+        Ok(())
+    }
+
+    /// One `DeleteMessageBatch`; an entry SQS refuses is an error (its message comes back
+    /// after the visibility timeout and is found already handled).
+    async fn delete_batch(&self, receipts: &[String]) -> Result<(), QueueError> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let entries = receipts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(r)
+                    .build()
+                    .map_err(|e| QueueError(format!("building an SQS delete entry: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self
+            .client
+            .delete_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DeleteMessageBatch", e))?;
+        match out.failed().first() {
+            Some(f) => Err(QueueError(format!(
+                "SQS refused to delete {} of {} messages: {}",
+                out.failed().len(),
+                receipts.len(),
+                f.code()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends the body to the DLQ with the reason as the `error` message attribute.
+    async fn dead_letter(&self, entry: &OutboundEntry, reason: &str) -> Result<(), QueueError> {
+        let Some(dlq) = &self.dlq_url else {
+            return Err(QueueError(
+                "no dead-letter queue configured (SQS_DLQ_URL)".into(),
+            ));
+        };
+        let error = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(reason.chars().take(1_000).collect::<String>())
+            .build()
+            .map_err(|e| QueueError(format!("building an SQS attribute: {e}")))?;
+        let mut send = self
+            .client
+            .send_message()
+            .queue_url(dlq)
+            .message_body(&entry.body)
+            .message_attributes("error", error);
+        if dlq.ends_with(".fifo") {
+            send = send
+                .message_group_id(&entry.group)
+                .message_deduplication_id(&entry.id);
+        }
+        send.send()
+            .await
+            .map_err(|e| sdk_error("SendMessage (DLQ)", e))?;
         Ok(())
     }
 

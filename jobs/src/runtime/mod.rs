@@ -1,10 +1,13 @@
-//! The worker runtime: the one list of job kinds, and the service that runs them.
+//! The engine's long-running services: the workers (with the one list of job kinds they run)
+//! and the dispatcher.
 //!
 //! Adding a kind: a file in [`kinds`](crate::kinds) implementing
 //! [`JobKind`](crate::engine::JobKind), and one line in the list below.
 
+mod dispatcher;
 mod workers;
 
+pub use dispatcher::{DispatchConfig, Dispatcher, Pass, Step};
 pub use workers::Workers;
 
 use crate::{

@@ -1,0 +1,681 @@
+//! The per-creator delivery limiter: at most `per_minute` deliveries per creator in any
+//! 60-second window *as the platform sees them*, shared by every dispatcher replica.
+//!
+//! Two rules, checked together and atomically before each delivery:
+//! - **Spacing**: one slot every `60 / per_minute` seconds (GCRA's theoretical arrival time),
+//!   so a backlog goes out evenly and send-time estimates are simple arithmetic.
+//! - **The platform's window**: each delivery is logged with the *latest* time it can reach
+//!   the platform: `start + max_flight` while its request is out, the time its answer came back
+//!   once it has. A delivery may start only while fewer than `per_minute` logged deliveries
+//!   could have arrived within the last 60 seconds. Since a delivery arrives no earlier than it
+//!   starts, no 60-second window at the platform ever holds more than `per_minute`, whatever the
+//!   network delays, retries or replicas (a late delivery followed by an on-time one cannot
+//!   squeeze an extra one in, as plain spacing would allow).
+//!
+//! The state lives in Redis when replicas share it (one Lua script per operation, on Redis's
+//! own clock, keys per creator) or in this process on the embedded default. Either can lose it
+//! (a Redis restart, a process restart): a creator without state answers [`Slot::Unknown`], and
+//! the dispatcher seeds it from the attempts the database logged before delivering again. Errors
+//! reaching Redis are returned, never treated as "allowed": the limiter fails closed.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+
+use crate::domain::UserId;
+
+/// The platform's window.
+pub const WINDOW: Duration = Duration::from_secs(60);
+
+/// The pace of deliveries per creator.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub per_minute: u32,
+    /// The longest a delivery can take to reach the platform: its request timeout plus a
+    /// margin. Until its answer is in, a delivery counts as arriving that late.
+    pub max_flight: Duration,
+}
+
+impl Pace {
+    /// The time between two slots.
+    pub fn spacing(&self) -> Duration {
+        WINDOW / self.per_minute.max(1)
+    }
+
+    /// When the message with `ahead` messages before it goes out, if the next slot is free at
+    /// `next_free` and nothing fails: the schedule behind `estimatedSendTime`.
+    pub fn eta(&self, next_free: DateTime<Utc>, ahead: i64) -> DateTime<Utc> {
+        let ahead = u32::try_from(ahead.max(0)).unwrap_or(u32::MAX);
+        next_free + self.spacing().saturating_mul(ahead)
+    }
+
+    fn micros(d: Duration) -> i64 {
+        i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// How long a creator's state is kept without deliveries (Redis key expiry).
+    fn idle_ttl(&self) -> Duration {
+        WINDOW + self.max_flight + Duration::from_secs(60)
+    }
+}
+
+/// The answer to "may this creator have a delivery now?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot {
+    /// Yes: the slot is taken. Report how it ended with [`DeliveryLimiter::finished`], or
+    /// give it back with [`DeliveryLimiter::cancel`] if nothing was sent.
+    Go(Ticket),
+    /// Not before this long.
+    Wait(Duration),
+    /// The limiter holds nothing about this creator (never seen, idle long enough to be
+    /// forgotten, or its state was lost): [`DeliveryLimiter::seed`] it from the attempt log
+    /// first.
+    Unknown,
+}
+
+/// A slot taken for one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub creator: UserId,
+    entry: String,
+}
+
+/// A delivery the database logged, for seeding: when it started and, if its answer came
+/// back, when.
+#[derive(Debug, Clone, Copy)]
+pub struct PastDelivery {
+    pub started: DateTime<Utc>,
+    pub finished: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone)]
+pub enum DeliveryLimiter {
+    Local {
+        lanes: Arc<Mutex<HashMap<UserId, Lane>>>,
+        pace: Pace,
+    },
+    Redis {
+        conn: ConnectionManager,
+        prefix: String,
+        pace: Pace,
+    },
+}
+
+/// One creator's state in the local limiter. Times are microseconds since the Unix epoch.
+#[derive(Debug, Default)]
+pub struct Lane {
+    /// (latest arrival at the platform, entry number) of recent deliveries.
+    log: Vec<(i64, u64)>,
+    /// The earliest start of the next delivery (spacing).
+    next_start: i64,
+    paused_until: i64,
+    next_entry: u64,
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(Pace::micros)
+        .unwrap_or(0)
+}
+
+fn micros_of(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn wait_of(micros: i64) -> Duration {
+    Duration::from_micros(micros.max(1) as u64)
+}
+
+/// Keys of a creator; the braces keep them in one Redis Cluster slot.
+fn keys(prefix: &str, creator: UserId) -> [String; 4] {
+    let base = format!("{prefix}:pace:{{{creator}}}");
+    [
+        format!("{base}:log"),
+        format!("{base}:next"),
+        format!("{base}:pause"),
+        format!("{base}:seeded"),
+    ]
+}
+
+/// KEYS: log, next, pause, seeded. ARGV: limit, window, spacing, flight (µs), entry, ttl (ms).
+/// Returns {0, now} (go), {1, wait µs} (the longest of the three rules' waits) or {2, 0}
+/// (unknown).
+const RESERVE_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if redis.call('EXISTS', KEYS[4]) == 0 then return {2, 0} end
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local spacing = tonumber(ARGV[3])
+local flight = tonumber(ARGV[4])
+local wait = 0
+local paused = tonumber(redis.call('GET', KEYS[3]) or '0')
+if paused - now > wait then wait = paused - now end
+local nxt = tonumber(redis.call('GET', KEYS[2]) or '0')
+if nxt - now > wait then wait = nxt - now end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count >= limit then
+  local e = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+  local leaves = tonumber(e[2]) + window - now
+  if leaves > wait then wait = leaves end
+end
+if wait > 0 then return {1, wait} end
+redis.call('ZADD', KEYS[1], string.format('%.0f', now + flight), ARGV[5])
+redis.call('SET', KEYS[2], string.format('%.0f', math.max(nxt, now) + spacing), 'PX', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[4], ARGV[6])
+return {0, now}
+"#;
+
+/// KEYS: log. ARGV: entry. The delivery's answer is in: it arrived by now.
+const FINISH_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], 'XX', string.format('%.0f', now), ARGV[1])
+end
+return 1
+"#;
+
+/// KEYS: pause. ARGV: wait (µs). Pauses until now + wait, never shortening a longer pause.
+const PAUSE_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local untl = now + tonumber(ARGV[1])
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if untl > cur then
+  redis.call('SET', KEYS[1], string.format('%.0f', untl), 'PX', math.ceil(tonumber(ARGV[1]) / 1000))
+end
+return 1
+"#;
+
+/// KEYS: log, next, seeded. ARGV: ttl (ms), next start (µs), then (score, entry) pairs.
+/// Does nothing when another replica seeded first.
+const SEED_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+for i = 3, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+local nxt = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[2]) > nxt then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1]) end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[1])
+return 1
+"#;
+
+impl DeliveryLimiter {
+    pub fn local(pace: Pace) -> Self {
+        DeliveryLimiter::Local {
+            lanes: Arc::default(),
+            pace,
+        }
+    }
+
+    /// Connects to Redis; keys are `{prefix}:pace:{creator}:…`.
+    pub async fn redis(url: &str, prefix: &str, pace: Pace) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url).context("reading REDIS_URL")?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .with_context(|| format!("connecting the delivery limiter to Redis at {url}"))?;
+        Ok(DeliveryLimiter::Redis {
+            conn,
+            prefix: prefix.to_owned(),
+            pace,
+        })
+    }
+
+    pub fn pace(&self) -> Pace {
+        match self {
+            DeliveryLimiter::Local { pace, .. } | DeliveryLimiter::Redis { pace, .. } => *pace,
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            DeliveryLimiter::Local { .. } => "in-process",
+            DeliveryLimiter::Redis { .. } => "redis",
+        }
+    }
+
+    /// Takes the creator's next slot if it is free now.
+    pub async fn reserve(&self, creator: UserId) -> anyhow::Result<Slot> {
+        match self {
+            DeliveryLimiter::Local { lanes, pace } => {
+                let now = now_micros();
+                let mut lanes = lanes.lock().expect("limiter lock poisoned");
+                let Some(lane) = lanes.get_mut(&creator) else {
+                    return Ok(Slot::Unknown);
+                };
+                Ok(lane.reserve(creator, now, pace))
+            }
+            DeliveryLimiter::Redis { conn, prefix, pace } => {
+                let entry = uuid::Uuid::new_v4().simple().to_string();
+                let (code, value): (i64, i64) = redis::Script::new(RESERVE_LUA)
+                    .key(keys(prefix, creator).as_slice())
+                    .arg(pace.per_minute.max(1))
+                    .arg(Pace::micros(WINDOW))
+                    .arg(Pace::micros(pace.spacing()))
+                    .arg(Pace::micros(pace.max_flight))
+                    .arg(&entry)
+                    .arg(pace.idle_ttl().as_millis() as u64)
+                    .invoke_async(&mut conn.clone())
+                    .await
+                    .context("reserving a delivery slot on Redis")?;
+                Ok(match code {
+                    0 => Slot::Go(Ticket { creator, entry }),
+                    1 => Slot::Wait(wait_of(value)),
+                    _ => Slot::Unknown,
+                })
+            }
+        }
+    }
+
+    /// The delivery's answer came back: it reached the platform by now, if at all.
+    pub async fn finished(&self, ticket: &Ticket) -> anyhow::Result<()> {
+        match self {
+            DeliveryLimiter::Local { lanes, .. } => {
+                let now = now_micros();
+                let mut lanes = lanes.lock().expect("limiter lock poisoned");
+                if let Some(lane) = lanes.get_mut(&ticket.creator) {
+                    lane.settle(&ticket.entry, Some(now));
+                }
+                Ok(())
+            }
+            DeliveryLimiter::Redis { conn, prefix, .. } => {
+                let [log, ..] = keys(prefix, ticket.creator);
+                let _: i64 = redis::Script::new(FINISH_LUA)
+                    .key(log)
+                    .arg(&ticket.entry)
+                    .invoke_async(&mut conn.clone())
+                    .await
+                    .context("recording a delivery's end on Redis")?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Nothing was sent with this slot: it no longer counts in the window (the spacing it
+    /// took stays, which only errs on the slow side).
+    pub async fn cancel(&self, ticket: &Ticket) -> anyhow::Result<()> {
+        match self {
+            DeliveryLimiter::Local { lanes, .. } => {
+                let mut lanes = lanes.lock().expect("limiter lock poisoned");
+                if let Some(lane) = lanes.get_mut(&ticket.creator) {
+                    lane.settle(&ticket.entry, None);
+                }
+                Ok(())
+            }
+            DeliveryLimiter::Redis { conn, prefix, .. } => {
+                let [log, ..] = keys(prefix, ticket.creator);
+                let _: i64 = redis::cmd("ZREM")
+                    .arg(log)
+                    .arg(&ticket.entry)
+                    .query_async(&mut conn.clone())
+                    .await
+                    .context("giving back a delivery slot on Redis")?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The platform asked for a pause (a 429 with Retry-After): no slot for `wait`, on every
+    /// replica.
+    pub async fn pause(&self, creator: UserId, wait: Duration) -> anyhow::Result<()> {
+        match self {
+            DeliveryLimiter::Local { lanes, .. } => {
+                let until = now_micros() + Pace::micros(wait);
+                let mut lanes = lanes.lock().expect("limiter lock poisoned");
+                let lane = lanes.entry(creator).or_default();
+                lane.paused_until = lane.paused_until.max(until);
+                Ok(())
+            }
+            DeliveryLimiter::Redis { conn, prefix, .. } => {
+                let [_, _, pause, _] = keys(prefix, creator);
+                let _: i64 = redis::Script::new(PAUSE_LUA)
+                    .key(pause)
+                    .arg(Pace::micros(wait).max(1))
+                    .invoke_async(&mut conn.clone())
+                    .await
+                    .context("pausing a creator on Redis")?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Gives an unknown creator its recent deliveries, as the database logged them. A
+    /// creator that is already known (another replica seeded it first) is left as it is.
+    pub async fn seed(&self, creator: UserId, past: &[PastDelivery]) -> anyhow::Result<()> {
+        let pace = self.pace();
+        let flight = Pace::micros(pace.max_flight);
+        let spacing = Pace::micros(pace.spacing());
+        let arrivals = past
+            .iter()
+            .map(|p| p.finished.map_or(micros_of(p.started) + flight, micros_of));
+        let next_start = past
+            .iter()
+            .map(|p| micros_of(p.started) + spacing)
+            .max()
+            .unwrap_or(0);
+        match self {
+            DeliveryLimiter::Local { lanes, .. } => {
+                let mut lanes = lanes.lock().expect("limiter lock poisoned");
+                if let std::collections::hash_map::Entry::Vacant(v) = lanes.entry(creator) {
+                    let mut lane = Lane {
+                        next_start,
+                        ..Lane::default()
+                    };
+                    for arrival in arrivals {
+                        lane.next_entry += 1;
+                        lane.log.push((arrival, lane.next_entry));
+                    }
+                    v.insert(lane);
+                }
+                Ok(())
+            }
+            DeliveryLimiter::Redis { conn, prefix, .. } => {
+                let [log, next, _, seeded] = keys(prefix, creator);
+                let seed = redis::Script::new(SEED_LUA);
+                let mut script = seed.prepare_invoke();
+                script
+                    .key(log)
+                    .key(next)
+                    .key(seeded)
+                    .arg(pace.idle_ttl().as_millis() as u64)
+                    .arg(next_start);
+                for (i, arrival) in arrivals.enumerate() {
+                    script.arg(arrival).arg(format!("seed-{i}"));
+                }
+                let _: i64 = script
+                    .invoke_async(&mut conn.clone())
+                    .await
+                    .context("seeding a creator's delivery window on Redis")?;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Lane {
+    /// Takes a slot when all three rules allow it; otherwise answers the longest wait.
+    fn reserve(&mut self, creator: UserId, now: i64, pace: &Pace) -> Slot {
+        let window = Pace::micros(WINDOW);
+        self.log.retain(|(arrival, _)| *arrival > now - window);
+        let limit = pace.per_minute.max(1) as usize;
+        let mut wait = (self.paused_until - now).max(self.next_start - now);
+        if self.log.len() >= limit {
+            self.log.sort_unstable();
+            let (leaves, _) = self.log[self.log.len() - limit];
+            wait = wait.max(leaves + window - now);
+        }
+        if wait > 0 {
+            return Slot::Wait(wait_of(wait));
+        }
+        self.next_entry += 1;
+        self.log
+            .push((now + Pace::micros(pace.max_flight), self.next_entry));
+        self.next_start = self.next_start.max(now) + Pace::micros(pace.spacing());
+        Slot::Go(Ticket {
+            creator,
+            entry: self.next_entry.to_string(),
+        })
+    }
+
+    /// Sets the entry's arrival to `arrived`, or drops it when `None`.
+    fn settle(&mut self, entry: &str, arrived: Option<i64>) {
+        let Ok(entry) = entry.parse::<u64>() else {
+            return;
+        };
+        match arrived {
+            Some(at) => {
+                for (arrival, e) in &mut self.log {
+                    if *e == entry {
+                        *arrival = at;
+                    }
+                }
+            }
+            None => self.log.retain(|(_, e)| *e != entry),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000;
+
+    fn pace(per_minute: u32, flight_secs: u64) -> Pace {
+        Pace {
+            per_minute,
+            max_flight: Duration::from_secs(flight_secs),
+        }
+    }
+
+    fn go(slot: Slot) -> Ticket {
+        match slot {
+            Slot::Go(t) => t,
+            other => panic!("expected a slot, got {other:?}"),
+        }
+    }
+
+    fn wait(slot: Slot) -> Duration {
+        match slot {
+            Slot::Wait(d) => d,
+            other => panic!("expected a wait, got {other:?}"),
+        }
+    }
+
+    /// Delivers `n` times at the first free instant from `t` on, each answered after
+    /// `latency`; returns the start times.
+    fn drive(lane: &mut Lane, pace: &Pace, mut t: i64, n: usize, latency: i64) -> Vec<i64> {
+        let mut starts = vec![];
+        while starts.len() < n {
+            match lane.reserve(UserId(1), t, pace) {
+                Slot::Go(ticket) => {
+                    starts.push(t);
+                    lane.settle(&ticket.entry, Some(t + latency));
+                }
+                Slot::Wait(d) => t += d.as_micros() as i64,
+                Slot::Unknown => unreachable!(),
+            }
+        }
+        starts
+    }
+
+    #[test]
+    fn slots_are_spaced_evenly_from_the_first_one() {
+        let p = pace(10, 15);
+        let mut lane = Lane::default();
+        let starts = drive(&mut lane, &p, 100 * S, 5, 0);
+        assert_eq!(starts, [100 * S, 106 * S, 112 * S, 118 * S, 124 * S]);
+    }
+
+    #[test]
+    fn no_sixty_second_window_at_the_platform_holds_more_than_the_limit() {
+        // Latency of 2 s, answered at once: arrivals anywhere in [start, start + 2 s].
+        let p = pace(10, 15);
+        let mut lane = Lane::default();
+        let latency = 2 * S;
+        let starts = drive(&mut lane, &p, 0, 200, latency);
+        // The worst case for the platform: each delivery arrives as early as it can after
+        // a late predecessor, i.e. the k-th arrives at start (early) and the one N before it
+        // at start + latency (late).
+        for k in 10..starts.len() {
+            let earliest_now = starts[k];
+            let latest_before = starts[k - 10] + latency;
+            assert!(
+                earliest_now - latest_before >= 60 * S,
+                "deliveries {} and {k} could reach the platform within 60 s",
+                k - 10
+            );
+        }
+        // And the pace stays close to the rate: 200 deliveries take about 20 minutes.
+        let span = (starts[199] - starts[0]) as f64 / S as f64;
+        let utilisation = 199.0 * 6.0 / span;
+        assert!(utilisation > 0.95, "utilisation {utilisation}");
+    }
+
+    #[test]
+    fn a_delivery_still_in_flight_counts_as_arriving_as_late_as_possible() {
+        let p = pace(2, 15);
+        let mut lane = Lane::default();
+        go(lane.reserve(UserId(1), 0, &p));
+        go(lane.reserve(UserId(1), 30 * S, &p));
+        // Neither answered: the first may arrive as late as 15 s, so the third waits until
+        // 15 + 60 s.
+        assert_eq!(
+            wait(lane.reserve(UserId(1), 60 * S, &p)),
+            Duration::from_secs(15)
+        );
+    }
+
+    #[test]
+    fn a_cancelled_slot_frees_its_place_in_the_window() {
+        let p = pace(1, 15);
+        let mut lane = Lane::default();
+        let ticket = go(lane.reserve(UserId(1), 0, &p));
+        lane.settle(&ticket.entry, None);
+        go(lane.reserve(UserId(1), 60 * S, &p));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_creator_is_seeded_from_the_log_and_keeps_the_window() {
+        let limiter = DeliveryLimiter::local(pace(1, 15));
+        assert_eq!(limiter.reserve(UserId(7)).await.unwrap(), Slot::Unknown);
+        // Started 10 s ago, answered after 1 s: the next slot is 60 s after that start, and
+        // the window frees 60 s after the answer (51 s from now).
+        let started = Utc::now() - chrono::TimeDelta::seconds(10);
+        let past = [PastDelivery {
+            started,
+            finished: Some(started + chrono::TimeDelta::seconds(1)),
+        }];
+        limiter.seed(UserId(7), &past).await.unwrap();
+        let d = wait(limiter.reserve(UserId(7)).await.unwrap());
+        assert!(
+            d > Duration::from_secs(50) && d <= Duration::from_secs(51),
+            "{d:?}"
+        );
+        // A second seed (another replica's) changes nothing.
+        limiter.seed(UserId(7), &[]).await.unwrap();
+        assert!(matches!(
+            limiter.reserve(UserId(7)).await.unwrap(),
+            Slot::Wait(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_every_slot_of_the_creator_and_no_other() {
+        let limiter = DeliveryLimiter::local(pace(60, 15));
+        for creator in [UserId(1), UserId(2)] {
+            limiter.seed(creator, &[]).await.unwrap();
+        }
+        limiter
+            .pause(UserId(1), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let d = wait(limiter.reserve(UserId(1)).await.unwrap());
+        assert!(
+            d > Duration::from_secs(4) && d <= Duration::from_secs(5),
+            "{d:?}"
+        );
+        go(limiter.reserve(UserId(2)).await.unwrap());
+    }
+
+    /// A limiter on the test run's Redis (`TEST_REDIS_URL`, which the test command sets),
+    /// under a prefix of its own. Fails, never skips, when Redis is not there.
+    async fn redis_limiter(pace: Pace) -> DeliveryLimiter {
+        let url =
+            std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let prefix = format!("fqtest-{}", uuid::Uuid::new_v4().simple());
+        DeliveryLimiter::redis(&url, &prefix, pace)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("Redis must be reachable at {url} (scripts/test starts it): {e:#}")
+            })
+    }
+
+    #[tokio::test]
+    async fn on_redis_concurrent_replicas_get_one_slot_per_spacing() {
+        // 600 a minute: a slot every 100 ms. Fifty replicas ask at once: one gets it.
+        let limiter = redis_limiter(pace(600, 15)).await;
+        assert_eq!(limiter.reserve(UserId(1)).await.unwrap(), Slot::Unknown);
+        limiter.seed(UserId(1), &[]).await.unwrap();
+        let asks = (0..50).map(|_| {
+            let limiter = limiter.clone();
+            async move { limiter.reserve(UserId(1)).await.unwrap() }
+        });
+        let slots = futures::future::join_all(asks).await;
+        let granted = slots.iter().filter(|s| matches!(s, Slot::Go(_))).count();
+        assert_eq!(granted, 1, "{slots:?}");
+        for s in &slots {
+            if let Slot::Wait(d) = s {
+                assert!(*d <= Duration::from_millis(100), "{d:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn on_redis_the_window_counts_deliveries_in_flight_until_they_end() {
+        // Two a minute, so spacing (30 s) and the window (60 s) can be told apart.
+        let limiter = redis_limiter(pace(2, 15)).await;
+        let started = Utc::now() - chrono::TimeDelta::seconds(40);
+        // One delivery started 40 s ago and never answered (counts until 40 - 15 = 35 s
+        // from now), one finished 10 s ago.
+        let past = [
+            PastDelivery {
+                started,
+                finished: None,
+            },
+            PastDelivery {
+                started: Utc::now() - chrono::TimeDelta::seconds(11),
+                finished: Some(Utc::now() - chrono::TimeDelta::seconds(10)),
+            },
+        ];
+        limiter.seed(UserId(2), &past).await.unwrap();
+        // Spacing: 30 s after the latest start, 19 s from now; the window: the older
+        // delivery may arrive 15 s after its start, so it leaves 35 s from now.
+        let d = wait(limiter.reserve(UserId(2)).await.unwrap());
+        assert!(
+            d > Duration::from_secs(34) && d <= Duration::from_secs(35),
+            "{d:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn on_redis_a_pause_and_a_cancel_behave_as_in_process() {
+        let limiter = redis_limiter(pace(60, 15)).await;
+        for creator in [UserId(3), UserId(4)] {
+            limiter.seed(creator, &[]).await.unwrap();
+        }
+        let ticket = go(limiter.reserve(UserId(3)).await.unwrap());
+        limiter.finished(&ticket).await.unwrap();
+        limiter
+            .pause(UserId(3), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let d = wait(limiter.reserve(UserId(3)).await.unwrap());
+        assert!(
+            d > Duration::from_secs(4) && d <= Duration::from_secs(5),
+            "{d:?}"
+        );
+        let ticket = go(limiter.reserve(UserId(4)).await.unwrap());
+        limiter.cancel(&ticket).await.unwrap();
+        // Seeding again (another replica) changes nothing for a known creator.
+        limiter.seed(UserId(3), &[]).await.unwrap();
+        assert!(matches!(
+            limiter.reserve(UserId(3)).await.unwrap(),
+            Slot::Wait(_)
+        ));
+    }
+}
