@@ -9,11 +9,13 @@
 //! - [`startup`] — opening the services and starting each role's services.
 //! - [`supervisor`] — running a process's services together; SIGTERM drains them.
 //! - [`cli`] — the `import` command, a client of the API.
+//! - [`platform_sim`] — a stand-in for the platform's messaging API (tests, benchmarks).
 //! - [`telemetry`] — logging.
 
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod platform_sim;
 pub mod quotas;
 pub mod settings;
 pub mod startup;
