@@ -1,17 +1,19 @@
 //! The `fanqueue` binary: one subcommand per process role.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fanqueue::{
     auth::JwtKeys,
     cli,
+    platform_sim::PlatformSim,
     settings::{ENV_VARS, Settings},
     startup::{self, Role, open_db, open_job_backend, shutdown_signal},
     telemetry,
 };
 use fanqueue_jobs::domain::UserId;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "fanqueue", version, about = "Durable job system for creator CRMs", after_help = settings_help())]
@@ -56,6 +58,16 @@ enum Command {
         #[arg(long, env = "FANQUEUE_TOKEN", hide_env_values = true)]
         token: String,
     },
+    /// Run a stand-in for the platform's messaging API (tests, benchmarks, trying fanqueue out).
+    #[command(name = "platform-sim")]
+    PlatformSim {
+        /// The address to listen on (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+        /// The platform's own limit: deliveries per creator per minute.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+        rate_per_minute: u32,
+    },
 }
 
 fn settings_help() -> String {
@@ -92,6 +104,19 @@ async fn main() -> anyhow::Result<()> {
             let result = cli::import(&url, &token, &file).await?;
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(())
+        }
+        Command::PlatformSim {
+            listen,
+            rate_per_minute,
+        } => {
+            let sim = PlatformSim::bind(listen, rate_per_minute).await?;
+            let cancel = CancellationToken::new();
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                on_signal.cancel();
+            });
+            sim.run(cancel).await
         }
         Command::Token { user_id, ttl } => {
             anyhow::ensure!(user_id > 0, "--user-id must be a positive number");
