@@ -15,6 +15,7 @@ mod messages;
 mod migrations;
 mod outage;
 mod outbound;
+mod platform_sim;
 mod processes;
 mod shutdown;
 mod workers;
