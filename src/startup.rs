@@ -222,12 +222,11 @@ pub async fn delivery_limiter(settings: &Settings) -> anyhow::Result<DeliveryLim
     })
 }
 
-/// Starts the dispatcher service; it needs `PLATFORM_API_URL`.
-pub async fn start_dispatcher(
-    sup: &mut Supervisor,
+/// The dispatcher the settings describe; it needs `PLATFORM_API_URL`.
+pub async fn build_dispatcher(
     settings: &Settings,
     services: &Services,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Dispatcher> {
     let url = settings
         .delivery
         .platform_api_url
@@ -237,7 +236,7 @@ pub async fn start_dispatcher(
         url,
         Duration::from_millis(settings.delivery.platform_timeout_ms),
     )?;
-    let dispatcher = Dispatcher::new(
+    Ok(Dispatcher::new(
         services.db.clone(),
         services.outbound.clone(),
         delivery_limiter(settings).await?,
@@ -247,7 +246,16 @@ pub async fn start_dispatcher(
             concurrency: settings.delivery.dispatch_concurrency.max(1),
             ..DispatchConfig::default()
         },
-    );
+    ))
+}
+
+/// Starts the dispatcher service.
+pub async fn start_dispatcher(
+    sup: &mut Supervisor,
+    settings: &Settings,
+    services: &Services,
+) -> anyhow::Result<()> {
+    let dispatcher = build_dispatcher(settings, services).await?;
     sup.start("dispatcher", |cancel| dispatcher.run(cancel));
     Ok(())
 }

@@ -388,7 +388,8 @@ impl ConversationsApi {
     /// Send a message in a conversation
     ///
     /// Stores the message (`queued`) and its delivery job in one transaction, moves the
-    /// conversation's `lastMessageAt`, and answers 202.
+    /// conversation's `lastMessageAt`, and answers 202. A reply has priority 9: it goes out
+    /// before the creator's campaigns (priority 5 unless they say otherwise).
     #[oai(
         path = "/:id/messages",
         method = "post",
@@ -405,7 +406,7 @@ impl ConversationsApi {
             ("text", &b.text),
             b.price_cents,
             parse_attachments(b.attachments)?,
-            None,
+            Some(messages::PRIORITY_REPLY),
         )?;
         let queued = super::messages::queue_one(
             &self.state,

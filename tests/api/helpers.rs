@@ -251,6 +251,13 @@ impl TestApp {
         start_workers(&self.settings, self.services().await);
     }
 
+    /// A dispatcher of this deployment, not running: tests drive it with `run_once`.
+    pub async fn dispatcher(&self) -> fanqueue_jobs::runtime::Dispatcher {
+        startup::build_dispatcher(&self.settings, &self.services().await)
+            .await
+            .expect("the dispatcher builds")
+    }
+
     pub fn token(&self, user: i64) -> String {
         self.keys.issue(UserId(user), Duration::from_secs(3600))
     }
@@ -736,6 +743,89 @@ pub async fn sqs_client() -> aws_sdk_sqs::Client {
         .load()
         .await;
     aws_sdk_sqs::Client::new(&config)
+}
+
+/// The platform stand-in, in this process on a random port, until dropped.
+pub struct Sim {
+    pub base: String,
+    client: reqwest::Client,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Sim {
+    /// A stand-in enforcing `per_minute` deliveries per creator.
+    pub async fn start(per_minute: u32) -> Sim {
+        let sim =
+            fanqueue::platform_sim::PlatformSim::bind("127.0.0.1:0".parse().unwrap(), per_minute)
+                .await
+                .expect("the platform stand-in binds");
+        let base = format!("http://127.0.0.1:{}", sim.port());
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(sim.run(stop.clone()));
+        Sim {
+            base,
+            client: reqwest::Client::new(),
+            stop,
+        }
+    }
+
+    /// Where the dispatcher posts messages.
+    pub fn messages_url(&self) -> String {
+        format!("{}/messages", self.base)
+    }
+
+    /// Every accepted delivery, in arrival order.
+    pub async fn deliveries(&self) -> Vec<Value> {
+        let resp = self
+            .client
+            .get(format!("{}/deliveries", self.base))
+            .send()
+            .await
+            .expect("the stand-in answers");
+        json_of(resp, StatusCode::OK).await["items"]
+            .as_array()
+            .expect("a list of deliveries")
+            .clone()
+    }
+
+    pub async fn stats(&self) -> Value {
+        let resp = self
+            .client
+            .get(format!("{}/stats", self.base))
+            .send()
+            .await
+            .expect("the stand-in answers");
+        json_of(resp, StatusCode::OK).await
+    }
+
+    /// Injects faults (see `POST /faults`).
+    pub async fn faults(&self, faults: Value) {
+        let resp = self
+            .client
+            .post(format!("{}/faults", self.base))
+            .json(&faults)
+            .send()
+            .await
+            .expect("the stand-in answers");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT, "faults set");
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Tweak: the dispatcher delivers to `url` at `per_minute` per creator, each attempt timing
+/// out after a second.
+pub fn with_platform(url: &str, per_minute: u32) -> impl FnOnce(&mut Settings) + use<> {
+    let url = url.to_owned();
+    move |s: &mut Settings| {
+        s.delivery.platform_api_url = Some(url);
+        s.delivery.delivery_rate_per_minute = per_minute;
+        s.delivery.platform_timeout_ms = 1_000;
+    }
 }
 
 /// Tweak: outbound messages go to this SQS queue on the emulator.

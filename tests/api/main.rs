@@ -4,6 +4,7 @@ mod auth;
 mod bad_input;
 mod concurrency;
 mod conversations;
+mod delivery;
 mod docs;
 mod fans;
 mod helpers;

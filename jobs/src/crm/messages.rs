@@ -192,6 +192,8 @@ pub async fn record_inbound(
 
 /// Priority of an outbound message: 1 (lowest) to 10, default 5.
 pub const PRIORITY_DEFAULT: i64 = 5;
+/// A reply in a conversation: the fan is waiting, so it goes before campaigns by default.
+pub const PRIORITY_REPLY: i64 = 9;
 
 /// An outbound message, parsed: what to send, not yet to whom.
 #[derive(Debug, Clone)]

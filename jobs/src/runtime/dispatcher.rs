@@ -18,7 +18,14 @@
 //! applies it once. A `sent` message that comes off the queue again (a redelivery, a
 //! standard-queue duplicate) is deleted without a send.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
 
 use chrono::Utc;
 use serde::Deserialize;
@@ -83,6 +90,17 @@ pub struct Dispatcher {
     config: DispatchConfig,
     /// Bounds the deliveries in flight; taken before a slot, so that a slot is used at once.
     permits: Semaphore,
+    totals: Totals,
+}
+
+/// What this process did, logged when it stops (receives per delivery tell whether waiting
+/// costs queue receives).
+#[derive(Default)]
+struct Totals {
+    received: AtomicU64,
+    parked: AtomicU64,
+    attempts: AtomicU64,
+    delivered: AtomicU64,
 }
 
 /// What one lane step did.
@@ -135,6 +153,7 @@ impl Dispatcher {
             platform,
             config,
             permits,
+            totals: Totals::default(),
         }
     }
 
@@ -193,6 +212,14 @@ impl Dispatcher {
         // Lanes and intake see the cancellation themselves: each finishes what it holds.
         while lanes.join_next().await.is_some() {}
         while intake.join_next().await.is_some() {}
+        let t = &this.totals;
+        tracing::info!(
+            received = t.received.load(Relaxed),
+            parked = t.parked.load(Relaxed),
+            attempts = t.attempts.load(Relaxed),
+            delivered = t.delivered.load(Relaxed),
+            "dispatcher stopped"
+        );
         Ok(())
     }
 
@@ -253,6 +280,9 @@ impl Dispatcher {
             .outbound
             .receive(MAX_BATCH, INTAKE_VISIBILITY, wait)
             .await?;
+        self.totals
+            .received
+            .fetch_add(received.len() as u64, Relaxed);
         let mut ids = Vec::with_capacity(received.len());
         let mut creators = Vec::with_capacity(received.len());
         let mut receipts = Vec::with_capacity(received.len());
@@ -284,6 +314,7 @@ impl Dispatcher {
             return Ok(vec![]);
         }
         let moved = messages::park(&self.db, &ids).await?;
+        self.totals.parked.fetch_add(moved, Relaxed);
         self.outbound.delete_batch(&receipts).await?;
         tracing::debug!(received = ids.len(), parked = moved, "intake batch");
         creators.sort_unstable();
@@ -365,6 +396,10 @@ impl Dispatcher {
             .deliver(&claim.message.id.to_string(), &body)
             .instrument(span.clone())
             .await;
+        self.totals.attempts.fetch_add(1, Relaxed);
+        if matches!(attempt, Attempt::Delivered { .. }) {
+            self.totals.delivered.fetch_add(1, Relaxed);
+        }
         // Whatever happens next, the platform has answered: the delivery arrived by now.
         if let Err(e) = self.limiter.finished(&ticket).await {
             tracing::warn!(
