@@ -5,6 +5,7 @@ mod bad_input;
 mod concurrency;
 mod conversations;
 mod delivery;
+mod dispatch;
 mod docs;
 mod fans;
 mod helpers;
