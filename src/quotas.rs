@@ -95,11 +95,10 @@ impl Limiter {
     }
 
     /// Connects to Redis; keys are `{prefix}:quota:{name}:{user}`.
-    pub async fn redis(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).context("reading REDIS_URL")?;
-        let conn = ConnectionManager::new(client)
-            .await
-            .with_context(|| format!("connecting to Redis at {url}"))?;
+    /// Quotas on Redis. It connects on first use and again after a lost connection, so an
+    /// API starts while Redis is unreachable (writes are then let through: see `api::charge`).
+    pub fn redis(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let conn = fanqueue_jobs::db::redis_connection(url)?;
         Ok(Limiter::Redis {
             conn,
             prefix: prefix.to_owned(),

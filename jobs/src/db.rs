@@ -18,6 +18,22 @@ pub enum Db {
     Sqlite(SqlitePool),
 }
 
+/// A Redis connection for a limiter (the API's quotas, the delivery limiter). It connects on
+/// first use and again after a lost connection, so a process starts while Redis is
+/// unreachable; each call then fails within about two seconds instead of hanging or waiting
+/// through a long reconnect schedule, and the caller decides what a failure means (the
+/// quotas let the call through, the delivery limiter gives no slot).
+pub fn redis_connection(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url).context("reading REDIS_URL")?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(200));
+    redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+        .with_context(|| format!("setting up Redis at {}", redact(url)))
+}
+
 /// Runs the same expression against whichever pool `$db` holds. The body is compiled once per
 /// backend, so generic sqlx calls (`query_as`, `fetch_one`) type-check for each.
 #[macro_export]
@@ -146,6 +162,14 @@ impl Db {
             }
         }
         .context("applying migrations")
+    }
+
+    /// The SQLite database's file, `None` on PostgreSQL.
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        match self {
+            Db::Postgres(_) => None,
+            Db::Sqlite(pool) => Some(pool.connect_options().get_filename().to_owned()),
+        }
     }
 
     pub fn backend_name(&self) -> &'static str {

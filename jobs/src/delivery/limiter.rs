@@ -219,15 +219,11 @@ impl DeliveryLimiter {
         }
     }
 
-    /// Connects to Redis; keys are `{prefix}:pace:{creator}:…`.
-    pub async fn redis(url: &str, prefix: &str, pace: Pace) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).context("reading REDIS_URL")?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .with_context(|| format!("connecting the delivery limiter to Redis at {url}"))?;
+    /// A limiter on Redis; keys are `{prefix}:pace:{creator}:…`. It connects on first use and
+    /// again after a lost connection, so a dispatcher starts (and waits, delivering nothing)
+    /// while Redis is unreachable instead of failing to start.
+    pub fn redis(url: &str, prefix: &str, pace: Pace) -> anyhow::Result<Self> {
+        let conn = crate::db::redis_connection(url)?;
         Ok(DeliveryLimiter::Redis {
             conn,
             prefix: prefix.to_owned(),
@@ -598,11 +594,32 @@ mod tests {
         let url =
             std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         let prefix = format!("fqtest-{}", uuid::Uuid::new_v4().simple());
-        DeliveryLimiter::redis(&url, &prefix, pace)
-            .await
-            .unwrap_or_else(|e| {
-                panic!("Redis must be reachable at {url} (scripts/test starts it): {e:#}")
-            })
+        let limiter = DeliveryLimiter::redis(&url, &prefix, pace).unwrap();
+        if let Err(e) = limiter.reserve(UserId(0)).await {
+            panic!("Redis must be reachable at {url} (scripts/test starts it): {e:#}");
+        }
+        limiter
+    }
+
+    #[tokio::test]
+    async fn on_redis_an_unreachable_server_fails_closed_and_is_used_once_it_answers() {
+        // A port nothing listens on: every operation is an error, never a slot.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let limiter =
+            DeliveryLimiter::redis(&format!("redis://127.0.0.1:{port}"), "fqtest", pace(60, 15))
+                .expect("built without connecting");
+        assert!(limiter.reserve(UserId(1)).await.is_err());
+        assert!(limiter.seed(UserId(1), &[]).await.is_err());
+        assert!(
+            limiter
+                .pause(UserId(1), Duration::from_secs(1))
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
