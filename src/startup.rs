@@ -109,7 +109,7 @@ impl Application {
     pub async fn build(settings: &Settings, services: &Services) -> anyhow::Result<Self> {
         let keys = JwtKeys::new(&settings.jwt_secret()?);
         let limiter = match &settings.database.redis_url {
-            Some(url) => Limiter::redis(url, &settings.database.redis_prefix).await?,
+            Some(url) => Limiter::redis(url, &settings.database.redis_prefix)?,
             None => Limiter::local(),
         };
         tracing::info!(quotas = limiter.backend_name(), "request quotas ready");
@@ -214,10 +214,10 @@ pub fn pace(settings: &Settings) -> Pace {
 
 /// The delivery limiter: in Redis when `REDIS_URL` is set (every dispatcher shares it), else
 /// in this process.
-pub async fn delivery_limiter(settings: &Settings) -> anyhow::Result<DeliveryLimiter> {
+pub fn delivery_limiter(settings: &Settings) -> anyhow::Result<DeliveryLimiter> {
     let pace = pace(settings);
     Ok(match &settings.database.redis_url {
-        Some(url) => DeliveryLimiter::redis(url, &settings.database.redis_prefix, pace).await?,
+        Some(url) => DeliveryLimiter::redis(url, &settings.database.redis_prefix, pace)?,
         None => DeliveryLimiter::local(pace),
     })
 }
@@ -239,7 +239,7 @@ pub async fn build_dispatcher(
     Ok(Dispatcher::new(
         services.db.clone(),
         services.outbound.clone(),
-        delivery_limiter(settings).await?,
+        delivery_limiter(settings)?,
         platform,
         DispatchConfig {
             max_attempts: settings.delivery.delivery_max_attempts.max(1),
@@ -250,14 +250,73 @@ pub async fn build_dispatcher(
 }
 
 /// Starts the dispatcher service.
+///
+/// The in-process limiter holds the rate only while its dispatcher is the only one delivering
+/// from the database. On PostgreSQL any number of dispatcher processes may share the database,
+/// so one without Redis is refused. On an SQLite file, a lock file beside it lets one
+/// dispatcher deliver while any other (a second `fanqueue all` on the same data) stands by and
+/// takes over when the first ends, even by `kill -9` (the system drops its lock).
 pub async fn start_dispatcher(
     sup: &mut Supervisor,
     settings: &Settings,
     services: &Services,
 ) -> anyhow::Result<()> {
+    let sole = match (&settings.database.redis_url, services.db.sqlite_file()) {
+        (Some(_), _) => None,
+        (None, Some(file)) => Some(file.with_extension("dispatcher.lock")),
+        (None, None) => anyhow::bail!(
+            "a dispatcher on PostgreSQL needs REDIS_URL: other dispatchers may share the \
+             database, and the per-creator limit must be shared with them"
+        ),
+    };
     let dispatcher = build_dispatcher(settings, services).await?;
-    sup.start("dispatcher", |cancel| dispatcher.run(cancel));
+    sup.start("dispatcher", |cancel| async move {
+        let _lock = match sole {
+            Some(path) => match sole_dispatcher(&path, &cancel).await? {
+                Some(lock) => Some(lock),
+                None => return Ok(()),
+            },
+            None => None,
+        };
+        dispatcher.run(cancel).await
+    });
     Ok(())
+}
+
+/// Waits until this process holds the lock at `path` (kept while the file is open), or
+/// `None` if cancelled first.
+async fn sole_dispatcher(
+    path: &std::path::Path,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Option<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening the dispatcher lock {}", path.display()))?;
+    let mut said = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !said {
+                    tracing::warn!(
+                        lock = %path.display(),
+                        "another dispatcher is delivering from this database; standing by"
+                    );
+                    said = true;
+                }
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// Which roles a process runs.
