@@ -131,20 +131,27 @@ pub async fn counts(db: &Db, id: CampaignId) -> StoreResult<StatusCounts> {
 }
 
 /// Brings a campaign's stored metrics in line with its messages, and marks it `completed`
-/// once every message is final (sent or failed).
+/// once every message is final (sent or failed). One transaction holding the campaign's row:
+/// two dispatchers finishing messages of one campaign at once cannot write counts out of order.
 pub async fn refresh(db: &Db, id: CampaignId) -> StoreResult<()> {
-    let c = counts(db, id).await?;
     let now = Timestamp::now();
+    let lock = match db {
+        Db::Postgres(_) => "SELECT metrics FROM campaigns WHERE id = $1 FOR UPDATE",
+        // The transaction holds SQLite's write lock already (Db::begin).
+        Db::Sqlite(_) => "SELECT metrics FROM campaigns WHERE id = $1",
+    };
+    let mut tx = db.begin().await?;
+    let (Json(mut metrics),): (Json<Value>,) = on_tx!(&mut tx, conn => sqlx::query_as(lock)
+        .bind(id)
+        .fetch_one(&mut **conn)
+        .await)?;
+    let c = messages::counts_of_campaign_in(&mut tx, id).await?;
     let done = c.queued == 0 && c.sending == 0;
     // Only what the messages say is rewritten; delivered/opened/clicked/revenue are reported
     // by the platform and kept.
-    let (Json(mut metrics),): (Json<Value>,) = on_db!(db, pool => sqlx::query_as("SELECT metrics FROM campaigns WHERE id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await)?;
     metrics["sent"] = json!(c.sent);
     metrics["failed"] = json!(c.failed);
-    on_db!(db, pool => sqlx::query(
+    on_tx!(&mut tx, conn => sqlx::query(
         "UPDATE campaigns SET
              metrics = $2,
              status = CASE WHEN $3 AND status = 'active' THEN 'completed' ELSE status END,
@@ -155,8 +162,9 @@ pub async fn refresh(db: &Db, id: CampaignId) -> StoreResult<()> {
     .bind(Json(&metrics))
     .bind(done)
     .bind(now)
-    .execute(pool)
+    .execute(&mut **conn)
     .await
     .map(|_| ()))?;
+    tx.commit().await?;
     Ok(())
 }

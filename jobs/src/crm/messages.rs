@@ -618,23 +618,36 @@ pub struct StatusCounts {
 
 /// Live counts of one campaign's messages.
 pub async fn counts_of_campaign(db: &Db, campaign: CampaignId) -> StoreResult<StatusCounts> {
-    let rows: Vec<(MessageStatus, i64)> = on_db!(db, pool => sqlx::query_as(
-        "SELECT status, COUNT(*) FROM messages WHERE campaign_id = $1 GROUP BY status",
-    )
-    .bind(campaign)
-    .fetch_all(pool)
-    .await)?;
-    let mut c = StatusCounts::default();
-    for (status, n) in rows {
-        c.total += n;
-        match status {
-            MessageStatus::Queued => c.queued = n,
-            MessageStatus::Sending => c.sending = n,
-            MessageStatus::Sent => c.sent = n,
-            MessageStatus::Failed => c.failed = n,
+    let rows: Vec<(MessageStatus, i64)> = on_db!(db, pool => sqlx::query_as(COUNTS_OF_CAMPAIGN).bind(campaign).fetch_all(pool).await)?;
+    Ok(StatusCounts::of(rows))
+}
+
+/// [`counts_of_campaign`] inside `tx`.
+pub async fn counts_of_campaign_in(tx: &mut Tx, campaign: CampaignId) -> StoreResult<StatusCounts> {
+    let rows: Vec<(MessageStatus, i64)> = on_tx!(tx, conn => sqlx::query_as(COUNTS_OF_CAMPAIGN)
+        .bind(campaign)
+        .fetch_all(&mut **conn)
+        .await)?;
+    Ok(StatusCounts::of(rows))
+}
+
+const COUNTS_OF_CAMPAIGN: &str =
+    "SELECT status, COUNT(*) FROM messages WHERE campaign_id = $1 GROUP BY status";
+
+impl StatusCounts {
+    fn of(rows: Vec<(MessageStatus, i64)>) -> Self {
+        let mut c = StatusCounts::default();
+        for (status, n) in rows {
+            c.total += n;
+            match status {
+                MessageStatus::Queued => c.queued = n,
+                MessageStatus::Sending => c.sending = n,
+                MessageStatus::Sent => c.sent = n,
+                MessageStatus::Failed => c.failed = n,
+            }
         }
+        c
     }
-    Ok(c)
 }
 
 /// How many of the creator's waiting messages go out before `m`: higher priority, or the same

@@ -436,8 +436,11 @@ impl Dispatcher {
                 retry_after,
             } => {
                 // Every replica holds this creator's slots for the platform's wait; the
-                // attempt is not charged to the message.
-                self.limiter.pause(creator, *retry_after).await?;
+                // attempt is not charged to the message. Should the pause not reach Redis, the
+                // limiter is unreachable and gives no slot to anyone meanwhile.
+                if let Err(e) = self.limiter.pause(creator, *retry_after).await {
+                    tracing::warn!(error = format!("{e:#}"), "could not pause the creator");
+                }
                 Settled::RateLimited {
                     http_status: *status,
                 }
@@ -470,7 +473,7 @@ impl Dispatcher {
             return Ok(());
         }
         match &settled {
-            Settled::Delivered { .. } => tracing::info!("delivered"),
+            Settled::Delivered { .. } => tracing::debug!("delivered"),
             Settled::RateLimited { .. } => {
                 tracing::warn!(?attempt, "the platform asked to slow down; creator paused")
             }
