@@ -8,13 +8,13 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{ApiClient, AppProcess, Sim, instant};
+use crate::helpers::{ApiClient, AppProcess, Deployment, Sim, instant};
 
 /// The arrival times at the platform of `user`'s deliveries, in order.
 fn arrivals(deliveries: &[Value], user: i64) -> Vec<DateTime<Utc>> {
     deliveries
         .iter()
-        .filter(|d| d["userId"] == user.to_string())
+        .filter(|d| d["userId"].as_str().and_then(|u| u.parse().ok()) == Some(user))
         .map(|d| instant(&d["arrivedAt"]))
         .collect()
 }
@@ -61,20 +61,10 @@ async fn the_embedded_default_delivers_at_ten_a_minute_per_creator_as_estimated(
     app.wait_for_log("dispatcher running", Duration::from_secs(10))
         .await;
     // Tokens as a user gets them: from the command, signed with the secret in ./data.
-    let token = |user: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanqueue"))
-            .args(["token", "--user-id", user])
-            .current_dir(dir.path())
-            .env_clear()
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
     let mut one = ApiClient::new(&app.address, 1);
-    one.token = token("1");
+    one.token = token_in(dir.path(), 1);
     let mut two = ApiClient::new(&app.address, 2);
-    two.token = token("2");
+    two.token = token_in(dir.path(), 2);
 
     let fan = one
         .post(
@@ -137,129 +127,6 @@ async fn the_embedded_default_delivers_at_ten_a_minute_per_creator_as_estimated(
     assert_eq!(sim.stats().await["totalViolations"], 0);
 }
 
-/// A distributed deployment: PostgreSQL, SQS on the emulator, a Redis (the test run's, or one
-/// of the test's own), an API and a worker process; dispatchers are started by each test.
-struct Deployment {
-    env: Vec<(String, String)>,
-    dir: tempfile::TempDir,
-    url: String,
-    dlq: String,
-    _db: crate::helpers::TestDb,
-    _api: AppProcess,
-    _worker: AppProcess,
-    api: String,
-}
-
-impl Deployment {
-    async fn start(sim: &Sim, per_minute: u32, redis_url: &str) -> Deployment {
-        let (db, url) = crate::helpers::TestDb::create(crate::helpers::Backend::Postgres).await;
-        let (queue, dlq) = crate::helpers::sqs_queues(false, 5).await;
-        let mut env: Vec<(String, String)> = vec![
-            ("DATABASE_URL".into(), url.clone()),
-            ("JWT_SECRET".into(), crate::helpers::JWT_SECRET.into()),
-            ("REDIS_URL".into(), redis_url.into()),
-            (
-                "REDIS_PREFIX".into(),
-                format!("fqtest-{}", uuid::Uuid::new_v4().simple()),
-            ),
-            ("SQS_QUEUE_URL".into(), queue),
-            ("SQS_DLQ_URL".into(), dlq.clone()),
-            ("AWS_ENDPOINT_URL".into(), crate::helpers::aws_endpoint()),
-            ("PLATFORM_API_URL".into(), sim.messages_url()),
-            ("DELIVERY_RATE_PER_MINUTE".into(), per_minute.to_string()),
-            // Short attempts, so that a dead dispatcher's lease (timeout + 5 s) runs out soon.
-            ("PLATFORM_TIMEOUT_MS".into(), "1000".into()),
-            ("WRITE_LIMIT_PER_MINUTE".into(), "10000".into()),
-            ("CAMPAIGNS_PER_HOUR".into(), "1000".into()),
-        ];
-        for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
-            let value = std::env::var(key)
-                .unwrap_or_else(|_| panic!("{key} must be set (scripts/test sets it)"));
-            env.push((key.into(), value));
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let api = AppProcess::spawn(&["serve"], &refs, dir.path());
-        let worker = AppProcess::spawn_until(&["worker"], &refs, dir.path(), "workers running");
-        Deployment {
-            api: api.address.clone(),
-            env,
-            dir,
-            url,
-            dlq,
-            _db: db,
-            _api: api,
-            _worker: worker,
-        }
-    }
-
-    fn dispatcher(&self) -> AppProcess {
-        let refs: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        AppProcess::spawn_until(&["dispatch"], &refs, self.dir.path(), "dispatcher running")
-    }
-
-    /// `n` fans of `user` and one campaign to all of them; returns the message count.
-    async fn campaign(&self, user: i64, n: usize) -> usize {
-        let client = ApiClient::new(&self.api, user);
-        let mut fans = vec![];
-        for i in 0..n {
-            let fan = json!({ "handle": format!("u{user}f{i}") });
-            fans.push(
-                client
-                    .post("/api/crm/fans", &fan, StatusCode::CREATED)
-                    .await["id"]
-                    .clone(),
-            );
-        }
-        let bulk = json!({ "recipientIds": fans, "content": "hello", "campaignName": "c" });
-        client
-            .post("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
-            .await;
-        let jobs = client.get("/api/jobs?kind=bulk_send").await;
-        for job in jobs["items"].as_array().unwrap() {
-            let job = client
-                .wait_job(job["id"].as_str().unwrap(), Duration::from_secs(60))
-                .await;
-            assert_eq!(job["status"], "succeeded", "{job}");
-        }
-        n
-    }
-
-    /// Message counts by status, from the database.
-    async fn statuses(&self) -> std::collections::BTreeMap<String, i64> {
-        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&self.url)
-            .await
-            .unwrap();
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT status, COUNT(*) FROM messages WHERE direction = 'out' GROUP BY status",
-        )
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-        rows.into_iter().collect()
-    }
-
-    /// Waits until all `n` outbound messages are sent (at most `timeout`).
-    async fn all_sent(&self, n: usize, timeout: Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let s = self.statuses().await;
-            if s.get("sent").copied() == Some(n as i64) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "not all {n} sent within {timeout:?}: {s:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
 /// Every message delivered exactly once: as many deliveries as messages, no key twice.
 fn exactly_once(deliveries: &[Value], n: usize) {
     let keys: std::collections::HashSet<&str> = deliveries
@@ -275,7 +142,7 @@ async fn dispatchers_killed_mid_delivery_ten_times_deliver_every_message_exactly
     let sim = Sim::start(100_000).await;
     // Each request takes 150 ms at the platform: kills land while requests are out.
     sim.faults(json!({ "latencyMs": 150 })).await;
-    let d = Deployment::start(&sim, 600, &crate::helpers::redis_url()).await;
+    let d = Deployment::start(&sim.messages_url(), 600, &crate::helpers::redis_url()).await;
     let mut n = 0;
     for user in 1..=3 {
         n += d.campaign(user, 40).await;
@@ -319,7 +186,7 @@ async fn attempts_with(url: &str, outcome: &str) -> Vec<(i64, DateTime<Utc>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_holds_its_creator_on_every_replica_for_retry_after_then_the_backlog_resumes() {
     let sim = Sim::start(100_000).await;
-    let d = Deployment::start(&sim, 600, &crate::helpers::redis_url()).await;
+    let d = Deployment::start(&sim.messages_url(), 600, &crate::helpers::redis_url()).await;
     let n = d.campaign(1, 30).await + d.campaign(2, 30).await;
     let _a = d.dispatcher();
     let _b = d.dispatcher();
@@ -436,7 +303,7 @@ async fn with_redis_down_for_30_s_nothing_is_delivered_or_lost_and_the_rate_hold
     let mut redis = OwnRedis::start();
     // The platform enforces the same limit and counts any breach.
     let sim = Sim::start(60).await;
-    let d = Deployment::start(&sim, 60, &redis.url()).await;
+    let d = Deployment::start(&sim.messages_url(), 60, &redis.url()).await;
     let n = d.campaign(1, 45).await + d.campaign(2, 45).await;
     let _a = d.dispatcher();
     let _b = d.dispatcher();
@@ -474,7 +341,7 @@ async fn with_redis_down_for_30_s_nothing_is_delivered_or_lost_and_the_rate_hold
 async fn on_sqs_a_message_out_of_attempts_is_failed_and_in_the_dlq_with_its_last_error() {
     let sim = Sim::start(100_000).await;
     sim.faults(json!({ "fail500": 1_000 })).await;
-    let d = Deployment::start(&sim, 600, &crate::helpers::redis_url()).await;
+    let d = Deployment::start(&sim.messages_url(), 600, &crate::helpers::redis_url()).await;
     let n = d.campaign(1, 2).await;
     let _a = d.dispatcher();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -514,4 +381,152 @@ async fn on_sqs_a_message_out_of_attempts_is_failed_and_in_the_dlq_with_its_last
             "the last error travels with it: {error}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_started_while_redis_is_down_delivers_nothing_until_it_is_up() {
+    let mut redis = OwnRedis::start();
+    redis.stop();
+    let sim = Sim::start(600).await;
+    let d = Deployment::start(&sim.messages_url(), 600, &redis.url()).await;
+    let n = d.campaign(1, 5).await;
+    let _a = d.dispatcher();
+    // It runs, and fails closed: nothing goes out and no message is charged an attempt.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sim.stats().await["requests"], 0);
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&d.url)
+        .await
+        .unwrap();
+    let (charged,): (i64,) =
+        sqlx::query_as("SELECT COALESCE(SUM(attempts), 0)::BIGINT FROM messages")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(charged, 0);
+
+    redis.restart();
+    d.all_sent(n, Duration::from_secs(60)).await;
+    exactly_once(&sim.deliveries().await, n);
+}
+
+/// A token for `user` from `fanqueue token`, signed with the secret in `dir`'s data.
+fn token_in(dir: &std::path::Path, user: i64) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanqueue"))
+        .args(["token", "--user-id", &user.to_string()])
+        .current_dir(dir)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_sqlite_file_a_second_dispatcher_stands_by_and_takes_over_after_kill_9() {
+    let sim = Sim::start(60).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = sim.messages_url();
+    let env = [
+        ("PLATFORM_API_URL", url.as_str()),
+        ("DELIVERY_RATE_PER_MINUTE", "60"),
+    ];
+    let mut first = AppProcess::spawn_until(&["all"], &env, dir.path(), "dispatcher running");
+    let second = AppProcess::spawn(&["all"], &env, dir.path());
+    second
+        .wait_for_log(
+            "another dispatcher is delivering from this database; standing by",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(second.logged("dispatcher running").is_empty());
+
+    first.child.kill().expect("SIGKILL the first process");
+    first.child.wait().unwrap();
+    second
+        .wait_for_log("dispatcher running", Duration::from_secs(10))
+        .await;
+    let mut client = ApiClient::new(&second.address, 1);
+    client.token = token_in(dir.path(), 1);
+    let fan = client
+        .post(
+            "/api/crm/fans",
+            &json!({ "handle": "@fan" }),
+            StatusCode::CREATED,
+        )
+        .await;
+    for i in 0..3 {
+        let body = json!({ "recipientId": fan["id"], "content": format!("hello {i}") });
+        client
+            .post("/api/onlyfans/messages/send", &body, StatusCode::ACCEPTED)
+            .await;
+    }
+    let all = delivered(&sim, 3, Duration::from_secs(30)).await;
+    exactly_once(&all, 3);
+    assert_eq!(sim.stats().await["totalViolations"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_on_postgresql_without_redis_is_refused_with_the_reason() {
+    let (_db, url) = crate::helpers::TestDb::create(crate::helpers::Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanqueue"))
+        .arg("dispatch")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("DATABASE_URL", &url)
+        .env("JWT_SECRET", crate::helpers::JWT_SECRET)
+        .env("PLATFORM_API_URL", "http://127.0.0.1:9/messages")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a dispatcher on PostgreSQL needs REDIS_URL"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_whose_database_goes_away_backs_off_and_resumes_losing_nothing() {
+    // The embedded queue over PostgreSQL: the outage takes the queue away too.
+    let sim = Sim::start(600).await;
+    let d = Deployment::with(
+        &sim.messages_url(),
+        600,
+        &crate::helpers::redis_url(),
+        crate::helpers::Queue::Embedded,
+        &[],
+    )
+    .await;
+    let n = d.campaign(1, 60).await;
+    let mut dispatcher = d.dispatcher();
+    delivered(&sim, 10, Duration::from_secs(30)).await;
+
+    let mut admin =
+        <sqlx::PgConnection as sqlx::Connection>::connect(&crate::helpers::postgres_admin_url())
+            .await
+            .unwrap();
+    crate::helpers::cut(&mut admin, &d.db_name).await;
+    dispatcher
+        .wait_for_log(
+            "delivery step failed; no message was charged",
+            Duration::from_secs(30),
+        )
+        .await;
+    let during = sim.deliveries().await.len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Requests out when it went may still land; nothing new starts while it is gone.
+    assert!(
+        sim.deliveries().await.len() <= during + 1,
+        "no delivery without the database"
+    );
+    crate::helpers::restore(&mut admin, &d.db_name).await;
+
+    d.all_sent(n, Duration::from_secs(90)).await;
+    exactly_once(&sim.deliveries().await, n);
+    assert_eq!(sim.stats().await["totalViolations"], 0);
+    assert!(
+        dispatcher.child.try_wait().unwrap().is_none(),
+        "the dispatcher kept running throughout"
+    );
 }

@@ -115,6 +115,34 @@ impl Drop for TestDb {
     }
 }
 
+/// Takes the database `name` away: refuses new connections and ends the open ones (the
+/// pools' idle connections too), as a failover or a network cut would.
+pub async fn cut(admin: &mut PgConnection, name: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"
+    )))
+    .execute(&mut *admin)
+    .await
+    .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .execute(&mut *admin)
+    .await
+    .unwrap();
+}
+
+pub async fn restore(admin: &mut PgConnection, name: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"
+    )))
+    .execute(&mut *admin)
+    .await
+    .unwrap();
+}
+
 pub fn postgres_admin_url() -> String {
     std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
@@ -870,4 +898,177 @@ while empty < 3:
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON body"))
         .collect()
+}
+
+/// Where a [`Deployment`]'s outbound queue is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// A fresh standard queue and its DLQ on the SQS emulator.
+    Sqs,
+    /// The embedded queue, in the deployment's PostgreSQL database.
+    Embedded,
+}
+
+/// A distributed deployment as operators run it: a PostgreSQL database of its own, Redis (the
+/// test run's or one of the caller's) under a prefix of its own, the outbound queue, an API and
+/// a worker process; dispatchers are started by the caller.
+pub struct Deployment {
+    pub env: Vec<(String, String)>,
+    pub dir: tempfile::TempDir,
+    /// The database's URL and name.
+    pub url: String,
+    pub db_name: String,
+    /// The SQS DLQ's URL (empty on the embedded queue).
+    pub dlq: String,
+    /// The API's base URL.
+    pub api: String,
+    _db: TestDb,
+    _api: AppProcess,
+    _worker: AppProcess,
+}
+
+impl Deployment {
+    /// On SQS, delivering to `platform` at `per_minute` per creator.
+    pub async fn start(platform: &str, per_minute: u32, redis_url: &str) -> Deployment {
+        Self::with(platform, per_minute, redis_url, Queue::Sqs, &[]).await
+    }
+
+    /// Like [`Deployment::start`], with the queue chosen and `extra` settings for every process.
+    pub async fn with(
+        platform: &str,
+        per_minute: u32,
+        redis_url: &str,
+        queue: Queue,
+        extra: &[(&str, &str)],
+    ) -> Deployment {
+        let (db, url) = TestDb::create(Backend::Postgres).await;
+        let TestDb::Postgres { name: db_name, .. } = &db else {
+            unreachable!("a PostgreSQL database")
+        };
+        let db_name = db_name.clone();
+        let mut env: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), url.clone()),
+            ("JWT_SECRET".into(), JWT_SECRET.into()),
+            ("REDIS_URL".into(), redis_url.into()),
+            (
+                "REDIS_PREFIX".into(),
+                format!("fqtest-{}", uuid::Uuid::new_v4().simple()),
+            ),
+            ("PLATFORM_API_URL".into(), platform.into()),
+            ("DELIVERY_RATE_PER_MINUTE".into(), per_minute.to_string()),
+            // Short attempts, so that a dead dispatcher's lease (timeout + 5 s) runs out soon.
+            ("PLATFORM_TIMEOUT_MS".into(), "1000".into()),
+            ("WRITE_LIMIT_PER_MINUTE".into(), "1000000".into()),
+            ("CAMPAIGNS_PER_HOUR".into(), "100000".into()),
+        ];
+        let mut dlq = String::new();
+        if queue == Queue::Sqs {
+            let (queue, dead) = sqs_queues(false, 5).await;
+            dlq = dead;
+            env.push(("SQS_QUEUE_URL".into(), queue));
+            env.push(("SQS_DLQ_URL".into(), dlq.clone()));
+            env.push(("AWS_ENDPOINT_URL".into(), aws_endpoint()));
+            for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
+                let value = std::env::var(key)
+                    .unwrap_or_else(|_| panic!("{key} must be set (scripts/test sets it)"));
+                env.push((key.into(), value));
+            }
+        }
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).into(), (*v).into()));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let api = AppProcess::spawn(&["serve"], &refs, dir.path());
+        let worker = AppProcess::spawn_until(&["worker"], &refs, dir.path(), "workers running");
+        Deployment {
+            api: api.address.clone(),
+            env,
+            dir,
+            url,
+            db_name,
+            dlq,
+            _db: db,
+            _api: api,
+            _worker: worker,
+        }
+    }
+
+    /// Starts a `fanqueue dispatch` process with `extra` settings (over the deployment's).
+    pub fn dispatcher_with(&self, extra: &[(&str, &str)]) -> AppProcess {
+        let mut refs: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
+            .collect();
+        refs.extend_from_slice(extra);
+        AppProcess::spawn_until(&["dispatch"], &refs, self.dir.path(), "dispatcher running")
+    }
+
+    pub fn dispatcher(&self) -> AppProcess {
+        self.dispatcher_with(&[])
+    }
+
+    /// `n` fans of `user` and one campaign to all of them, its job done (the messages are on
+    /// the outbound queue); returns `n`.
+    pub async fn campaign(&self, user: i64, n: usize) -> usize {
+        let client = ApiClient::new(&self.api, user);
+        let fans: Vec<Value> = futures::future::join_all((0..n).map(|i| {
+            let client = &client;
+            async move {
+                let fan = json!({ "handle": format!("u{user}f{i}") });
+                client
+                    .post("/api/crm/fans", &fan, StatusCode::CREATED)
+                    .await["id"]
+                    .clone()
+            }
+        }))
+        .await;
+        let mut jobs = vec![];
+        for chunk in fans.chunks(100) {
+            let bulk = json!({ "recipientIds": chunk, "content": "hello", "campaignName": "c" });
+            client
+                .post("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
+                .await;
+        }
+        let listed = client.get("/api/jobs?kind=bulk_send&limit=200").await;
+        for job in listed["items"].as_array().unwrap() {
+            jobs.push(job["id"].as_str().unwrap().to_owned());
+        }
+        for id in jobs {
+            let job = client.wait_job(&id, Duration::from_secs(120)).await;
+            assert_eq!(job["status"], "succeeded", "{job}");
+        }
+        n
+    }
+
+    /// Outbound message counts by status, from the database.
+    pub async fn statuses(&self) -> std::collections::BTreeMap<String, i64> {
+        let mut conn = PgConnection::connect(&self.url).await.unwrap();
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, COUNT(*) FROM messages WHERE direction = 'out' GROUP BY status",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        rows.into_iter().collect()
+    }
+
+    /// Waits until all `n` outbound messages are sent (at most `timeout`).
+    pub async fn all_sent(&self, n: usize, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let s = self.statuses().await;
+            if s.get("sent").copied() == Some(n as i64) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not all {n} sent within {timeout:?}: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }

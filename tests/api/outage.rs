@@ -8,38 +8,11 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, PgConnection};
 
 use crate::helpers::{
-    ApiClient, AppProcess, Backend, JWT_SECRET, TestDb, generated_csv, postgres_admin_url,
+    ApiClient, AppProcess, Backend, JWT_SECRET, TestDb, cut, generated_csv, postgres_admin_url,
+    restore,
 };
 
 const ROWS: usize = 20_000;
-
-/// Takes the database `name` away: refuses new connections and ends the open ones (the
-/// pools' idle connections too), as a failover or a network cut would.
-async fn cut(admin: &mut PgConnection, name: &str) {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"
-    )))
-    .execute(&mut *admin)
-    .await
-    .unwrap();
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE datname = $1 AND pid <> pg_backend_pid()",
-    )
-    .bind(name)
-    .execute(&mut *admin)
-    .await
-    .unwrap();
-}
-
-async fn restore(admin: &mut PgConnection, name: &str) {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"
-    )))
-    .execute(&mut *admin)
-    .await
-    .unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_run_jobs_again_after_their_database_was_unreachable_and_lose_nothing() {
