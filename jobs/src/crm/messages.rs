@@ -454,60 +454,96 @@ pub async fn claim_next(
     lease_until: DateTime<Utc>,
 ) -> StoreResult<Option<Claim>> {
     let now = Timestamp::now();
-    // PostgreSQL: skip rows another dispatcher is taking; SQLite: the transaction holds the
-    // write lock (Db::begin), so one dispatcher claims at a time.
-    let (expired, scheduled) = match db {
-        Db::Postgres(_) => (
-            "SELECT id FROM messages WHERE user_id = $1 AND status = 'sending' AND lease_until <= $2
-             LIMIT 1 FOR UPDATE SKIP LOCKED",
-            "SELECT id FROM messages WHERE user_id = $1 AND status = 'queued' AND ready_at IS NOT NULL
-               AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
-             ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
-        ),
-        Db::Sqlite(_) => (
-            "SELECT id FROM messages WHERE user_id = $1 AND status = 'sending' AND lease_until <= $2
-             LIMIT 1",
-            "SELECT id FROM messages WHERE user_id = $1 AND status = 'queued' AND ready_at IS NOT NULL
-               AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
-             ORDER BY priority DESC, created_at, id LIMIT 1",
-        ),
-    };
-    let mut tx = db.begin().await?;
-    let mut id: Option<(MessageId,)> = None;
-    for sql in [expired, scheduled] {
-        id = on_tx!(&mut tx, conn => sqlx::query_as(sql)
-            .bind(user)
-            .bind(now)
-            .fetch_optional(&mut **conn)
-            .await)?;
-        if id.is_some() {
-            break;
-        }
-    }
-    let Some((id,)) = id else {
-        return Ok(None);
-    };
-    let (message, attempt): (Deliverable, i64) = on_tx!(&mut tx, conn => {
-        let row = sqlx::query(
-            "UPDATE messages SET status = 'sending', attempts = attempts + 1, lease_until = $2,
-                 next_attempt_at = NULL
-             WHERE id = $1
-             RETURNING id, user_id, fan_id, text, attachments, priority, campaign_id, attempts",
+    let lease = Timestamp(lease_until);
+    use sqlx::{FromRow, Row};
+    let row = match db {
+        // One statement (one round trip on the dispatcher's hot path): skip rows another
+        // dispatcher is taking, take the message, log the attempt.
+        Db::Postgres(pool) => sqlx::query(
+            "WITH pick AS (
+                 SELECT COALESCE(
+                     (SELECT id FROM messages
+                       WHERE user_id = $1 AND status = 'sending' AND lease_until <= $2
+                       LIMIT 1 FOR UPDATE SKIP LOCKED),
+                     (SELECT id FROM messages
+                       WHERE user_id = $1 AND status = 'queued' AND ready_at IS NOT NULL
+                         AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
+                       ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 ) AS id
+             ), taken AS (
+                 UPDATE messages SET status = 'sending', attempts = attempts + 1,
+                     lease_until = $3, next_attempt_at = NULL
+                 FROM pick WHERE messages.id = pick.id
+                 RETURNING messages.id, messages.user_id, messages.fan_id, messages.text,
+                     messages.attachments, messages.priority, messages.campaign_id,
+                     messages.attempts
+             ), logged AS (
+                 INSERT INTO delivery_attempts (message_id, user_id, attempt, started_at)
+                 SELECT id, user_id, attempts, $2 FROM taken RETURNING id
+             )
+             SELECT taken.*, logged.id AS attempt_id FROM taken, logged",
         )
-        .bind(id)
-        .bind(Timestamp(lease_until))
-        .fetch_one(&mut **conn)
-        .await?;
-        use sqlx::{FromRow, Row};
-        (Deliverable::from_row(&row)?, row.try_get("attempts")?)
-    });
-    let attempt_id = deliveries::start(&mut tx, id, user, attempt, now).await?;
-    tx.commit().await?;
-    Ok(Some(Claim {
-        message,
-        attempt,
-        attempt_id,
-    }))
+        .bind(user)
+        .bind(now)
+        .bind(lease)
+        .fetch_optional(pool)
+        .await?
+        .map(|row| -> sqlx::Result<Claim> {
+            Ok(Claim {
+                message: Deliverable::from_row(&row)?,
+                attempt: row.try_get("attempts")?,
+                attempt_id: row.try_get("attempt_id")?,
+            })
+        })
+        .transpose()?,
+        // The transaction holds the write lock (Db::begin): one dispatcher claims at a time.
+        Db::Sqlite(_) => {
+            let mut tx = db.begin().await?;
+            let Tx::Sqlite(conn) = &mut tx else {
+                unreachable!("an SQLite transaction")
+            };
+            let mut id: Option<(MessageId,)> = None;
+            for sql in [
+                "SELECT id FROM messages WHERE user_id = $1 AND status = 'sending' AND lease_until <= $2
+                 LIMIT 1",
+                "SELECT id FROM messages WHERE user_id = $1 AND status = 'queued' AND ready_at IS NOT NULL
+                   AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
+                 ORDER BY priority DESC, created_at, id LIMIT 1",
+            ] {
+                id = sqlx::query_as(sql)
+                    .bind(user)
+                    .bind(now)
+                    .fetch_optional(&mut **conn)
+                    .await?;
+                if id.is_some() {
+                    break;
+                }
+            }
+            let Some((id,)) = id else {
+                return Ok(None);
+            };
+            let row = sqlx::query(
+                "UPDATE messages SET status = 'sending', attempts = attempts + 1, lease_until = $2,
+                     next_attempt_at = NULL
+                 WHERE id = $1
+                 RETURNING id, user_id, fan_id, text, attachments, priority, campaign_id, attempts",
+            )
+            .bind(id)
+            .bind(lease)
+            .fetch_one(&mut **conn)
+            .await?;
+            let message = Deliverable::from_row(&row)?;
+            let attempt: i64 = row.try_get("attempts")?;
+            let attempt_id = deliveries::start(&mut tx, id, user, attempt, now).await?;
+            tx.commit().await?;
+            Some(Claim {
+                message,
+                attempt,
+                attempt_id,
+            })
+        }
+    };
+    Ok(row)
 }
 
 /// How the attempt of a [`Claim`] ended, as it is recorded.
@@ -531,79 +567,134 @@ pub enum Settled<'a> {
     },
 }
 
-/// Records how a claimed attempt ended, with its log row, in one transaction. `false` when
-/// the message was taken over meanwhile (its lease expired and another attempt claimed it):
-/// that attempt records its own outcome.
+/// The message's side of [`settle`], one statement for every outcome: `$3` the new status,
+/// `$4` the time, `$5` 1 when the attempt is given back (not charged), `$6` whether the error
+/// is rewritten with `$7`, `$8` the next attempt's earliest time. Only the attempt that holds
+/// the message (`attempts = $2`) moves it.
+const SETTLE_MESSAGE: &str = "UPDATE messages SET
+        status = $3,
+        sent_at = CASE WHEN $3 = 'sent' THEN $4 ELSE sent_at END,
+        attempts = attempts - $5,
+        lease_until = NULL,
+        error = CASE WHEN $6 THEN $7 ELSE error END,
+        next_attempt_at = $8
+    WHERE id = $1 AND status = 'sending' AND attempts = $2";
+
+/// Records how a claimed attempt ended, with its log row, atomically. `false` when the message
+/// was taken over meanwhile (its lease expired and another attempt claimed it): that attempt
+/// records its own outcome.
 pub async fn settle(db: &Db, claim: &Claim, settled: Settled<'_>) -> StoreResult<bool> {
     let now = Timestamp::now();
-    let (id, attempt) = (claim.message.id, claim.attempt);
-    let mut tx = db.begin().await?;
-    let (moved, outcome, http_status, reason) = match settled {
-        Settled::Delivered { http_status } => {
-            let moved = on_tx!(&mut tx, conn => sqlx::query(
-                "UPDATE messages SET status = 'sent', sent_at = $3, lease_until = NULL, error = NULL
-                 WHERE id = $1 AND status = 'sending' AND attempts = $2",
-            )
-            .bind(id)
-            .bind(attempt)
-            .bind(now)
-            .execute(&mut **conn)
-            .await
-            .map(|r| r.rows_affected()))?;
-            (moved, AttemptOutcome::Delivered, Some(http_status), None)
-        }
-        Settled::RateLimited { http_status } => {
-            let moved = on_tx!(&mut tx, conn => sqlx::query(
-                "UPDATE messages SET status = 'queued', attempts = attempts - 1, lease_until = NULL
-                 WHERE id = $1 AND status = 'sending' AND attempts = $2",
-            )
-            .bind(id)
-            .bind(attempt)
-            .execute(&mut **conn)
-            .await
-            .map(|r| r.rows_affected()))?;
-            (moved, AttemptOutcome::RateLimited, Some(http_status), None)
-        }
+    let (status, uncharge, error, next, outcome, http_status) = match settled {
+        Settled::Delivered { http_status } => (
+            MessageStatus::Sent,
+            0,
+            Some(None),
+            None,
+            AttemptOutcome::Delivered,
+            Some(http_status),
+        ),
+        Settled::RateLimited { http_status } => (
+            MessageStatus::Queued,
+            1,
+            None,
+            None,
+            AttemptOutcome::RateLimited,
+            Some(http_status),
+        ),
         Settled::Retry {
             http_status,
             reason,
             next_attempt_at,
-        } => {
-            let moved = on_tx!(&mut tx, conn => sqlx::query(
-                "UPDATE messages SET status = 'queued', lease_until = NULL, error = $3,
-                     next_attempt_at = $4
-                 WHERE id = $1 AND status = 'sending' AND attempts = $2",
-            )
-            .bind(id)
-            .bind(attempt)
-            .bind(reason)
-            .bind(Timestamp(next_attempt_at))
-            .execute(&mut **conn)
-            .await
-            .map(|r| r.rows_affected()))?;
-            (moved, AttemptOutcome::Retry, http_status, Some(reason))
-        }
+        } => (
+            MessageStatus::Queued,
+            0,
+            Some(Some(reason)),
+            Some(Timestamp(next_attempt_at)),
+            AttemptOutcome::Retry,
+            http_status,
+        ),
         Settled::Failed {
             outcome,
             http_status,
             reason,
-        } => {
-            let moved = on_tx!(&mut tx, conn => sqlx::query(
-                "UPDATE messages SET status = 'failed', lease_until = NULL, error = $3
-                 WHERE id = $1 AND status = 'sending' AND attempts = $2",
+        } => (
+            MessageStatus::Failed,
+            0,
+            Some(Some(reason)),
+            None,
+            outcome,
+            http_status,
+        ),
+    };
+    let logged_error = error.flatten();
+    let (id, attempt) = (claim.message.id, claim.attempt);
+    macro_rules! bind_message {
+        ($q:expr) => {
+            $q.bind(id)
+                .bind(attempt)
+                .bind(status)
+                .bind(now)
+                .bind(uncharge)
+                .bind(error.is_some())
+                .bind(logged_error)
+                .bind(next)
+        };
+    }
+    let moved = match db {
+        // One statement: the message and its attempt's log row.
+        Db::Postgres(pool) => {
+            let sql = format!(
+                "WITH moved AS ({SETTLE_MESSAGE} RETURNING id), logged AS (
+                     UPDATE delivery_attempts SET finished_at = $4, outcome = $9,
+                         http_status = $10, error = $11
+                     WHERE id = $12 RETURNING id
+                 )
+                 SELECT (SELECT COUNT(*) FROM moved), (SELECT COUNT(*) FROM logged)"
+            );
+            let (moved, _logged): (i64, i64) =
+                bind_message!(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
+                    .bind(outcome)
+                    .bind(http_status.map(i32::from))
+                    .bind(logged_error)
+                    .bind(claim.attempt_id)
+                    .fetch_one(pool)
+                    .await?;
+            moved as u64
+        }
+        Db::Sqlite(_) => {
+            let mut tx = db.begin().await?;
+            let moved = on_tx!(&mut tx, conn => bind_message!(sqlx::query(SETTLE_MESSAGE))
+                .execute(&mut **conn)
+                .await
+                .map(|r| r.rows_affected()))?;
+            deliveries::finish(
+                &mut tx,
+                claim.attempt_id,
+                outcome,
+                http_status,
+                logged_error,
+                now,
             )
-            .bind(id)
-            .bind(attempt)
-            .bind(reason)
-            .execute(&mut **conn)
-            .await
-            .map(|r| r.rows_affected()))?;
-            (moved, outcome, http_status, Some(reason))
+            .await?;
+            tx.commit().await?;
+            moved
         }
     };
-    deliveries::finish(&mut tx, claim.attempt_id, outcome, http_status, reason, now).await?;
-    tx.commit().await?;
     Ok(moved == 1)
+}
+
+/// Whether `campaign` still has messages on their way (queued or sending). Asked after a
+/// message's final outcome has committed, so the last of several dispatchers to finish one
+/// campaign's messages always sees none left.
+pub async fn campaign_in_progress(db: &Db, campaign: CampaignId) -> StoreResult<bool> {
+    let (busy,): (bool,) = on_db!(db, pool => sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE campaign_id = $1 AND status IN ('queued', 'sending'))",
+    )
+    .bind(campaign)
+    .fetch_one(pool)
+    .await)?;
+    Ok(busy)
 }
 
 /// Message counts by delivery status.

@@ -64,7 +64,7 @@ impl Default for DispatchConfig {
         DispatchConfig {
             max_attempts: 5,
             concurrency: 64,
-            intake_loops: 2,
+            intake_loops: 4,
         }
     }
 }
@@ -492,8 +492,11 @@ impl Dispatcher {
                 }
             }
         }
+        // A campaign's live counts come from its messages; its row is brought up to date
+        // (and completed) once none of them is on its way.
         if let Some(campaign) = claim.message.campaign_id
             && matches!(settled, Settled::Delivered { .. } | Settled::Failed { .. })
+            && !messages::campaign_in_progress(&self.db, campaign).await?
         {
             campaigns::refresh(&self.db, campaign).await?;
         }
