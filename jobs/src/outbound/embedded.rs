@@ -13,33 +13,6 @@ pub struct EmbeddedQueue {
     max_receives: u32,
 }
 
-/// Hands out one candidate row (or moves it to the DLQ when it was received too often).
-macro_rules! receive_one {
-    ($conn:expr, $id:expr, $body:expr, $count:expr, $max_receives:expr, $until:expr) => {{
-        if $count >= $max_receives {
-            sqlx::query("UPDATE outbound_queue SET dead = TRUE, receipt = NULL WHERE id = $1")
-                .bind($id)
-                .execute($conn)
-                .await
-                .map_err(sql_error)?;
-            None
-        } else {
-            let receipt = ulid::Ulid::generate().to_string();
-            sqlx::query(
-                "UPDATE outbound_queue SET receive_count = receive_count + 1, visible_at = $2, receipt = $3
-                 WHERE id = $1",
-            )
-            .bind($id)
-            .bind($until)
-            .bind(&receipt)
-            .execute($conn)
-            .await
-            .map_err(sql_error)?;
-            Some(Received { receipt, body: $body, receive_count: ($count + 1) as u32 })
-        }
-    }};
-}
-
 fn sql_error(e: sqlx::Error) -> QueueError {
     QueueError(format!("embedded queue: {e}"))
 }
@@ -55,8 +28,8 @@ impl EmbeddedQueue {
         }
     }
 
-    /// One receive, without waiting. Like SQS: a message received more than `max_receives`
-    /// times goes to the DLQ instead of being handed out again.
+    /// One receive, without waiting, in one statement. Like SQS: a message received
+    /// `max_receives` times goes to the DLQ when it comes up again instead of being handed out.
     async fn receive_now(
         &self,
         max: usize,
@@ -65,37 +38,50 @@ impl EmbeddedQueue {
         let now = Timestamp::now();
         let until = Timestamp(now.0 + chrono::TimeDelta::from_std(visibility).unwrap_or_default());
         let max_receives = i64::from(self.max_receives);
-        // PostgreSQL: skip rows another receiver holds; SQLite: take the write lock first
-        // (one writer at a time), so a row is never handed to two receivers.
-        let (begin, select) = match &self.db {
+        // PostgreSQL: skip rows another receiver holds; SQLite: one writer at a time, so a row
+        // is never handed to two receivers. Each receive gets a fresh receipt: deleting needs
+        // it, so a receiver whose visibility ran out cannot delete another's copy.
+        let (pick, receipt) = match &self.db {
             Db::Postgres(_) => (
-                "BEGIN",
-                "SELECT id, body, receive_count FROM outbound_queue
-                 WHERE NOT dead AND visible_at <= $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                "FOR UPDATE SKIP LOCKED",
+                "md5(random()::text || clock_timestamp()::text || id::text)",
             ),
-            Db::Sqlite(_) => (
-                "BEGIN IMMEDIATE",
-                "SELECT id, body, receive_count FROM outbound_queue
-                 WHERE NOT dead AND visible_at <= $1 ORDER BY id LIMIT $2",
-            ),
+            Db::Sqlite(_) => ("", "lower(hex(randomblob(16)))"),
         };
-        let mut out = Vec::new();
-        on_db!(&self.db, pool => {
-            let mut tx = pool.begin_with(begin).await.map_err(sql_error)?;
-            let rows: Vec<(i64, String, i64)> = sqlx::query_as(select)
+        let sql = format!(
+            "WITH picked AS MATERIALIZED (
+                 SELECT id FROM outbound_queue WHERE NOT dead AND visible_at <= $1
+                 ORDER BY id LIMIT $2 {pick}
+             )
+             UPDATE outbound_queue SET
+                 dead = receive_count >= $3,
+                 receive_count = CASE WHEN receive_count >= $3 THEN receive_count ELSE receive_count + 1 END,
+                 visible_at = CASE WHEN receive_count >= $3 THEN visible_at ELSE $4 END,
+                 receipt = CASE WHEN receive_count >= $3 THEN NULL ELSE {receipt} END
+             WHERE id IN (SELECT id FROM picked)
+             RETURNING id, dead, body, receive_count, receipt"
+        );
+        let mut rows: Vec<(i64, bool, String, i64, Option<String>)> = on_db!(&self.db, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(now)
                 .bind(max as i64)
-                .fetch_all(&mut *tx)
+                .bind(max_receives)
+                .bind(until)
+                .fetch_all(pool)
                 .await
-                .map_err(sql_error)?;
-            for (id, body, count) in rows {
-                if let Some(r) = receive_one!(&mut *tx, id, body, count, max_receives, until) {
-                    out.push(r);
-                }
-            }
-            tx.commit().await.map_err(sql_error)?;
+                .map_err(sql_error)?
         });
-        Ok(out)
+        rows.sort_unstable_by_key(|(id, ..)| *id);
+        Ok(rows
+            .into_iter()
+            .filter_map(|(_, dead, body, count, receipt)| {
+                Some(Received {
+                    receipt: receipt.filter(|_| !dead)?,
+                    body,
+                    receive_count: count as u32,
+                })
+            })
+            .collect())
     }
 }
 
