@@ -1014,6 +1014,12 @@ impl Deployment {
     /// `n` fans of `user` and one campaign to all of them, its job done (the messages are on
     /// the outbound queue); returns `n`.
     pub async fn campaign(&self, user: i64, n: usize) -> usize {
+        self.campaign_accepted_at(user, n).await;
+        n
+    }
+
+    /// [`Deployment::campaign`]; returns when its first bulk send was accepted.
+    pub async fn campaign_accepted_at(&self, user: i64, n: usize) -> chrono::DateTime<chrono::Utc> {
         let client = ApiClient::new(&self.api, user);
         let fans: Vec<Value> = futures::future::join_all((0..n).map(|i| {
             let client = &client;
@@ -1027,11 +1033,13 @@ impl Deployment {
         }))
         .await;
         let mut jobs = vec![];
+        let mut accepted = None;
         for chunk in fans.chunks(100) {
             let bulk = json!({ "recipientIds": chunk, "content": "hello", "campaignName": "c" });
             client
                 .post("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
                 .await;
+            accepted.get_or_insert_with(chrono::Utc::now);
         }
         let listed = client.get("/api/jobs?kind=bulk_send&limit=200").await;
         for job in listed["items"].as_array().unwrap() {
@@ -1041,7 +1049,7 @@ impl Deployment {
             let job = client.wait_job(&id, Duration::from_secs(120)).await;
             assert_eq!(job["status"], "succeeded", "{job}");
         }
-        n
+        accepted.expect("at least one fan")
     }
 
     /// Outbound message counts by status, from the database.

@@ -602,7 +602,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn on_redis_an_unreachable_server_fails_closed_and_is_used_once_it_answers() {
+    async fn on_redis_an_unreachable_server_is_an_error_never_a_slot() {
         // A port nothing listens on: every operation is an error, never a slot.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
