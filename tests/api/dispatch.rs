@@ -530,3 +530,172 @@ async fn a_dispatcher_whose_database_goes_away_backs_off_and_resumes_losing_noth
         "the dispatcher kept running throughout"
     );
 }
+
+/// SQS queue attributes: (visible, in flight).
+async fn sqs_depth(queue: &str) -> (i64, i64) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let got = crate::helpers::sqs_client()
+        .await
+        .get_queue_attributes()
+        .queue_url(queue)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap();
+    let attrs = got.attributes().unwrap();
+    let n = |a: &A| attrs[a].parse().unwrap();
+    (
+        n(&A::ApproximateNumberOfMessages),
+        n(&A::ApproximateNumberOfMessagesNotVisible),
+    )
+}
+
+/// How many of the database's outbound messages are in their creator's schedule, or past it.
+async fn parked(url: &str) -> i64 {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM messages WHERE direction = 'out' AND ready_at IS NOT NULL",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_days_backlog_waits_off_the_queue_and_drains_with_nothing_in_the_dlq_while_a_reply_overtakes_it()
+ {
+    // A day at the real rate of 10 a minute, for one creator: 144 campaigns to 100 fans.
+    const DAY: usize = 24 * 60 * 10;
+    let sim = Sim::start(100_000).await;
+    let d = Deployment::with(
+        &sim.messages_url(),
+        10,
+        &crate::helpers::redis_url(),
+        crate::helpers::Queue::Sqs,
+        &[],
+    )
+    .await;
+    let mut real_rate = d.dispatcher();
+    let client = ApiClient::new(&d.api, 1);
+    let mut fans = vec![];
+    for i in 0..100 {
+        let fan = json!({ "handle": format!("@day{i}") });
+        fans.push(
+            client
+                .post("/api/crm/fans", &fan, StatusCode::CREATED)
+                .await["id"]
+                .clone(),
+        );
+    }
+    // At the real rate the backlog leaves SQS at once: every message is parked in the
+    // creator's schedule (the database), none waits on the queue, so none can run into the
+    // queue's 12-hour visibility limit or its receive count. (The campaigns go in one at a
+    // time, as a creator's would over a day: the emulator slows down with the length of its
+    // queue, while SQS does not.)
+    let bulk = json!({ "recipientIds": fans, "content": "daily news", "campaignName": "day" });
+    for i in 1..=DAY / 100 {
+        client
+            .post("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
+            .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while parked(&d.url).await < (i * 100) as i64 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "campaign {i}: {} of {} parked",
+                parked(&d.url).await,
+                i * 100
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let queue_url = d
+        .env
+        .iter()
+        .find(|(k, _)| k == "SQS_QUEUE_URL")
+        .unwrap()
+        .1
+        .clone();
+    assert_eq!(sqs_depth(&queue_url).await, (0, 0), "nothing left on SQS");
+
+    // A reply queued behind the day's backlog goes out within two slots (12 s), about when
+    // its estimate said.
+    let fan = client
+        .post(
+            "/api/crm/fans",
+            &json!({ "handle": "@waiting" }),
+            StatusCode::CREATED,
+        )
+        .await;
+    let conv = client
+        .post(
+            "/api/crm/conversations",
+            &json!({ "fanId": fan["id"] }),
+            StatusCode::CREATED,
+        )
+        .await;
+    let sent = client
+        .post(
+            &format!("/api/crm/conversations/{}/messages", conv["id"]),
+            &json!({ "text": "right away" }),
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    let reply = sent["messageId"].to_string();
+    let queued = instant(&sent["queuedAt"]);
+    let estimate = instant(&sent["estimatedSendTime"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let arrived = loop {
+        let all = sim.deliveries().await;
+        if let Some(d) = all.iter().find(|d| d["messageId"] == reply.as_str()) {
+            break instant(&d["arrivedAt"]);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reply did not go out"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let slot = chrono::TimeDelta::seconds(6);
+    assert!(
+        arrived - queued <= slot * 2,
+        "the reply went out {:?} after it was queued",
+        arrived - queued
+    );
+    assert!(
+        (arrived - estimate).abs() <= slot,
+        "estimated {estimate}, arrived {arrived}"
+    );
+    let so_far = arrivals(&sim.deliveries().await, 1);
+    for pair in so_far.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= chrono::TimeDelta::milliseconds(5_900),
+            "10 a minute: a slot every 6 s"
+        );
+    }
+    real_rate.terminate(Duration::from_secs(30)).await;
+
+    // The rest of the day, time compressed: the same deployment at 12,000 a minute.
+    let fast = [("DELIVERY_RATE_PER_MINUTE", "12000")];
+    let mut dispatchers = [d.dispatcher_with(&fast), d.dispatcher_with(&fast)];
+    d.all_sent(DAY + 1, Duration::from_secs(300)).await;
+    exactly_once(&sim.deliveries().await, DAY + 1);
+    assert_eq!(sqs_depth(&queue_url).await, (0, 0));
+    assert_eq!(sqs_depth(&d.dlq).await, (0, 0), "nothing in the DLQ");
+    for p in &mut dispatchers {
+        p.terminate(Duration::from_secs(30)).await;
+    }
+    let received: u64 = [&real_rate]
+        .into_iter()
+        .chain(&dispatchers)
+        .flat_map(|p| p.logged("dispatcher stopped"))
+        .map(|l| l["fields"]["received"].as_u64().unwrap())
+        .sum();
+    assert!(
+        received as f64 / (DAY + 1) as f64 <= 1.01,
+        "each message was received from SQS about once: {received}"
+    );
+}
