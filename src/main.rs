@@ -35,7 +35,13 @@ enum Command {
     /// you like (they share the rate through Redis).
     Dispatch,
     /// Run every role in one process (the embedded default's way to run).
-    All,
+    All {
+        /// Also serve the platform stand-in (see `platform-sim`) at this address, enforcing
+        /// DELIVERY_RATE_PER_MINUTE, and deliver to it: the whole system in one command, with
+        /// deliveries to read at http://ADDR/deliveries. Not with PLATFORM_API_URL.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9090")]
+        platform_sim: Option<SocketAddr>,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Print a bearer token for a user (development and scripts).
@@ -85,10 +91,30 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(settings.log_format);
     match cli.command {
-        Command::Serve => startup::run(Role::Serve, &settings, shutdown_signal()).await,
-        Command::Worker => startup::run(Role::Worker, &settings, shutdown_signal()).await,
-        Command::Dispatch => startup::run(Role::Dispatch, &settings, shutdown_signal()).await,
-        Command::All => startup::run(Role::All, &settings, shutdown_signal()).await,
+        Command::Serve => startup::run(Role::Serve, &settings, None, shutdown_signal()).await,
+        Command::Worker => startup::run(Role::Worker, &settings, None, shutdown_signal()).await,
+        Command::Dispatch => startup::run(Role::Dispatch, &settings, None, shutdown_signal()).await,
+        Command::All { platform_sim: None } => {
+            startup::run(Role::All, &settings, None, shutdown_signal()).await
+        }
+        Command::All {
+            platform_sim: Some(addr),
+        } => {
+            anyhow::ensure!(
+                settings.delivery.platform_api_url.is_none(),
+                "--platform-sim and PLATFORM_API_URL both say where to deliver: give one"
+            );
+            let sim = PlatformSim::bind(addr, settings.delivery.delivery_rate_per_minute).await?;
+            let mut settings = settings;
+            let host = if addr.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                addr.ip().to_string()
+            };
+            settings.delivery.platform_api_url =
+                Some(format!("http://{host}:{}/messages", sim.port()));
+            startup::run(Role::All, &settings, Some(sim), shutdown_signal()).await
+        }
         Command::Migrate => {
             let db = open_db(&settings).await?;
             let jobs = open_job_backend(&settings, &db).await?;

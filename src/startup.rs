@@ -20,6 +20,7 @@ use poem::{Server, listener::TcpAcceptor};
 use crate::{
     api::{self, AppState, Quotas, State},
     auth::JwtKeys,
+    platform_sim::PlatformSim,
     quotas::{Limiter, Quota},
     settings::Settings,
     supervisor::Supervisor,
@@ -328,14 +329,19 @@ pub enum Role {
     All,
 }
 
-/// Runs `role` until `shutdown` (SIGTERM, Ctrl-C) or until one of its services fails.
+/// Runs `role` until `shutdown` (SIGTERM, Ctrl-C) or until one of its services fails; with
+/// `platform_sim`, that stand-in is served beside them.
 pub async fn run(
     role: Role,
     settings: &Settings,
+    platform_sim: Option<PlatformSim>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let services = Services::open(settings).await?;
     let mut sup = Supervisor::default();
+    if let Some(sim) = platform_sim {
+        sup.start("platform-sim", |cancel| sim.run(cancel));
+    }
     if matches!(role, Role::Serve | Role::All) {
         start_api(&mut sup, Application::build(settings, &services).await?);
     }
@@ -348,7 +354,8 @@ pub async fn run(
         start_dispatcher(&mut sup, settings, &services).await?;
     } else if role == Role::All && settings.delivery.rate_limiter_enabled {
         tracing::warn!(
-            "PLATFORM_API_URL is not set: no dispatcher runs, and messages wait on the outbound queue"
+            "PLATFORM_API_URL is not set: no dispatcher runs, and messages wait on the outbound \
+             queue (`fanqueue all --platform-sim` delivers to a local stand-in)"
         );
     }
     sup.run(shutdown).await

@@ -699,3 +699,72 @@ async fn a_days_backlog_waits_off_the_queue_and_drains_with_nothing_in_the_dlq_w
         "each message was received from SQS about once: {received}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_start_all_with_platform_sim_delivers_a_message_the_stand_in_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = AppProcess::spawn(&["all", "--platform-sim", "127.0.0.1:0"], &[], dir.path());
+    let sim_port = app
+        .wait_for_log("platform-sim listening", Duration::from_secs(10))
+        .await["fields"]["port"]
+        .as_u64()
+        .unwrap();
+    app.wait_for_log("dispatcher running", Duration::from_secs(10))
+        .await;
+    let mut client = ApiClient::new(&app.address, 1);
+    client.token = token_in(dir.path(), 1);
+    let fan = client
+        .post(
+            "/api/crm/fans",
+            &json!({ "handle": "@johndoe" }),
+            StatusCode::CREATED,
+        )
+        .await;
+    let sent = client
+        .post(
+            "/api/onlyfans/messages/send",
+            &json!({ "recipientId": fan["id"], "content": "Hello!" }),
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    let deliveries = format!("http://127.0.0.1:{sim_port}/deliveries");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: Value = reqwest::get(&deliveries)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if got["total"] == 1 {
+            assert_eq!(got["items"][0]["messageId"], sent["messageId"].to_string());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not delivered: {got}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let page = client.get("/api/crm/conversations").await;
+    let conv = page["items"][0]["id"].clone();
+    let messages = client
+        .get(&format!("/api/crm/conversations/{conv}/messages"))
+        .await;
+    assert_eq!(messages["items"][0]["status"], "sent", "{messages}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_with_platform_sim_and_a_platform_url_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanqueue"))
+        .args(["all", "--platform-sim"])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PLATFORM_API_URL", "http://127.0.0.1:9/messages")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--platform-sim and PLATFORM_API_URL both say where to deliver"),
+        "{stderr}"
+    );
+}
