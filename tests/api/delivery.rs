@@ -40,6 +40,8 @@ both!(
     used_up_attempts_fail_the_message_and_put_it_in_the_dlq,
     a_429_holds_the_creator_for_retry_after_without_charging_an_attempt,
     a_campaign_completes_with_its_counts_once_every_message_is_delivered,
+    a_timeout_is_retried_under_the_same_key_and_delivered_once,
+    a_dispatcher_dead_between_the_platforms_2xx_and_its_record_is_covered_by_the_key,
 );
 
 /// 600 a minute: a slot every 100 ms, so tests do not wait long between deliveries.
@@ -386,6 +388,77 @@ async fn a_campaign_completes_with_its_counts_once_every_message_is_delivered(ba
             .iter()
             .all(|d| d["campaignId"].as_str() == Some(campaign.to_string().as_str()))
     );
+}
+
+async fn a_timeout_is_retried_under_the_same_key_and_delivered_once(backend: Backend) {
+    let (sim, app, dispatcher) = setup(backend, |_| {}).await;
+    let (_, conv) = app.fan_with_conversation(1, "@slow").await;
+    // The platform hangs on the first request; the attempt gives up after its timeout (1 s).
+    sim.faults(json!({ "timeouts": 1 })).await;
+    let id = reply(&app, 1, conv, "are you there").await;
+    until(&dispatcher, "the message is sent", || {
+        status_is(&app, 1, conv, id, "sent")
+    })
+    .await;
+    let attempts = attempt_log(&app, id).await;
+    assert_eq!(
+        attempts.iter().map(|(o, _)| o.as_str()).collect::<Vec<_>>(),
+        ["retry", "delivered"]
+    );
+    let stats = sim.stats().await;
+    assert_eq!(stats["rejected"]["timeouts"], 1, "{stats}");
+    let delivered = sim.deliveries().await;
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(
+        delivered[0]["key"],
+        id.to_string(),
+        "the same key both times"
+    );
+    assert_eq!(message(&app, 1, conv, id).await["attempts"], 2);
+}
+
+async fn a_dispatcher_dead_between_the_platforms_2xx_and_its_record_is_covered_by_the_key(
+    backend: Backend,
+) {
+    let (sim, app, dispatcher) = setup(backend, |_| {}).await;
+    let (_, conv) = app.fan_with_conversation(1, "@once-only").await;
+    let id = reply(&app, 1, conv, "exactly once").await;
+    until(&dispatcher, "the message is sent", || {
+        status_is(&app, 1, conv, id, "sent")
+    })
+    .await;
+    // What a kill -9 right after the platform's 2xx leaves behind: the platform has the
+    // message, the database still has it `sending` under its first attempt, whose lease has
+    // run out since.
+    let services = app.services().await;
+    let past =
+        fanqueue_jobs::domain::Timestamp(chrono::Utc::now() - chrono::TimeDelta::seconds(60));
+    let sql =
+        "UPDATE messages SET status = 'sending', sent_at = NULL, lease_until = $2 WHERE id = $1";
+    fanqueue_jobs::on_db!(&services.db, pool => sqlx::query(sql)
+        .bind(id)
+        .bind(past)
+        .execute(pool)
+        .await
+        .unwrap()
+        .rows_affected());
+    until(
+        &dispatcher,
+        "the message is sent again in the database",
+        || status_is(&app, 1, conv, id, "sent"),
+    )
+    .await;
+    let stats = sim.stats().await;
+    assert_eq!(
+        (
+            stats["requests"].as_u64(),
+            stats["deliveries"].as_u64(),
+            stats["duplicatesReplayed"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1)),
+        "taken over under the same key, the platform applied it once: {stats}"
+    );
+    assert_eq!(message(&app, 1, conv, id).await["attempts"], 2);
 }
 
 /// The message's attempts from the attempt log: (outcome, start).

@@ -84,24 +84,21 @@ async fn the_embedded_default_delivers_at_ten_a_minute_per_creator_as_estimated(
             .await;
         estimates.push(instant(&sent["estimatedSendTime"]));
     }
-    // Another creator's message, sent last, does not wait behind the first creator's.
-    let other = two
-        .post(
-            "/api/crm/fans",
-            &json!({ "handle": "@other" }),
-            StatusCode::CREATED,
-        )
+    // Another creator's campaign, sent last, does not wait behind the first creator's, and
+    // completes when its estimate said.
+    let mut others = vec![];
+    for i in 0..3 {
+        let fan = json!({ "handle": format!("@other{i}") });
+        others.push(two.post("/api/crm/fans", &fan, StatusCode::CREATED).await["id"].clone());
+    }
+    let other_queued = Utc::now();
+    let bulk = json!({ "recipientIds": others, "content": "hi", "campaignName": "c" });
+    let created = two
+        .post("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
         .await;
-    let sent = two
-        .post(
-            "/api/onlyfans/messages/send",
-            &json!({ "recipientId": other["id"], "content": "hi" }),
-            StatusCode::ACCEPTED,
-        )
-        .await;
-    let other_queued = instant(&sent["queuedAt"]);
+    let completion = instant(&created["estimatedCompletionTime"]);
 
-    let all = delivered(&sim, 4, Duration::from_secs(60)).await;
+    let all = delivered(&sim, 6, Duration::from_secs(60)).await;
     let first = arrivals(&all, 1);
     assert_eq!(first.len(), 3);
     for pair in first.windows(2) {
@@ -121,8 +118,13 @@ async fn the_embedded_default_delivers_at_ten_a_minute_per_creator_as_estimated(
     let second = arrivals(&all, 2);
     assert!(
         second[0] - other_queued < slot,
-        "creator 2's message went out within a slot ({:?})",
+        "creator 2's first message went out within a slot ({:?})",
         second[0] - other_queued
+    );
+    assert!(
+        (second[2] - completion).abs() <= slot,
+        "estimated completion {completion}, last delivery {}",
+        second[2]
     );
     assert_eq!(sim.stats().await["totalViolations"], 0);
 }
@@ -318,6 +320,15 @@ async fn with_redis_down_for_30_s_nothing_is_delivered_or_lost_and_the_rate_hold
 
     let deliveries = sim.deliveries().await;
     exactly_once(&deliveries, n);
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&d.url)
+        .await
+        .unwrap();
+    let (charged,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM messages WHERE direction = 'out' AND attempts <> 1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(charged, 0, "the outage charged no message an attempt");
     for user in [1, 2] {
         let at = arrivals(&deliveries, user);
         let during = at
