@@ -164,6 +164,11 @@ impl Db {
         .context("applying migrations")
     }
 
+    /// One round trip: whether the database answers.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        on_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+    }
+
     /// The SQLite database's file, `None` on PostgreSQL.
     pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
         match self {

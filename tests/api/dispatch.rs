@@ -779,3 +779,41 @@ async fn all_with_platform_sim_and_a_platform_url_is_refused() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_cut_off_from_sqs_backs_off_and_resumes_losing_nothing() {
+    let sim = Sim::start(600).await;
+    let d = Deployment::start(&sim.messages_url(), 600, &crate::helpers::redis_url()).await;
+    let endpoint: std::net::SocketAddr = crate::helpers::aws_endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the emulator's endpoint is host:port");
+    let proxy = crate::helpers::Proxy::start(endpoint).await;
+    let proxied = proxy.url();
+    let dispatcher = d.dispatcher_with(&[("AWS_ENDPOINT_URL", proxied.as_str())]);
+    let first = d.campaign(1, 10).await;
+    delivered(&sim, first, Duration::from_secs(30)).await;
+
+    // SQS goes away for the dispatcher (the worker still reaches it and queues more).
+    proxy.cut();
+    let second = d.campaign(2, 10).await;
+    dispatcher
+        .wait_for_log(
+            "taking messages off the outbound queue failed",
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(
+        sim.deliveries().await.len(),
+        first,
+        "nothing of the second campaign while SQS is unreachable"
+    );
+    proxy.restore();
+    d.all_sent(first + second, Duration::from_secs(90)).await;
+    exactly_once(&sim.deliveries().await, first + second);
+    let mut dispatcher = dispatcher;
+    assert!(
+        dispatcher.child.try_wait().unwrap().is_none(),
+        "the dispatcher kept running throughout"
+    );
+}

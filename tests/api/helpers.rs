@@ -1080,3 +1080,70 @@ impl Deployment {
         }
     }
 }
+
+/// A TCP forwarder to `target` on a port of its own, which a test can cut (new connections
+/// are refused and open ones ended, as a network partition would) and restore.
+pub struct Proxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::Mutex<Option<tokio_util::sync::CancellationToken>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Proxy {
+    pub async fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let live = tokio_util::sync::CancellationToken::new();
+        let cut = std::sync::Arc::new(std::sync::Mutex::new(Some(live)));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (state, stopped) = (cut.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(_) => continue,
+                    },
+                };
+                let Some(live) = state.lock().unwrap().clone() else {
+                    continue; // cut: the connection is dropped at once
+                };
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = live.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, cut, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn cut(&self) {
+        if let Some(live) = self.cut.lock().unwrap().take() {
+            live.cancel();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut
+            .lock()
+            .unwrap()
+            .get_or_insert_with(tokio_util::sync::CancellationToken::new);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.cut();
+    }
+}

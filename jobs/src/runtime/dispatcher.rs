@@ -69,8 +69,10 @@ impl Default for DispatchConfig {
     }
 }
 
-/// How long a received message stays hidden from other dispatchers while it is parked.
-const INTAKE_VISIBILITY: Duration = Duration::from_secs(60);
+/// How long a received message stays hidden from other dispatchers while it is parked (a
+/// few milliseconds' work). Also how long a batch whose receive answer was lost (a network
+/// cut) waits before it can be received again.
+const INTAKE_VISIBILITY: Duration = Duration::from_secs(20);
 /// Long-polling wait of one receive.
 const INTAKE_WAIT: Duration = Duration::from_secs(10);
 /// How often a process looks for creators with due work it has no lane for (another
@@ -249,9 +251,17 @@ impl Dispatcher {
     ) {
         let mut failures = 0;
         loop {
-            let step = tokio::select! {
-                _ = cancel.cancelled() => return,
-                step = self.intake_once(INTAKE_WAIT) => step,
+            // After a failure, receive again only once the database answers: a receive whose
+            // messages cannot be parked raises their receive count toward the DLQ for nothing.
+            let step = if failures > 0
+                && let Err(e) = self.db.ping().await
+            {
+                Err(anyhow::Error::new(e).context("the database does not answer"))
+            } else {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    step = self.intake_once(INTAKE_WAIT) => step,
+                }
             };
             match step {
                 Ok(creators) => {
