@@ -51,7 +51,7 @@ impl EmbeddedQueue {
         let sql = format!(
             "WITH picked AS MATERIALIZED (
                  SELECT id FROM outbound_queue WHERE NOT dead AND visible_at <= $1
-                 ORDER BY id LIMIT $2 {pick}
+                 ORDER BY visible_at, id LIMIT $2 {pick}
              )
              UPDATE outbound_queue SET
                  dead = receive_count >= $3,
