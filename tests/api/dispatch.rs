@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{ApiClient, AppProcess, Deployment, Sim, instant};
+use crate::helpers::{ApiClient, AppProcess, Deployment, Sim, instant, run_fanqueue};
 
 /// The arrival times at the platform of `user`'s deliveries, in order.
 fn arrivals(deliveries: &[Value], user: i64) -> Vec<DateTime<Utc>> {
@@ -422,14 +422,18 @@ async fn a_dispatcher_started_while_redis_is_down_delivers_nothing_until_it_is_u
 
 /// A token for `user` from `fanqueue token`, signed with the secret in `dir`'s data.
 fn token_in(dir: &std::path::Path, user: i64) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanqueue"))
-        .args(["token", "--user-id", &user.to_string()])
-        .current_dir(dir)
-        .env_clear()
-        .output()
-        .unwrap();
+    let out = run_fanqueue(dir, &["token", "--user-id", &user.to_string()], &[]);
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Runs `fanqueue args…` with `env` and checks that it refuses to start, saying `why`.
+fn refused(args: &[&str], env: &[(&str, &str)], why: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_fanqueue(dir.path(), args, env);
+    assert!(!out.status.success(), "fanqueue {args:?} started");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(why), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,21 +483,15 @@ async fn on_one_sqlite_file_a_second_dispatcher_stands_by_and_takes_over_after_k
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatcher_on_postgresql_without_redis_is_refused_with_the_reason() {
     let (_db, url) = crate::helpers::TestDb::create(crate::helpers::Backend::Postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanqueue"))
-        .arg("dispatch")
-        .current_dir(dir.path())
-        .env_clear()
-        .env("DATABASE_URL", &url)
-        .env("JWT_SECRET", crate::helpers::JWT_SECRET)
-        .env("PLATFORM_API_URL", "http://127.0.0.1:9/messages")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("a dispatcher on PostgreSQL needs REDIS_URL"),
-        "{stderr}"
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("JWT_SECRET", crate::helpers::JWT_SECRET),
+        ("PLATFORM_API_URL", "http://127.0.0.1:9/messages"),
+    ];
+    refused(
+        &["dispatch"],
+        &env,
+        "a dispatcher on PostgreSQL needs REDIS_URL",
     );
 }
 
@@ -764,19 +762,10 @@ async fn the_quick_start_all_with_platform_sim_delivers_a_message_the_stand_in_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_with_platform_sim_and_a_platform_url_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanqueue"))
-        .args(["all", "--platform-sim"])
-        .current_dir(dir.path())
-        .env_clear()
-        .env("PLATFORM_API_URL", "http://127.0.0.1:9/messages")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--platform-sim and PLATFORM_API_URL both say where to deliver"),
-        "{stderr}"
+    refused(
+        &["all", "--platform-sim"],
+        &[("PLATFORM_API_URL", "http://127.0.0.1:9/messages")],
+        "--platform-sim and PLATFORM_API_URL both say where to deliver",
     );
 }
 

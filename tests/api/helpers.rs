@@ -2,7 +2,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     time::Duration,
 };
 
@@ -495,6 +495,17 @@ pub async fn error_of(resp: Response, expected: StatusCode, code: &str) -> Value
 }
 
 /// The `fanqueue` binary running as its own process, with only `env` set (plus PATH/HOME).
+/// Runs `fanqueue args…` to its end in `dir`, with nothing in its environment but `env`.
+pub fn run_fanqueue(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fanqueue"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("running the fanqueue binary")
+}
+
 /// Its JSON log lines are kept for the test to read.
 pub struct AppProcess {
     pub child: Child,

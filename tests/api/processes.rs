@@ -4,17 +4,11 @@ use std::process::Command;
 
 use reqwest::StatusCode;
 
-use crate::helpers::AppProcess;
+use crate::helpers::{AppProcess, run_fanqueue};
 
 /// Runs `fanqueue args…` in `dir` with only `env` set; asserts success, returns stdout.
 fn fanqueue(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_fanqueue"))
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+    let out = run_fanqueue(dir, args, env);
     assert!(
         out.status.success(),
         "fanqueue {args:?}: {}",
@@ -118,10 +112,22 @@ fn help_lists_every_setting() {
         "PLATFORM_API_URL",
         "RATE_LIMITER_ENABLED",
         "DELIVERY_RATE_PER_MINUTE",
+        "PLATFORM_TIMEOUT_MS",
+        "DELIVERY_MAX_ATTEMPTS",
+        "DISPATCH_CONCURRENCY",
     ] {
         assert!(help.contains(var), "--help does not mention {var}");
     }
-    for cmd in ["serve", "worker", "all", "migrate", "token", "import"] {
+    for cmd in [
+        "serve",
+        "worker",
+        "dispatch",
+        "all",
+        "migrate",
+        "token",
+        "import",
+        "platform-sim",
+    ] {
         assert!(help.contains(cmd), "--help does not list {cmd}");
     }
 }
