@@ -164,17 +164,12 @@ fn media(urls: Option<Vec<String>>) -> Result<Vec<NewAttachment>, ApiError> {
         .collect()
 }
 
-/// When `m` should reach the platform: the dispatcher's schedule for its creator (the next
-/// free slot after the creator's latest attempt, then one slot per message ahead of it).
+/// When `m` should reach the platform: the dispatcher's schedule for its creator (see
+/// [`Pace::eta`](fanqueue_jobs::delivery::limiter::Pace::eta)).
 pub async fn eta(state: &State, m: &Message) -> Result<DateTime<Utc>, ApiError> {
     let ahead = messages::ahead_of(&state.db, m).await?;
     let last = deliveries::last_started(&state.db, m.user_id).await?;
-    let spacing = state.pace.spacing();
-    let next_free = match last {
-        Some(last) => m.created_at.max(last + spacing),
-        None => m.created_at,
-    };
-    Ok(state.pace.eta(next_free, ahead))
+    Ok(state.pace.eta(m.created_at, last, ahead))
 }
 
 /// A submission that stored nothing, as the client sees it.

@@ -51,17 +51,18 @@ async fn a_single_send_is_queued_with_an_estimate_and_its_conversation_moves(app
     assert_eq!(first["status"], "queued");
     assert!(first["messageId"].is_i64());
     let queued = instant(&first["queuedAt"]);
+    let handoff = chrono::TimeDelta::from_std(fanqueue_jobs::delivery::limiter::HANDOFF).unwrap();
     assert_eq!(
         instant(&first["estimatedSendTime"]),
-        queued,
-        "nothing ahead of it"
+        queued + handoff,
+        "nothing ahead of it: as soon as it is in the dispatcher's hands"
     );
     let second = json_of(
         app.post(1, "/api/onlyfans/messages/send", &body).await,
         StatusCode::ACCEPTED,
     )
     .await;
-    let behind = instant(&second["estimatedSendTime"]) - instant(&second["queuedAt"]);
+    let behind = instant(&second["estimatedSendTime"]) - instant(&second["queuedAt"]) - handoff;
     assert_eq!(behind.num_seconds(), 6, "one message ahead at 10 a minute");
 
     // The send opened the fan's conversation; the message is in it, oldest first.

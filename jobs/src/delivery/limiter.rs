@@ -33,6 +33,10 @@ use crate::domain::UserId;
 /// The platform's window.
 pub const WINDOW: Duration = Duration::from_secs(60);
 
+/// About how long a message takes from its 202 to its creator's schedule (its job runs, puts
+/// it on the outbound queue, a dispatcher's intake parks it), for estimates.
+pub const HANDOFF: Duration = Duration::from_secs(1);
+
 /// The pace of deliveries per creator.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
@@ -48,11 +52,34 @@ impl Pace {
         WINDOW / self.per_minute.max(1)
     }
 
-    /// When the message with `ahead` messages before it goes out, if the next slot is free at
-    /// `next_free` and nothing fails: the schedule behind `estimatedSendTime`.
-    pub fn eta(&self, next_free: DateTime<Utc>, ahead: i64) -> DateTime<Utc> {
+    /// When a message queued at `queued` goes out, with `ahead` waiting messages before it,
+    /// if its creator's latest delivery started at `last` and nothing fails: the schedule
+    /// behind `estimatedSendTime`. Its first chance is the first slot after it has reached the
+    /// creator's schedule ([`HANDOFF`] after its 202), on the creator's grid of slots when a
+    /// delivery is recent.
+    pub fn eta(
+        &self,
+        queued: DateTime<Utc>,
+        last: Option<DateTime<Utc>>,
+        ahead: i64,
+    ) -> DateTime<Utc> {
+        let ready = queued + HANDOFF;
+        let spacing = chrono::TimeDelta::from_std(self.spacing()).unwrap_or_default();
+        let first = match last {
+            Some(last) if last + spacing >= ready => last + spacing,
+            // The grid: the first slot after `ready` counted from `last`, while the
+            // creator's window still remembers it.
+            Some(last)
+                if ready - last < chrono::TimeDelta::from_std(WINDOW).unwrap_or_default() =>
+            {
+                let behind = (ready - last).num_microseconds().unwrap_or(0);
+                let step = spacing.num_microseconds().unwrap_or(1).max(1);
+                last + chrono::TimeDelta::microseconds((behind + step - 1) / step * step)
+            }
+            _ => ready,
+        };
         let ahead = u32::try_from(ahead.max(0)).unwrap_or(u32::MAX);
-        next_free + self.spacing().saturating_mul(ahead)
+        first + self.spacing().saturating_mul(ahead)
     }
 
     fn micros(d: Duration) -> i64 {
@@ -487,6 +514,26 @@ mod tests {
             }
         }
         starts
+    }
+
+    #[test]
+    fn estimates_fall_on_the_creators_grid_of_slots_after_the_handoff() {
+        let p = pace(10, 15);
+        let t = |s: i64| DateTime::<Utc>::from_timestamp(1_000_000 + s, 0).unwrap();
+        // Idle creator: the handoff, then one slot per message ahead.
+        assert_eq!(p.eta(t(0), None, 0), t(1));
+        assert_eq!(p.eta(t(0), None, 2), t(13));
+        // A delivery started 2 s ago: its next slot is 4 s away, after the handoff.
+        assert_eq!(p.eta(t(0), Some(t(-2)), 0), t(4));
+        // Started 5.5 s ago: the next slot (0.5 s away) comes before the message is parked,
+        // so the one after.
+        let last = t(-6) + chrono::TimeDelta::milliseconds(500);
+        assert_eq!(
+            p.eta(t(0), Some(last), 0),
+            last + chrono::TimeDelta::seconds(12)
+        );
+        // Long idle: the grid is forgotten.
+        assert_eq!(p.eta(t(0), Some(t(-600)), 0), t(1));
     }
 
     #[test]
