@@ -287,6 +287,13 @@ impl Run {
                 .await
                 .unwrap();
                 eprintln!("not sent (id, user, status, enqueued, parked, attempts): {rows:?}");
+                if !self.deployment.dlq.is_empty() {
+                    eprintln!(
+                        "SQS (visible, in flight): queue {:?}, DLQ {:?}",
+                        sqs_depth(self.deployment.queue_url()).await,
+                        sqs_depth(&self.deployment.dlq).await
+                    );
+                }
                 break;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -297,6 +304,14 @@ impl Run {
         let mut delivered_logged = 0;
         for d in &mut self.dispatchers {
             d.terminate(Duration::from_secs(40)).await;
+            let failed = d.logged("taking messages off the outbound queue failed");
+            if let Some(first) = failed.first() {
+                eprintln!(
+                    "a dispatcher's intake failed {} times; the first: {}",
+                    failed.len(),
+                    first["fields"]["error"]
+                );
+            }
             let stopped = d.logged("dispatcher stopped");
             let line = stopped.first().expect("each dispatcher logs its totals");
             received += line["fields"]["received"].as_u64().unwrap();
@@ -474,6 +489,25 @@ fn busiest_minute(at: &[DateTime<Utc>]) -> usize {
         best = best.max(last - first + 1);
     }
     best
+}
+
+/// An SQS queue's (visible, in flight) counts.
+async fn sqs_depth(queue: &str) -> (String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let got = helpers::sqs_client()
+        .await
+        .get_queue_attributes()
+        .queue_url(queue)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap();
+    let attrs = got.attributes().unwrap();
+    (
+        attrs[&A::ApproximateNumberOfMessages].clone(),
+        attrs[&A::ApproximateNumberOfMessagesNotVisible].clone(),
+    )
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> Value {

@@ -624,13 +624,7 @@ async fn a_days_backlog_waits_off_the_queue_and_drains_with_nothing_in_the_dlq_w
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let queue_url = d
-        .env
-        .iter()
-        .find(|(k, _)| k == "SQS_QUEUE_URL")
-        .unwrap()
-        .1
-        .clone();
+    let queue_url = d.queue_url().to_owned();
     assert_eq!(sqs_depth(&queue_url).await, (0, 0), "nothing left on SQS");
 
     // A reply queued behind the day's backlog goes out within two slots (12 s), about when

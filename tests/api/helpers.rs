@@ -1022,6 +1022,14 @@ impl Deployment {
         self.dispatcher_with(&[])
     }
 
+    /// The SQS queue's URL (empty on the embedded queue).
+    pub fn queue_url(&self) -> &str {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "SQS_QUEUE_URL")
+            .map_or("", |(_, v)| v.as_str())
+    }
+
     /// `n` fans of `user` and one campaign to all of them, its job done (the messages are on
     /// the outbound queue); returns `n`.
     pub async fn campaign(&self, user: i64, n: usize) -> usize {
