@@ -34,6 +34,9 @@ enum Command {
     /// Deliver queued messages to the platform at each creator's rate; as many processes as
     /// you like (they share the rate through Redis).
     Dispatch,
+    /// Run the sweeper: on every tick of SWEEP_CRON one sweep (however many sweepers run)
+    /// reconciles the DLQ, re-queues stuck messages and prunes old records.
+    Sweep,
     /// Run every role in one process (the embedded default's way to run).
     All {
         /// Also serve the platform stand-in (see `platform-sim`) at this address, enforcing
@@ -94,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => startup::run(Role::Serve, &settings, None, shutdown_signal()).await,
         Command::Worker => startup::run(Role::Worker, &settings, None, shutdown_signal()).await,
         Command::Dispatch => startup::run(Role::Dispatch, &settings, None, shutdown_signal()).await,
+        Command::Sweep => startup::run(Role::Sweep, &settings, None, shutdown_signal()).await,
         Command::All { platform_sim: None } => {
             startup::run(Role::All, &settings, None, shutdown_signal()).await
         }

@@ -100,6 +100,22 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "deliveries in flight at once per dispatcher [64]",
     ),
     (
+        "SWEEP_CRON",
+        "when the sweeper runs, seconds first [0 */5 * * * *]",
+    ),
+    (
+        "SWEEP_MAX_REDRIVES",
+        "times a message goes back on the queue before it fails [3]",
+    ),
+    (
+        "SWEEP_STUCK_AFTER_SECS",
+        "a message on the queue (or a lost lease) this old is stuck [900]",
+    ),
+    (
+        "RETENTION_HOURS",
+        "final jobs and delivery attempts kept this long [168]",
+    ),
+    (
         "FANQUEUE_URL",
         "server the `import` command talks to [http://127.0.0.1:8080]",
     ),
@@ -122,6 +138,8 @@ pub struct Settings {
     pub outbound: OutboundSettings,
     #[serde(flatten)]
     pub delivery: DeliverySettings,
+    #[serde(flatten)]
+    pub sweep: SweepSettings,
     /// SQS and S3 endpoint (an emulator); unset: AWS.
     pub aws_endpoint_url: Option<String>,
     pub log_format: LogFormat,
@@ -184,6 +202,15 @@ pub struct DeliverySettings {
     pub platform_timeout_ms: u64,
     pub delivery_max_attempts: u32,
     pub dispatch_concurrency: usize,
+}
+
+/// The sweeper.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SweepSettings {
+    pub sweep_cron: String,
+    pub sweep_max_redrives: u32,
+    pub sweep_stuck_after_secs: u64,
+    pub retention_hours: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -329,6 +356,10 @@ mod tests {
                 ("PLATFORM_TIMEOUT_MS", "2500"),
                 ("DELIVERY_MAX_ATTEMPTS", "7"),
                 ("DISPATCH_CONCURRENCY", "8"),
+                ("SWEEP_CRON", "*/10 * * * * *"),
+                ("SWEEP_MAX_REDRIVES", "2"),
+                ("SWEEP_STUCK_AFTER_SECS", "60"),
+                ("RETENTION_HOURS", "24"),
             ];
             let listed: Vec<&str> = ENV_VARS
                 .iter()
@@ -392,6 +423,15 @@ mod tests {
                     s.delivery.dispatch_concurrency
                 ),
                 (2500, 7, 8)
+            );
+            assert_eq!(s.sweep.sweep_cron, "*/10 * * * * *");
+            assert_eq!(
+                (
+                    s.sweep.sweep_max_redrives,
+                    s.sweep.sweep_stuck_after_secs,
+                    s.sweep.retention_hours
+                ),
+                (2, 60, 24)
             );
             // An empty variable means unset.
             jail.set_env("REDIS_URL", "");

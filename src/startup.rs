@@ -10,10 +10,10 @@ use fanqueue_jobs::{
         limiter::{DeliveryLimiter, Pace},
         platform::Platform,
     },
-    engine::{JobBackend, relay::OutboxRelay},
-    kinds::Deps,
+    engine::{JobBackend, processes::Heartbeat, relay::OutboxRelay},
+    kinds::{Deps, sweep::SweepConfig},
     outbound::{EmbeddedQueue, Outbound, SqsQueue},
-    runtime::{DispatchConfig, Dispatcher, Workers},
+    runtime::{DispatchConfig, Dispatcher, Kind, Sweeper, Workers},
 };
 use poem::{Server, listener::TcpAcceptor};
 
@@ -173,25 +173,45 @@ impl Application {
 }
 
 /// The job kinds' dependencies, from the settings and the shared services.
-fn deps(settings: &Settings, services: &Services) -> Deps {
+pub fn deps(settings: &Settings, services: &Services) -> Deps {
+    let sweep = &settings.sweep;
     Deps {
         db: services.db.clone(),
         blobs: services.blobs.clone(),
         import_batch_rows: settings.imports.import_batch_rows.max(1),
         outbound: services.outbound.clone(),
         rate_limiter_enabled: settings.delivery.rate_limiter_enabled,
+        sweep: SweepConfig {
+            max_redrives: i64::from(sweep.sweep_max_redrives),
+            stuck_after: Duration::from_secs(sweep.sweep_stuck_after_secs.max(1)),
+            retention: Duration::from_secs(sweep.retention_hours.max(1) * 3600),
+        },
     }
 }
 
-/// Starts the worker role's services: the workers, and the outbox relay when jobs pass through
-/// one (Redis).
-pub fn start_workers(sup: &mut Supervisor, settings: &Settings, services: &Services) {
-    let workers = Workers::new(services.jobs.clone(), deps(settings, services));
+/// Starts workers of `kinds`, and the outbox relay when jobs pass through one (Redis).
+pub fn start_workers(
+    sup: &mut Supervisor,
+    settings: &Settings,
+    services: &Services,
+    kinds: &[Kind],
+) {
+    let workers = Workers::new(services.jobs.clone(), deps(settings, services), kinds);
     sup.start("workers", |cancel| workers.run(cancel));
     if services.jobs.uses_outbox() {
         let relay = OutboxRelay::new(services.jobs.clone(), services.db.clone());
         sup.start("outbox relay", |cancel| relay.run(cancel));
     }
+}
+
+/// The sweeper the settings describe.
+pub fn build_sweeper(settings: &Settings, services: &Services) -> anyhow::Result<Sweeper> {
+    Ok(Sweeper::new(
+        services.db.clone(),
+        services.jobs.clone(),
+        &deps(settings, services),
+        fanqueue_jobs::runtime::schedule(&settings.sweep.sweep_cron)?,
+    ))
 }
 
 /// Starts the API role's service.
@@ -326,8 +346,12 @@ pub enum Role {
     Serve,
     Worker,
     Dispatch,
+    Sweep,
     All,
 }
+
+/// The kinds the `worker` role runs: all but the sweeps, which the `sweep` role runs.
+const CLIENT_KINDS: &[Kind] = &[Kind::ImportCsv, Kind::SendMessage, Kind::BulkSend];
 
 /// Runs `role` until `shutdown` (SIGTERM, Ctrl-C) or until one of its services fails; with
 /// `platform_sim`, that stand-in is served beside them.
@@ -342,22 +366,38 @@ pub async fn run(
     if let Some(sim) = platform_sim {
         sup.start("platform-sim", |cancel| sim.run(cancel));
     }
+    let mut roles = vec![];
     if matches!(role, Role::Serve | Role::All) {
         start_api(&mut sup, Application::build(settings, &services).await?);
+        roles.push("serve");
+    }
+    match role {
+        Role::Worker => start_workers(&mut sup, settings, &services, CLIENT_KINDS),
+        Role::Sweep => start_workers(&mut sup, settings, &services, &[Kind::Sweep]),
+        Role::All => start_workers(&mut sup, settings, &services, Kind::ALL),
+        Role::Serve | Role::Dispatch => {}
     }
     if matches!(role, Role::Worker | Role::All) {
-        start_workers(&mut sup, settings, &services);
+        roles.push("worker");
+    }
+    if matches!(role, Role::Sweep | Role::All) {
+        let sweeper = build_sweeper(settings, &services)?;
+        sup.start("sweeper", |cancel| sweeper.run(cancel));
+        roles.push("sweep");
     }
     let deliver = role == Role::Dispatch
         || (role == Role::All && settings.delivery.platform_api_url.is_some());
     if deliver && settings.delivery.rate_limiter_enabled {
         start_dispatcher(&mut sup, settings, &services).await?;
+        roles.push("dispatch");
     } else if role == Role::All && settings.delivery.rate_limiter_enabled {
         tracing::warn!(
             "PLATFORM_API_URL is not set: no dispatcher runs, and messages wait on the outbound \
              queue (`fanqueue all --platform-sim` delivers to a local stand-in)"
         );
     }
+    let heartbeat = Heartbeat::new(services.db.clone(), roles);
+    sup.start("heartbeat", |cancel| heartbeat.run(cancel));
     sup.run(shutdown).await
 }
 

@@ -42,6 +42,12 @@ id_type!(
     UserId
 );
 id_type!(FanId);
+
+impl UserId {
+    /// The owner of the jobs fanqueue starts by itself (sweeps): no token has `sub` 0, and an
+    /// operator sees them.
+    pub const SYSTEM: UserId = UserId(0);
+}
 id_type!(ConversationId);
 id_type!(MessageId);
 id_type!(CampaignId);

@@ -6,10 +6,12 @@
 //! - [`relay`] — the Redis backend's outbox relay service.
 //! - [`kind`] — the contract a job kind implements ([`JobKind`]).
 //! - [`execute`] — one job's run: start, run the kind, record the outcome, retry or give up.
+//! - [`processes`] — the processes seen alive (every role beats a row).
 
 pub mod backend;
 pub mod execute;
 pub mod kind;
+pub mod processes;
 pub mod record;
 pub mod relay;
 

@@ -370,3 +370,16 @@ pub(super) async fn mark_dispatched(db: &Db, id: &JobId) -> StoreResult<()> {
         .map(|_| ()))?;
     Ok(())
 }
+
+/// Deletes final records (and Redis outbox rows, which are records) that ended before
+/// `before`. Returns how many went.
+pub async fn prune_final(db: &Db, before: DateTime<Utc>) -> StoreResult<u64> {
+    Ok(on_db!(db, pool => sqlx::query(
+        "DELETE FROM job_records
+         WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < $1",
+    )
+    .bind(Timestamp(before))
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected()))?)
+}

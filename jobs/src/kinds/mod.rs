@@ -4,6 +4,7 @@
 //! - [`import_csv`] — a CSV fan export, streamed and upserted in resumable batches.
 //! - [`send_message`] — one message to the outbound queue.
 //! - [`bulk_send`] — a campaign's messages to the outbound queue.
+//! - [`sweep`] — the scheduled reconciliation of the DLQ, stuck messages and old records.
 //! - [`fan_out`] — what both send kinds do: batches of 10 to the outbound queue.
 //!
 //! [`JobKind`]: crate::engine::JobKind
@@ -12,6 +13,7 @@ pub mod bulk_send;
 pub mod fan_out;
 pub mod import_csv;
 pub mod send_message;
+pub mod sweep;
 
 use crate::{blobs::BlobStore, db::Db, domain::FanId, engine::EnqueueError, outbound::Outbound};
 
@@ -26,6 +28,8 @@ pub struct Deps {
     pub outbound: Outbound,
     /// `false`: messages skip the queue, are logged and marked sent.
     pub rate_limiter_enabled: bool,
+    /// How sweeps decide.
+    pub sweep: sweep::SweepConfig,
 }
 
 /// Why a submission stored nothing.

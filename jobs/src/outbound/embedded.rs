@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{BatchOutcome, OutboundEntry, OutboundQueue, QueueCounts, QueueError, Received};
+use super::{BatchOutcome, DeadCopy, OutboundEntry, OutboundQueue, QueueCounts, QueueError, Received};
 use crate::{db::Db, domain::Timestamp, on_db};
 
 #[derive(Clone, Debug)]
@@ -159,6 +159,81 @@ impl OutboundQueue for EmbeddedQueue {
         .bind(&entry.id)
         .bind(now)
         .bind(reason)
+        .execute(pool)
+        .await
+        .map(|_| ()))
+        .map_err(sql_error)
+    }
+
+    async fn receive_dead(
+        &self,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<DeadCopy>, QueueError> {
+        let now = Timestamp::now();
+        let until = Timestamp(now.0 + chrono::TimeDelta::from_std(visibility).unwrap_or_default());
+        let (pick, receipt) = match &self.db {
+            Db::Postgres(_) => (
+                "FOR UPDATE SKIP LOCKED",
+                "md5(random()::text || clock_timestamp()::text || id::text)",
+            ),
+            Db::Sqlite(_) => ("", "lower(hex(randomblob(16)))"),
+        };
+        let sql = format!(
+            "WITH picked AS MATERIALIZED (
+                 SELECT id FROM outbound_queue WHERE dead AND visible_at <= $1
+                 ORDER BY visible_at, id LIMIT $2 {pick}
+             )
+             UPDATE outbound_queue SET visible_at = $3, receipt = {receipt}
+             WHERE id IN (SELECT id FROM picked)
+             RETURNING id, body, receipt, last_error"
+        );
+        let mut rows: Vec<(i64, String, String, Option<String>)> = on_db!(&self.db, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(now)
+                .bind(max as i64)
+                .bind(until)
+                .fetch_all(pool)
+                .await
+                .map_err(sql_error)?
+        });
+        rows.sort_unstable_by_key(|(id, ..)| *id);
+        Ok(rows
+            .into_iter()
+            .map(|(_, body, receipt, reason)| DeadCopy {
+                receipt,
+                body,
+                reason,
+            })
+            .collect())
+    }
+
+    async fn delete_dead(&self, receipts: &[String]) -> Result<(), QueueError> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        on_db!(&self.db, pool => {
+            let mut q = sqlx::QueryBuilder::new("DELETE FROM outbound_queue WHERE dead AND receipt IN (");
+            let mut list = q.separated(", ");
+            for r in receipts {
+                list.push_bind(r);
+            }
+            q.push(")");
+            q.build().execute(pool).await.map(|_| ())
+        })
+        .map_err(sql_error)
+    }
+
+    /// In place: the row leaves the DLQ, visible now, its receive count back to zero.
+    async fn redrive(&self, copy: &DeadCopy, _entry: &OutboundEntry) -> Result<(), QueueError> {
+        let now = Timestamp::now();
+        on_db!(&self.db, pool => sqlx::query(
+            "UPDATE outbound_queue SET dead = FALSE, receive_count = 0, visible_at = $2,
+                 receipt = NULL
+             WHERE dead AND receipt = $1",
+        )
+        .bind(&copy.receipt)
+        .bind(now)
         .execute(pool)
         .await
         .map(|_| ()))

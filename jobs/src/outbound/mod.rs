@@ -59,6 +59,17 @@ pub struct Received {
     pub receive_count: u32,
 }
 
+/// A message read from the dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct DeadCopy {
+    /// Needed to delete or re-drive it while this receive holds it.
+    pub receipt: String,
+    pub body: String,
+    /// Why it failed, when whoever dead-lettered it said so (the dispatcher does; a queue
+    /// that moved it after too many receives does not).
+    pub reason: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueCounts {
     /// Waiting to be received.
@@ -103,6 +114,22 @@ pub trait OutboundQueue {
         &self,
         entry: &OutboundEntry,
         reason: &str,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Receives up to `max` messages of the dead-letter queue and hides them for `visibility`
+    /// (no wait: the sweeper reads what is there).
+    fn receive_dead(
+        &self,
+        max: usize,
+        visibility: Duration,
+    ) -> impl Future<Output = Result<Vec<DeadCopy>, QueueError>> + Send;
+    /// Deletes received DLQ messages (their outcome is recorded).
+    fn delete_dead(&self, receipts: &[String])
+    -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Moves a received DLQ message back to the main queue, its receive count starting over.
+    fn redrive(
+        &self,
+        copy: &DeadCopy,
+        entry: &OutboundEntry,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
     fn counts(&self) -> impl Future<Output = Result<QueueCounts, QueueError>> + Send;
 }
@@ -161,6 +188,31 @@ impl OutboundQueue for Outbound {
         match self {
             Outbound::Sqs(q) => q.dead_letter(entry, reason).await,
             Outbound::Embedded(q) => q.dead_letter(entry, reason).await,
+        }
+    }
+
+    async fn receive_dead(
+        &self,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<DeadCopy>, QueueError> {
+        match self {
+            Outbound::Sqs(q) => q.receive_dead(max, visibility).await,
+            Outbound::Embedded(q) => q.receive_dead(max, visibility).await,
+        }
+    }
+
+    async fn delete_dead(&self, receipts: &[String]) -> Result<(), QueueError> {
+        match self {
+            Outbound::Sqs(q) => q.delete_dead(receipts).await,
+            Outbound::Embedded(q) => q.delete_dead(receipts).await,
+        }
+    }
+
+    async fn redrive(&self, copy: &DeadCopy, entry: &OutboundEntry) -> Result<(), QueueError> {
+        match self {
+            Outbound::Sqs(q) => q.redrive(copy, entry).await,
+            Outbound::Embedded(q) => q.redrive(copy, entry).await,
         }
     }
 

@@ -11,7 +11,7 @@ use aws_sdk_sqs::{
     },
 };
 
-use super::{BatchOutcome, OutboundEntry, OutboundQueue, QueueCounts, QueueError, Received};
+use super::{BatchOutcome, DeadCopy, OutboundEntry, OutboundQueue, QueueCounts, QueueError, Received};
 
 #[derive(Clone, Debug)]
 pub struct SqsQueue {
@@ -104,6 +104,47 @@ impl SqsQueue {
             })
             .collect())
     }
+
+    /// One `DeleteMessageBatch` on the queue at `url`.
+    async fn delete_batch_from(&self, url: &str, receipts: &[String]) -> Result<(), QueueError> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let entries = receipts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(r)
+                    .build()
+                    .map_err(|e| QueueError(format!("building an SQS delete entry: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self
+            .client
+            .delete_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DeleteMessageBatch", e))?;
+        match out.failed().first() {
+            Some(f) => Err(QueueError(format!(
+                "SQS refused to delete {} of {} messages: {}",
+                out.failed().len(),
+                receipts.len(),
+                f.code()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn dlq(&self) -> Result<&str, QueueError> {
+        self.dlq_url
+            .as_deref()
+            .ok_or_else(|| QueueError("no dead-letter queue configured (SQS_DLQ_URL)".into()))
+    }
 }
 
 impl OutboundQueue for SqsQueue {
@@ -191,37 +232,7 @@ impl OutboundQueue for SqsQueue {
     /// One `DeleteMessageBatch`; an entry SQS refuses is an error (its message comes back
     /// after the visibility timeout and is found already handled).
     async fn delete_batch(&self, receipts: &[String]) -> Result<(), QueueError> {
-        if receipts.is_empty() {
-            return Ok(());
-        }
-        let entries = receipts
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(r)
-                    .build()
-                    .map_err(|e| QueueError(format!("building an SQS delete entry: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let out = self
-            .client
-            .delete_message_batch()
-            .queue_url(&self.url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(|e| sdk_error("DeleteMessageBatch", e))?;
-        match out.failed().first() {
-            Some(f) => Err(QueueError(format!(
-                "SQS refused to delete {} of {} messages: {}",
-                out.failed().len(),
-                receipts.len(),
-                f.code()
-            ))),
-            None => Ok(()),
-        }
+        self.delete_batch_from(&self.url, receipts).await
     }
 
     /// Sends the body to the DLQ with the reason as the `error` message attribute.
@@ -251,6 +262,53 @@ impl OutboundQueue for SqsQueue {
             .await
             .map_err(|e| sdk_error("SendMessage (DLQ)", e))?;
         Ok(())
+    }
+
+    async fn receive_dead(
+        &self,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<DeadCopy>, QueueError> {
+        let dlq = self.dlq()?;
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(dlq)
+            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .visibility_timeout(visibility.as_secs().min(43_200) as i32)
+            .wait_time_seconds(0)
+            .message_attribute_names("error")
+            .send()
+            .await
+            .map_err(|e| sdk_error("ReceiveMessage (DLQ)", e))?;
+        Ok(out
+            .messages()
+            .iter()
+            .map(|m| DeadCopy {
+                receipt: m.receipt_handle().unwrap_or_default().to_owned(),
+                body: m.body().unwrap_or_default().to_owned(),
+                reason: m
+                    .message_attributes()
+                    .and_then(|a| a.get("error"))
+                    .and_then(|v| v.string_value())
+                    .map(str::to_owned),
+            })
+            .collect())
+    }
+
+    async fn delete_dead(&self, receipts: &[String]) -> Result<(), QueueError> {
+        let dlq = self.dlq()?.to_owned();
+        self.delete_batch_from(&dlq, receipts).await
+    }
+
+    /// A copy on the main queue first, then the DLQ's deleted: a crash between the two leaves
+    /// a duplicate, which the dispatcher skips, never a loss.
+    async fn redrive(&self, copy: &DeadCopy, entry: &OutboundEntry) -> Result<(), QueueError> {
+        let outcome = self.send_batch(std::slice::from_ref(entry)).await?;
+        if let Some((_, reason)) = outcome.failed.first() {
+            return Err(QueueError(reason.clone()));
+        }
+        self.delete_dead(std::slice::from_ref(&copy.receipt)).await
     }
 
     async fn counts(&self) -> Result<QueueCounts, QueueError> {

@@ -1,19 +1,21 @@
-//! The engine's long-running services: the workers (with the one list of job kinds they run)
-//! and the dispatcher.
+//! The engine's long-running services: the workers (with the one list of job kinds they run),
+//! the dispatcher, and the sweeper that fires the scheduled sweeps.
 //!
 //! Adding a kind: a file in [`kinds`](crate::kinds) implementing
 //! [`JobKind`](crate::engine::JobKind), and one line in the list below.
 
 mod dispatcher;
+mod sweeper;
 mod workers;
 
 pub use dispatcher::{DispatchConfig, Dispatcher, Pass, Step};
+pub use sweeper::{Sweeper, schedule};
 pub use workers::Workers;
 
 use crate::{
     domain::UnknownValue,
     engine::JobKind,
-    kinds::{bulk_send::BulkSend, import_csv::ImportCsv, send_message::SendMessage},
+    kinds::{bulk_send::BulkSend, import_csv::ImportCsv, send_message::SendMessage, sweep::Sweep},
 };
 
 /// Declares the list: the [`Kind`] enum (one variant per kind, named like its type) and the
@@ -44,13 +46,15 @@ macro_rules! job_kinds {
                 set: &mut tokio::task::JoinSet<anyhow::Result<()>>,
                 cancel: &tokio_util::sync::CancellationToken,
             ) {
-                $(self.start(set, $kind::new(self.deps()), cancel);)+
+                $(if self.runs(Kind::$kind) {
+                    self.start(set, $kind::new(self.deps()), cancel);
+                })+
             }
         }
     };
 }
 
-job_kinds![ImportCsv, SendMessage, BulkSend];
+job_kinds![ImportCsv, SendMessage, BulkSend, Sweep];
 
 impl Kind {
     /// The kind of a stored name; any other name is an error that says so.
@@ -91,7 +95,7 @@ mod tests {
         let err = Kind::parse("mystery").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown job kind \"mystery\" (expected one of: import_csv, send_message, bulk_send)"
+            "unknown job kind \"mystery\" (expected one of: import_csv, send_message, bulk_send, sweep)"
         );
     }
 }

@@ -34,6 +34,8 @@ const RESTART_RESET: Duration = Duration::from_secs(60);
 pub struct Workers {
     backend: JobBackend,
     deps: Deps,
+    /// The kinds this process runs.
+    kinds: Vec<Kind>,
 }
 
 /// What a worker's handler gets: the kind, the database, and the run context.
@@ -76,8 +78,18 @@ fn backoff(policy: RetryPolicy) -> anyhow::Result<ExponentialBackoff<HasherRng>>
 }
 
 impl Workers {
-    pub fn new(backend: JobBackend, deps: Deps) -> Self {
-        Workers { backend, deps }
+    /// Workers of `kinds` (the `worker` role runs the clients' kinds, the `sweep` role the
+    /// sweeps, `all` every kind).
+    pub fn new(backend: JobBackend, deps: Deps, kinds: &[Kind]) -> Self {
+        Workers {
+            backend,
+            deps,
+            kinds: kinds.to_vec(),
+        }
+    }
+
+    pub(super) fn runs(&self, kind: Kind) -> bool {
+        self.kinds.contains(&kind)
     }
 
     pub(super) fn deps(&self) -> &Deps {
@@ -92,7 +104,7 @@ impl Workers {
         self.start_all(&mut set, &cancel);
         tracing::info!(
             backend = self.backend.name(),
-            kinds = ?Kind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>(),
+            kinds = ?self.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
             "workers running"
         );
         while let Some(done) = set.join_next().await {

@@ -321,10 +321,12 @@ pub async fn mark_on_queue(db: &Db, ids: &[MessageId]) -> StoreResult<()> {
 /// `queued` → `failed`: the queue refused the message for good.
 pub async fn fail_queued(db: &Db, id: MessageId, reason: &str) -> StoreResult<()> {
     on_db!(db, pool => sqlx::query(
-        "UPDATE messages SET status = 'failed', error = $2 WHERE id = $1 AND status = 'queued'",
+        "UPDATE messages SET status = 'failed', error = $2, failed_at = $3
+         WHERE id = $1 AND status = 'queued'",
     )
     .bind(id)
     .bind(reason)
+    .bind(Timestamp::now())
     .execute(pool)
     .await
     .map(|_| ()))?;
@@ -335,11 +337,12 @@ pub async fn fail_queued(db: &Db, id: MessageId, reason: &str) -> StoreResult<()
 /// job gave up), so that none stays queued forever.
 pub async fn fail_unqueued_of_job(db: &Db, job: &JobId, reason: &str) -> StoreResult<u64> {
     let done = on_db!(db, pool => sqlx::query(
-        "UPDATE messages SET status = 'failed', error = $2
+        "UPDATE messages SET status = 'failed', error = $2, failed_at = $3
          WHERE job_id = $1 AND status = 'queued' AND enqueued_at IS NULL",
     )
     .bind(job)
     .bind(reason)
+    .bind(Timestamp::now())
     .execute(pool)
     .await
     .map(|r| r.rows_affected()))?;
@@ -574,6 +577,7 @@ pub enum Settled<'a> {
 const SETTLE_MESSAGE: &str = "UPDATE messages SET
         status = $3,
         sent_at = CASE WHEN $3 = 'sent' THEN $4 ELSE sent_at END,
+        failed_at = CASE WHEN $3 = 'failed' THEN $4 ELSE failed_at END,
         attempts = attempts - $5,
         lease_until = NULL,
         error = CASE WHEN $6 THEN $7 ELSE error END,
@@ -779,3 +783,6 @@ pub async fn last_processed_at(db: &Db, user: UserId) -> StoreResult<Option<Date
     .await)?;
     Ok(at)
 }
+
+mod failed;
+pub use failed::*;

@@ -1,0 +1,20 @@
+-- Operations: when a message failed (the failed list is newest first), how often the sweeper
+-- put it back on the queue, and the processes seen alive (health).
+
+ALTER TABLE messages ADD COLUMN failed_at TEXT;
+-- Times the sweeper re-drove the message from the DLQ or re-queued it when stuck.
+ALTER TABLE messages ADD COLUMN redrives INTEGER NOT NULL DEFAULT 0;
+UPDATE messages SET failed_at = created_at WHERE status = 'failed';
+CREATE INDEX messages_failed ON messages (failed_at DESC, id DESC) WHERE status = 'failed';
+CREATE INDEX messages_user_failed ON messages (user_id, failed_at DESC, id DESC) WHERE status = 'failed';
+
+-- One row per running process role (serve, worker, dispatch, sweep), beaten every few seconds.
+CREATE TABLE processes (
+    id         TEXT PRIMARY KEY,
+    role       TEXT        NOT NULL,
+    host       TEXT        NOT NULL,
+    pid        INTEGER      NOT NULL,
+    started_at TEXT NOT NULL,
+    seen_at    TEXT NOT NULL
+);
+CREATE INDEX processes_seen ON processes (seen_at);
