@@ -1,4 +1,6 @@
-//! Bearer JWTs: HS256, `sub` = the numeric user id, `exp` required.
+//! Bearer JWTs: HS256, `sub` = the numeric user id, `exp` required, and an optional `role`:
+//! absent for a creator, `operator` for who runs the system (queue-wide figures, every
+//! creator's failed messages, the monitoring route).
 
 use std::time::Duration;
 
@@ -14,6 +16,24 @@ pub enum TokenError {
     Invalid(#[from] jsonwebtoken::errors::Error),
     #[error("token subject is not a positive user id")]
     BadSubject,
+    #[error("token role {0:?} is not a role (only \"operator\")")]
+    BadRole(String),
+}
+
+/// What a token lets its bearer see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A creator: their own rows and figures only.
+    Creator,
+    /// Runs the system: also the whole queue and every creator's failures.
+    Operator,
+}
+
+/// Who calls: the token's user and role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub user: UserId,
+    pub role: Role,
 }
 
 /// `sub` as a string of digits (RFC 7519 wants a string) or, leniently, a JSON number.
@@ -31,6 +51,8 @@ struct Claims {
     /// Written by `issue`; not required of tokens minted elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    role: Option<String>,
 }
 
 /// Signing and verification keys for one secret.
@@ -58,19 +80,25 @@ impl JwtKeys {
         }
     }
 
-    /// A token for `user` valid for `ttl`.
+    /// A creator's token for `user` valid for `ttl`.
     pub fn issue(&self, user: UserId, ttl: Duration) -> String {
+        self.issue_as(user, Role::Creator, ttl)
+    }
+
+    /// A token for `user` in `role`, valid for `ttl`.
+    pub fn issue_as(&self, user: UserId, role: Role, ttl: Duration) -> String {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: Subject::Text(user.to_string()),
             iat: Some(now),
+            role: (role == Role::Operator).then(|| "operator".to_owned()),
             exp: now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing with an in-memory key cannot fail")
     }
 
-    pub fn verify(&self, token: &str) -> Result<UserId, TokenError> {
+    pub fn verify(&self, token: &str) -> Result<Caller, TokenError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?;
         let id = match data.claims.sub {
             Subject::Text(s) => s.parse::<i64>().map_err(|_| TokenError::BadSubject)?,
@@ -79,7 +107,15 @@ impl JwtKeys {
         if id <= 0 {
             return Err(TokenError::BadSubject);
         }
-        Ok(UserId(id))
+        let role = match data.claims.role.as_deref() {
+            None => Role::Creator,
+            Some("operator") => Role::Operator,
+            Some(other) => return Err(TokenError::BadRole(other.to_owned())),
+        };
+        Ok(Caller {
+            user: UserId(id),
+            role,
+        })
     }
 }
 
@@ -95,7 +131,10 @@ mod tests {
     fn issued_tokens_verify_to_their_user() {
         let k = keys("a-test-secret-of-some-length");
         let token = k.issue(UserId(7), Duration::from_secs(60));
-        assert_eq!(k.verify(&token).unwrap(), UserId(7));
+        let caller = k.verify(&token).unwrap();
+        assert_eq!((caller.user, caller.role), (UserId(7), Role::Creator));
+        let op = k.issue_as(UserId(1), Role::Operator, Duration::from_secs(60));
+        assert_eq!(k.verify(&op).unwrap().role, Role::Operator);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fanqueue::{
-    auth::JwtKeys,
+    auth::{self, JwtKeys},
     cli,
     platform_sim::PlatformSim,
     settings::{ENV_VARS, Settings},
@@ -55,6 +55,9 @@ enum Command {
         /// How long the token is valid, e.g. 1h, 30m, 7d.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// An operator's token: the whole queue, every creator's failed messages, monitoring.
+        #[arg(long)]
+        operator: bool,
     },
     /// Upload a CSV fan export to a running server, follow the import, print its summary.
     Import {
@@ -148,10 +151,19 @@ async fn main() -> anyhow::Result<()> {
             });
             sim.run(cancel).await
         }
-        Command::Token { user_id, ttl } => {
+        Command::Token {
+            user_id,
+            ttl,
+            operator,
+        } => {
             anyhow::ensure!(user_id > 0, "--user-id must be a positive number");
             let keys = JwtKeys::new(&settings.jwt_secret().context("loading the JWT secret")?);
-            println!("{}", keys.issue(UserId(user_id), ttl));
+            let role = if operator {
+                auth::Role::Operator
+            } else {
+                auth::Role::Creator
+            };
+            println!("{}", keys.issue_as(UserId(user_id), role, ttl));
             Ok(())
         }
     }

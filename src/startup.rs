@@ -351,7 +351,7 @@ pub enum Role {
 }
 
 /// The kinds the `worker` role runs: all but the sweeps, which the `sweep` role runs.
-const CLIENT_KINDS: &[Kind] = &[Kind::ImportCsv, Kind::SendMessage, Kind::BulkSend];
+pub const CLIENT_KINDS: &[Kind] = &[Kind::ImportCsv, Kind::SendMessage, Kind::BulkSend];
 
 /// Runs `role` until `shutdown` (SIGTERM, Ctrl-C) or until one of its services fails; with
 /// `platform_sim`, that stand-in is served beside them.

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use fanqueue_jobs::{
     crm::campaigns::{self, Campaign, CampaignStatus},
     domain::CampaignId,
+    kinds::bulk_send,
 };
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
@@ -11,7 +12,7 @@ use poem_openapi::{
     payload::Json,
 };
 
-use super::{ApiError, ApiTags, BearerAuth, State, page};
+use super::{ApiError, ApiTags, BearerAuth, State, messages::submit_error, page};
 
 pub struct CampaignsApi {
     state: State,
@@ -128,7 +129,7 @@ impl CampaignsApi {
         offset: Query<Option<i64>>,
     ) -> Result<ListCampaignsResponse, ApiError> {
         let page = page(limit.0, offset.0)?;
-        let listed = campaigns::list(&self.state.db, auth.0, page).await?;
+        let listed = campaigns::list(&self.state.db, auth.user(), page).await?;
         let mut items = Vec::with_capacity(listed.items.len());
         for c in listed.items {
             items.push(with_metrics(&self.state, c).await?);
@@ -146,9 +147,58 @@ impl CampaignsApi {
     /// With live metrics: queued, sent, delivered, failed, …
     #[oai(path = "/:id", method = "get", operation_id = "getCampaign")]
     async fn get(&self, auth: BearerAuth, id: Path<i64>) -> Result<GetCampaignResponse, ApiError> {
-        let c = campaigns::get(&self.state.db, auth.0, CampaignId(id.0)).await?;
+        let c = campaigns::get(&self.state.db, auth.user(), CampaignId(id.0)).await?;
         Ok(GetCampaignResponse::Ok(Json(
             with_metrics(&self.state, c).await?,
         )))
     }
+
+    /// Retry a campaign's failed recipients
+    ///
+    /// Every failed message of the campaign goes back on its way once: `queued` again under
+    /// one new job, the campaign `active` until they are final (202). With nothing failed,
+    /// nothing is queued and `jobId` is null.
+    #[oai(
+        path = "/:id/retry-failed",
+        method = "post",
+        operation_id = "retryCampaignFailed"
+    )]
+    async fn retry_failed(
+        &self,
+        auth: BearerAuth,
+        id: Path<i64>,
+    ) -> Result<RetryFailedResponse, ApiError> {
+        let (job, ids) = bulk_send::retry_failed(
+            &self.state.db,
+            &self.state.jobs,
+            auth.user(),
+            CampaignId(id.0),
+        )
+        .await
+        .map_err(submit_error)?;
+        Ok(RetryFailedResponse::Accepted(Json(RetryFailedOut {
+            campaign_id: id.0,
+            requeued: ids.len() as i64,
+            message_ids: ids.into_iter().map(|m| m.0).collect(),
+            job_id: job.map(|j| j.0),
+        })))
+    }
+}
+
+/// What a campaign retry queued again.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RetryFailedOut {
+    pub campaign_id: i64,
+    /// Failed messages now queued again.
+    pub requeued: i64,
+    pub message_ids: Vec<i64>,
+    /// The job that puts them on the outbound queue (null when none had failed).
+    pub job_id: Option<String>,
+}
+
+#[derive(ApiResponse)]
+enum RetryFailedResponse {
+    #[oai(status = 202)]
+    Accepted(Json<RetryFailedOut>),
 }

@@ -326,7 +326,7 @@ impl ConversationsApi {
         offset: Query<Option<i64>>,
     ) -> Result<ListConversationsResponse, ApiError> {
         let page = page(limit.0, offset.0)?;
-        let listed = conversations::list(&self.state.db, auth.0, page).await?;
+        let listed = conversations::list(&self.state.db, auth.user(), page).await?;
         Ok(ListConversationsResponse::Ok(Json(ConversationPage {
             items: listed.items.into_iter().map(Into::into).collect(),
             total: listed.total,
@@ -345,7 +345,7 @@ impl ConversationsApi {
         body: JsonBody<OpenConversation>,
     ) -> Result<OpenConversationResponse, ApiError> {
         let (conversation, created) =
-            conversations::open_for_fan(&self.state.db, auth.0, FanId(body.0.fan_id)).await?;
+            conversations::open_for_fan(&self.state.db, auth.user(), FanId(body.0.fan_id)).await?;
         Ok(if created {
             OpenConversationResponse::Created(Json(conversation.into()))
         } else {
@@ -360,7 +360,7 @@ impl ConversationsApi {
         auth: BearerAuth,
         id: Path<i64>,
     ) -> Result<GetConversationResponse, ApiError> {
-        let c = conversations::get(&self.state.db, auth.0, ConversationId(id.0)).await?;
+        let c = conversations::get(&self.state.db, auth.user(), ConversationId(id.0)).await?;
         Ok(GetConversationResponse::Ok(Json(c.into())))
     }
 
@@ -376,7 +376,8 @@ impl ConversationsApi {
         offset: Query<Option<i64>>,
     ) -> Result<ListMessagesResponse, ApiError> {
         let page = page(limit.0, offset.0)?;
-        let listed = messages::list(&self.state.db, auth.0, ConversationId(id.0), page).await?;
+        let listed =
+            messages::list(&self.state.db, auth.user(), ConversationId(id.0), page).await?;
         Ok(ListMessagesResponse::Ok(Json(MessagePage {
             items: listed.items.into_iter().map(Into::into).collect(),
             total: listed.total,
@@ -410,7 +411,7 @@ impl ConversationsApi {
         )?;
         let queued = super::messages::queue_one(
             &self.state,
-            auth.0,
+            auth.user(),
             Recipient::Conversation(ConversationId(id.0)),
             &out,
         )
@@ -435,7 +436,8 @@ impl ConversationsApi {
     ) -> Result<RecordInboundResponse, ApiError> {
         let inbound = body.0.parse()?;
         let (message, created) =
-            messages::record_inbound(&self.state.db, auth.0, ConversationId(id.0), inbound).await?;
+            messages::record_inbound(&self.state.db, auth.user(), ConversationId(id.0), inbound)
+                .await?;
         Ok(if created {
             RecordInboundResponse::Recorded(Json(message.into()))
         } else {
@@ -456,7 +458,7 @@ impl ConversationsApi {
         auth: BearerAuth,
         id: Path<i64>,
     ) -> Result<MarkReadResponse, ApiError> {
-        let c = conversations::mark_read(&self.state.db, auth.0, ConversationId(id.0)).await?;
+        let c = conversations::mark_read(&self.state.db, auth.user(), ConversationId(id.0)).await?;
         Ok(MarkReadResponse::Ok(Json(c.into())))
     }
 }

@@ -39,6 +39,9 @@ pub enum ApiError {
     /// Missing, malformed, expired or wrongly signed bearer token.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
+    /// The token is valid but its role may not do this (an operator's is needed).
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// No such resource among the caller's own.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -87,6 +90,10 @@ impl ApiError {
             "unauthorized",
             "a valid bearer token is required (Authorization: Bearer <JWT>)",
         ))
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::Forbidden(body("forbidden", message))
     }
 
     pub fn not_found(what: &str) -> Self {

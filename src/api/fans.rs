@@ -253,7 +253,7 @@ impl FansApi {
                 .map(|v| field("minValueCents", Cents::new(v)))
                 .transpose()?,
         };
-        let listed = fans::list(&self.state.db, auth.0, &filter, page).await?;
+        let listed = fans::list(&self.state.db, auth.user(), &filter, page).await?;
         Ok(ListFansResponse::Ok(Json(FanPage {
             items: listed.items.into_iter().map(FanOut::from).collect(),
             total: listed.total,
@@ -271,14 +271,14 @@ impl FansApi {
         auth: BearerAuth,
         body: JsonBody<CreateFan>,
     ) -> Result<CreateFanResponse, ApiError> {
-        let fan = fans::create(&self.state.db, auth.0, body.0.parse()?).await?;
+        let fan = fans::create(&self.state.db, auth.user(), body.0.parse()?).await?;
         Ok(CreateFanResponse::Created(Json(fan.into())))
     }
 
     /// Get a fan
     #[oai(path = "/:id", method = "get", operation_id = "getFan")]
     async fn get(&self, auth: BearerAuth, id: Path<i64>) -> Result<GetFanResponse, ApiError> {
-        let fan = fans::get(&self.state.db, auth.0, FanId(id.0)).await?;
+        let fan = fans::get(&self.state.db, auth.user(), FanId(id.0)).await?;
         Ok(GetFanResponse::Ok(Json(fan.into())))
     }
 
@@ -293,7 +293,7 @@ impl FansApi {
         id: Path<i64>,
         body: JsonBody<UpdateFan>,
     ) -> Result<UpdateFanResponse, ApiError> {
-        let fan = fans::update(&self.state.db, auth.0, FanId(id.0), body.0.parse()?).await?;
+        let fan = fans::update(&self.state.db, auth.user(), FanId(id.0), body.0.parse()?).await?;
         Ok(UpdateFanResponse::Ok(Json(fan.into())))
     }
 
@@ -302,7 +302,7 @@ impl FansApi {
     /// Also deletes the fan's conversation and messages.
     #[oai(path = "/:id", method = "delete", operation_id = "deleteFan")]
     async fn delete(&self, auth: BearerAuth, id: Path<i64>) -> Result<DeleteFanResponse, ApiError> {
-        fans::delete(&self.state.db, auth.0, FanId(id.0)).await?;
+        fans::delete(&self.state.db, auth.user(), FanId(id.0)).await?;
         Ok(DeleteFanResponse::Deleted)
     }
 }

@@ -247,7 +247,7 @@ impl ImportsApi {
         wait: Query<Option<u64>>,
         upload: CsvUpload,
     ) -> Result<ImportResponse, ApiError> {
-        let user = auth.0;
+        let user = auth.user();
         let wait = wait.0.unwrap_or(0);
         if wait > MAX_WAIT {
             return Err(ApiError::invalid(

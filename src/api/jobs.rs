@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use fanqueue_jobs::{
     engine::{
         JobFilter, JobId, JobRecord, JobStatus,
-        record::{self, CancelError},
+        record::{self, CancelError, Readers},
     },
     runtime::Kind,
 };
@@ -118,7 +118,7 @@ impl JobsApi {
     /// Status, attempts, progress and, once final, the result or the error.
     #[oai(path = "/:id", method = "get", operation_id = "getJob")]
     async fn get(&self, auth: BearerAuth, id: Path<String>) -> Result<GetJobResponse, ApiError> {
-        let job = record::get(&self.state.db, auth.0, &job_id(&id.0)?).await?;
+        let job = record::get(&self.state.db, readers(&auth), &job_id(&id.0)?).await?;
         Ok(GetJobResponse::Ok(Json(job.into())))
     }
 
@@ -158,7 +158,7 @@ impl JobsApi {
                 })
                 .transpose()?,
         };
-        let listed = record::list(&self.state.db, auth.0, &filter, page).await?;
+        let listed = record::list(&self.state.db, readers(&auth), &filter, page).await?;
         Ok(ListJobsResponse::Ok(Json(JobPage {
             items: listed.items.into_iter().map(Into::into).collect(),
             total: listed.total,
@@ -178,12 +178,20 @@ impl JobsApi {
         auth: BearerAuth,
         id: Path<String>,
     ) -> Result<CancelJobResponse, ApiError> {
-        match record::cancel(&self.state.db, auth.0, &job_id(&id.0)?).await {
+        match record::cancel(&self.state.db, auth.user(), &job_id(&id.0)?).await {
             Ok(job) => Ok(CancelJobResponse::Accepted(Json(job.into()))),
             Err(CancelError::Finished(status)) => Err(ApiError::conflict(format!(
                 "the job has already finished ({status}); nothing to cancel"
             ))),
             Err(CancelError::Store(e)) => Err(e.into()),
         }
+    }
+}
+
+/// An operator also sees fanqueue's own jobs (the sweeps).
+fn readers(auth: &BearerAuth) -> Readers {
+    Readers {
+        user: auth.user(),
+        system: auth.is_operator(),
     }
 }

@@ -7,17 +7,21 @@ use fanqueue_jobs::{
         deliveries,
         messages::{self, Message, NewAttachment, Outgoing, PRIORITY_DEFAULT},
     },
-    domain::{Cents, FanId, HttpUrl, Line, Text, UserId},
+    domain::{Cents, FanId, HttpUrl, Line, MessageId, Text, UserId},
     kinds::{
         SubmitError, bulk_send,
-        send_message::{self, Recipient},
+        send_message::{self, Recipient, Retried},
     },
     outbound::OutboundQueue,
 };
-use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
 use serde::Deserialize;
 
-use super::{ApiError, ApiTags, BearerAuth, State, body::JsonBody};
+use super::{ApiError, ApiTags, BearerAuth, State, body::JsonBody, page};
 
 pub struct MessagesApi {
     state: State,
@@ -88,20 +92,86 @@ pub struct BulkOut {
     pub status: String,
 }
 
+/// The delivery backlog the caller may see: a creator's own, or (operators) the whole queue.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct QueueStatusOut {
-    /// Messages waiting on the outbound queue (null when the queue cannot be reached).
+    /// `creator`: the counts are the caller's own messages; `queue`: the whole outbound queue
+    /// (an operator's token).
+    pub scope: String,
+    /// Creator: their messages waiting for delivery. Queue: messages waiting on the outbound
+    /// queue (null when it cannot be reached).
     pub queue_depth: Option<u64>,
-    /// Received by a dispatcher, not yet deleted.
+    /// Creator: their messages being delivered now. Queue: received by a dispatcher, not yet
+    /// deleted.
     pub messages_in_flight: Option<u64>,
-    /// In the dead-letter queue.
+    /// The dead-letter queue's count (operators only; null for a creator).
     pub dlq_count: Option<u64>,
+    /// Creator: their failed messages (see `/api/onlyfans/messages/failed`).
+    #[oai(skip_serializing_if_is_none)]
+    pub failed: Option<u64>,
+    /// Creator: when their backlog should have drained at the platform's rate, if it is not
+    /// empty.
+    #[oai(skip_serializing_if_is_none)]
+    pub drained_by: Option<DateTime<Utc>>,
     /// When the caller's last outbound message was processed.
     pub last_processed_at: Option<DateTime<Utc>>,
     /// Why the counts are missing, if they are.
     #[oai(skip_serializing_if_is_none)]
     pub queue_error: Option<String>,
+}
+
+/// A failed outbound message.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct FailedOut {
+    pub id: i64,
+    /// The creator it was sent for.
+    pub user_id: i64,
+    pub fan_id: i64,
+    pub conversation_id: i64,
+    pub campaign_id: Option<i64>,
+    pub content: String,
+    pub priority: i64,
+    /// Why it failed: the platform's answer, or what the system gave up on.
+    pub reason: Option<String>,
+    /// Delivery attempts made.
+    pub attempts: i64,
+    pub created_at: DateTime<Utc>,
+    pub failed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct FailedPage {
+    pub items: Vec<FailedOut>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// A failed message queued again.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RetriedOut {
+    pub message_id: i64,
+    /// `queued`.
+    pub status: String,
+    /// The job that puts it on the outbound queue again.
+    pub job_id: String,
+}
+
+#[derive(ApiResponse)]
+enum FailedResponse {
+    #[oai(status = 200)]
+    Ok(Json<FailedPage>),
+}
+
+#[derive(ApiResponse)]
+enum RetryResponse {
+    /// Queued again with its job.
+    #[oai(status = 202)]
+    Accepted(Json<RetriedOut>),
 }
 
 #[derive(ApiResponse)]
@@ -233,7 +303,7 @@ impl MessagesApi {
         )?;
         let queued = queue_one(
             &self.state,
-            auth.0,
+            auth.user(),
             Recipient::Fan(FanId(b.recipient_id)),
             &out,
         )
@@ -257,7 +327,7 @@ impl MessagesApi {
         auth: BearerAuth,
         body: JsonBody<BulkIn>,
     ) -> Result<BulkResponse, ApiError> {
-        let user = auth.0;
+        let user = auth.user();
         let b = body.0;
         let mut recipients: Vec<FanId> = Vec::with_capacity(b.recipient_ids.len());
         for id in &b.recipient_ids {
@@ -323,26 +393,121 @@ impl MessagesApi {
         operation_id = "messageQueueStatus"
     )]
     async fn status(&self, auth: BearerAuth) -> Result<StatusResponse, ApiError> {
-        let last = messages::last_processed_at(&self.state.db, auth.0).await?;
-        let out = match self.state.outbound.counts().await {
-            Ok(c) => QueueStatusOut {
-                queue_depth: Some(c.depth),
-                messages_in_flight: Some(c.in_flight),
-                dlq_count: Some(c.dlq),
+        let last = messages::last_processed_at(&self.state.db, auth.user()).await?;
+        if !auth.is_operator() {
+            let c = messages::counts_of_creator(&self.state.db, auth.user()).await?;
+            let backlog = c.queued + c.sending;
+            let drained_by = if backlog > 0 {
+                let last_start = deliveries::last_started(&self.state.db, auth.user()).await?;
+                Some(self.state.pace.eta(Utc::now(), last_start, backlog - 1))
+            } else {
+                None
+            };
+            return Ok(StatusResponse::Ok(Json(QueueStatusOut {
+                scope: "creator".into(),
+                queue_depth: Some(c.queued as u64),
+                messages_in_flight: Some(c.sending as u64),
+                dlq_count: None,
+                failed: Some(c.failed as u64),
+                drained_by,
                 last_processed_at: last,
                 queue_error: None,
-            },
+            })));
+        }
+        let mut out = QueueStatusOut {
+            scope: "queue".into(),
+            queue_depth: None,
+            messages_in_flight: None,
+            dlq_count: None,
+            failed: None,
+            drained_by: None,
+            last_processed_at: last,
+            queue_error: None,
+        };
+        match self.state.outbound.counts().await {
+            Ok(c) => {
+                out.queue_depth = Some(c.depth);
+                out.messages_in_flight = Some(c.in_flight);
+                out.dlq_count = Some(c.dlq);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "outbound queue counts unavailable");
-                QueueStatusOut {
-                    queue_depth: None,
-                    messages_in_flight: None,
-                    dlq_count: None,
-                    last_processed_at: last,
-                    queue_error: Some(e.to_string()),
-                }
+                out.queue_error = Some(e.to_string());
             }
-        };
+        }
         Ok(StatusResponse::Ok(Json(out)))
+    }
+
+    /// Failed messages
+    ///
+    /// Outbound messages that failed, newest failure first, with the reason, the attempts,
+    /// the campaign and the fan. A creator sees their own; an operator every creator's (or one
+    /// creator's with `userId`).
+    #[oai(
+        path = "/api/onlyfans/messages/failed",
+        method = "get",
+        operation_id = "listFailedMessages"
+    )]
+    async fn failed(
+        &self,
+        auth: BearerAuth,
+        /// Operators: only this creator's.
+        #[oai(name = "userId")]
+        user_id: Query<Option<i64>>,
+        limit: Query<Option<i64>>,
+        offset: Query<Option<i64>>,
+    ) -> Result<FailedResponse, ApiError> {
+        let page = page(limit.0, offset.0)?;
+        let scope = auth.scope(user_id.0)?;
+        let listed = messages::list_failed(&self.state.db, scope, page).await?;
+        Ok(FailedResponse::Ok(Json(FailedPage {
+            items: listed
+                .items
+                .into_iter()
+                .map(|m| FailedOut {
+                    id: m.id.0,
+                    user_id: m.user_id.0,
+                    fan_id: m.fan_id.0,
+                    conversation_id: m.conversation_id.0,
+                    campaign_id: m.campaign_id.map(|c| c.0),
+                    content: m.text,
+                    priority: m.priority,
+                    reason: m.error,
+                    attempts: m.attempts,
+                    created_at: m.created_at,
+                    failed_at: m.failed_at,
+                })
+                .collect(),
+            total: listed.total,
+            limit: page.limit,
+            offset: page.offset,
+        })))
+    }
+
+    /// Retry a failed message
+    ///
+    /// Puts one of the caller's failed messages back on its way: `queued` again, attempts
+    /// and reason cleared, with a new job (202). 409 if the message is not failed.
+    #[oai(
+        path = "/api/onlyfans/messages/failed/:id/retry",
+        method = "post",
+        operation_id = "retryFailedMessage"
+    )]
+    async fn retry(&self, auth: BearerAuth, id: Path<i64>) -> Result<RetryResponse, ApiError> {
+        let id = MessageId(id.0);
+        match send_message::retry_failed(&self.state.db, &self.state.jobs, auth.user(), id)
+            .await
+            .map_err(submit_error)?
+        {
+            Retried::Queued(job) => Ok(RetryResponse::Accepted(Json(RetriedOut {
+                message_id: id.0,
+                status: "queued".into(),
+                job_id: job.0,
+            }))),
+            Retried::NotFailed(status) => Err(ApiError::conflict(format!(
+                "message {} is {status}, not failed: only failed messages are retried",
+                id.0
+            ))),
+        }
     }
 }

@@ -33,7 +33,7 @@ use poem::{
 use poem_openapi::{OpenApiService, SecurityScheme, Tags, auth::Bearer};
 
 use crate::{
-    auth::JwtKeys,
+    auth::{Caller, JwtKeys, Role},
     quotas::{Charge, Decision, Limiter, Quota},
 };
 pub use error::ApiError;
@@ -84,21 +84,55 @@ pub enum ApiTags {
 /// (anything but GET/HEAD/OPTIONS), counts one call against the caller's write quota.
 #[derive(SecurityScheme)]
 #[oai(ty = "bearer", bearer_format = "JWT", checker = "authenticate")]
-pub struct BearerAuth(pub UserId);
+pub struct BearerAuth(pub Caller);
 
-async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<UserId> {
+impl BearerAuth {
+    pub fn user(&self) -> UserId {
+        self.0.user
+    }
+
+    pub fn is_operator(&self) -> bool {
+        self.0.role == Role::Operator
+    }
+
+    /// 403 unless the caller is an operator.
+    pub fn operator(&self) -> Result<(), ApiError> {
+        if self.is_operator() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this needs an operator's token"))
+        }
+    }
+
+    /// The creators whose rows the caller may read across: an operator all (or the one asked
+    /// for), a creator only themselves.
+    pub fn scope(&self, asked: Option<i64>) -> Result<Option<UserId>, ApiError> {
+        match (self.is_operator(), asked) {
+            (true, None) => Ok(None),
+            (true, Some(id)) if id > 0 => Ok(Some(UserId(id))),
+            (true, Some(_)) => Err(ApiError::invalid("userId", "must be a positive user id")),
+            (false, None) => Ok(Some(self.user())),
+            (false, Some(id)) if id == self.user().0 => Ok(Some(self.user())),
+            (false, Some(_)) => Err(ApiError::forbidden(
+                "another creator's figures need an operator's token",
+            )),
+        }
+    }
+}
+
+async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
     let state = req
         .data::<State>()
         .expect("the app registers its state on every request");
-    let user = state.keys.verify(&bearer.token).map_err(|e| {
+    let caller = state.keys.verify(&bearer.token).map_err(|e| {
         tracing::info!(reason = %e, "bearer token refused");
         ApiError::unauthorized()
     })?;
-    tracing::Span::current().record("user_id", user.0);
+    tracing::Span::current().record("user_id", caller.user.0);
     if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        charge(state, state.quotas.writes, user).await?;
+        charge(state, state.quotas.writes, caller.user).await?;
     }
-    Ok(user)
+    Ok(caller)
 }
 
 tokio::task_local! {

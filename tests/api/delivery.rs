@@ -45,9 +45,9 @@ both!(
 );
 
 /// 600 a minute: a slot every 100 ms, so tests do not wait long between deliveries.
-const FAST: u32 = 600;
+pub(crate) const FAST: u32 = 600;
 
-async fn setup(
+pub(crate) async fn setup(
     backend: Backend,
     tweak: impl FnOnce(&mut fanqueue::settings::Settings),
 ) -> (Sim, TestApp, Dispatcher) {
@@ -64,7 +64,7 @@ async fn setup(
 }
 
 /// Runs dispatcher passes until `done` holds (30 s at most).
-async fn until<F, Fut>(dispatcher: &Dispatcher, what: &str, mut done: F)
+pub(crate) async fn until<F, Fut>(dispatcher: &Dispatcher, what: &str, mut done: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -84,7 +84,7 @@ where
 }
 
 /// Waits until every job of `user` is final (their messages are on the outbound queue).
-async fn jobs_done(app: &TestApp, user: i64) {
+pub(crate) async fn jobs_done(app: &TestApp, user: i64) {
     let page = json_of(app.get(user, "/api/jobs?limit=200").await, StatusCode::OK).await;
     for job in page["items"].as_array().unwrap() {
         app.wait_job(user, job["id"].as_str().unwrap()).await;
@@ -92,7 +92,7 @@ async fn jobs_done(app: &TestApp, user: i64) {
 }
 
 /// The message `id` of `user` as the API shows it.
-async fn message(app: &TestApp, user: i64, conv: i64, id: i64) -> Value {
+pub(crate) async fn message(app: &TestApp, user: i64, conv: i64, id: i64) -> Value {
     let page = json_of(
         app.get(
             user,
@@ -112,7 +112,7 @@ async fn message(app: &TestApp, user: i64, conv: i64, id: i64) -> Value {
 }
 
 /// Sends `text` to the fan of `conv` (a reply, priority 9); returns the message id.
-async fn reply(app: &TestApp, user: i64, conv: i64, text: &str) -> i64 {
+pub(crate) async fn reply(app: &TestApp, user: i64, conv: i64, text: &str) -> i64 {
     let sent = json_of(
         app.post(
             user,
@@ -126,7 +126,7 @@ async fn reply(app: &TestApp, user: i64, conv: i64, text: &str) -> i64 {
     sent["messageId"].as_i64().unwrap()
 }
 
-async fn status_is(app: &TestApp, user: i64, conv: i64, id: i64, status: &str) -> bool {
+pub(crate) async fn status_is(app: &TestApp, user: i64, conv: i64, id: i64, status: &str) -> bool {
     message(app, user, conv, id).await["status"] == status
 }
 

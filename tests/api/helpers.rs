@@ -258,7 +258,7 @@ async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Settings), workers: boo
 /// ends. A service that stops on its own fails the test loudly.
 fn start_workers(settings: &Settings, services: Services) {
     let mut sup = Supervisor::default();
-    startup::start_workers(&mut sup, settings, &services);
+    startup::start_workers(&mut sup, settings, &services, startup::CLIENT_KINDS);
     tokio::spawn(async move {
         if let Err(e) = sup.run(std::future::pending()).await {
             panic!("the worker role stopped: {e:#}");
@@ -286,8 +286,32 @@ impl TestApp {
             .expect("the dispatcher builds")
     }
 
+    /// A sweeper of this deployment, not running: tests fire its ticks.
+    pub async fn sweeper(&self) -> fanqueue_jobs::runtime::Sweeper {
+        startup::build_sweeper(&self.settings, &self.services().await).expect("the sweeper builds")
+    }
+
     pub fn token(&self, user: i64) -> String {
         self.keys.issue(UserId(user), Duration::from_secs(3600))
+    }
+
+    /// An operator's token (user `user`).
+    pub fn operator_token(&self, user: i64) -> String {
+        self.keys.issue_as(
+            UserId(user),
+            fanqueue::auth::Role::Operator,
+            Duration::from_secs(3600),
+        )
+    }
+
+    /// GET with an operator's token.
+    pub async fn operator_get(&self, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(self.operator_token(999))
+            .send()
+            .await
+            .expect("request sent")
     }
 
     pub fn url(&self, path: &str) -> String {

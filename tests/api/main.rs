@@ -15,6 +15,7 @@ mod jobs;
 mod limits;
 mod messages;
 mod migrations;
+mod operations;
 mod outage;
 mod outbound;
 mod platform_sim;

@@ -107,6 +107,18 @@ pub async fn get(db: &Db, user: UserId, id: CampaignId) -> StoreResult<Campaign>
     .ok_or(StoreError::NotFound("campaign"))
 }
 
+/// Whether `id` is one of `user`'s campaigns (in `tx`).
+pub async fn owned(tx: &mut Tx, user: UserId, id: CampaignId) -> StoreResult<bool> {
+    let row: Option<(CampaignId,)> = on_tx!(tx, conn => sqlx::query_as(
+        "SELECT id FROM campaigns WHERE id = $1 AND user_id = $2",
+    )
+    .bind(id)
+    .bind(user)
+    .fetch_optional(&mut **conn)
+    .await)?;
+    Ok(row.is_some())
+}
+
 pub async fn list(db: &Db, user: UserId, page: Page) -> StoreResult<Listed<Campaign>> {
     on_db!(db, pool => {
         let items = sqlx::query_as::<_, Campaign>(
@@ -166,5 +178,19 @@ pub async fn refresh(db: &Db, id: CampaignId) -> StoreResult<()> {
     .await
     .map(|_| ()))?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Back to `active` in `tx` (failed recipients are being retried): it completes again once
+/// they are final.
+pub async fn reopen(tx: &mut Tx, id: CampaignId) -> StoreResult<()> {
+    on_tx!(tx, conn => sqlx::query(
+        "UPDATE campaigns SET status = 'active', completed_at = NULL
+         WHERE id = $1 AND status = 'completed'",
+    )
+    .bind(id)
+    .execute(&mut **conn)
+    .await
+    .map(|_| ()))?;
     Ok(())
 }

@@ -107,9 +107,11 @@ pub async fn last_started(db: &Db, user: UserId) -> StoreResult<Option<DateTime<
 /// Deletes attempts started before `before` (the limiter reads only the last minute; the rest
 /// is history past its retention). Returns how many went.
 pub async fn prune(db: &Db, before: DateTime<Utc>) -> StoreResult<u64> {
-    Ok(on_db!(db, pool => sqlx::query("DELETE FROM delivery_attempts WHERE started_at < $1")
+    Ok(
+        on_db!(db, pool => sqlx::query("DELETE FROM delivery_attempts WHERE started_at < $1")
         .bind(Timestamp(before))
         .execute(pool)
         .await
-        .map(|r| r.rows_affected()))?)
+        .map(|r| r.rows_affected()))?,
+    )
 }

@@ -129,9 +129,11 @@ pub async fn dispatcher_running_since(db: &Db, since: DateTime<Utc>) -> StoreRes
 
 /// Forgets processes not seen since `before`.
 pub async fn prune(db: &Db, before: DateTime<Utc>) -> StoreResult<u64> {
-    Ok(on_db!(db, pool => sqlx::query("DELETE FROM processes WHERE seen_at < $1")
+    Ok(
+        on_db!(db, pool => sqlx::query("DELETE FROM processes WHERE seen_at < $1")
         .bind(Timestamp(before))
         .execute(pool)
         .await
-        .map(|r| r.rows_affected()))?)
+        .map(|r| r.rows_affected()))?,
+    )
 }

@@ -122,12 +122,32 @@ pub(super) async fn insert(tx: &mut Tx, job: &NewJob, dispatched: bool) -> sqlx:
     Ok(())
 }
 
-pub async fn get(db: &Db, user: UserId, id: &JobId) -> StoreResult<JobRecord> {
+/// Whose jobs a reader sees: a user's own, and with `system` also fanqueue's own (sweeps,
+/// owned by [`UserId::SYSTEM`]), which operators see.
+#[derive(Debug, Clone, Copy)]
+pub struct Readers {
+    pub user: UserId,
+    pub system: bool,
+}
+
+impl From<UserId> for Readers {
+    fn from(user: UserId) -> Self {
+        Readers {
+            user,
+            system: false,
+        }
+    }
+}
+
+pub async fn get(db: &Db, readers: impl Into<Readers>, id: &JobId) -> StoreResult<JobRecord> {
+    let r = readers.into();
+    let system = r.system.then_some(UserId::SYSTEM);
     on_db!(db, pool => sqlx::query_as::<_, JobRecord>(
-        "SELECT * FROM job_records WHERE id = $1 AND user_id = $2",
+        "SELECT * FROM job_records WHERE id = $1 AND (user_id = $2 OR user_id = $3)",
     )
     .bind(id)
-    .bind(user)
+    .bind(r.user)
+    .bind(system)
     .fetch_optional(pool)
     .await)?
     .ok_or(StoreError::NotFound("job"))
@@ -135,41 +155,45 @@ pub async fn get(db: &Db, user: UserId, id: &JobId) -> StoreResult<JobRecord> {
 
 pub async fn list(
     db: &Db,
-    user: UserId,
+    readers: impl Into<Readers>,
     filter: &JobFilter,
     page: Page,
 ) -> StoreResult<Listed<JobRecord>> {
+    let r = readers.into();
+    let system = r.system.then_some(UserId::SYSTEM);
     let kind = filter.kind;
     let status = filter.status.map(JobStatus::as_str);
     let (rows_sql, count_sql) = match db {
         // PostgreSQL wants the type of a parameter that is only compared with NULL.
         Db::Postgres(_) => (
-            "SELECT * FROM job_records WHERE user_id = $1 AND ($2::text IS NULL OR kind = $2)
+            "SELECT * FROM job_records WHERE (user_id = $1 OR user_id = $6) AND ($2::text IS NULL OR kind = $2)
                AND ($3::text IS NULL OR status = $3) ORDER BY created_at DESC, id DESC LIMIT $4 OFFSET $5",
-            "SELECT COUNT(*) FROM job_records WHERE user_id = $1 AND ($2::text IS NULL OR kind = $2)
+            "SELECT COUNT(*) FROM job_records WHERE (user_id = $1 OR user_id = $4) AND ($2::text IS NULL OR kind = $2)
                AND ($3::text IS NULL OR status = $3)",
         ),
         Db::Sqlite(_) => (
             concat!(
-                "SELECT * FROM job_records WHERE user_id = $1 AND ($2 IS NULL OR kind = $2) AND ($3 IS NULL OR status = $3)",
+                "SELECT * FROM job_records WHERE (user_id = $1 OR user_id = $6) AND ($2 IS NULL OR kind = $2) AND ($3 IS NULL OR status = $3)",
                 " ORDER BY created_at DESC, id DESC LIMIT $4 OFFSET $5"
             ),
-            "SELECT COUNT(*) FROM job_records WHERE user_id = $1 AND ($2 IS NULL OR kind = $2) AND ($3 IS NULL OR status = $3)",
+            "SELECT COUNT(*) FROM job_records WHERE (user_id = $1 OR user_id = $4) AND ($2 IS NULL OR kind = $2) AND ($3 IS NULL OR status = $3)",
         ),
     };
     on_db!(db, pool => {
         let items = sqlx::query_as::<_, JobRecord>(rows_sql)
-            .bind(user)
+            .bind(r.user)
             .bind(kind)
             .bind(status)
             .bind(page.limit)
             .bind(page.offset)
+            .bind(system)
             .fetch_all(pool)
             .await?;
         let (total,): (i64,) = sqlx::query_as(count_sql)
-            .bind(user)
+            .bind(r.user)
             .bind(kind)
             .bind(status)
+            .bind(system)
             .fetch_one(pool)
             .await?;
         Ok(Listed { items, total })

@@ -10,10 +10,10 @@ use crate::{
     crm::{
         campaigns::{self, Campaign, NewBulk},
         fans,
-        messages::{self, Message},
+        messages::{self, Message, Requeue},
     },
     db::Db,
-    domain::{MessageId, Timestamp, UserId},
+    domain::{CampaignId, MessageId, Timestamp, UserId},
     engine::{
         JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome, RetryPolicy, RunContext,
     },
@@ -111,4 +111,35 @@ pub async fn submit(
         message_ids,
         last,
     })
+}
+
+/// Puts every failed message of one of `user`'s campaigns back on its way, once: `queued`
+/// again under one new `bulk_send` job, the campaign `active` again, in one transaction.
+/// Returns the job (none when nothing had failed) and the messages queued again.
+pub async fn retry_failed(
+    db: &Db,
+    backend: &JobBackend,
+    user: UserId,
+    campaign: CampaignId,
+) -> Result<(Option<JobId>, Vec<MessageId>), SubmitError> {
+    let job = JobId::generate();
+    let mut tx = db.begin().await?;
+    if !campaigns::owned(&mut tx, user, campaign).await? {
+        return Err(SubmitError::NotFound("campaign"));
+    }
+    let moved = messages::requeue_failed(&mut tx, user, Requeue::Campaign(campaign), &job).await?;
+    if moved.is_empty() {
+        return Ok((None, moved));
+    }
+    campaigns::reopen(&mut tx, campaign).await?;
+    let new_job = NewJob::of::<BulkSend>(
+        job,
+        user,
+        json!({ "campaignId": campaign.0, "messageIds": moved, "retry": true }),
+    );
+    backend.enqueue(&mut tx, &new_job).await?;
+    tx.commit().await?;
+    backend.after_commit(db, &new_job).await;
+    tracing::info!(job_id = %new_job.id, campaign_id = campaign.0, messages = moved.len(), "failed recipients queued again");
+    Ok((Some(new_job.id), moved))
 }

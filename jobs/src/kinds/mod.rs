@@ -45,6 +45,18 @@ pub enum SubmitError {
     Enqueue(#[from] EnqueueError),
 }
 
+impl From<crate::db::StoreError> for SubmitError {
+    fn from(e: crate::db::StoreError) -> Self {
+        match e {
+            crate::db::StoreError::NotFound(what) => SubmitError::NotFound(what),
+            crate::db::StoreError::Sql(e) => SubmitError::Enqueue(EnqueueError::Sql(e)),
+            crate::db::StoreError::Conflict(msg) => {
+                SubmitError::Enqueue(EnqueueError::Backend(anyhow::anyhow!(msg)))
+            }
+        }
+    }
+}
+
 impl From<sqlx::Error> for SubmitError {
     fn from(e: sqlx::Error) -> Self {
         SubmitError::Enqueue(EnqueueError::Sql(e))

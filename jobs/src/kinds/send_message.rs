@@ -9,10 +9,10 @@ use super::{Deps, SubmitError, fan_out::FanOut};
 use crate::{
     crm::{
         conversations,
-        messages::{self, Message, Outgoing},
+        messages::{self, Message, MessageStatus, Outgoing, Requeue},
     },
     db::Db,
-    domain::{ConversationId, FanId, Timestamp, UserId},
+    domain::{ConversationId, FanId, MessageId, Timestamp, UserId},
     engine::{
         JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome, RetryPolicy, RunContext,
     },
@@ -81,4 +81,49 @@ pub async fn submit(
     backend.after_commit(db, &new_job).await;
     tracing::info!(job_id = %new_job.id, message_id = message.id.0, "message queued");
     Ok(message)
+}
+
+/// What a retry of one failed message did.
+#[derive(Debug)]
+pub enum Retried {
+    /// Back to `queued` under this new `send_message` job.
+    Queued(JobId),
+    /// The message is not failed: it is in this state.
+    NotFailed(MessageStatus),
+}
+
+/// Puts one of `user`'s failed messages back on its way: `queued` again (attempts and error
+/// cleared) with a new `send_message` job, in one transaction.
+pub async fn retry_failed(
+    db: &Db,
+    backend: &JobBackend,
+    user: UserId,
+    id: MessageId,
+) -> Result<Retried, SubmitError> {
+    let job = JobId::generate();
+    let mut tx = db.begin().await?;
+    let status = messages::status_of(&mut tx, user, id)
+        .await?
+        .ok_or(SubmitError::NotFound("message"))?;
+    if status != MessageStatus::Failed {
+        return Ok(Retried::NotFailed(status));
+    }
+    let moved = messages::requeue_failed(&mut tx, user, Requeue::Messages(&[id]), &job).await?;
+    if moved.is_empty() {
+        return Ok(Retried::NotFailed(status));
+    }
+    let campaign = messages::campaign_of(&mut tx, id).await?;
+    if let Some(c) = campaign {
+        crate::crm::campaigns::reopen(&mut tx, c).await?;
+    }
+    let mut payload = json!({ "messageIds": [id.0], "retry": true });
+    if let Some(c) = campaign {
+        payload["campaignId"] = json!(c.0);
+    }
+    let new_job = NewJob::of::<SendMessage>(job, user, payload);
+    backend.enqueue(&mut tx, &new_job).await?;
+    tx.commit().await?;
+    backend.after_commit(db, &new_job).await;
+    tracing::info!(job_id = %new_job.id, message_id = id.0, "failed message queued again");
+    Ok(Retried::Queued(new_job.id))
 }

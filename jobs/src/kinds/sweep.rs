@@ -184,7 +184,8 @@ impl Sweep {
                     tracing::error!(body = %copy.body.chars().take(200).collect::<String>(), "unreadable message in the DLQ; left for an operator");
                     continue;
                 };
-                let span = tracing::info_span!("dead_letter", message_id = id.0, user_id = creator.0);
+                let span =
+                    tracing::info_span!("dead_letter", message_id = id.0, user_id = creator.0);
                 let _enter = span.enter();
                 let Some(row) = rows.iter().find(|r| r.id == *id) else {
                     // Its message is gone (its fan was deleted): nothing to record.
@@ -192,10 +193,9 @@ impl Sweep {
                     done.push(copy.receipt.clone());
                     continue;
                 };
-                let reason = copy
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| "the outbound queue gave up after its maximum receives".into());
+                let reason = copy.reason.clone().unwrap_or_else(|| {
+                    "the outbound queue gave up after its maximum receives".into()
+                });
                 match row.status {
                     MessageStatus::Sent => report.dlq_already_final += 1,
                     MessageStatus::Failed => {
@@ -238,7 +238,10 @@ impl Sweep {
             }
             // Only now, with every outcome committed.
             for chunk in done.chunks(MAX_BATCH) {
-                self.outbound.delete_dead(chunk).await.map_err(queue_error)?;
+                self.outbound
+                    .delete_dead(chunk)
+                    .await
+                    .map_err(queue_error)?;
             }
         }
         Ok(())

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use super::{BatchOutcome, DeadCopy, OutboundEntry, OutboundQueue, QueueCounts, QueueError, Received};
+use super::{
+    BatchOutcome, DeadCopy, OutboundEntry, OutboundQueue, QueueCounts, QueueError, Received,
+};
 use crate::{db::Db, domain::Timestamp, on_db};
 
 #[derive(Clone, Debug)]

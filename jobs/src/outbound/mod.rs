@@ -123,8 +123,10 @@ pub trait OutboundQueue {
         visibility: Duration,
     ) -> impl Future<Output = Result<Vec<DeadCopy>, QueueError>> + Send;
     /// Deletes received DLQ messages (their outcome is recorded).
-    fn delete_dead(&self, receipts: &[String])
-    -> impl Future<Output = Result<(), QueueError>> + Send;
+    fn delete_dead(
+        &self,
+        receipts: &[String],
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
     /// Moves a received DLQ message back to the main queue, its receive count starting over.
     fn redrive(
         &self,

@@ -11,7 +11,9 @@ use aws_sdk_sqs::{
     },
 };
 
-use super::{BatchOutcome, DeadCopy, OutboundEntry, OutboundQueue, QueueCounts, QueueError, Received};
+use super::{
+    BatchOutcome, DeadCopy, OutboundEntry, OutboundQueue, QueueCounts, QueueError, Received,
+};
 
 #[derive(Clone, Debug)]
 pub struct SqsQueue {

@@ -403,7 +403,7 @@ impl Dispatcher {
         let body = serde_json::to_string(&claim.message.body())?;
         let attempt = self
             .platform
-            .deliver(&claim.message.id.to_string(), &body)
+            .deliver(&claim.message.idempotency_key(), &body)
             .instrument(span.clone())
             .await;
         self.totals.attempts.fetch_add(1, Relaxed);

@@ -46,9 +46,13 @@ async fn on_tick(tick: Tick, fire: Data<Fire>) -> Result<(), BoxDynError> {
     let at = DateTime::<Utc>::from_timestamp(tick.get_timestamp() as i64, 0).unwrap_or_default();
     match sweep::submit(&fire.db, &fire.backend, at).await {
         Ok(Some(job)) => tracing::info!(job_id = %job, tick = %at, "sweep submitted"),
-        Ok(None) => tracing::debug!(tick = %at, "this tick's sweep was submitted by another sweeper"),
+        Ok(None) => {
+            tracing::debug!(tick = %at, "this tick's sweep was submitted by another sweeper")
+        }
         // The next tick tries again; nothing is lost by skipping one.
-        Err(e) => tracing::warn!(tick = %at, error = format!("{e:#}"), "could not submit the sweep"),
+        Err(e) => {
+            tracing::warn!(tick = %at, error = format!("{e:#}"), "could not submit the sweep")
+        }
     }
     Ok(())
 }

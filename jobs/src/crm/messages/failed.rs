@@ -65,7 +65,11 @@ pub async fn list_failed(
 }
 
 /// The state of one of `user`'s outbound messages, for a retry's answer.
-pub async fn status_of(tx: &mut Tx, user: UserId, id: MessageId) -> StoreResult<Option<MessageStatus>> {
+pub async fn status_of(
+    tx: &mut Tx,
+    user: UserId,
+    id: MessageId,
+) -> StoreResult<Option<MessageStatus>> {
     let row: Option<(MessageStatus,)> = on_tx!(tx, conn => sqlx::query_as(
         "SELECT status FROM messages WHERE id = $1 AND user_id = $2 AND direction = 'out'",
     )
@@ -89,7 +93,11 @@ pub async fn requeue_failed(
         let mut q = QueryBuilder::new(
             "UPDATE messages SET status = 'queued', error = NULL, attempts = 0, failed_at = NULL,
                  sent_at = NULL, enqueued_at = NULL, ready_at = NULL, next_attempt_at = NULL,
-                 lease_until = NULL, redrives = 0, job_id = ",
+                 lease_until = NULL, redrives = 0,
+                 key_generation = key_generation + CASE WHEN (
+                     SELECT outcome FROM delivery_attempts d WHERE d.message_id = messages.id
+                     ORDER BY d.id DESC LIMIT 1) = 'rejected' THEN 1 ELSE 0 END,
+                 job_id = ",
         );
         q.push_bind(job)
             .push(" WHERE status = 'failed' AND direction = 'out' AND user_id = ")
@@ -247,4 +255,27 @@ pub async fn reclaim_expired(db: &Db, before: DateTime<Utc>) -> StoreResult<u64>
     .await
     .map(|r| r.rows_affected()))?;
     Ok(moved)
+}
+
+/// One creator's outbound messages by status: their delivery backlog and failures.
+pub async fn counts_of_creator(db: &Db, user: UserId) -> StoreResult<super::StatusCounts> {
+    let rows: Vec<(MessageStatus, i64)> = on_db!(db, pool => sqlx::query_as(
+        "SELECT status, COUNT(*) FROM messages WHERE user_id = $1 AND direction = 'out'
+         GROUP BY status",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await)?;
+    Ok(super::StatusCounts::of(rows))
+}
+
+/// The campaign a message belongs to, if any (in `tx`).
+pub async fn campaign_of(tx: &mut Tx, id: MessageId) -> StoreResult<Option<CampaignId>> {
+    let row: Option<(Option<CampaignId>,)> = on_tx!(tx, conn => sqlx::query_as(
+        "SELECT campaign_id FROM messages WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut **conn)
+    .await)?;
+    Ok(row.and_then(|(c,)| c))
 }

@@ -251,9 +251,21 @@ pub struct Deliverable {
     pub attachments: Json<Vec<Attachment>>,
     pub priority: i64,
     pub campaign_id: Option<CampaignId>,
+    /// See [`Deliverable::idempotency_key`]; read only where a delivery is made.
+    #[sqlx(default)]
+    pub key_generation: i64,
 }
 
 impl Deliverable {
+    /// The key every delivery attempt carries: the message id, or `<id>-r<n>` after the
+    /// n-th retry of a message the platform had rejected (its answer to the old key is final).
+    pub fn idempotency_key(&self) -> String {
+        match self.key_generation {
+            0 => self.id.to_string(),
+            n => format!("{}-r{n}", self.id),
+        }
+    }
+
     /// The body the seeds' consumer reads (ids as strings).
     pub fn body(&self) -> OutboundBody {
         OutboundBody {
@@ -479,7 +491,7 @@ pub async fn claim_next(
                  FROM pick WHERE messages.id = pick.id
                  RETURNING messages.id, messages.user_id, messages.fan_id, messages.text,
                      messages.attachments, messages.priority, messages.campaign_id,
-                     messages.attempts
+                     messages.attempts, messages.key_generation
              ), logged AS (
                  INSERT INTO delivery_attempts (message_id, user_id, attempt, started_at)
                  SELECT id, user_id, attempts, $2 FROM taken RETURNING id
@@ -529,7 +541,8 @@ pub async fn claim_next(
                 "UPDATE messages SET status = 'sending', attempts = attempts + 1, lease_until = $2,
                      next_attempt_at = NULL
                  WHERE id = $1
-                 RETURNING id, user_id, fan_id, text, attachments, priority, campaign_id, attempts",
+                 RETURNING id, user_id, fan_id, text, attachments, priority, campaign_id, attempts,
+                     key_generation",
             )
             .bind(id)
             .bind(lease)
