@@ -112,6 +112,17 @@ impl Limiter {
         }
     }
 
+    /// Whether the store answers: always for in-process quotas; a `PING` for Redis.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        match self {
+            Limiter::Local(_) => Ok(()),
+            Limiter::Redis { conn, .. } => {
+                let _: String = redis::cmd("PING").query_async(&mut conn.clone()).await?;
+                Ok(())
+            }
+        }
+    }
+
     /// Counts one call against `quota` for `user` if there is room.
     pub async fn check(&self, quota: Quota, user: UserId) -> anyhow::Result<Decision> {
         match self {

@@ -146,6 +146,7 @@ impl Application {
             },
             import_max_bytes: settings.imports.import_max_bytes,
             pace: pace(settings),
+            rate_limiter_enabled: settings.delivery.rate_limiter_enabled,
         });
         Ok(Application {
             port,

@@ -15,6 +15,7 @@ mod health;
 mod imports;
 mod jobs;
 mod messages;
+mod monitoring;
 
 use std::{cell::RefCell, sync::Arc, time::Duration};
 
@@ -50,6 +51,8 @@ pub struct AppState {
     pub import_max_bytes: u64,
     /// The dispatcher's pace per creator, for send-time estimates.
     pub pace: Pace,
+    /// `RATE_LIMITER_ENABLED`.
+    pub rate_limiter_enabled: bool,
 }
 
 /// The per-user quotas and where they are counted.
@@ -78,6 +81,8 @@ pub enum ApiTags {
     Campaigns,
     /// Background jobs: status, progress, results, cancellation.
     Jobs,
+    /// Health of the system and its dependencies (operators).
+    Monitoring,
 }
 
 /// The authenticated caller. Extracting it verifies the bearer token and, for writes
@@ -192,6 +197,7 @@ type Apis = (
     jobs::JobsApi,
     messages::MessagesApi,
     campaigns::CampaignsApi,
+    monitoring::MonitoringApi,
 );
 
 pub fn openapi(state: &State) -> OpenApiService<Apis, ()> {
@@ -203,6 +209,7 @@ pub fn openapi(state: &State) -> OpenApiService<Apis, ()> {
             jobs::JobsApi::new(state.clone()),
             messages::MessagesApi::new(state.clone()),
             campaigns::CampaignsApi::new(state.clone()),
+            monitoring::MonitoringApi::new(state.clone()),
         ),
         "fanqueue",
         env!("CARGO_PKG_VERSION"),
@@ -224,6 +231,7 @@ pub fn app(state: State) -> impl Endpoint {
         .at("/openapi.json", spec)
         .nest("/docs", docs)
         .at("/healthz", health::healthz)
+        .at("/readyz", monitoring::readyz)
         .data(state)
         .with(CatchPanic::new().with_handler(panic_response))
         .catch_all_error(|err| async move { error::render(err) })

@@ -283,7 +283,7 @@ async fn a_400_fails_at_once_with_the_platforms_reason_and_is_never_retried(back
     );
     assert_eq!(sim.stats().await["requests"], 1, "never retried");
     let status = json_of(
-        app.get(1, "/api/onlyfans/messages/status").await,
+        app.operator_get("/api/onlyfans/messages/status").await,
         StatusCode::OK,
     )
     .await;
@@ -310,7 +310,7 @@ async fn used_up_attempts_fail_the_message_and_put_it_in_the_dlq(backend: Backen
     );
     assert_eq!(sim.stats().await["requests"], 2);
     let status = json_of(
-        app.get(1, "/api/onlyfans/messages/status").await,
+        app.operator_get("/api/onlyfans/messages/status").await,
         StatusCode::OK,
     )
     .await;

@@ -64,6 +64,18 @@ async fn openapi_documents_every_crm_route_with_bearer_security() {
         ),
         ("/api/crm/campaigns", "get", "listCampaigns"),
         ("/api/crm/campaigns/{id}", "get", "getCampaign"),
+        (
+            "/api/crm/campaigns/{id}/retry-failed",
+            "post",
+            "retryCampaignFailed",
+        ),
+        ("/api/onlyfans/messages/failed", "get", "listFailedMessages"),
+        (
+            "/api/onlyfans/messages/failed/{id}/retry",
+            "post",
+            "retryFailedMessage",
+        ),
+        ("/api/monitoring/onlyfans", "get", "monitoring"),
     ];
     for (path, method, operation_id) in expected {
         let op = &doc["paths"][path][method];

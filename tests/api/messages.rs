@@ -34,7 +34,7 @@ async fn fans(app: &TestApp, user: i64, n: usize) -> Vec<i64> {
 
 async fn status(app: &TestApp) -> Value {
     json_of(
-        app.get(1, "/api/onlyfans/messages/status").await,
+        app.operator_get("/api/onlyfans/messages/status").await,
         StatusCode::OK,
     )
     .await
@@ -331,7 +331,7 @@ async fn a_bulk_of_100_makes_10_batch_calls_and_a_boto3_consumer_reads_every_fie
     assert_eq!(job["result"]["sendMessageBatchCalls"], 10);
     assert_eq!(job["result"]["queued"], 100);
     let status = json_of(
-        app.get(1, "/api/onlyfans/messages/status").await,
+        app.operator_get("/api/onlyfans/messages/status").await,
         StatusCode::OK,
     )
     .await;
@@ -413,7 +413,7 @@ async fn on_the_embedded_default_a_bulk_reaches_the_embedded_queue() {
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["result"]["sendMessageBatchCalls"], 10);
     let status = json_of(
-        app.get(1, "/api/onlyfans/messages/status").await,
+        app.operator_get("/api/onlyfans/messages/status").await,
         StatusCode::OK,
     )
     .await;
@@ -528,7 +528,7 @@ async fn with_sqs_unreachable_the_job_retries_then_fails_the_messages_with_the_r
         "the reason says what failed: {error}"
     );
     let status = json_of(
-        app.get(1, "/api/onlyfans/messages/status").await,
+        app.operator_get("/api/onlyfans/messages/status").await,
         StatusCode::OK,
     )
     .await;

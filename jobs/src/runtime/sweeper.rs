@@ -74,17 +74,16 @@ impl Sweeper {
             db: self.db.clone(),
             backend: self.backend.clone(),
         };
-        WorkerBuilder::new(format!("sweeper-{}", std::process::id()))
+        let worker = WorkerBuilder::new(format!("sweeper-{}", std::process::id()))
             .backend(CronScheduler::new(self.schedule.clone()))
             .data(fire)
-            .build(on_tick)
-            .run_until(async move {
-                cancel.cancelled().await;
-                Ok::<(), std::io::Error>(())
-            })
-            .await
-            .context("the sweeper's cron worker")?;
-        Ok(())
+            .build(on_tick);
+        // Dropped at once on cancel: the cron stream would otherwise hold the shutdown until
+        // its next tick, and a submission cut short commits nothing (the tick is skipped).
+        tokio::select! {
+            _ = cancel.cancelled() => Ok(()),
+            ended = worker.run() => ended.context("the sweeper's cron worker"),
+        }
     }
 
     /// Fires the tick `at` and runs its sweep here, to its end; `None` when that tick's sweep

@@ -279,3 +279,21 @@ pub async fn campaign_of(tx: &mut Tx, id: MessageId) -> StoreResult<Option<Campa
     .await)?;
     Ok(row.and_then(|(c,)| c))
 }
+
+/// When the oldest outbound message still waiting was queued, and the largest backlog one
+/// creator has (what bounds how long the queue should take to drain).
+pub async fn oldest_waiting(db: &Db) -> StoreResult<(Option<DateTime<Utc>>, i64)> {
+    let (oldest,): (Option<DateTime<Utc>>,) = on_db!(db, pool => sqlx::query_as(
+        "SELECT MIN(created_at) FROM messages WHERE direction = 'out' AND status IN ('queued', 'sending')",
+    )
+    .fetch_one(pool)
+    .await)?;
+    let (largest,): (Option<i64>,) = on_db!(db, pool => sqlx::query_as(
+        "SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM messages
+                             WHERE direction = 'out' AND status IN ('queued', 'sending')
+                             GROUP BY user_id) AS backlogs",
+    )
+    .fetch_one(pool)
+    .await)?;
+    Ok((oldest, largest.unwrap_or(0)))
+}

@@ -1,0 +1,271 @@
+//! `GET /api/monitoring/onlyfans` (operators): the state of every dependency and of the
+//! delivery backlog, and `/readyz` (readiness: the database and the queue answer). `/healthz`
+//! (liveness) is in [`health`](super::health) and touches nothing.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use fanqueue_jobs::{crm::messages, engine::processes, outbound::OutboundQueue};
+use poem::{handler, http::StatusCode, web::Data};
+use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+
+use super::{ApiError, ApiTags, BearerAuth, State};
+
+/// How long a dependency gets to answer before it counts as down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Above this many messages in the DLQ the system is degraded.
+const DLQ_DEGRADED: u64 = 10;
+/// Slack over a backlog's expected drain before its oldest message counts as late.
+const DRAIN_SLACK: Duration = Duration::from_secs(60);
+
+pub struct MonitoringApi {
+    state: State,
+}
+
+impl MonitoringApi {
+    pub fn new(state: State) -> Self {
+        MonitoringApi { state }
+    }
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct DatabaseHealth {
+    /// `healthy` or `unhealthy`.
+    pub status: String,
+    /// How long `SELECT 1` took (null when it failed).
+    pub latency_ms: Option<f64>,
+    pub backend: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct QueueHealth {
+    /// `healthy`, `degraded` (DLQ above 10) or `unhealthy` (unreachable).
+    pub status: String,
+    /// `sqs` or `embedded`.
+    pub kind: String,
+    pub queue_depth: Option<u64>,
+    pub messages_in_flight: Option<u64>,
+    pub dlq_count: Option<u64>,
+    #[oai(skip_serializing_if_is_none)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct LimiterHealth {
+    /// `healthy`, or `degraded` when Redis does not answer (quotas then let writes through,
+    /// and deliveries pause).
+    pub status: String,
+    pub enabled: bool,
+    /// `redis` or `in-process`.
+    pub backend: String,
+    pub reachable: bool,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct BacklogHealth {
+    /// `healthy`, or `degraded` when the oldest waiting message is older than the largest
+    /// creator backlog should take to drain at the platform's rate.
+    pub status: String,
+    pub oldest_queued_age_secs: Option<f64>,
+    pub largest_creator_backlog: i64,
+    pub expected_drain_secs: f64,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ProcessOut {
+    pub role: String,
+    pub host: String,
+    pub pid: i64,
+    pub started_at: DateTime<Utc>,
+    pub seen_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Components {
+    pub database: DatabaseHealth,
+    pub sqs: QueueHealth,
+    pub rate_limiter: LimiterHealth,
+    pub backlog: BacklogHealth,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct HealthOut {
+    /// `healthy`, `degraded` or `unhealthy` (the database is down: 503).
+    pub status: String,
+    pub timestamp: DateTime<Utc>,
+    pub components: Components,
+    /// Dispatchers, workers, sweepers and API processes seen alive (heartbeats).
+    pub processes: Vec<ProcessOut>,
+    pub dispatchers_alive: i64,
+    pub workers_alive: i64,
+}
+
+#[derive(ApiResponse)]
+enum HealthResponse {
+    /// Healthy or degraded.
+    #[oai(status = 200)]
+    Ok(Json<HealthOut>),
+    /// The database is down.
+    #[oai(status = 503)]
+    Unavailable(Json<HealthOut>),
+}
+
+async fn probe<T, E: std::fmt::Display>(
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Monitoring")]
+impl MonitoringApi {
+    /// System health (operators)
+    ///
+    /// The database's latency, the outbound queue's depth, in-flight and DLQ counts, the
+    /// rate limiter, the oldest waiting message and the processes seen alive. `degraded` when
+    /// the DLQ holds more than 10, the oldest waiting message is later than its expected
+    /// drain, or Redis does not answer; `unhealthy` (503) when the database is down.
+    #[oai(
+        path = "/api/monitoring/onlyfans",
+        method = "get",
+        operation_id = "monitoring"
+    )]
+    async fn monitoring(&self, auth: BearerAuth) -> Result<HealthResponse, ApiError> {
+        auth.operator()?;
+        let s = &self.state;
+        let started = Instant::now();
+        let db = probe(s.db.ping()).await;
+        let database = DatabaseHealth {
+            status: if db.is_ok() { "healthy" } else { "unhealthy" }.into(),
+            latency_ms: db.is_ok().then(|| started.elapsed().as_secs_f64() * 1000.0),
+            backend: s.db.backend_name().into(),
+            error: db.clone().err(),
+        };
+        let counts = probe(s.outbound.counts()).await;
+        let sqs = match &counts {
+            Ok(c) => QueueHealth {
+                status: if c.dlq > DLQ_DEGRADED {
+                    "degraded"
+                } else {
+                    "healthy"
+                }
+                .into(),
+                kind: s.outbound.name().into(),
+                queue_depth: Some(c.depth),
+                messages_in_flight: Some(c.in_flight),
+                dlq_count: Some(c.dlq),
+                error: None,
+            },
+            Err(e) => QueueHealth {
+                status: "unhealthy".into(),
+                kind: s.outbound.name().into(),
+                queue_depth: None,
+                messages_in_flight: None,
+                dlq_count: None,
+                error: Some(e.clone()),
+            },
+        };
+        let reachable = probe(s.quotas.limiter.ping()).await.is_ok();
+        let rate_limiter = LimiterHealth {
+            status: if reachable { "healthy" } else { "degraded" }.into(),
+            enabled: s.rate_limiter_enabled,
+            backend: s.quotas.limiter.backend_name().into(),
+            reachable,
+        };
+        let (oldest, largest) = if db.is_ok() {
+            probe(messages::oldest_waiting(&s.db))
+                .await
+                .unwrap_or((None, 0))
+        } else {
+            (None, 0)
+        };
+        let expected = s.pace.spacing().as_secs_f64() * largest as f64 + DRAIN_SLACK.as_secs_f64();
+        let age = oldest.map(|o| (Utc::now() - o).as_seconds_f64().max(0.0));
+        let backlog = BacklogHealth {
+            status: if age.is_some_and(|a| a > expected) {
+                "degraded"
+            } else {
+                "healthy"
+            }
+            .into(),
+            oldest_queued_age_secs: age,
+            largest_creator_backlog: largest,
+            expected_drain_secs: expected,
+        };
+        let alive = if db.is_ok() {
+            probe(processes::alive(&s.db)).await.unwrap_or_default()
+        } else {
+            vec![]
+        };
+        let count = |role: &str| alive.iter().filter(|p| p.role == role).count() as i64;
+        let degraded = sqs.status != "healthy"
+            || rate_limiter.status != "healthy"
+            || backlog.status != "healthy";
+        let status = match (db.is_ok(), degraded) {
+            (false, _) => "unhealthy",
+            (true, true) => "degraded",
+            (true, false) => "healthy",
+        };
+        let out = HealthOut {
+            status: status.into(),
+            timestamp: Utc::now(),
+            dispatchers_alive: count("dispatch"),
+            workers_alive: count("worker"),
+            processes: alive
+                .into_iter()
+                .map(|p| ProcessOut {
+                    role: p.role,
+                    host: p.host,
+                    pid: p.pid,
+                    started_at: p.started_at,
+                    seen_at: p.seen_at,
+                })
+                .collect(),
+            components: Components {
+                database,
+                sqs,
+                rate_limiter,
+                backlog,
+            },
+        };
+        Ok(if db.is_ok() {
+            HealthResponse::Ok(Json(out))
+        } else {
+            HealthResponse::Unavailable(Json(out))
+        })
+    }
+}
+
+/// `/readyz`: 200 when the database and the outbound queue answer, else 503 with what does
+/// not (a load balancer stops sending requests here until both do).
+#[handler]
+pub async fn readyz(Data(state): Data<&State>) -> poem::Response {
+    let db = probe(state.db.ping()).await.err();
+    let queue = probe(state.outbound.counts()).await.err();
+    let ready = db.is_none() && queue.is_none();
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "database": db.map_or("ok".to_owned(), |e| e),
+        "queue": queue.map_or("ok".to_owned(), |e| e),
+    });
+    poem::Response::builder()
+        .status(if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        })
+        .content_type("application/json")
+        .body(body.to_string())
+}
