@@ -30,6 +30,24 @@ impl EmbeddedQueue {
         }
     }
 
+    /// Deletes received messages of the main queue (`dead` false) or of the DLQ by receipt.
+    async fn delete_received(&self, dead: bool, receipts: &[String]) -> Result<(), QueueError> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        on_db!(&self.db, pool => {
+            let mut q = sqlx::QueryBuilder::new("DELETE FROM outbound_queue WHERE dead = ");
+            q.push_bind(dead).push(" AND receipt IN (");
+            let mut list = q.separated(", ");
+            for r in receipts {
+                list.push_bind(r);
+            }
+            q.push(")");
+            q.build().execute(pool).await.map(|_| ())
+        })
+        .map_err(sql_error)
+    }
+
     /// One receive, without waiting, in one statement. Like SQS: a message received
     /// `max_receives` times goes to the DLQ when it comes up again instead of being handed out.
     async fn receive_now(
@@ -133,19 +151,7 @@ impl OutboundQueue for EmbeddedQueue {
     }
 
     async fn delete_batch(&self, receipts: &[String]) -> Result<(), QueueError> {
-        if receipts.is_empty() {
-            return Ok(());
-        }
-        on_db!(&self.db, pool => {
-            let mut q = sqlx::QueryBuilder::new("DELETE FROM outbound_queue WHERE NOT dead AND receipt IN (");
-            let mut list = q.separated(", ");
-            for r in receipts {
-                list.push_bind(r);
-            }
-            q.push(")");
-            q.build().execute(pool).await.map(|_| ())
-        })
-        .map_err(sql_error)
+        self.delete_received(false, receipts).await
     }
 
     /// One row per message: a message dead-lettered again replaces its earlier row.
@@ -211,19 +217,7 @@ impl OutboundQueue for EmbeddedQueue {
     }
 
     async fn delete_dead(&self, receipts: &[String]) -> Result<(), QueueError> {
-        if receipts.is_empty() {
-            return Ok(());
-        }
-        on_db!(&self.db, pool => {
-            let mut q = sqlx::QueryBuilder::new("DELETE FROM outbound_queue WHERE dead AND receipt IN (");
-            let mut list = q.separated(", ");
-            for r in receipts {
-                list.push_bind(r);
-            }
-            q.push(")");
-            q.build().execute(pool).await.map(|_| ())
-        })
-        .map_err(sql_error)
+        self.delete_received(true, receipts).await
     }
 
     /// In place: the row leaves the DLQ, visible now, its receive count back to zero.
