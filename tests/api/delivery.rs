@@ -10,28 +10,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backend, Sim, TestApp, json_of, spawn_app_with, with_platform};
 
-/// Runs each `async fn(Backend)` on SQLite and on PostgreSQL.
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(crate::helpers::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(crate::helpers::Backend::Postgres).await
-                }
-            )*
-        }
-    };
-}
-
 both!(
     a_message_reaches_the_platform_once_under_its_id_and_is_recorded_sent,
     higher_priority_goes_first_and_one_creators_backlog_does_not_hold_up_another,

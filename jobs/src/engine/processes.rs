@@ -33,10 +33,12 @@ pub struct Heartbeat {
     db: Db,
     id: String,
     roles: Vec<&'static str>,
+    host: String,
     started_at: Timestamp,
 }
 
-fn host() -> String {
+/// This machine's name (containers set `HOSTNAME`): in heartbeats and worker names.
+pub fn host() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
@@ -52,6 +54,7 @@ impl Heartbeat {
             db,
             id: ulid::Ulid::generate().to_string(),
             roles,
+            host: host(),
             started_at: Timestamp::now(),
         }
     }
@@ -59,7 +62,7 @@ impl Heartbeat {
     /// One beat: this process's rows are written (or refreshed) now.
     pub async fn run_once(&self) -> StoreResult<()> {
         let now = Timestamp::now();
-        let (host, pid) = (host(), i64::from(std::process::id()));
+        let pid = i64::from(std::process::id());
         for role in &self.roles {
             on_db!(&self.db, pool => sqlx::query(
                 "INSERT INTO processes (id, role, host, pid, started_at, seen_at)
@@ -68,7 +71,7 @@ impl Heartbeat {
             )
             .bind(format!("{}-{role}", self.id))
             .bind(role)
-            .bind(&host)
+            .bind(&self.host)
             .bind(pid)
             .bind(self.started_at)
             .bind(now)

@@ -102,7 +102,7 @@ pub async fn retry_failed(
 ) -> Result<Retried, SubmitError> {
     let job = JobId::generate();
     let mut tx = db.begin().await?;
-    let status = messages::status_of(&mut tx, user, id)
+    let (status, campaign) = messages::status_of(&mut tx, user, id)
         .await?
         .ok_or(SubmitError::NotFound("message"))?;
     if status != MessageStatus::Failed {
@@ -112,7 +112,6 @@ pub async fn retry_failed(
     if moved.is_empty() {
         return Ok(Retried::NotFailed(status));
     }
-    let campaign = messages::campaign_of(&mut tx, id).await?;
     if let Some(c) = campaign {
         crate::crm::campaigns::reopen(&mut tx, c).await?;
     }

@@ -36,7 +36,7 @@ use crate::{
         EnqueueError, JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome,
         RetryPolicy, RunContext, processes, record,
     },
-    outbound::{MAX_BATCH, Outbound, OutboundEntry, OutboundQueue},
+    outbound::{MAX_BATCH, Outbound, OutboundEntry, OutboundQueue, addressed},
 };
 
 /// How the sweeper decides.
@@ -111,14 +111,6 @@ pub struct Sweep {
     config: SweepConfig,
 }
 
-/// The part of a queue body the sweeper reads.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct QueueBody {
-    message_id: String,
-    user_id: String,
-}
-
 impl Sweep {
     pub fn new(deps: &Deps) -> Self {
         Sweep {
@@ -165,16 +157,8 @@ impl Sweep {
                 break;
             }
             report.dlq_read += copies.len() as u64;
-            let parsed: Vec<Option<(MessageId, UserId)>> = copies
-                .iter()
-                .map(|c| {
-                    let b: QueueBody = serde_json::from_str(&c.body).ok()?;
-                    Some((
-                        MessageId(b.message_id.parse().ok()?),
-                        UserId(b.user_id.parse().ok()?),
-                    ))
-                })
-                .collect();
+            let parsed: Vec<Option<(MessageId, UserId)>> =
+                copies.iter().map(|c| addressed(&c.body)).collect();
             let ids: Vec<MessageId> = parsed.iter().flatten().map(|(id, _)| *id).collect();
             let rows = messages::dead_lettered(&self.db, &ids).await?;
             let mut done = Vec::new();

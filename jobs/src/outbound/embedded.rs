@@ -30,6 +30,19 @@ impl EmbeddedQueue {
         }
     }
 
+    /// The dialect's pieces of a receive: PostgreSQL skips rows another receiver holds
+    /// (SQLite has one writer at a time, so a row never goes to two), and each receive gets a
+    /// fresh receipt.
+    fn pick_and_receipt(&self) -> (&'static str, &'static str) {
+        match &self.db {
+            Db::Postgres(_) => (
+                "FOR UPDATE SKIP LOCKED",
+                "md5(random()::text || clock_timestamp()::text || id::text)",
+            ),
+            Db::Sqlite(_) => ("", "lower(hex(randomblob(16)))"),
+        }
+    }
+
     /// Deletes received messages of the main queue (`dead` false) or of the DLQ by receipt.
     async fn delete_received(&self, dead: bool, receipts: &[String]) -> Result<(), QueueError> {
         if receipts.is_empty() {
@@ -58,16 +71,9 @@ impl EmbeddedQueue {
         let now = Timestamp::now();
         let until = Timestamp(now.0 + chrono::TimeDelta::from_std(visibility).unwrap_or_default());
         let max_receives = i64::from(self.max_receives);
-        // PostgreSQL: skip rows another receiver holds; SQLite: one writer at a time, so a row
-        // is never handed to two receivers. Each receive gets a fresh receipt: deleting needs
-        // it, so a receiver whose visibility ran out cannot delete another's copy.
-        let (pick, receipt) = match &self.db {
-            Db::Postgres(_) => (
-                "FOR UPDATE SKIP LOCKED",
-                "md5(random()::text || clock_timestamp()::text || id::text)",
-            ),
-            Db::Sqlite(_) => ("", "lower(hex(randomblob(16)))"),
-        };
+        // Deleting needs the receipt, so a receiver whose visibility ran out cannot delete
+        // another's copy.
+        let (pick, receipt) = self.pick_and_receipt();
         let sql = format!(
             "WITH picked AS MATERIALIZED (
                  SELECT id FROM outbound_queue WHERE NOT dead AND visible_at <= $1
@@ -180,13 +186,7 @@ impl OutboundQueue for EmbeddedQueue {
     ) -> Result<Vec<DeadCopy>, QueueError> {
         let now = Timestamp::now();
         let until = Timestamp(now.0 + chrono::TimeDelta::from_std(visibility).unwrap_or_default());
-        let (pick, receipt) = match &self.db {
-            Db::Postgres(_) => (
-                "FOR UPDATE SKIP LOCKED",
-                "md5(random()::text || clock_timestamp()::text || id::text)",
-            ),
-            Db::Sqlite(_) => ("", "lower(hex(randomblob(16)))"),
-        };
+        let (pick, receipt) = self.pick_and_receipt();
         let sql = format!(
             "WITH picked AS MATERIALIZED (
                  SELECT id FROM outbound_queue WHERE dead AND visible_at <= $1

@@ -13,6 +13,8 @@ use std::{future::Future, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::{MessageId, UserId};
+
 pub use embedded::EmbeddedQueue;
 pub use sqs::SqsQueue;
 
@@ -32,6 +34,21 @@ pub struct OutboundBody {
     pub priority: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub campaign_id: Option<String>,
+}
+
+/// The message and creator a queue body is for; `None` when it is not one of ours.
+pub fn addressed(body: &str) -> Option<(MessageId, UserId)> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Ids {
+        message_id: String,
+        user_id: String,
+    }
+    let ids: Ids = serde_json::from_str(body).ok()?;
+    Some((
+        MessageId(ids.message_id.parse().ok()?),
+        UserId(ids.user_id.parse().ok()?),
+    ))
 }
 
 /// One entry of a batch: the message id (the entry id, and the deduplication key), the

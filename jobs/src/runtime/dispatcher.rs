@@ -28,7 +28,6 @@ use std::{
 };
 
 use chrono::Utc;
-use serde::Deserialize;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -44,8 +43,8 @@ use crate::{
         limiter::{DeliveryLimiter, Slot, WINDOW},
         platform::{Attempt, Platform},
     },
-    domain::{MessageId, UserId},
-    outbound::{MAX_BATCH, Outbound, OutboundQueue},
+    domain::UserId,
+    outbound::{MAX_BATCH, Outbound, OutboundQueue, addressed},
 };
 
 /// How the dispatcher runs.
@@ -123,14 +122,6 @@ pub struct Pass {
     pub parked: usize,
     /// Delivery attempts made (and recorded).
     pub attempted: usize,
-}
-
-/// The part of a queue body the intake reads.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct QueueBody {
-    message_id: String,
-    user_id: String,
 }
 
 fn backoff(after_failures: u32) -> Duration {
@@ -297,15 +288,7 @@ impl Dispatcher {
         let mut creators = Vec::with_capacity(received.len());
         let mut receipts = Vec::with_capacity(received.len());
         for r in received {
-            let parsed = serde_json::from_str::<QueueBody>(&r.body)
-                .ok()
-                .and_then(|b| {
-                    Some((
-                        MessageId(b.message_id.parse().ok()?),
-                        UserId(b.user_id.parse().ok()?),
-                    ))
-                });
-            match parsed {
+            match addressed(&r.body) {
                 Some((id, creator)) => {
                     ids.push(id);
                     creators.push(creator);

@@ -20,6 +20,7 @@ use crate::{
     db::Db,
     engine::{
         JobBackend, JobId, JobKind, RetryPolicy, RunContext, backend::JobTask, execute::execute,
+        processes,
     },
     kinds::Deps,
     with_storage,
@@ -56,12 +57,7 @@ async fn run_task<K: JobKind>(
 
 /// A name unique to this process and start: apalis refuses two live workers of one name.
 fn worker_name(kind: &str) -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".into());
+    let host = processes::host();
     let start = &ulid::Ulid::generate().to_string()[20..];
     format!("{kind}-{host}-{}-{start}", std::process::id())
 }

@@ -64,20 +64,20 @@ pub async fn list_failed(
     })
 }
 
-/// The state of one of `user`'s outbound messages, for a retry's answer.
+/// The state and campaign of one of `user`'s outbound messages, for a retry.
 pub async fn status_of(
     tx: &mut Tx,
     user: UserId,
     id: MessageId,
-) -> StoreResult<Option<MessageStatus>> {
-    let row: Option<(MessageStatus,)> = on_tx!(tx, conn => sqlx::query_as(
-        "SELECT status FROM messages WHERE id = $1 AND user_id = $2 AND direction = 'out'",
+) -> StoreResult<Option<(MessageStatus, Option<CampaignId>)>> {
+    Ok(on_tx!(tx, conn => sqlx::query_as(
+        "SELECT status, campaign_id FROM messages
+         WHERE id = $1 AND user_id = $2 AND direction = 'out'",
     )
     .bind(id)
     .bind(user)
     .fetch_optional(&mut **conn)
-    .await)?;
-    Ok(row.map(|(s,)| s))
+    .await)?)
 }
 
 /// `failed` → `queued` under `job`, in `tx`: the message starts over (attempts, error and its
@@ -269,29 +269,14 @@ pub async fn counts_of_creator(db: &Db, user: UserId) -> StoreResult<super::Stat
     Ok(super::StatusCounts::of(rows))
 }
 
-/// The campaign a message belongs to, if any (in `tx`).
-pub async fn campaign_of(tx: &mut Tx, id: MessageId) -> StoreResult<Option<CampaignId>> {
-    let row: Option<(Option<CampaignId>,)> = on_tx!(tx, conn => sqlx::query_as(
-        "SELECT campaign_id FROM messages WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&mut **conn)
-    .await)?;
-    Ok(row.and_then(|(c,)| c))
-}
-
 /// When the oldest outbound message still waiting was queued, and the largest backlog one
 /// creator has (what bounds how long the queue should take to drain).
 pub async fn oldest_waiting(db: &Db) -> StoreResult<(Option<DateTime<Utc>>, i64)> {
-    let (oldest,): (Option<DateTime<Utc>>,) = on_db!(db, pool => sqlx::query_as(
-        "SELECT MIN(created_at) FROM messages WHERE direction = 'out' AND status IN ('queued', 'sending')",
-    )
-    .fetch_one(pool)
-    .await)?;
-    let (largest,): (Option<i64>,) = on_db!(db, pool => sqlx::query_as(
-        "SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM messages
-                             WHERE direction = 'out' AND status IN ('queued', 'sending')
-                             GROUP BY user_id) AS backlogs",
+    let (oldest, largest): (Option<DateTime<Utc>>, Option<i64>) = on_db!(db, pool => sqlx::query_as(
+        "SELECT MIN(oldest), MAX(n) FROM (
+             SELECT MIN(created_at) AS oldest, COUNT(*) AS n FROM messages
+             WHERE direction = 'out' AND status IN ('queued', 'sending')
+             GROUP BY user_id) AS backlogs",
     )
     .fetch_one(pool)
     .await)?;
