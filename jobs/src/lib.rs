@@ -11,6 +11,7 @@
 //!    - [`blobs`] — where uploaded files wait for their job: a directory or S3.
 //!    - [`outbound`] — the queue to the dispatcher: SQS, or an SQL table with SQS's semantics.
 //!    - [`delivery`] — the per-creator delivery limiter and the platform's HTTP adapter.
+//!    - [`telemetry`] — the metrics every layer records, each named once.
 //! 2. [`engine`] — the job engine: job ids and records, the apalis backend, the outbox relay,
 //!    the contract a job kind implements, and running one job. Knows no kind.
 //! 3. [`crm`] — the aggregates (fans, conversations, messages, campaigns), one owner per table.
@@ -29,3 +30,4 @@ pub mod engine;
 pub mod kinds;
 pub mod outbound;
 pub mod runtime;
+pub mod telemetry;

@@ -20,6 +20,18 @@ pub enum Attempt {
     Failed { status: Option<u16>, reason: String },
 }
 
+impl Attempt {
+    /// One word for how it ended (a metric label).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Attempt::Delivered { .. } => "delivered",
+            Attempt::RateLimited { .. } => "rate_limited",
+            Attempt::Rejected { .. } => "rejected",
+            Attempt::Failed { .. } => "failed",
+        }
+    }
+}
+
 /// The wait a 429 without a usable `Retry-After` gets: a whole window.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// How much of a refusal's body is kept as the reason.

@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, SqlitePool};
 
 use super::record::{self, JobId, NewJob};
-use crate::db::{Db, Tx};
+use crate::{
+    db::{Db, Tx},
+    telemetry,
+};
 
 /// What an apalis task carries: the job id. Everything else is in `job_records`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,6 +162,7 @@ impl JobBackend {
     /// Right after the transaction that stored `job` committed: for Redis, push it now rather
     /// than waiting for the relay. A failure here loses nothing (the outbox row stays).
     pub async fn after_commit(&self, db: &Db, job: &NewJob) {
+        telemetry::job(job.kind, "queued");
         if self.uses_outbox()
             && let Err(e) = self.push_outbox_row(db, &job.id, job.kind).await
         {

@@ -9,7 +9,7 @@ use super::{
     kind::{JobError, JobKind, Outcome, RunContext},
     record::{self, JobId, JobStatus},
 };
-use crate::db::Db;
+use crate::{db::Db, telemetry};
 
 /// Runs job `id` as a `K`. What apalis gets back decides what it does with the task:
 /// `Ok` (done, including a failure recorded as final), an [`AbortError`] (never again), or
@@ -37,6 +37,8 @@ pub async fn execute<K: JobKind>(
             return Err(AbortError::new(std::io::Error::other(reason)).into());
         }
         let policy = K::RETRY;
+        telemetry::job(K::NAME, "running");
+        let started = std::time::Instant::now();
         tracing::info!(
             attempt = job.attempts,
             max_attempts = policy.max_attempts,
@@ -45,6 +47,7 @@ pub async fn execute<K: JobKind>(
         match kind.run(&job, ctx).await {
             Ok(Outcome::Succeeded(result)) => {
                 record::finish(db, &id, JobStatus::Succeeded, Some(&result), None).await?;
+                telemetry::job_run(K::NAME, "succeeded", started.elapsed());
                 tracing::info!("job succeeded");
                 kind.after_final(&job).await;
                 Ok(())
@@ -58,6 +61,7 @@ pub async fn execute<K: JobKind>(
                     Some("cancelled on request"),
                 )
                 .await?;
+                telemetry::job_run(K::NAME, "cancelled", started.elapsed());
                 tracing::info!("job cancelled");
                 kind.after_final(&job).await;
                 Ok(())
@@ -65,6 +69,7 @@ pub async fn execute<K: JobKind>(
             Err(JobError::Permanent(reason)) => {
                 kind.give_up(&job, &reason).await;
                 record::finish(db, &id, JobStatus::Failed, None, Some(&reason)).await?;
+                telemetry::job_run(K::NAME, "failed", started.elapsed());
                 tracing::warn!(%reason, "job failed permanently");
                 kind.after_final(&job).await;
                 Err(AbortError::new(std::io::Error::other(reason)).into())
@@ -73,6 +78,7 @@ pub async fn execute<K: JobKind>(
                 let reason = format!("gave up after {} attempts: {e:#}", job.attempts);
                 kind.give_up(&job, &reason).await;
                 record::finish(db, &id, JobStatus::Failed, None, Some(&reason)).await?;
+                telemetry::job_run(K::NAME, "failed", started.elapsed());
                 tracing::error!(%reason, "job failed");
                 kind.after_final(&job).await;
                 // Recorded as failed: the backend must not run it again.
@@ -81,11 +87,13 @@ pub async fn execute<K: JobKind>(
             Err(JobError::Transient(e)) => {
                 let reason = format!("attempt {} failed, will retry: {e:#}", job.attempts);
                 record::will_retry(db, &id, &reason).await?;
+                telemetry::job_run(K::NAME, "queued", started.elapsed());
                 tracing::warn!(%reason, "job will retry");
                 Err(e.into())
             }
             Err(JobError::Interrupted) => {
                 record::release(db, &id).await?;
+                telemetry::job_run(K::NAME, "queued", started.elapsed());
                 tracing::info!("job interrupted by shutdown; it resumes on the next worker");
                 Err(JobError::Interrupted.into())
             }

@@ -17,6 +17,7 @@ use crate::{
     engine::{
         JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome, RetryPolicy, RunContext,
     },
+    telemetry,
 };
 
 #[derive(Clone)]
@@ -100,6 +101,7 @@ pub async fn submit(
     backend.enqueue(&mut tx, &new_job).await?;
     tx.commit().await?;
     backend.after_commit(db, &new_job).await;
+    telemetry::campaign_created(message_ids.len());
     tracing::info!(
         job_id = %new_job.id,
         campaign_id = campaign.id.0,

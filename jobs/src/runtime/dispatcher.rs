@@ -45,6 +45,7 @@ use crate::{
     },
     domain::UserId,
     outbound::{MAX_BATCH, Outbound, OutboundQueue, addressed},
+    telemetry,
 };
 
 /// How the dispatcher runs.
@@ -359,7 +360,10 @@ impl Dispatcher {
         };
         let ticket = match slot {
             Slot::Go(ticket) => ticket,
-            Slot::Wait(d) => return Ok(Step::Wait(d)),
+            Slot::Wait(d) => {
+                telemetry::limiter_waited(d);
+                return Ok(Step::Wait(d));
+            }
             // Lost again at once (Redis restarting): look again shortly.
             Slot::Unknown => return Ok(Step::Wait(BACKOFF_FIRST)),
         };
@@ -384,11 +388,13 @@ impl Dispatcher {
             attempt = claim.attempt,
         );
         let body = serde_json::to_string(&claim.message.body())?;
+        let called = std::time::Instant::now();
         let attempt = self
             .platform
             .deliver(&claim.message.idempotency_key(), &body)
             .instrument(span.clone())
             .await;
+        telemetry::platform_call(attempt.label(), called.elapsed());
         self.totals.attempts.fetch_add(1, Relaxed);
         if matches!(attempt, Attempt::Delivered { .. }) {
             self.totals.delivered.fetch_add(1, Relaxed);

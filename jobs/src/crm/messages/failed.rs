@@ -11,6 +11,7 @@ use crate::{
     domain::{CampaignId, ConversationId, FanId, MessageId, Timestamp, UserId},
     engine::JobId,
     on_db, on_tx,
+    telemetry::{self, FailedBecause},
 };
 
 /// A failed outbound message, as the failed list shows it.
@@ -187,6 +188,7 @@ pub async fn fail_unfinished(db: &Db, id: MessageId, reason: &str) -> StoreResul
     .execute(pool)
     .await
     .map(|r| r.rows_affected()))?;
+    telemetry::messages_failed(FailedBecause::Swept, done);
     Ok(done == 1)
 }
 
@@ -205,8 +207,9 @@ pub async fn count_redrives(db: &Db, ids: &[MessageId]) -> StoreResult<()> {
             list.push_bind(*id);
         }
         q.push(")");
-        q.build().execute(pool).await.map(|_| ())
-    })?;
+        q.build().execute(pool).await.map(|r| r.rows_affected())
+    })
+    .map(telemetry::messages_queued)?;
     Ok(())
 }
 

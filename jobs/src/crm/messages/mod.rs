@@ -19,6 +19,7 @@ use crate::{
     engine::JobId,
     on_db, on_tx,
     outbound::{OutboundBody, OutboundEntry},
+    telemetry::{self, FailedBecause},
     text_enum,
 };
 
@@ -325,8 +326,9 @@ pub async fn mark_on_queue(db: &Db, ids: &[MessageId]) -> StoreResult<()> {
             list.push_bind(*id);
         }
         q.push(")");
-        q.build().execute(pool).await.map(|_| ())
-    })?;
+        q.build().execute(pool).await.map(|r| r.rows_affected())
+    })
+    .map(telemetry::messages_queued)?;
     Ok(())
 }
 
@@ -341,7 +343,7 @@ pub async fn fail_queued(db: &Db, id: MessageId, reason: &str) -> StoreResult<()
     .bind(Timestamp::now())
     .execute(pool)
     .await
-    .map(|_| ()))?;
+    .map(|r| telemetry::messages_failed(FailedBecause::NotQueued, r.rows_affected())))?;
     Ok(())
 }
 
@@ -358,6 +360,7 @@ pub async fn fail_unqueued_of_job(db: &Db, job: &JobId, reason: &str) -> StoreRe
     .execute(pool)
     .await
     .map(|r| r.rows_affected()))?;
+    telemetry::messages_failed(FailedBecause::NotQueued, done);
     Ok(done)
 }
 
@@ -458,6 +461,8 @@ pub struct Claim {
     /// The attempt's number; the outcome is recorded only if no one took the message over.
     pub attempt: i64,
     attempt_id: i64,
+    /// When the API accepted the message (the delivery latency starts there).
+    accepted_at: DateTime<Utc>,
 }
 
 /// Schedule → `sending`: takes the creator's next message (one whose dispatcher died first,
@@ -491,7 +496,7 @@ pub async fn claim_next(
                  FROM pick WHERE messages.id = pick.id
                  RETURNING messages.id, messages.user_id, messages.fan_id, messages.text,
                      messages.attachments, messages.priority, messages.campaign_id,
-                     messages.attempts, messages.key_generation
+                     messages.attempts, messages.key_generation, messages.created_at
              ), logged AS (
                  INSERT INTO delivery_attempts (message_id, user_id, attempt, started_at)
                  SELECT id, user_id, attempts, $2 FROM taken RETURNING id
@@ -508,6 +513,7 @@ pub async fn claim_next(
                 message: Deliverable::from_row(&row)?,
                 attempt: row.try_get("attempts")?,
                 attempt_id: row.try_get("attempt_id")?,
+                accepted_at: row.try_get("created_at")?,
             })
         })
         .transpose()?,
@@ -542,7 +548,7 @@ pub async fn claim_next(
                      next_attempt_at = NULL
                  WHERE id = $1
                  RETURNING id, user_id, fan_id, text, attachments, priority, campaign_id, attempts,
-                     key_generation",
+                     key_generation, created_at",
             )
             .bind(id)
             .bind(lease)
@@ -550,12 +556,14 @@ pub async fn claim_next(
             .await?;
             let message = Deliverable::from_row(&row)?;
             let attempt: i64 = row.try_get("attempts")?;
+            let accepted_at = row.try_get("created_at")?;
             let attempt_id = deliveries::start(&mut tx, id, user, attempt, now).await?;
             tx.commit().await?;
             Some(Claim {
                 message,
                 attempt,
                 attempt_id,
+                accepted_at,
             })
         }
     };
@@ -698,6 +706,20 @@ pub async fn settle(db: &Db, claim: &Claim, settled: Settled<'_>) -> StoreResult
             moved
         }
     };
+    if moved == 1 {
+        match status {
+            MessageStatus::Sent => {
+                telemetry::message_sent((now.0 - claim.accepted_at).to_std().unwrap_or_default())
+            }
+            MessageStatus::Failed if outcome == AttemptOutcome::Rejected => {
+                telemetry::messages_failed(FailedBecause::Rejected, 1)
+            }
+            MessageStatus::Failed => {
+                telemetry::messages_failed(FailedBecause::AttemptsExhausted, 1)
+            }
+            _ => {}
+        }
+    }
     Ok(moved == 1)
 }
 

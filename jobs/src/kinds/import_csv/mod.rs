@@ -28,6 +28,7 @@ use crate::{
         EnqueueError, JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome,
         RetryPolicy, RunContext, record,
     },
+    telemetry,
 };
 use parse::{FanCsvReader, FileError};
 
@@ -323,6 +324,7 @@ impl ImportCsv {
             }
             cp = written;
         }
+        count_unwritten(&cp.summary);
         Ok(Outcome::Succeeded(json!({ "summary": cp.summary })))
     }
 }
@@ -345,6 +347,8 @@ async fn commit_batch(
     cp.summary.updated += rows.len() as u64 - inserted;
     let cancel = record::save_checkpoint(&mut tx, &job, cp.records_done as i64, &cp).await?;
     tx.commit().await?;
+    telemetry::rows_imported("created", inserted);
+    telemetry::rows_imported("updated", rows.len() as u64 - inserted);
     Ok((cp, cancel))
 }
 
@@ -354,7 +358,15 @@ async fn join(write: BatchWrite) -> Result<(Checkpoint, bool), JobError> {
         .map_err(|e| JobError::Transient(anyhow::anyhow!("a batch write died: {e}")))?
 }
 
+/// Counts the rows an import refused or skipped, once, when it ends (the written ones are
+/// counted as each batch commits).
+fn count_unwritten(summary: &Summary) {
+    telemetry::rows_imported("refused", summary.error_count);
+    telemetry::rows_imported("skipped", summary.skipped);
+}
+
 fn cancelled(mut cp: Checkpoint) -> Outcome {
+    count_unwritten(&cp.summary);
     cp.summary.cancelled = true;
     cp.summary.stopped_at_row = Some(cp.last_row);
     tracing::info!(stopped_at_row = cp.last_row, "import cancelled on request");
