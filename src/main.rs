@@ -95,7 +95,7 @@ fn settings_help() -> String {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
-    telemetry::init(settings.log_format);
+    telemetry::init(settings.telemetry.log_format);
     match cli.command {
         Command::Serve => startup::run(Role::Serve, &settings, None, shutdown_signal()).await,
         Command::Worker => startup::run(Role::Worker, &settings, None, shutdown_signal()).await,

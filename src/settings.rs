@@ -45,7 +45,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     (
         "LOG_FORMAT",
-        "text or json [text]; RUST_LOG sets the level [info]",
+        "json or pretty [json]; RUST_LOG sets the level [info]",
     ),
     (
         "JOB_BACKEND",
@@ -116,6 +116,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "final jobs and delivery attempts kept this long [168]",
     ),
     (
+        "METRICS_ADDR",
+        "serve /metrics (no token) here too, any role [unset: on the API, operators]",
+    ),
+    (
+        "CLOUDWATCH_NAMESPACE",
+        "also write the seeds' metrics as CloudWatch EMF lines on stdout [unset: off]",
+    ),
+    (
         "FANQUEUE_URL",
         "server the `import` command talks to [http://127.0.0.1:8080]",
     ),
@@ -140,9 +148,10 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     #[serde(flatten)]
     pub sweep: SweepSettings,
+    #[serde(flatten)]
+    pub telemetry: TelemetrySettings,
     /// SQS and S3 endpoint (an emulator); unset: AWS.
     pub aws_endpoint_url: Option<String>,
-    pub log_format: LogFormat,
 }
 
 /// Where state lives: the SQL database (or the embedded file) and Redis.
@@ -213,11 +222,25 @@ pub struct SweepSettings {
     pub retention_hours: u64,
 }
 
+/// Logs and metrics.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    /// A listener of its own for `/metrics`, without a token (for scrapers on a private
+    /// network, and for roles without an API); unset: only the API's, for operators.
+    pub metrics_addr: Option<SocketAddr>,
+    /// CloudWatch embedded-metric-format lines on stdout, in this namespace.
+    pub cloudwatch_namespace: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    Text,
+    /// JSON lines, one per event, with the span fields (what log pipelines parse).
     Json,
+    /// Human-readable lines (`text` is accepted too).
+    #[serde(alias = "text")]
+    Pretty,
 }
 
 impl Settings {
@@ -322,6 +345,8 @@ mod tests {
             assert_eq!(s.delivery.delivery_rate_per_minute, 10);
             assert!(s.delivery.rate_limiter_enabled);
             assert!(s.database_url().starts_with("sqlite://"));
+            assert_eq!(s.telemetry.log_format, LogFormat::Json);
+            assert_eq!(s.telemetry.metrics_addr, None);
             Ok(())
         });
     }
@@ -339,7 +364,7 @@ mod tests {
                 ("REDIS_URL", "redis://r:6379"),
                 ("REDIS_PREFIX", "p"),
                 ("WRITE_LIMIT_PER_MINUTE", "7"),
-                ("LOG_FORMAT", "json"),
+                ("LOG_FORMAT", "pretty"),
                 ("JOB_BACKEND", "redis"),
                 ("IMPORT_MAX_BYTES", "123"),
                 ("IMPORTS_PER_HOUR", "4"),
@@ -360,6 +385,8 @@ mod tests {
                 ("SWEEP_MAX_REDRIVES", "2"),
                 ("SWEEP_STUCK_AFTER_SECS", "60"),
                 ("RETENTION_HOURS", "24"),
+                ("METRICS_ADDR", "127.0.0.1:9464"),
+                ("CLOUDWATCH_NAMESPACE", "Huntaze/OnlyFans"),
             ];
             let listed: Vec<&str> = ENV_VARS
                 .iter()
@@ -392,7 +419,15 @@ mod tests {
             assert_eq!(s.database.redis_url.as_deref(), Some("redis://r:6379"));
             assert_eq!(s.database.redis_prefix, "p");
             assert_eq!(s.api.write_limit_per_minute, 7);
-            assert_eq!(s.log_format, LogFormat::Json);
+            assert_eq!(s.telemetry.log_format, LogFormat::Pretty);
+            assert_eq!(
+                s.telemetry.metrics_addr.map(|a| a.to_string()).as_deref(),
+                Some("127.0.0.1:9464")
+            );
+            assert_eq!(
+                s.telemetry.cloudwatch_namespace.as_deref(),
+                Some("Huntaze/OnlyFans")
+            );
             assert_eq!(s.jobs.job_backend.as_deref(), Some("redis"));
             assert_eq!(
                 (

@@ -24,6 +24,7 @@ use crate::{
     quotas::{Limiter, Quota},
     settings::Settings,
     supervisor::Supervisor,
+    telemetry::{self, CloudWatchEmf, Metrics},
 };
 
 /// Opens the database and applies our migrations.
@@ -147,6 +148,7 @@ impl Application {
             import_max_bytes: settings.imports.import_max_bytes,
             pace: pace(settings),
             rate_limiter_enabled: settings.delivery.rate_limiter_enabled,
+            metrics: process_metrics(settings),
         });
         Ok(Application {
             port,
@@ -362,8 +364,10 @@ pub async fn run(
     platform_sim: Option<PlatformSim>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let metrics = process_metrics(settings);
     let services = Services::open(settings).await?;
     let mut sup = Supervisor::default();
+    start_metrics(&mut sup, settings, &services, &metrics).await?;
     if let Some(sim) = platform_sim {
         sup.start("platform-sim", |cancel| sim.run(cancel));
     }
@@ -400,6 +404,45 @@ pub async fn run(
     let heartbeat = Heartbeat::new(services.db.clone(), roles);
     sup.start("heartbeat", |cancel| heartbeat.run(cancel));
     sup.run(shutdown).await
+}
+
+/// The process's metrics recorder (installed on first use).
+pub fn process_metrics(settings: &Settings) -> Metrics {
+    telemetry::metrics(settings.telemetry.cloudwatch_namespace.as_deref())
+}
+
+/// Starts what publishes the metrics beyond the API's `/metrics`: the `METRICS_ADDR` listener
+/// and the CloudWatch lines, when the settings ask for them.
+async fn start_metrics(
+    sup: &mut Supervisor,
+    settings: &Settings,
+    services: &Services,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    if let Some(addr) = settings.telemetry.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding METRICS_ADDR {addr}"))?;
+        let port = listener.local_addr()?.port();
+        let acceptor = TcpAcceptor::from_tokio(listener)?;
+        let app = api::metrics_app(metrics.clone(), services.outbound.clone());
+        tracing::info!(port, "metrics listening on /metrics");
+        sup.start("metrics", |cancel| async move {
+            Server::new_with_acceptor(acceptor)
+                .run_with_graceful_shutdown(
+                    app,
+                    cancel.cancelled_owned(),
+                    Some(Duration::from_secs(2)),
+                )
+                .await
+                .context("serving /metrics")
+        });
+    }
+    if let Some(recorder) = metrics.cloudwatch() {
+        let emf = CloudWatchEmf::new(recorder, services.outbound.clone());
+        sup.start("cloudwatch metrics", |cancel| emf.run(cancel));
+    }
+    Ok(())
 }
 
 /// Resolves on SIGTERM (what containers send) or Ctrl-C.

@@ -28,7 +28,7 @@ use fanqueue_jobs::{
     outbound::Outbound,
 };
 use poem::{
-    Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Route, http::Method,
+    Endpoint, EndpointExt, IntoEndpoint, IntoResponse, PathPattern, Request, Route, http::Method,
     middleware::CatchPanic,
 };
 use poem_openapi::{OpenApiService, SecurityScheme, Tags, auth::Bearer};
@@ -36,8 +36,10 @@ use poem_openapi::{OpenApiService, SecurityScheme, Tags, auth::Bearer};
 use crate::{
     auth::{Caller, JwtKeys, Role},
     quotas::{Charge, Decision, Limiter, Quota},
+    telemetry::{HTTP_DURATION, HTTP_REQUESTS, Metrics},
 };
 pub use error::ApiError;
+pub use monitoring::metrics_app;
 
 /// What every handler may need. Held by each API struct, so a missing piece fails to compile
 /// rather than answering 500.
@@ -53,6 +55,7 @@ pub struct AppState {
     pub pace: Pace,
     /// `RATE_LIMITER_ENABLED`.
     pub rate_limiter_enabled: bool,
+    pub metrics: Metrics,
 }
 
 /// The per-user quotas and where they are counted.
@@ -226,6 +229,7 @@ pub fn app(state: State) -> impl Endpoint {
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let limiter = state.quotas.limiter.clone();
+    let routes = Arc::new(RouteTemplates::of(&api.spec()));
     Route::new()
         .nest("/", api)
         .at("/openapi.json", spec)
@@ -234,8 +238,16 @@ pub fn app(state: State) -> impl Endpoint {
         .at("/readyz", monitoring::readyz)
         .data(state)
         .with(CatchPanic::new().with_handler(panic_response))
-        .catch_all_error(|err| async move { error::render(err) })
-        .around(move |ep, req| track(ep, req, limiter.clone()))
+        .catch_all_error(|err| async move {
+            // The matched route's template stays on the response for the HTTP metrics.
+            let pattern = err.data::<PathPattern>().cloned();
+            let mut resp = error::render(err);
+            if let Some(pattern) = pattern {
+                resp.set_data(pattern);
+            }
+            resp
+        })
+        .around(move |ep, req| track(ep, req, limiter.clone(), routes.clone()))
         .into_endpoint()
 }
 
@@ -245,8 +257,10 @@ async fn track<E: Endpoint>(
     ep: Arc<E>,
     req: Request,
     limiter: Limiter,
+    routes: Arc<RouteTemplates>,
 ) -> poem::Result<poem::Response> {
     use tracing::Instrument;
+    let method = req.method().clone();
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
@@ -265,6 +279,16 @@ async fn track<E: Endpoint>(
         if resp.status().is_client_error() || resp.status().is_server_error() {
             refund(&limiter, &charges).await;
         }
+        let route = resp
+            .data::<PathPattern>()
+            .map_or_else(|| "unmatched".to_owned(), |p| routes.template(&p.0));
+        let labels = [
+            ("method", method.to_string()),
+            ("route", route),
+            ("status", resp.status().as_u16().to_string()),
+        ];
+        metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
+        metrics::histogram!(HTTP_DURATION, &labels[..2]).record(started.elapsed().as_secs_f64());
         tracing::info!(
             status = resp.status().as_u16(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -274,6 +298,37 @@ async fn track<E: Endpoint>(
     }
     .instrument(span)
     .await
+}
+
+/// The OpenAPI document's path templates (`/api/crm/fans/{id}`) by the shape poem matches
+/// (`/api/crm/fans/:param0`): the metrics' route label, bounded however many ids are asked for.
+struct RouteTemplates(std::collections::HashMap<String, String>);
+
+impl RouteTemplates {
+    fn of(spec: &str) -> Self {
+        let doc: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+        let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+        RouteTemplates(
+            paths
+                .keys()
+                .map(|t| (Self::shape(t, |s| s.starts_with('{')), t.clone()))
+                .collect(),
+        )
+    }
+
+    /// The path with each parameter segment replaced by `*`.
+    fn shape(path: &str, is_param: impl Fn(&str) -> bool) -> String {
+        path.split('/')
+            .map(|seg| if is_param(seg) { "*" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    /// The template of a matched pattern; routes outside the document keep their pattern.
+    fn template(&self, pattern: &str) -> String {
+        let shape = Self::shape(pattern, |s| s.starts_with(':'));
+        self.0.get(&shape).cloned().unwrap_or(shape)
+    }
 }
 
 /// Gives back what a failed request charged: only requests that succeeded use up quotas.

@@ -1,15 +1,24 @@
 //! `GET /api/monitoring/onlyfans` (operators): the state of every dependency and of the
-//! delivery backlog, and `/readyz` (readiness: the database and the queue answer). `/healthz`
-//! (liveness) is in [`health`](super::health) and touches nothing.
+//! delivery backlog; `/metrics` (operators; or without a token on `METRICS_ADDR`); and
+//! `/readyz` (readiness: the database and the queue answer). `/healthz` (liveness) is in
+//! [`health`](super::health) and touches nothing.
 
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use fanqueue_jobs::{crm::messages, engine::processes, outbound::OutboundQueue};
-use poem::{handler, http::StatusCode, web::Data};
-use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use fanqueue_jobs::{
+    crm::messages,
+    engine::processes,
+    outbound::{Outbound, OutboundQueue},
+};
+use poem::{EndpointExt, handler, http::StatusCode, web::Data};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    payload::{Json, PlainText},
+};
 
 use super::{ApiError, ApiTags, BearerAuth, State};
+use crate::telemetry::Metrics;
 
 /// How long a dependency gets to answer before it counts as down.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -246,6 +255,30 @@ impl MonitoringApi {
             HealthResponse::Unavailable(Json(out))
         })
     }
+
+    /// This process's metrics in Prometheus text format (operators). Counters count what this
+    /// process did since it started; the queue gauges are read at each scrape. `METRICS_ADDR`
+    /// serves the same without a token on a listener of its own.
+    #[oai(path = "/metrics", method = "get", tag = "ApiTags::Monitoring")]
+    async fn metrics(&self, auth: BearerAuth) -> Result<PlainText<String>, ApiError> {
+        auth.operator()?;
+        let s = &self.state;
+        Ok(PlainText(s.metrics.render(&s.outbound).await))
+    }
+}
+
+/// The `METRICS_ADDR` listener's app: `GET /metrics`, no token (it is meant for a private
+/// network), and nothing else.
+pub fn metrics_app(metrics: Metrics, outbound: Outbound) -> impl poem::Endpoint {
+    #[handler]
+    async fn scrape(Data(m): Data<&(Metrics, Outbound)>) -> poem::Response {
+        poem::Response::builder()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(m.0.render(&m.1).await)
+    }
+    poem::Route::new()
+        .at("/metrics", poem::get(scrape))
+        .data((metrics, outbound))
 }
 
 /// `/readyz`: 200 when the database and the outbound queue answer, else 503 with what does

@@ -36,6 +36,7 @@ mod isolation;
 mod jobs;
 mod limits;
 mod messages;
+mod metrics;
 mod migrations;
 mod monitoring;
 mod operations;
