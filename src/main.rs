@@ -1,6 +1,10 @@
 //! The `fanqueue` binary: one subcommand per process role.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -80,6 +84,16 @@ enum Command {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
         rate_per_minute: u32,
     },
+    /// Probe a health route: exit 0 on a 200, 1 otherwise. For container health checks: the
+    /// slim runtime image has no curl.
+    Healthcheck {
+        /// The route to probe [default: /healthz of the API at LISTEN_ADDR].
+        #[arg(long)]
+        url: Option<String>,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 fn settings_help() -> String {
@@ -150,6 +164,29 @@ async fn main() -> anyhow::Result<()> {
                 on_signal.cancel();
             });
             sim.run(cancel).await
+        }
+        Command::Healthcheck { url, timeout } => {
+            let url = url.unwrap_or_else(|| {
+                let mut addr = settings.api.listen_addr;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(if addr.is_ipv4() {
+                        Ipv4Addr::LOCALHOST.into()
+                    } else {
+                        Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                format!("http://{addr}/healthz")
+            });
+            let status = reqwest::Client::builder()
+                .timeout(timeout)
+                .build()?
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("probing {url}"))?
+                .status();
+            anyhow::ensure!(status == reqwest::StatusCode::OK, "{url} answered {status}");
+            Ok(())
         }
         Command::Token {
             user_id,

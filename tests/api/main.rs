@@ -24,6 +24,7 @@ macro_rules! both {
 
 mod auth;
 mod bad_input;
+mod compose;
 mod concurrency;
 mod conversations;
 mod delivery;
