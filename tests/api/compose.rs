@@ -260,7 +260,14 @@ impl Compose {
     fn load() -> Compose {
         let mut doc: Value =
             serde_yaml_ng::from_str(&repo_file("compose.yaml")).expect("compose.yaml is YAML");
-        doc.apply_merge().expect("compose.yaml's << merges resolve");
+        // A merge may bring in a mapping that merges another: resolve until nothing changes.
+        loop {
+            let before = doc.clone();
+            doc.apply_merge().expect("compose.yaml's << merges resolve");
+            if doc == before {
+                break;
+            }
+        }
         let services = doc
             .get("services")
             .and_then(Value::as_mapping)
@@ -709,13 +716,29 @@ fn every_service_waits_for_what_it_needs_and_its_health_check_can_pass() {
     }
 
     // The image's health check probes /healthz at LISTEN_ADDR: a role serving no HTTP turns
-    // it off (or it would be marked unhealthy for ever); one that serves HTTP probes the port
-    // it listens on.
+    // it off (or it would be marked unhealthy for ever); one that serves HTTP (its API, or
+    // /metrics on METRICS_ADDR) probes the port it listens on.
     let image_listen = image_env()["LISTEN_ADDR"].clone();
     for service in compose.fanqueue() {
         let subcommand = service.subcommand();
         let check = service.healthcheck();
-        if !HTTP_SUBCOMMANDS.contains(&subcommand.as_str()) {
+        let metrics_addr = service.environment().get("METRICS_ADDR").cloned();
+        let serves_api = HTTP_SUBCOMMANDS.contains(&subcommand.as_str());
+        if !serves_api && let Some(addr) = &metrics_addr {
+            let check = check.unwrap_or_else(|| {
+                panic!("{} serves /metrics but has no health check", service.name)
+            });
+            let url = &check[check.iter().position(|a| a == "--url").expect("a --url") + 1];
+            assert_eq!(
+                url_port(url),
+                port_of(addr),
+                "{}: the health check probes METRICS_ADDR",
+                service.name
+            );
+            assert!(url.ends_with("/metrics"), "{}: {url}", service.name);
+            continue;
+        }
+        if !serves_api {
             assert!(
                 check.is_none(),
                 "{} (`{subcommand}`) serves no HTTP: its health check must be disabled",
