@@ -706,6 +706,30 @@ impl ApiClient {
             .to_owned()
     }
 
+    /// Every outbound message of the user as the API shows it, read conversation by
+    /// conversation (up to 200 conversations of up to 200 messages).
+    pub async fn outbound_messages(&self) -> Vec<Value> {
+        let conversations = self.get("/api/crm/conversations?limit=200").await;
+        let mut out = vec![];
+        for c in conversations["items"].as_array().unwrap() {
+            let page = self
+                .get(&format!(
+                    "/api/crm/conversations/{}/messages?limit=200",
+                    c["id"]
+                ))
+                .await;
+            out.extend(
+                page["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|m| m["direction"] == "out")
+                    .cloned(),
+            );
+        }
+        out
+    }
+
     pub async fn job(&self, id: &str) -> Value {
         self.get(&format!("/api/jobs/{id}")).await
     }

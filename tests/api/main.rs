@@ -28,6 +28,7 @@ mod concurrency;
 mod conversations;
 mod delivery;
 mod dispatch;
+mod dispatcher_shutdown;
 mod docs;
 mod fans;
 mod helpers;
