@@ -30,6 +30,7 @@ mod delivery;
 mod dispatch;
 mod dispatcher_shutdown;
 mod docs;
+mod end_to_end;
 mod fans;
 mod helpers;
 mod imports;
