@@ -706,6 +706,43 @@ impl ApiClient {
             .to_owned()
     }
 
+    /// An operator (user `user`) of the server at `base`.
+    pub fn operator(base: &str, user: i64) -> Self {
+        let keys = JwtKeys::new(&SecretString::from(JWT_SECRET));
+        ApiClient {
+            token: keys.issue_as(
+                UserId(user),
+                fanqueue::auth::Role::Operator,
+                Duration::from_secs(3600),
+            ),
+            ..Self::new(base, user)
+        }
+    }
+
+    /// Every outbound message of the user as the API shows it, read conversation by
+    /// conversation (up to 200 conversations of up to 200 messages).
+    pub async fn outbound_messages(&self) -> Vec<Value> {
+        let conversations = self.get("/api/crm/conversations?limit=200").await;
+        let mut out = vec![];
+        for c in conversations["items"].as_array().unwrap() {
+            let page = self
+                .get(&format!(
+                    "/api/crm/conversations/{}/messages?limit=200",
+                    c["id"]
+                ))
+                .await;
+            out.extend(
+                page["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|m| m["direction"] == "out")
+                    .cloned(),
+            );
+        }
+        out
+    }
+
     pub async fn job(&self, id: &str) -> Value {
         self.get(&format!("/api/jobs/{id}")).await
     }
@@ -871,6 +908,17 @@ impl Sim {
             .await
             .expect("the stand-in answers");
         assert_eq!(resp.status(), StatusCode::NO_CONTENT, "faults set");
+    }
+
+    /// Clears every injected fault (`DELETE /faults`).
+    pub async fn clear_faults(&self) {
+        let resp = self
+            .client
+            .delete(format!("{}/faults", self.base))
+            .send()
+            .await
+            .expect("the stand-in answers");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT, "faults cleared");
     }
 }
 

@@ -114,6 +114,8 @@ pub enum Step {
     Wait(Duration),
     /// Nothing is due for the creator; the next thing comes due then (or never).
     Idle(Option<chrono::DateTime<Utc>>),
+    /// Asked to stop before anything was claimed: the slot was given back.
+    Stopped,
 }
 
 /// What one [`Dispatcher::run_once`] pass did.
@@ -229,7 +231,7 @@ impl Dispatcher {
             pass.parked += parked.len();
         }
         for creator in messages::creators_due(&self.db, 10_000).await? {
-            if self.step(creator).await? == Step::Attempted {
+            if self.step(creator, &CancellationToken::new()).await? == Step::Attempted {
                 pass.attempted += 1;
             }
         }
@@ -320,7 +322,8 @@ impl Dispatcher {
     async fn lane(&self, creator: UserId, cancel: CancellationToken) {
         let mut failures = 0;
         while !cancel.is_cancelled() {
-            let wait = match self.step(creator).await {
+            let wait = match self.step(creator, &cancel).await {
+                Ok(Step::Stopped) => return,
                 Ok(Step::Attempted) => {
                     failures = 0;
                     continue;
@@ -349,7 +352,12 @@ impl Dispatcher {
     }
 
     /// One step for one creator: a slot, the next due message, one attempt, its record.
-    pub async fn step(&self, creator: UserId) -> anyhow::Result<Step> {
+    ///
+    /// `stop` is looked at once more between the slot and the claim: waiting for a permit
+    /// and a slot can outlast a SIGTERM, and a stopping dispatcher must not start new
+    /// deliveries, only finish those already out (a step begun before the signal would
+    /// otherwise send one more message per lane after it).
+    pub async fn step(&self, creator: UserId, stop: &CancellationToken) -> anyhow::Result<Step> {
         let _permit = self.permits.acquire().await?;
         let slot = match self.limiter.reserve(creator).await? {
             Slot::Unknown => {
@@ -367,6 +375,12 @@ impl Dispatcher {
             // Lost again at once (Redis restarting): look again shortly.
             Slot::Unknown => return Ok(Step::Wait(BACKOFF_FIRST)),
         };
+        if stop.is_cancelled() {
+            if let Err(e) = self.limiter.cancel(&ticket).await {
+                tracing::warn!(error = format!("{e:#}"), "could not give a slot back");
+            }
+            return Ok(Step::Stopped);
+        }
         let lease = Utc::now() + self.limiter.pace().max_flight;
         let claim = match messages::claim_next(&self.db, creator, lease).await {
             Ok(Some(claim)) => claim,
