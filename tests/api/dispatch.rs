@@ -104,10 +104,13 @@ async fn the_embedded_default_delivers_at_ten_a_minute_per_creator_as_estimated(
     let all = delivered(&sim, 6, Duration::from_secs(60)).await;
     let first = arrivals(&all, 1);
     assert_eq!(first.len(), 3);
+    // Slots start 6 s apart; arrivals add each request's transit, which varies by a few
+    // hundred ms on a loaded machine (4 builds on 2 cores once gave 5.81 s). The platform's
+    // own count of violations (10 in any 60 s) is checked at the end.
     for pair in first.windows(2) {
         let gap = pair[1] - pair[0];
         assert!(
-            gap >= chrono::TimeDelta::milliseconds(5_900),
+            gap >= chrono::TimeDelta::milliseconds(5_500),
             "10 a minute: a slot every 6 s, got {gap:?}"
         );
     }
