@@ -143,18 +143,7 @@ async fn import_campaign_failures_dlq_sweep_and_retry_end_with_every_message_sen
         .await;
 
     // 3. The campaign runs to its end: six sent, four failed.
-    let done = eventually(
-        "the campaign completes",
-        Duration::from_secs(90),
-        || async {
-            let c = user.get(&campaign_path).await;
-            match c["status"] == "completed" {
-                true => Ok(c),
-                false => Err(c.to_string()),
-            }
-        },
-    )
-    .await;
+    let done = user.wait_campaign(campaign, Duration::from_secs(90)).await;
     let m = &done["metrics"];
     assert_eq!(
         (
@@ -278,18 +267,7 @@ async fn import_campaign_failures_dlq_sweep_and_retry_end_with_every_message_sen
     assert_eq!(user.get("/api/onlyfans/messages/failed").await["total"], 0);
 
     // 7. Everything is sent, once.
-    let done = eventually(
-        "the retried campaign completes",
-        Duration::from_secs(60),
-        || async {
-            let c = user.get(&campaign_path).await;
-            match c["status"] == "completed" {
-                true => Ok(c),
-                false => Err(c.to_string()),
-            }
-        },
-    )
-    .await;
+    let done = user.wait_campaign(campaign, Duration::from_secs(60)).await;
     let m = &done["metrics"];
     assert_eq!(
         (

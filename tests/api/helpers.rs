@@ -752,6 +752,22 @@ impl ApiClient {
         wait_job_at(&self.client, &self.base, &self.token, id, timeout).await
     }
 
+    /// Polls the campaign until it is `completed` (at most `timeout`); returns it.
+    pub async fn wait_campaign(&self, id: i64, timeout: Duration) -> Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let c = self.get(&format!("/api/crm/campaigns/{id}")).await;
+            if c["status"] == "completed" {
+                return c;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "campaign {id} not completed within {timeout:?}: {c}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Polls until the job's `progress.done` reaches `at_least` (60 s at most) and returns
     /// it; fails if the job finishes first.
     pub async fn wait_progress(&self, id: &str, at_least: u64) -> u64 {

@@ -87,15 +87,10 @@ async fn metrics_and_the_monitoring_route_agree_with_what_was_done() {
         )
         .await;
     let campaign = bulk["campaignId"].as_i64().expect("a campaignId");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let metrics = loop {
-        let c = creator.get(&format!("/api/crm/campaigns/{campaign}")).await;
-        if c["status"] == "completed" {
-            break c["metrics"].clone();
-        }
-        assert!(std::time::Instant::now() < deadline, "{c}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let metrics = creator
+        .wait_campaign(campaign, Duration::from_secs(60))
+        .await["metrics"]
+        .clone();
     assert_eq!(
         (metrics["sent"].as_i64(), metrics["failed"].as_i64()),
         (Some(2), Some(2))
