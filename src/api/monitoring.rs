@@ -259,7 +259,12 @@ impl MonitoringApi {
     /// This process's metrics in Prometheus text format (operators). Counters count what this
     /// process did since it started; the queue gauges are read at each scrape. `METRICS_ADDR`
     /// serves the same without a token on a listener of its own.
-    #[oai(path = "/metrics", method = "get", tag = "ApiTags::Monitoring")]
+    #[oai(
+        path = "/metrics",
+        method = "get",
+        tag = "ApiTags::Monitoring",
+        operation_id = "metrics"
+    )]
     async fn metrics(&self, auth: BearerAuth) -> Result<PlainText<String>, ApiError> {
         auth.operator()?;
         let s = &self.state;

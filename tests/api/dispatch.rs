@@ -686,10 +686,13 @@ async fn a_days_backlog_waits_off_the_queue_and_drains_with_nothing_in_the_dlq_w
         "estimated {estimate}, arrived {arrived}"
     );
     let so_far = arrivals(&sim.deliveries().await, 1);
+    // As in the embedded default's test: arrivals carry each request's transit, which varies
+    // on a loaded machine; the platform's violation count is the contract.
     for pair in so_far.windows(2) {
         assert!(
-            pair[1] - pair[0] >= chrono::TimeDelta::milliseconds(5_900),
-            "10 a minute: a slot every 6 s"
+            pair[1] - pair[0] >= chrono::TimeDelta::milliseconds(5_500),
+            "10 a minute: a slot every 6 s, got {:?}",
+            pair[1] - pair[0]
         );
     }
     real_rate.terminate(Duration::from_secs(30)).await;

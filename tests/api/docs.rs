@@ -76,6 +76,7 @@ async fn openapi_documents_every_crm_route_with_bearer_security() {
             "retryFailedMessage",
         ),
         ("/api/monitoring/onlyfans", "get", "monitoring"),
+        ("/metrics", "get", "metrics"),
     ];
     for (path, method, operation_id) in expected {
         let op = &doc["paths"][path][method];
