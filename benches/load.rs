@@ -782,13 +782,41 @@ impl Deployment {
             .await
             .unwrap());
             if n == 0 {
-                return;
+                break;
             }
             if Instant::now() > deadline {
                 eprintln!("still {n} send jobs pending after two minutes; going on");
                 return;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        // Requests the generator gave up on may still be running in the server and the
+        // database: wait until they are done too.
+        loop {
+            let active = match &self.db {
+                Db::Postgres(pool) => {
+                    sqlx::query_as::<_, (i64,)>(
+                        "SELECT COUNT(*) FROM pg_stat_activity
+                         WHERE datname = current_database() AND state = 'active'
+                           AND pid <> pg_backend_pid()",
+                    )
+                    .fetch_one(pool)
+                    .await
+                    .unwrap()
+                    .0
+                }
+                Db::Sqlite(_) => 0,
+            };
+            let before: f64 = self.pids().iter().filter_map(|(_, p)| cpu_of(*p)).sum();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let after: f64 = self.pids().iter().filter_map(|(_, p)| cpu_of(*p)).sum();
+            if active == 0 && after - before < 0.05 {
+                return;
+            }
+            if Instant::now() > deadline {
+                eprintln!("the deployment is still busy after two minutes; going on");
+                return;
+            }
         }
     }
 
