@@ -215,8 +215,12 @@ async fn run(backend: Backend, opts: &Opts) {
     if wants(opts, "bulks") {
         d.settle().await;
         let (first, last) = lg.bulks(&d, 50).await;
-        println!("## 50 bulk campaigns of 100 posted at once: their messages on the queue after the 202\n");
-        println!("| campaigns | first message p50 s | first message max s | all 100 p50 s | all 100 max s |");
+        println!(
+            "## 50 bulk campaigns of 100 posted at once: their messages on the queue after the 202\n"
+        );
+        println!(
+            "| campaigns | first message p50 s | first message max s | all 100 p50 s | all 100 max s |"
+        );
         println!("|---:|---:|---:|---:|---:|");
         println!(
             "| {} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
@@ -255,8 +259,14 @@ async fn run(backend: Backend, opts: &Opts) {
                 let d = d.handle();
                 let stop = stop.clone();
                 tokio::spawn(async move {
-                    lg.open_loop(&d, Route::Send, load_rate, Duration::from_secs(3600), Some(stop))
-                        .await
+                    lg.open_loop(
+                        &d,
+                        Route::Send,
+                        load_rate,
+                        Duration::from_secs(3600),
+                        Some(stop),
+                    )
+                    .await
                 })
             });
             d.wait_drained(started, backlog).await;
@@ -382,7 +392,11 @@ impl Gen {
             .await
             .unwrap();
         assert_eq!(page["total"], LISTED_FANS, "{page}");
-        assert_eq!(page["items"].as_array().unwrap().len(), 50, "the deep page is full");
+        assert_eq!(
+            page["items"].as_array().unwrap().len(),
+            50,
+            "the deep page is full"
+        );
     }
 
     /// The `i`-th request of `route`.
@@ -607,7 +621,10 @@ impl Deployment {
                 "RUST_LOG".into(),
                 "warn,fanqueue::startup=info,fanqueue_jobs::runtime=info".into(),
             ),
-            ("DATA_DIR".into(), dir.path().join("data").display().to_string()),
+            (
+                "DATA_DIR".into(),
+                dir.path().join("data").display().to_string(),
+            ),
         ];
         let (testdb, url) = match backend {
             Backend::Postgres => {
@@ -615,10 +632,7 @@ impl Deployment {
                 env.push(("DATABASE_URL".into(), url.clone()));
                 (Some(db), url)
             }
-            Backend::Sqlite => (
-                None,
-                Db::embedded_url(&dir.path().join("data")),
-            ),
+            Backend::Sqlite => (None, Db::embedded_url(&dir.path().join("data"))),
         };
         let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut with_path = refs.clone();
@@ -821,7 +835,10 @@ impl Deployment {
     }
 
     /// When each of `accepted`'s messages reached the outbound queue; waits up to 60 s for all.
-    async fn wait_on_queue(&self, accepted: &[(i64, DateTime<Utc>)]) -> HashMap<i64, DateTime<Utc>> {
+    async fn wait_on_queue(
+        &self,
+        accepted: &[(i64, DateTime<Utc>)],
+    ) -> HashMap<i64, DateTime<Utc>> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let min = accepted.iter().map(|(id, _)| *id).min().unwrap_or(0);
         loop {
@@ -854,7 +871,9 @@ impl Deployment {
         .fetch_all(pool)
         .await
         .unwrap());
-        rows.into_iter().map(|(c, f, l, n)| (c, (f, l, n))).collect()
+        rows.into_iter()
+            .map(|(c, f, l, n)| (c, (f, l, n)))
+            .collect()
     }
 
     /// Waits (at most ten minutes) until the `n` send jobs stored before `started` are done.
