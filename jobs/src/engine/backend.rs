@@ -9,7 +9,7 @@
 //!   behind. Pushes carry the job id as apalis's idempotency key and runs skip final jobs, so
 //!   a double push runs once.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use apalis::prelude::{TaskBuilder, TaskId};
@@ -18,7 +18,10 @@ use apalis_sqlite::SqliteStorage;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, SqlitePool};
 
-use super::record::{self, JobId, NewJob};
+use super::{
+    record::{self, JobId, NewJob},
+    wake::Wakeups,
+};
 use crate::{
     db::{Db, Tx},
     telemetry,
@@ -30,9 +33,17 @@ pub struct JobTask {
     pub job_id: String,
 }
 
+/// The apalis storage that runs the jobs, and the process's wake-ups of its workers.
+#[derive(Clone)]
+pub struct JobBackend {
+    pub store: Store,
+    /// Pokes this process's workers when a job is stored (see [`Wakeups`]).
+    pub wakeups: Arc<Wakeups>,
+}
+
 /// Which apalis storage runs the jobs.
 #[derive(Clone)]
-pub enum JobBackend {
+pub enum Store {
     Postgres(PgPool),
     Sqlite(SqlitePool),
     /// Queues are named `{prefix}:{kind}`: deployments (or test runs) sharing one Redis
@@ -42,9 +53,6 @@ pub enum JobBackend {
         prefix: String,
     },
 }
-
-/// How often an idle worker looks for new tasks.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// A worker heartbeats this often; after [`MISSED_HEARTBEATS`] silent beats its tasks are
 /// handed to another worker. 10 s × 3 rescues a killed worker's job within 30-40 s.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -67,15 +75,15 @@ impl JobBackend {
         redis_url: Option<&str>,
         redis_prefix: &str,
     ) -> anyhow::Result<Self> {
-        let backend = match (backend, db) {
-            (None | Some("postgres"), Db::Postgres(pool)) => JobBackend::Postgres(pool.clone()),
-            (None | Some("sqlite"), Db::Sqlite(pool)) => JobBackend::Sqlite(pool.clone()),
+        let store = match (backend, db) {
+            (None | Some("postgres"), Db::Postgres(pool)) => Store::Postgres(pool.clone()),
+            (None | Some("sqlite"), Db::Sqlite(pool)) => Store::Sqlite(pool.clone()),
             (Some("redis"), _) => {
                 let url = redis_url.context("JOB_BACKEND=redis needs REDIS_URL")?;
                 let conn = apalis_redis::connect(url)
                     .await
                     .with_context(|| format!("connecting the job backend to Redis at {url}"))?;
-                JobBackend::Redis {
+                Store::Redis {
                     conn,
                     prefix: redis_prefix.to_owned(),
                 }
@@ -86,20 +94,23 @@ impl JobBackend {
                 db.backend_name()
             ),
         };
-        Ok(backend)
+        Ok(JobBackend {
+            store,
+            wakeups: Arc::default(),
+        })
     }
 
     pub fn name(&self) -> &'static str {
-        match self {
-            JobBackend::Postgres(_) => "postgres",
-            JobBackend::Sqlite(_) => "sqlite",
-            JobBackend::Redis { .. } => "redis",
+        match self.store {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+            Store::Redis { .. } => "redis",
         }
     }
 
     /// Whether jobs pass through the outbox (and so need the relay running somewhere).
     pub fn uses_outbox(&self) -> bool {
-        matches!(self, JobBackend::Redis { .. })
+        matches!(self.store, Store::Redis { .. })
     }
 
     /// Applies apalis's own migrations beside ours. On PostgreSQL they live in schema
@@ -107,11 +118,11 @@ impl JobBackend {
     /// ours, so each migrator is told to ignore the other's versions. apalis-sqlite's
     /// `setup()` is not used: it would turn `synchronous` off, and a 202 must survive a crash.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        match self {
-            JobBackend::Postgres(pool) => PostgresStorage::<()>::setup(pool)
+        match &self.store {
+            Store::Postgres(pool) => PostgresStorage::<()>::setup(pool)
                 .await
                 .context("applying apalis-postgres migrations")?,
-            JobBackend::Sqlite(pool) => {
+            Store::Sqlite(pool) => {
                 let mut migrator = SqliteStorage::<()>::migrations();
                 migrator.set_ignore_missing(true);
                 migrator
@@ -119,7 +130,7 @@ impl JobBackend {
                     .await
                     .context("applying apalis-sqlite migrations")?;
             }
-            JobBackend::Redis { .. } => {}
+            Store::Redis { .. } => {}
         }
         Ok(())
     }
@@ -128,9 +139,15 @@ impl JobBackend {
     /// the backend is this same database. Call [`JobBackend::after_commit`] once `tx`
     /// committed.
     pub async fn enqueue(&self, tx: &mut Tx, job: &NewJob) -> Result<(), EnqueueError> {
+        self.enqueue_many(tx, std::slice::from_ref(job)).await
+    }
+
+    /// [`JobBackend::enqueue`] for several jobs: one statement for the records and one per
+    /// kind for the tasks.
+    pub async fn enqueue_many(&self, tx: &mut Tx, jobs: &[NewJob]) -> Result<(), EnqueueError> {
         let shared = matches!(
-            (self, &*tx),
-            (JobBackend::Postgres(_), Tx::Postgres(_)) | (JobBackend::Sqlite(_), Tx::Sqlite(_))
+            (&self.store, &*tx),
+            (Store::Postgres(_), Tx::Postgres(_)) | (Store::Sqlite(_), Tx::Sqlite(_))
         );
         if !shared && !self.uses_outbox() {
             return Err(EnqueueError::Backend(anyhow::anyhow!(
@@ -138,35 +155,55 @@ impl JobBackend {
                 self.name()
             )));
         }
-        record::insert(tx, job, shared).await?;
-        let task = || task(&job.id).map_err(EnqueueError::Backend);
-        match tx {
-            Tx::Postgres(conn) if shared => {
-                apalis_postgres::queries::push_tasks(&mut **conn, job.kind, vec![task()?])
+        record::insert_many(tx, jobs, shared).await?;
+        if !shared {
+            // Redis: the records are the outbox rows.
+            return Ok(());
+        }
+        for kind in kinds_of(jobs) {
+            let tasks = jobs
+                .iter()
+                .filter(|j| j.kind == kind)
+                .map(|j| task(&j.id))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .map_err(EnqueueError::Backend)?;
+            let pushed = match tx {
+                Tx::Postgres(conn) => {
+                    apalis_postgres::queries::push_tasks(&mut **conn, kind, tasks)
+                        .await
+                        .map_err(anyhow::Error::new)
+                }
+                Tx::Sqlite(conn) => apalis_sqlite::queries::push_tasks(&mut **conn, kind, &tasks)
                     .await
-                    .map_err(|e| EnqueueError::Backend(anyhow::Error::new(e)))?
-            }
-            Tx::Sqlite(conn) if shared => apalis_sqlite::queries::push_tasks(
-                &mut **conn,
-                job.kind,
-                std::slice::from_ref(&task()?),
-            )
-            .await
-            .map_err(|e| EnqueueError::Backend(anyhow::Error::new(e)))?,
-            // Redis: the record is the outbox row.
-            _ => {}
+                    .map_err(anyhow::Error::new),
+            };
+            pushed.map_err(EnqueueError::Backend)?;
         }
         Ok(())
     }
 
-    /// Right after the transaction that stored `job` committed: for Redis, push it now rather
-    /// than waiting for the relay. A failure here loses nothing (the outbox row stays).
+    /// Right after the transaction that stored `job` committed: this process's worker of its
+    /// kind looks now; for Redis, the job is pushed now rather than waiting for the relay. A
+    /// failure here loses nothing (the outbox row stays).
     pub async fn after_commit(&self, db: &Db, job: &NewJob) {
-        telemetry::job(job.kind, "queued");
-        if self.uses_outbox()
-            && let Err(e) = self.push_outbox_row(db, &job.id, job.kind).await
-        {
-            tracing::warn!(job_id = %job.id, error = format!("{e:#}"), "push to Redis failed; the relay will retry");
+        self.after_commit_many(db, std::slice::from_ref(job)).await
+    }
+
+    /// [`JobBackend::after_commit`] for several jobs.
+    pub async fn after_commit_many(&self, db: &Db, jobs: &[NewJob]) {
+        for job in jobs {
+            telemetry::job(job.kind, "queued");
+        }
+        for kind in kinds_of(jobs) {
+            self.wakeups.poke(kind);
+        }
+        if !self.uses_outbox() {
+            return;
+        }
+        for job in jobs {
+            if let Err(e) = self.push_outbox_row(db, &job.id, job.kind).await {
+                tracing::warn!(job_id = %job.id, error = format!("{e:#}"), "push to Redis failed; the relay will retry");
+            }
         }
     }
 
@@ -177,7 +214,7 @@ impl JobBackend {
         job: &JobId,
         kind: &str,
     ) -> anyhow::Result<()> {
-        let JobBackend::Redis { conn, prefix } = self else {
+        let Store::Redis { conn, prefix } = &self.store else {
             anyhow::bail!("only a Redis job backend has an outbox");
         };
         let mut conn = conn.clone();
@@ -187,6 +224,17 @@ impl JobBackend {
         record::mark_dispatched(db, job).await?;
         Ok(())
     }
+}
+
+/// The kinds among `jobs`, each once, in order of appearance.
+fn kinds_of(jobs: &[NewJob]) -> Vec<&'static str> {
+    let mut kinds: Vec<&'static str> = vec![];
+    for job in jobs {
+        if !kinds.contains(&job.kind) {
+            kinds.push(job.kind);
+        }
+    }
+    kinds
 }
 
 fn task(job: &JobId) -> anyhow::Result<apalis::prelude::Task<Vec<u8>>> {
@@ -212,41 +260,52 @@ pub fn redis_config(prefix: &str, kind: &str) -> apalis_redis::Config {
 }
 
 /// Evaluates `$body` with `$storage` bound to the apalis storage of queue `$queue` on the
-/// backend `$backend` holds. The body is compiled once per storage type, so generic apalis
-/// code (a worker built on the storage) is written once for all three backends.
+/// backend `$backend` holds, fetching up to `$fetch` tasks at a time and polling when the
+/// queue is poked (see [`Wakeups`]). Tasks are not marked running one by one (`lock_tasks`):
+/// a fetched task is already held by its worker (rescued if the worker dies), and our own
+/// record says when its run started. The body is compiled once per storage type, so generic
+/// apalis code (a worker built on the storage) is written once for all three backends.
 #[macro_export]
 macro_rules! with_storage {
-    ($backend:expr, $queue:expr, $storage:ident => $body:expr) => {{
+    ($backend:expr, $queue:expr, $fetch:expr, $storage:ident => $body:expr) => {{
         use ::apalis::prelude::BackendExt as _;
-        use $crate::engine::backend::{HEARTBEAT, JobTask, MISSED_HEARTBEATS, POLL_INTERVAL};
+        use $crate::engine::backend::{HEARTBEAT, JobTask, MISSED_HEARTBEATS, Store};
         let queue: &str = $queue;
-        match $backend {
-            $crate::engine::JobBackend::Postgres(pool) => {
+        let backend: &$crate::engine::JobBackend = $backend;
+        let polls = backend.wakeups.strategy(queue);
+        match &backend.store {
+            Store::Postgres(pool) => {
                 let $storage = ::apalis_postgres::PostgresStorage::<JobTask>::new(pool)
                     .with_config(
                         ::apalis_postgres::Config::default()
                             .queue(queue)
+                            .batch_size($fetch)
+                            .lock_tasks(false)
                             .heartbeat_interval(HEARTBEAT)
                             .missed_heartbeats(MISSED_HEARTBEATS),
                     )
-                    .poll_with_interval(POLL_INTERVAL);
+                    .poll_with_strategy(polls);
                 $body
             }
-            $crate::engine::JobBackend::Sqlite(pool) => {
+            Store::Sqlite(pool) => {
                 let $storage = ::apalis_sqlite::SqliteStorage::<JobTask>::new(pool)
                     .with_config(
                         ::apalis_sqlite::Config::default()
                             .queue(queue)
+                            .batch_size($fetch)
+                            .lock_tasks(false)
                             .heartbeat_interval(HEARTBEAT)
                             .missed_heartbeats(MISSED_HEARTBEATS),
                     )
-                    .poll_with_interval(POLL_INTERVAL);
+                    .poll_with_strategy(polls);
                 $body
             }
-            $crate::engine::JobBackend::Redis { conn, prefix } => {
+            Store::Redis { conn, prefix } => {
                 let $storage = ::apalis_redis::RedisStorage::<JobTask>::new(conn.clone())
-                    .with_config($crate::engine::backend::redis_config(prefix, queue))
-                    .poll_with_interval(POLL_INTERVAL);
+                    .with_config(
+                        $crate::engine::backend::redis_config(prefix, queue).batch_size($fetch),
+                    )
+                    .poll_with_strategy(polls);
                 $body
             }
         }

@@ -21,6 +21,11 @@ pub trait JobKind: Clone + Send + Sync + 'static {
     const RETRY: RetryPolicy;
     /// Jobs of this kind one worker process runs at once.
     const CONCURRENCY: usize;
+    /// Jobs one run may take together. 1: each job runs alone. A kind whose jobs are many and
+    /// small (a send) takes them in groups, so that a thousand jobs cost a few statements
+    /// instead of a few thousand; its [`run_batch`](JobKind::run_batch) does the group's
+    /// work at once.
+    const BATCH: usize = 1;
 
     /// Runs (or resumes, from the record's checkpoint) one job.
     fn run(
@@ -28,6 +33,22 @@ pub trait JobKind: Clone + Send + Sync + 'static {
         job: &JobRecord,
         ctx: &RunContext,
     ) -> impl Future<Output = Result<Outcome, JobError>> + Send;
+
+    /// Runs a group of jobs (at most [`BATCH`](JobKind::BATCH)); one outcome per job, in
+    /// order. By default each job runs alone, one after the other.
+    fn run_batch(
+        &self,
+        jobs: &[JobRecord],
+        ctx: &RunContext,
+    ) -> impl Future<Output = Vec<Result<Outcome, JobError>>> + Send {
+        async move {
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                outcomes.push(self.run(job, ctx).await);
+            }
+            outcomes
+        }
+    }
 
     /// The job failed for good: what it was doing must not stay pending. Runs before the
     /// record is marked failed.
@@ -51,6 +72,7 @@ impl NewJob {
             user,
             kind: K::NAME,
             payload,
+            total: None,
         }
     }
 }

@@ -5,15 +5,19 @@
 //! - [`backend`] — apalis on PostgreSQL, SQLite or Redis; enqueueing inside a transaction.
 //! - [`relay`] — the Redis backend's outbox relay service.
 //! - [`kind`] — the contract a job kind implements ([`JobKind`]).
-//! - [`execute`] — one job's run: start, run the kind, record the outcome, retry or give up.
+//! - [`execute`] — runs of a kind, alone or in groups: start, run, record, retry or give up.
+//! - [`wake`] — pokes a kind's idle worker when one of its jobs is stored.
+//! - [`group`] — runs items handed in by concurrent callers together (jobs, sends).
 //! - [`processes`] — the processes seen alive (every role beats a row).
 
 pub mod backend;
 pub mod execute;
+pub mod group;
 pub mod kind;
 pub mod processes;
 pub mod record;
 pub mod relay;
+pub mod wake;
 
 pub use backend::{EnqueueError, JobBackend};
 pub use kind::{JobError, JobKind, Outcome, RetryPolicy, RunContext};

@@ -93,6 +93,16 @@ pub struct NewJob {
     pub user: UserId,
     pub kind: &'static str,
     pub payload: Value,
+    /// The progress total, when it is known at submission (a send knows its messages).
+    pub total: Option<i64>,
+}
+
+impl NewJob {
+    /// The job's progress total is known from the start: clients see `0 of n` while it waits.
+    pub fn with_total(mut self, total: i64) -> Self {
+        self.total = Some(total);
+        self
+    }
 }
 
 /// Filters of the job list.
@@ -102,24 +112,34 @@ pub struct JobFilter {
     pub status: Option<JobStatus>,
 }
 
-/// Stores a new `queued` record in `tx`; `dispatched` when its task is pushed in the same
-/// transaction (otherwise it is an outbox row for the relay).
-pub(super) async fn insert(tx: &mut Tx, job: &NewJob, dispatched: bool) -> sqlx::Result<()> {
+/// Stores new `queued` records in `tx`, in one statement; `dispatched` when their tasks are
+/// pushed in the same transaction (otherwise they are outbox rows for the relay).
+pub(super) async fn insert_many(
+    tx: &mut Tx,
+    jobs: &[NewJob],
+    dispatched: bool,
+) -> sqlx::Result<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
     let now = Timestamp::now();
-    on_tx!(tx, conn => sqlx::query(
-        "INSERT INTO job_records (id, user_id, kind, status, payload, created_at, dispatched_at)
-         VALUES ($1, $2, $3, 'queued', $4, $5, $6)",
-    )
-    .bind(&job.id)
-    .bind(job.user)
-    .bind(job.kind)
-    .bind(Json(&job.payload))
-    .bind(now)
-    .bind(dispatched.then_some(now))
-    .execute(&mut **conn)
-    .await
-    .map(|_| ()))?;
-    Ok(())
+    on_tx!(tx, conn => {
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT INTO job_records (id, user_id, kind, status, payload, created_at, dispatched_at,
+                                      progress_total) ",
+        );
+        q.push_values(jobs, |mut row, job| {
+            row.push_bind(&job.id)
+                .push_bind(job.user)
+                .push_bind(job.kind)
+                .push("'queued'")
+                .push_bind(Json(&job.payload))
+                .push_bind(now)
+                .push_bind(dispatched.then_some(now))
+                .push_bind(job.total);
+        });
+        q.build().execute(&mut **conn).await.map(|_| ())
+    })
 }
 
 /// Whose jobs a reader sees: a user's own, and with `system` also fanqueue's own (sweeps,
@@ -254,20 +274,28 @@ pub async fn cancel(db: &Db, user: UserId, id: &JobId) -> Result<JobRecord, Canc
     }
 }
 
-/// `queued → running`: a run starts (and counts as an attempt). `None` when the job is already
-/// final (a duplicate delivery, or a job cancelled while queued): nothing to do.
-pub async fn start(db: &Db, id: &JobId) -> StoreResult<Option<JobRecord>> {
+/// `queued → running` for each of `ids` in one statement: a run starts (and counts as an
+/// attempt). Jobs already final (a duplicate delivery, or cancelled while queued) are left out
+/// of the answer: there is nothing to do for them.
+pub async fn start_many(db: &Db, ids: &[JobId]) -> StoreResult<Vec<JobRecord>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
     let now = Timestamp::now();
-    Ok(on_db!(db, pool => sqlx::query_as::<_, JobRecord>(
-        "UPDATE job_records SET status = 'running', attempts = attempts + 1,
-             started_at = COALESCE(started_at, $2)
-         WHERE id = $1 AND status IN ('queued', 'running')
-         RETURNING *",
-    )
-    .bind(id)
-    .bind(now)
-    .fetch_optional(pool)
-    .await)?)
+    Ok(on_db!(db, pool => {
+        let mut q = sqlx::QueryBuilder::new(
+            "UPDATE job_records SET status = 'running', attempts = attempts + 1,
+                 started_at = COALESCE(started_at, ",
+        );
+        q.push_bind(now)
+            .push(") WHERE status IN ('queued', 'running') AND id IN (");
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(id);
+        }
+        q.push(") RETURNING *");
+        q.build_query_as::<JobRecord>().fetch_all(pool).await
+    })?)
 }
 
 /// Records how many units the job has in all (the progress total).
@@ -314,6 +342,15 @@ pub async fn save_checkpoint(
     Ok(cancel)
 }
 
+/// How one run ended, to be recorded by [`finish_many`].
+#[derive(Debug, Clone)]
+pub struct Finished<'a> {
+    pub id: &'a JobId,
+    pub status: JobStatus,
+    pub result: Option<&'a Value>,
+    pub error: Option<&'a str>,
+}
+
 /// `running → succeeded | failed | cancelled`, with the result or the reason.
 pub async fn finish(
     db: &Db,
@@ -322,20 +359,86 @@ pub async fn finish(
     result: Option<&Value>,
     error: Option<&str>,
 ) -> StoreResult<()> {
-    debug_assert!(status.is_final());
-    let now = Timestamp::now();
-    on_db!(db, pool => sqlx::query(
-        "UPDATE job_records SET status = $2, result = $3, error = $4, finished_at = $5
-         WHERE id = $1",
+    finish_many(
+        db,
+        &[Finished {
+            id,
+            status,
+            result,
+            error,
+        }],
     )
-    .bind(id)
-    .bind(status)
-    .bind(result.map(Json))
-    .bind(error)
-    .bind(now)
-    .execute(pool)
     .await
-    .map(|_| ()))?;
+}
+
+/// Records the end of several runs in one statement. A job that succeeded has done all it
+/// had to: its progress reaches its total, when it has one.
+pub async fn finish_many(db: &Db, runs: &[Finished<'_>]) -> StoreResult<()> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    debug_assert!(runs.iter().all(|r| r.status.is_final()));
+    let now = Timestamp::now();
+    let ids: Vec<&str> = runs.iter().map(|r| r.id.0.as_str()).collect();
+    let statuses: Vec<&str> = runs.iter().map(|r| r.status.as_str()).collect();
+    let results: Vec<Option<String>> = runs
+        .iter()
+        .map(|r| r.result.map(Value::to_string))
+        .collect();
+    let errors: Vec<Option<&str>> = runs.iter().map(|r| r.error).collect();
+    match db {
+        // Arrays, not JSON: the planner counts a few rows and looks each up by its key, even
+        // while the table's statistics still describe it empty (a fresh deployment).
+        Db::Postgres(pool) => sqlx::query(
+            "UPDATE job_records j SET status = e.status, result = e.result::jsonb, error = e.error,
+                 finished_at = $5,
+                 progress_done = CASE WHEN e.status = 'succeeded'
+                     THEN COALESCE(j.progress_total, j.progress_done) ELSE j.progress_done END
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
+                  AS e(id, status, result, error)
+             WHERE j.id = e.id",
+        )
+        .bind(&ids)
+        .bind(&statuses)
+        .bind(&results)
+        .bind(&errors)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|_| ())?,
+        // The runs travel as one JSON array, read back as rows.
+        Db::Sqlite(pool) => {
+            let ends = Value::Array(
+                runs.iter()
+                    .zip(&results)
+                    .map(|(r, result)| {
+                        serde_json::json!({
+                            "id": r.id,
+                            "status": r.status.as_str(),
+                            "result": result,
+                            "error": r.error,
+                        })
+                    })
+                    .collect(),
+            );
+            sqlx::query(
+                "UPDATE job_records SET status = e.status, result = e.result, error = e.error,
+                     finished_at = $2,
+                     progress_done = CASE WHEN e.status = 'succeeded'
+                         THEN COALESCE(job_records.progress_total, job_records.progress_done)
+                         ELSE job_records.progress_done END
+                 FROM (SELECT value ->> 'id' AS id, value ->> 'status' AS status,
+                              value ->> 'result' AS result, value ->> 'error' AS error
+                       FROM json_each($1)) AS e
+                 WHERE job_records.id = e.id",
+            )
+            .bind(Json(&ends))
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|_| ())?
+        }
+    }
     Ok(())
 }
 

@@ -112,26 +112,27 @@ impl EmbeddedQueue {
 }
 
 impl OutboundQueue for EmbeddedQueue {
-    /// All entries in one transaction; an entry whose message is already on the queue is
+    /// All entries in one statement; an entry whose message is already on the queue is
     /// accepted without a second copy (the message id is the deduplication key).
     async fn send_batch(&self, entries: &[OutboundEntry]) -> Result<BatchOutcome, QueueError> {
+        if entries.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
         let now = Timestamp::now();
         on_db!(&self.db, pool => {
-            let mut tx = pool.begin().await.map_err(sql_error)?;
-            for e in entries {
-                sqlx::query(
-                    "INSERT INTO outbound_queue (body, dedup_key, visible_at, created_at)
-                     VALUES ($1, $2, $3, $3) ON CONFLICT (dedup_key) DO NOTHING",
-                )
-                .bind(&e.body)
-                .bind(&e.id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql_error)?;
-            }
-            tx.commit().await.map_err(sql_error)?;
-        });
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO outbound_queue (body, dedup_key, visible_at, created_at) ",
+            );
+            q.push_values(entries, |mut row, e| {
+                row.push_bind(&e.body)
+                    .push_bind(&e.id)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            q.push(" ON CONFLICT (dedup_key) DO NOTHING");
+            q.build().execute(pool).await.map(|_| ())
+        })
+        .map_err(sql_error)?;
         Ok(BatchOutcome::default())
     }
 

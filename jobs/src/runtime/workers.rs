@@ -1,6 +1,10 @@
 //! The workers service: one apalis worker per job kind, each supervised. A worker whose job
 //! backend fails (a database outage, pool timeouts, a lost Redis connection) is built again
 //! after a backoff, so a transient error never ends job processing; only cancellation does.
+//!
+//! apalis hands a worker one task at a time. For a kind that runs its jobs in groups
+//! ([`JobKind::BATCH`]), each task's handler hands its job to the worker's [`Grouped`] and
+//! waits for its answer; whatever jobs are waiting run together.
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +23,10 @@ use super::Kind;
 use crate::{
     db::Db,
     engine::{
-        JobBackend, JobId, JobKind, RetryPolicy, RunContext, backend::JobTask, execute::execute,
+        JobBackend, JobId, JobKind, RetryPolicy, RunContext,
+        backend::{JobTask, Store},
+        execute::{TaskAnswer, execute, execute_many},
+        group::{Grouped, Limits},
         processes,
     },
     kinds::Deps,
@@ -31,6 +38,9 @@ const RESTART_FIRST: Duration = Duration::from_secs(1);
 const RESTART_MAX: Duration = Duration::from_secs(30);
 /// A worker that ran this long before failing starts its backoff over.
 const RESTART_RESET: Duration = Duration::from_secs(60);
+/// Groups of a batching kind one worker runs at once: while one group waits on the database
+/// or the queue, the next is being read.
+const PARALLEL_GROUPS: usize = 2;
 
 pub struct Workers {
     backend: JobBackend,
@@ -39,20 +49,37 @@ pub struct Workers {
     kinds: Vec<Kind>,
 }
 
-/// What a worker's handler gets: the kind, the database, and the run context.
+/// What a worker's handler gets: the kind, the database, the run context, and for a kind
+/// that runs in groups, where its groups take jobs.
 #[derive(Clone)]
 struct KindRunner<K> {
     kind: K,
     db: Db,
     ctx: RunContext,
+    groups: Option<Grouped<JobId, TaskAnswer>>,
 }
 
 /// The handler every worker of kind `K` is built with.
-async fn run_task<K: JobKind>(
-    task: JobTask,
-    runner: Data<KindRunner<K>>,
-) -> Result<(), BoxDynError> {
-    execute(&runner.kind, &runner.db, JobId(task.job_id), &runner.ctx).await
+async fn run_task<K: JobKind>(task: JobTask, runner: Data<KindRunner<K>>) -> TaskAnswer {
+    let id = JobId(task.job_id);
+    match &runner.groups {
+        None => execute(&runner.kind, &runner.db, id, &runner.ctx).await,
+        Some(groups) => groups.call(id).await?,
+    }
+}
+
+/// Runs the jobs its handlers hand in, in groups of at most `K::BATCH`.
+fn groups<K: JobKind>(runner: &KindRunner<K>) -> Grouped<JobId, TaskAnswer> {
+    let runner = runner.clone();
+    let limits = Limits {
+        max: K::BATCH,
+        parallel: PARALLEL_GROUPS,
+        waiting: K::CONCURRENCY,
+    };
+    Grouped::start(limits, move |ids: Vec<JobId>| {
+        let runner = runner.clone();
+        async move { execute_many(&runner.kind, &runner.db, &ids, &runner.ctx).await }
+    })
 }
 
 /// A name unique to this process and start: apalis refuses two live workers of one name.
@@ -98,6 +125,14 @@ impl Workers {
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let mut set = JoinSet::new();
         self.start_all(&mut set, &cancel);
+        if let Store::Postgres(pool) = &self.backend.store {
+            let wakeups = self.backend.wakeups.clone();
+            let (pool, cancel) = (pool.clone(), cancel.clone());
+            set.spawn(async move {
+                wakeups.listen(pool, cancel).await;
+                Ok(())
+            });
+        }
         tracing::info!(
             backend = self.backend.name(),
             kinds = ?self.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
@@ -123,6 +158,7 @@ impl Workers {
             ctx: RunContext {
                 shutdown: cancel.clone(),
             },
+            groups: None,
         };
         set.spawn(supervise(runner, self.backend.clone()));
     }
@@ -134,12 +170,20 @@ async fn supervise<K: JobKind>(runner: KindRunner<K>, backend: JobBackend) -> an
     let cancel = runner.ctx.shutdown.clone();
     let retries = K::RETRY.max_attempts.saturating_sub(1) as usize;
     let mut wait = RESTART_FIRST;
+    // A batching kind fetches a group's worth of tasks at a time, the others what they run.
+    let fetch = if K::BATCH > 1 {
+        K::BATCH
+    } else {
+        K::CONCURRENCY
+    };
     loop {
         let started = Instant::now();
         let retry = ApalisRetry::retries(retries).with_backoff(backoff(K::RETRY)?);
         let stop = cancel.clone();
-        let runner = runner.clone();
-        let ended = with_storage!(&backend, K::NAME, storage => {
+        let mut runner = runner.clone();
+        // The groups end by themselves once the worker (and so every handler) is gone.
+        runner.groups = (K::BATCH > 1).then(|| groups(&runner));
+        let ended = with_storage!(&backend, K::NAME, fetch, storage => {
             WorkerBuilder::new(worker_name(K::NAME))
                 .backend(storage)
                 // Concurrency first: a retry then reuses its job's slot.

@@ -1,0 +1,212 @@
+//! Waking an idle worker the moment a job of its kind is stored, instead of at its next poll.
+//!
+//! Within a process (the API and the workers of `fanqueue all`) the enqueue pokes the kind's
+//! worker directly. Across processes on PostgreSQL, apalis's trigger sends an
+//! `apalis::job::insert` notification for every task stored, and [`Wakeups::listen`] turns
+//! each into the same poke. A poke only makes the worker look now; the poll every
+//! [`FALLBACK`] stays, so a notification lost (a reconnect, another backend) costs latency,
+//! never a job.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use apalis::prelude::{PollSnapshot, PollStrategy, Strategy};
+use futures::task::AtomicWaker;
+use serde::Deserialize;
+use sqlx::{PgPool, postgres::PgListener};
+use tokio_util::sync::CancellationToken;
+
+/// How often an idle worker looks for tasks even when nothing woke it: backed-off retries,
+/// the tasks of dead workers handed back, and any notification that was lost.
+pub const FALLBACK: Duration = Duration::from_millis(500);
+/// A poke that lands while the worker is already fetching may come too late for that fetch
+/// (its snapshot was taken before the job committed): the worker looks once more this soon
+/// after every poke.
+const RECHECK: Duration = Duration::from_millis(20);
+/// The channel apalis-postgres notifies on for every task inserted.
+const CHANNEL: &str = "apalis::job::insert";
+
+/// The process's wake-up signals, one per queue.
+#[derive(Debug, Default)]
+pub struct Wakeups {
+    queues: Mutex<HashMap<String, Arc<Signal>>>,
+}
+
+#[derive(Debug, Default)]
+struct Signal {
+    poked: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Wakeups {
+    fn signal(&self, queue: &str) -> Arc<Signal> {
+        let mut queues = self
+            .queues
+            .lock()
+            .expect("the wake-up map is never poisoned");
+        queues.entry(queue.to_owned()).or_default().clone()
+    }
+
+    /// A job of `queue` was stored: its worker in this process (if any) looks now.
+    pub fn poke(&self, queue: &str) {
+        let signal = self.signal(queue);
+        signal.poked.store(true, Ordering::Release);
+        signal.waker.wake();
+    }
+
+    fn poke_all(&self) {
+        let queues: Vec<Arc<Signal>> = self
+            .queues
+            .lock()
+            .expect("the wake-up map is never poisoned")
+            .values()
+            .cloned()
+            .collect();
+        for signal in queues {
+            signal.poked.store(true, Ordering::Release);
+            signal.waker.wake();
+        }
+    }
+
+    /// When the worker of `queue` polls: on a poke, and every [`FALLBACK`] otherwise.
+    pub fn strategy(&self, queue: &str) -> Strategy {
+        Strategy::new()
+            .apply(OnPoke {
+                signal: self.signal(queue),
+                again: None,
+            })
+            .interval(FALLBACK)
+    }
+
+    /// Turns PostgreSQL's task notifications into pokes until `cancel`. A lost connection is
+    /// made again after a backoff, and every queue is poked once it is back (what was stored
+    /// meanwhile was not announced).
+    pub async fn listen(self: Arc<Self>, pool: PgPool, cancel: CancellationToken) {
+        #[derive(Deserialize)]
+        struct Inserted {
+            job_type: String,
+        }
+        let mut wait = Duration::from_millis(500);
+        loop {
+            let listening = async {
+                let mut listener = PgListener::connect_with(&pool).await?;
+                listener.listen(CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            let mut listener = tokio::select! {
+                _ = cancel.cancelled() => return,
+                l = listening => match l {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?wait, "cannot listen for new jobs; polling meanwhile");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        wait = (wait * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                },
+            };
+            wait = Duration::from_millis(500);
+            self.poke_all();
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    n = listener.try_recv() => match n {
+                        Ok(Some(n)) => {
+                            if let Ok(ev) = serde_json::from_str::<Inserted>(n.payload()) {
+                                self.poke(&ev.job_type);
+                            }
+                        }
+                        // The connection was lost: notifications sent meanwhile are gone.
+                        Ok(None) => self.poke_all(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lost the job notifications; listening again");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Ready when the queue was poked, and once more [`RECHECK`] later.
+struct OnPoke {
+    signal: Arc<Signal>,
+    again: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl PollStrategy for OnPoke {
+    fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
+        self.signal.waker.register(cx.waker());
+        if self.signal.poked.swap(false, Ordering::AcqRel) {
+            self.again = Some(Box::pin(tokio::time::sleep(RECHECK)));
+            return Poll::Ready(Some(()));
+        }
+        if let Some(again) = &mut self.again
+            && again.as_mut().poll(cx).is_ready()
+        {
+            self.again = None;
+            return Poll::Ready(Some(()));
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use super::*;
+
+    /// Polls `strategy` once, as a worker does when it looks for work.
+    async fn ready(strategy: &mut OnPoke) -> bool {
+        poll_fn(|cx| Poll::Ready(strategy.poll_drive(cx, &PollSnapshot::new()).is_ready())).await
+    }
+
+    #[tokio::test]
+    async fn a_poke_wakes_the_queues_worker_and_no_other() {
+        let wakeups = Wakeups::default();
+        let mut sends = OnPoke {
+            signal: wakeups.signal("send_message"),
+            again: None,
+        };
+        let mut imports = OnPoke {
+            signal: wakeups.signal("import_csv"),
+            again: None,
+        };
+        assert!(!ready(&mut sends).await, "nothing stored yet");
+        wakeups.poke("send_message");
+        assert!(ready(&mut sends).await);
+        assert!(!ready(&mut imports).await);
+        assert!(!ready(&mut sends).await, "one poke, one look");
+    }
+
+    #[tokio::test]
+    async fn a_poke_is_followed_by_a_second_look() {
+        let wakeups = Wakeups::default();
+        let mut sends = OnPoke {
+            signal: wakeups.signal("send_message"),
+            again: None,
+        };
+        wakeups.poke("send_message");
+        assert!(ready(&mut sends).await);
+        // The second look is due once RECHECK has passed; the timer wakes the worker then.
+        let woken = tokio::time::timeout(
+            Duration::from_secs(5),
+            poll_fn(|cx| sends.poll_drive(cx, &PollSnapshot::new())),
+        )
+        .await;
+        assert_eq!(woken, Ok(Some(())));
+    }
+}
