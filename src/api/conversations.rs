@@ -413,7 +413,7 @@ impl ConversationsApi {
             &self.state,
             auth.user(),
             Recipient::Conversation(ConversationId(id.0)),
-            &out,
+            out,
         )
         .await?;
         Ok(SendInConversationResponse::Accepted(Json(queued)))

@@ -10,7 +10,7 @@ use fanqueue_jobs::{
     domain::{Cents, FanId, HttpUrl, Line, MessageId, Text, UserId},
     kinds::{
         SubmitError, bulk_send,
-        send_message::{self, Recipient, Retried},
+        send_message::{self, NewSend, Recipient, Retried},
     },
     outbound::OutboundQueue,
 };
@@ -253,27 +253,31 @@ pub fn submit_error(e: SubmitError) -> ApiError {
                 ids.iter().map(|f| f.0).collect::<Vec<_>>()
             ),
         ),
-        SubmitError::Enqueue(e) => {
-            ApiError::internal(anyhow::Error::new(e).context("queueing the message"))
-        }
+        SubmitError::Enqueue(e) => e.into(),
     }
 }
 
-/// Queues one message and answers as the send routes do.
+/// Queues one message (with whatever other sends arrive at the same time: see
+/// [`Sends`](send_message::Sends)) and answers as the send routes do.
 pub async fn queue_one(
     state: &State,
     user: UserId,
     to: Recipient,
-    out: &Outgoing,
+    out: Outgoing,
 ) -> Result<QueuedOut, ApiError> {
-    let message = send_message::submit(&state.db, &state.jobs, user, to, out)
+    let stored = state
+        .sends
+        .submit(NewSend { user, to, out })
         .await
         .map_err(submit_error)?;
+    let m = stored.message;
     Ok(QueuedOut {
-        message_id: message.id.0,
-        status: message.status.to_string(),
-        queued_at: message.created_at,
-        estimated_send_time: eta(state, &message).await?,
+        message_id: m.id.0,
+        status: m.status.to_string(),
+        queued_at: m.created_at,
+        estimated_send_time: state
+            .pace
+            .eta(m.created_at, stored.last_started, stored.ahead),
     })
 }
 
@@ -305,7 +309,7 @@ impl MessagesApi {
             &self.state,
             auth.user(),
             Recipient::Fan(FanId(b.recipient_id)),
-            &out,
+            out,
         )
         .await?;
         Ok(SendResponse::Accepted(Json(queued)))

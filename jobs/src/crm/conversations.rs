@@ -2,6 +2,8 @@
 //! writes `conversations`; what messages change of a thread (unread count, last message
 //! time) goes through the transaction functions here.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 
 use crate::{
@@ -126,33 +128,67 @@ pub async fn fan_of(tx: &mut Tx, user: UserId, id: ConversationId) -> sqlx::Resu
     Ok(fan.map(|(f,)| f))
 }
 
-/// For a message to `fan` written at `at`: opens the fan's conversation when it has none and
-/// moves its `last_message_at` forward. `None` when the fan is not `user`'s.
-pub async fn touch_for_outbound(
+/// The fans of conversations `ids` that are `user`'s, read in `tx`: `(conversation, fan)`.
+pub async fn fans_of(
     tx: &mut Tx,
     user: UserId,
-    fan: FanId,
+    ids: &[ConversationId],
+) -> sqlx::Result<Vec<(ConversationId, FanId)>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    on_tx!(tx, conn => {
+        let mut q = sqlx::QueryBuilder::new("SELECT id, fan_id FROM conversations WHERE user_id = ");
+        q.push_bind(user).push(" AND id IN (");
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build_query_as().fetch_all(&mut **conn).await
+    })
+}
+
+/// For messages written at `at` to each `(user, fan)` of `pairs` (each once): opens each fan's
+/// conversation when it has none and moves its `last_message_at` forward, in one statement.
+/// Returns the conversation of each pair whose fan is the user's; the others are left out.
+pub async fn touch_for_outbound(
+    tx: &mut Tx,
+    pairs: &[(UserId, FanId)],
     at: Timestamp,
-) -> sqlx::Result<Option<ConversationId>> {
-    let id: Option<(ConversationId,)> = on_tx!(tx, conn => {
-        sqlx::query(OPEN_SQL)
-            .bind(fan)
-            .bind(user)
-            .bind(at)
-            .execute(&mut **conn)
-            .await?;
-        sqlx::query_as(
-            "UPDATE conversations SET last_message_at = CASE
-                 WHEN last_message_at IS NULL OR last_message_at < $3 THEN $3 ELSE last_message_at END
-             WHERE fan_id = $1 AND user_id = $2 RETURNING id",
-        )
-        .bind(fan)
-        .bind(user)
-        .bind(at)
-        .fetch_optional(&mut **conn)
-        .await?
+) -> sqlx::Result<HashMap<(UserId, FanId), ConversationId>> {
+    if pairs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // Rows are written in fan order, so two transactions touching the same conversations
+    // take their locks in the same order.
+    const MOVE: &str = "ON CONFLICT (fan_id) DO UPDATE SET last_message_at = CASE
+             WHEN c.last_message_at IS NULL OR c.last_message_at < excluded.last_message_at
+             THEN excluded.last_message_at ELSE c.last_message_at END
+         RETURNING id, user_id, fan_id";
+    let rows: Vec<(ConversationId, UserId, FanId)> = on_tx!(tx, conn => {
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT INTO conversations AS c (user_id, fan_id, platform, unread_count, created_at,
+                                             last_message_at)
+             SELECT f.user_id, f.id, f.platform, 0, ",
+        );
+        q.push_bind(at).push(", ").push_bind(at);
+        q.push(" FROM fans f WHERE (f.id, f.user_id) IN (VALUES ");
+        let mut list = q.separated(", ");
+        for (user, fan) in pairs {
+            list.push("(")
+                .push_bind_unseparated(*fan)
+                .push_unseparated(", ")
+                .push_bind_unseparated(*user)
+                .push_unseparated(")");
+        }
+        q.push(") ORDER BY f.id ").push(MOVE);
+        q.build_query_as().fetch_all(&mut **conn).await?
     });
-    Ok(id.map(|(c,)| c))
+    Ok(rows
+        .into_iter()
+        .map(|(id, user, fan)| ((user, fan), id))
+        .collect())
 }
 
 /// For a new inbound message received at `at`: one more unread, and `last_message_at` moves

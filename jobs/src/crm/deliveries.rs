@@ -3,6 +3,8 @@
 //! module that writes `delivery_attempts`. The log is what the delivery limiter is seeded from
 //! when it has lost its state, and a message's delivery history.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 
 use crate::{
@@ -95,13 +97,29 @@ pub async fn started_since(
 
 /// When the creator's latest attempt started, if any did.
 pub async fn last_started(db: &Db, user: UserId) -> StoreResult<Option<DateTime<Utc>>> {
-    let (at,): (Option<DateTime<Utc>>,) = on_db!(db, pool => sqlx::query_as(
-        "SELECT MAX(started_at) FROM delivery_attempts WHERE user_id = $1",
-    )
-    .bind(user)
-    .fetch_one(pool)
-    .await)?;
-    Ok(at)
+    Ok(last_started_many(db, &[user]).await?.remove(&user))
+}
+
+/// [`last_started`] for each of `users` that has delivered, in one query.
+pub async fn last_started_many(
+    db: &Db,
+    users: &[UserId],
+) -> StoreResult<HashMap<UserId, DateTime<Utc>>> {
+    if users.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(UserId, DateTime<Utc>)> = on_db!(db, pool => {
+        let mut q = sqlx::QueryBuilder::new(
+            "SELECT user_id, MAX(started_at) FROM delivery_attempts WHERE user_id IN (",
+        );
+        let mut list = q.separated(", ");
+        for user in users {
+            list.push_bind(*user);
+        }
+        q.push(") GROUP BY user_id");
+        q.build_query_as().fetch_all(pool).await
+    })?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Deletes attempts started before `before` (the limiter reads only the last minute; the rest

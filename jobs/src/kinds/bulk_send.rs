@@ -10,7 +10,7 @@ use crate::{
     crm::{
         campaigns::{self, Campaign, NewBulk},
         fans,
-        messages::{self, Message, Requeue},
+        messages::{self, Message, NewQueued, Requeue},
     },
     db::Db,
     domain::{CampaignId, MessageId, Timestamp, UserId},
@@ -39,10 +39,20 @@ impl JobKind for BulkSend {
         first_backoff: Duration::from_secs(1),
         max_backoff: Duration::from_secs(10),
     };
-    const CONCURRENCY: usize = 4;
+    const CONCURRENCY: usize = 64;
+    const BATCH: usize = 16;
 
     async fn run(&self, job: &JobRecord, ctx: &RunContext) -> Result<Outcome, JobError> {
-        self.0.run(job, ctx).await
+        let mut outcomes = self.0.run_batch(std::slice::from_ref(job), ctx).await;
+        outcomes.pop().unwrap_or(Err(JobError::Interrupted))
+    }
+
+    async fn run_batch(
+        &self,
+        jobs: &[JobRecord],
+        ctx: &RunContext,
+    ) -> Vec<Result<Outcome, JobError>> {
+        self.0.run_batch(jobs, ctx).await
     }
 
     async fn give_up(&self, job: &JobRecord, reason: &str) {
@@ -75,20 +85,25 @@ pub async fn submit(
         return Err(SubmitError::NotOwned(missing));
     }
     let campaign = campaigns::insert_active(&mut tx, user, &bulk, now).await?;
+    let rows: Vec<NewQueued> = bulk
+        .recipients
+        .iter()
+        .map(|fan| NewQueued {
+            user,
+            fan: *fan,
+            out: &bulk.message,
+            job: &job,
+            campaign: Some(campaign.id),
+        })
+        .collect();
     let mut message_ids = Vec::with_capacity(bulk.recipients.len());
     let mut last = None;
-    for fan in &bulk.recipients {
-        let message = messages::insert_queued(
-            &mut tx,
-            user,
-            *fan,
-            &bulk.message,
-            &job,
-            Some(campaign.id),
-            now,
-        )
-        .await?
-        .ok_or(SubmitError::NotOwned(vec![*fan]))?;
+    for (fan, message) in bulk
+        .recipients
+        .iter()
+        .zip(messages::insert_queued(&mut tx, &rows, now).await?)
+    {
+        let message = message.ok_or(SubmitError::NotOwned(vec![*fan]))?;
         message_ids.push(message.id);
         last = Some(message);
     }
@@ -97,7 +112,8 @@ pub async fn submit(
         job,
         user,
         json!({ "campaignId": campaign.id.0, "messageIds": message_ids }),
-    );
+    )
+    .with_total(message_ids.len() as i64);
     backend.enqueue(&mut tx, &new_job).await?;
     tx.commit().await?;
     backend.after_commit(db, &new_job).await;
@@ -138,7 +154,8 @@ pub async fn retry_failed(
         job,
         user,
         json!({ "campaignId": campaign.0, "messageIds": moved, "retry": true }),
-    );
+    )
+    .with_total(moved.len() as i64);
     backend.enqueue(&mut tx, &new_job).await?;
     tx.commit().await?;
     backend.after_commit(db, &new_job).await;

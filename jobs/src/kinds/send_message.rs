@@ -1,20 +1,25 @@
 //! The `send_message` job kind: puts one message (a single send, or a reply in a
-//! conversation) on the outbound queue. Submitted with its message in one transaction.
+//! conversation) on the outbound queue. Submitted with its message in one transaction;
+//! concurrent sends share theirs ([`Sends`]).
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
+
+use chrono::{DateTime, Utc};
 
 use serde_json::json;
 
 use super::{Deps, SubmitError, fan_out::FanOut};
 use crate::{
     crm::{
-        conversations,
-        messages::{self, Message, MessageStatus, Outgoing, Requeue},
+        conversations, deliveries,
+        messages::{self, Message, MessageStatus, NewQueued, Outgoing, Requeue},
     },
     db::Db,
     domain::{ConversationId, FanId, MessageId, Timestamp, UserId},
     engine::{
-        JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome, RetryPolicy, RunContext,
+        EnqueueError, JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome,
+        RetryPolicy, RunContext,
+        group::{Grouped, Limits},
     },
 };
 
@@ -37,10 +42,20 @@ impl JobKind for SendMessage {
         first_backoff: Duration::from_secs(1),
         max_backoff: Duration::from_secs(10),
     };
-    const CONCURRENCY: usize = 4;
+    const CONCURRENCY: usize = 512;
+    const BATCH: usize = 256;
 
     async fn run(&self, job: &JobRecord, ctx: &RunContext) -> Result<Outcome, JobError> {
-        self.0.run(job, ctx).await
+        let mut outcomes = self.0.run_batch(std::slice::from_ref(job), ctx).await;
+        outcomes.pop().unwrap_or(Err(JobError::Interrupted))
+    }
+
+    async fn run_batch(
+        &self,
+        jobs: &[JobRecord],
+        ctx: &RunContext,
+    ) -> Vec<Result<Outcome, JobError>> {
+        self.0.run_batch(jobs, ctx).await
     }
 
     async fn give_up(&self, job: &JobRecord, reason: &str) {
@@ -55,6 +70,23 @@ pub enum Recipient {
     Conversation(ConversationId),
 }
 
+/// One message to store: who sends it, to whom, what.
+#[derive(Debug, Clone)]
+pub struct NewSend {
+    pub user: UserId,
+    pub to: Recipient,
+    pub out: Outgoing,
+}
+
+/// A stored send, with what its delivery estimate needs: how many of the creator's waiting
+/// messages go before it, and when the creator's latest delivery started.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub message: Message,
+    pub ahead: i64,
+    pub last_started: Option<DateTime<Utc>>,
+}
+
 /// Stores one outbound message (`queued`) and its `send_message` job in one transaction.
 pub async fn submit(
     db: &Db,
@@ -63,24 +95,188 @@ pub async fn submit(
     to: Recipient,
     out: &Outgoing,
 ) -> Result<Message, SubmitError> {
-    let now = Timestamp::now();
-    let job = JobId::generate();
-    let mut tx = db.begin().await?;
-    let fan = match to {
-        Recipient::Fan(fan) => fan,
-        Recipient::Conversation(c) => conversations::fan_of(&mut tx, user, c)
-            .await?
-            .ok_or(SubmitError::NotFound("conversation"))?,
+    let send = NewSend {
+        user,
+        to,
+        out: out.clone(),
     };
-    let message = messages::insert_queued(&mut tx, user, fan, out, &job, None, now)
+    let mut stored = store_all(db, backend, std::slice::from_ref(&send)).await?;
+    stored.pop().unwrap_or(Err(SubmitError::NotFound("fan")))
+}
+
+/// The API's door for sends: requests arriving together are stored together, each message
+/// with its own `send_message` job, in one transaction, and each request is answered once
+/// that transaction committed. A thousand sends a second cost tens of transactions instead of
+/// a thousand.
+#[derive(Clone)]
+pub struct Sends {
+    groups: Grouped<NewSend, Result<Stored, SubmitError>>,
+}
+
+impl Sends {
+    /// Sends stored in one transaction at most; transactions in flight at once.
+    const GROUP: Limits = Limits {
+        max: 128,
+        parallel: 4,
+        waiting: 4096,
+    };
+
+    pub fn start(db: Db, backend: JobBackend) -> Self {
+        let groups = Grouped::start(Self::GROUP, move |sends: Vec<NewSend>| {
+            let (db, backend) = (db.clone(), backend.clone());
+            async move { submit_many(&db, &backend, &sends).await }
+        });
+        Sends { groups }
+    }
+
+    /// Stores `send`; answers once it is committed.
+    pub async fn submit(&self, send: NewSend) -> Result<Stored, SubmitError> {
+        self.groups
+            .call(send)
+            .await
+            .map_err(|e| SubmitError::Enqueue(EnqueueError::Backend(e.into())))?
+    }
+}
+
+/// Stores `sends` in one transaction, with what their estimates need; one answer per send.
+/// If the transaction fails, each send is tried again alone, so that one bad send (or a clash
+/// with another transaction) never sinks the others and each gets its own answer.
+pub async fn submit_many(
+    db: &Db,
+    backend: &JobBackend,
+    sends: &[NewSend],
+) -> Vec<Result<Stored, SubmitError>> {
+    let stored = match store_all(db, backend, sends).await {
+        Ok(stored) => stored,
+        Err(e) if sends.len() > 1 => {
+            tracing::warn!(sends = sends.len(), error = %e, "a group of sends failed; storing each alone");
+            let mut alone = Vec::with_capacity(sends.len());
+            for send in sends {
+                alone.push(
+                    match store_all(db, backend, std::slice::from_ref(send)).await {
+                        Ok(mut one) => one.pop().unwrap_or(Err(SubmitError::NotFound("fan"))),
+                        Err(e) => Err(e),
+                    },
+                );
+            }
+            alone
+        }
+        Err(e) => vec![Err(e)],
+    };
+    with_estimates(db, stored).await
+}
+
+/// Stores the messages of `sends` (`queued`) and their jobs in one transaction. Per send, its
+/// message, or why nothing was stored for it; `Err` when the transaction failed.
+async fn store_all(
+    db: &Db,
+    backend: &JobBackend,
+    sends: &[NewSend],
+) -> Result<Vec<Result<Message, SubmitError>>, SubmitError> {
+    let now = Timestamp::now();
+    let jobs: Vec<JobId> = sends.iter().map(|_| JobId::generate()).collect();
+    let mut tx = db.begin().await?;
+    // Replies name a conversation: its fan, when the conversation is the sender's.
+    let mut asked: HashMap<UserId, Vec<ConversationId>> = HashMap::new();
+    for send in sends {
+        if let Recipient::Conversation(c) = send.to {
+            asked.entry(send.user).or_default().push(c);
+        }
+    }
+    let mut fan_of: HashMap<(UserId, ConversationId), FanId> = HashMap::new();
+    for (user, ids) in &asked {
+        for (c, fan) in conversations::fans_of(&mut tx, *user, ids).await? {
+            fan_of.insert((*user, c), fan);
+        }
+    }
+    let fans: Vec<Option<FanId>> = sends
+        .iter()
+        .map(|s| match s.to {
+            Recipient::Fan(fan) => Some(fan),
+            Recipient::Conversation(c) => fan_of.get(&(s.user, c)).copied(),
+        })
+        .collect();
+    let rows: Vec<NewQueued> = sends
+        .iter()
+        .zip(&fans)
+        .zip(&jobs)
+        .filter_map(|((s, fan), job)| {
+            Some(NewQueued {
+                user: s.user,
+                fan: (*fan)?,
+                out: &s.out,
+                job,
+                campaign: None,
+            })
+        })
+        .collect();
+    let mut inserted = messages::insert_queued(&mut tx, &rows, now)
         .await?
-        .ok_or(SubmitError::NotFound("fan"))?;
-    let new_job = NewJob::of::<SendMessage>(job, user, json!({ "messageIds": [message.id.0] }));
-    backend.enqueue(&mut tx, &new_job).await?;
+        .into_iter();
+    let mut answers = Vec::with_capacity(sends.len());
+    let mut new_jobs = vec![];
+    for ((send, fan), job) in sends.iter().zip(&fans).zip(jobs) {
+        let answer = match fan {
+            None => Err(SubmitError::NotFound("conversation")),
+            Some(_) => match inserted.next().flatten() {
+                None => Err(SubmitError::NotFound("fan")),
+                Some(message) => {
+                    new_jobs.push(
+                        NewJob::of::<SendMessage>(
+                            job,
+                            send.user,
+                            json!({ "messageIds": [message.id.0] }),
+                        )
+                        .with_total(1),
+                    );
+                    Ok(message)
+                }
+            },
+        };
+        answers.push(answer);
+    }
+    backend.enqueue_many(&mut tx, &new_jobs).await?;
     tx.commit().await?;
-    backend.after_commit(db, &new_job).await;
-    tracing::info!(job_id = %new_job.id, message_id = message.id.0, "message queued");
-    Ok(message)
+    backend.after_commit_many(db, &new_jobs).await;
+    for (job, m) in new_jobs.iter().zip(answers.iter().flatten()) {
+        tracing::info!(job_id = %job.id, message_id = m.id.0, user_id = m.user_id.0, "message queued");
+    }
+    Ok(answers)
+}
+
+/// Adds to each stored message what its estimate needs, read after the commit in two queries.
+/// The estimate is a guess: if the reads fail, the messages are still stored and answered,
+/// with no backlog counted.
+async fn with_estimates(
+    db: &Db,
+    stored: Vec<Result<Message, SubmitError>>,
+) -> Vec<Result<Stored, SubmitError>> {
+    let ids: Vec<MessageId> = stored.iter().flatten().map(|m| m.id).collect();
+    let mut users: Vec<UserId> = stored.iter().flatten().map(|m| m.user_id).collect();
+    users.sort_unstable();
+    users.dedup();
+    let reads = async {
+        let ahead: HashMap<MessageId, i64> = messages::ahead_of_many(db, &ids)
+            .await?
+            .into_iter()
+            .collect();
+        let last = deliveries::last_started_many(db, &users).await?;
+        Ok::<_, crate::db::StoreError>((ahead, last))
+    };
+    let (ahead, last) = reads.await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not read the backlog for send estimates");
+        Default::default()
+    });
+    stored
+        .into_iter()
+        .map(|r| {
+            r.map(|message| Stored {
+                ahead: ahead.get(&message.id).copied().unwrap_or(0),
+                last_started: last.get(&message.user_id).copied(),
+                message,
+            })
+        })
+        .collect()
 }
 
 /// What a retry of one failed message did.
@@ -119,7 +315,7 @@ pub async fn retry_failed(
     if let Some(c) = campaign {
         payload["campaignId"] = json!(c.0);
     }
-    let new_job = NewJob::of::<SendMessage>(job, user, payload);
+    let new_job = NewJob::of::<SendMessage>(job, user, payload).with_total(1);
     backend.enqueue(&mut tx, &new_job).await?;
     tx.commit().await?;
     backend.after_commit(db, &new_job).await;

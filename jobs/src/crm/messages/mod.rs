@@ -3,6 +3,8 @@
 //! named transitions, `queued` → on the outbound queue → `sending` → `sent`, or `failed` with
 //! a reason.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
@@ -205,41 +207,76 @@ pub struct Outgoing {
     pub priority: i64,
 }
 
-/// New → `queued`: stores an outbound message to `fan` in `tx`, to be put on the outbound
-/// queue by `job`; opens the fan's conversation when it has none and moves its
-/// `last_message_at`. `None` when the fan is not `user`'s.
+/// An outbound message to store: to whom, what, the job that puts it on the outbound queue,
+/// and its campaign.
+#[derive(Debug, Clone, Copy)]
+pub struct NewQueued<'a> {
+    pub user: UserId,
+    pub fan: FanId,
+    pub out: &'a Outgoing,
+    pub job: &'a JobId,
+    pub campaign: Option<CampaignId>,
+}
+
+/// New → `queued` for each of `rows` (each a distinct job and fan), in `tx`, in two
+/// statements whatever their number: opens the fans' conversations where needed and moves
+/// their `last_message_at`. Per row, the stored message, or `None` when the fan is not the
+/// row's user's.
 pub async fn insert_queued(
     tx: &mut Tx,
-    user: UserId,
-    fan: FanId,
-    out: &Outgoing,
-    job: &JobId,
-    campaign: Option<CampaignId>,
+    rows: &[NewQueued<'_>],
     now: Timestamp,
-) -> sqlx::Result<Option<Message>> {
-    let Some(conversation) = conversations::touch_for_outbound(tx, user, fan, now).await? else {
-        return Ok(None);
-    };
-    let attachments = stored(&out.attachments);
-    let message = on_tx!(tx, conn => sqlx::query_as::<_, Message>(
-        "INSERT INTO messages (user_id, conversation_id, fan_id, direction, text, price_cents,
-                               attachments, status, attempts, campaign_id, created_at, priority, job_id)
-         VALUES ($1, $2, $3, 'out', $4, $5, $6, 'queued', 0, $7, $8, $9, $10)
-         RETURNING *",
-    )
-    .bind(user)
-    .bind(conversation)
-    .bind(fan)
-    .bind(out.text.as_str())
-    .bind(out.price_cents.get())
-    .bind(Json(&attachments))
-    .bind(campaign)
-    .bind(now)
-    .bind(out.priority)
-    .bind(job)
-    .fetch_one(&mut **conn)
-    .await)?;
-    Ok(Some(message))
+) -> sqlx::Result<Vec<Option<Message>>> {
+    let mut pairs: Vec<(UserId, FanId)> = rows.iter().map(|r| (r.user, r.fan)).collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let conversations = conversations::touch_for_outbound(tx, &pairs, now).await?;
+    let owned: Vec<(&NewQueued, ConversationId)> = rows
+        .iter()
+        .filter_map(|r| Some((r, *conversations.get(&(r.user, r.fan))?)))
+        .collect();
+    if owned.is_empty() {
+        return Ok(vec![None; rows.len()]);
+    }
+    /// A stored row and the job it was stored for, to match it with its request.
+    #[derive(sqlx::FromRow)]
+    struct Inserted {
+        job_id: JobId,
+        #[sqlx(flatten)]
+        message: Message,
+    }
+    let inserted: Vec<Inserted> = on_tx!(tx, conn => {
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT INTO messages (user_id, conversation_id, fan_id, direction, text, price_cents,
+                                   attachments, status, attempts, campaign_id, created_at,
+                                   priority, job_id) ",
+        );
+        q.push_values(&owned, |mut row, (r, conversation)| {
+            row.push_bind(r.user)
+                .push_bind(*conversation)
+                .push_bind(r.fan)
+                .push("'out'")
+                .push_bind(r.out.text.as_str())
+                .push_bind(r.out.price_cents.get())
+                .push_bind(Json(stored(&r.out.attachments)))
+                .push("'queued'")
+                .push("0")
+                .push_bind(r.campaign)
+                .push_bind(now)
+                .push_bind(r.out.priority)
+                .push_bind(r.job);
+        });
+        q.push(" RETURNING *");
+        q.build_query_as().fetch_all(&mut **conn).await?
+    });
+    let mut by_key: HashMap<(&str, FanId), Message> = inserted
+        .iter()
+        .map(|i| ((i.job_id.0.as_str(), i.message.fan_id), i.message.clone()))
+        .collect();
+    Ok(rows
+        .iter()
+        .map(|r| by_key.remove(&(r.job.0.as_str(), r.fan)))
+        .collect())
 }
 
 /// What travels of an outbound message: on the outbound queue, and to the platform.
@@ -291,24 +328,42 @@ impl Deliverable {
     }
 }
 
-/// The messages of `job` still to put on the outbound queue, oldest first.
-pub async fn unqueued_of_job(db: &Db, job: &JobId) -> StoreResult<Vec<Deliverable>> {
-    Ok(on_db!(db, pool => sqlx::query_as::<_, Deliverable>(
-        "SELECT id, user_id, fan_id, text, attachments, priority, campaign_id FROM messages
-         WHERE job_id = $1 AND status = 'queued' AND enqueued_at IS NULL ORDER BY id",
-    )
-    .bind(job)
-    .fetch_all(pool)
-    .await)?)
+/// A message of a send job, as the job's run finds it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobMessage {
+    pub job_id: JobId,
+    pub status: MessageStatus,
+    /// On the outbound queue already (a run before this one put it there).
+    pub on_queue: bool,
+    #[sqlx(flatten)]
+    pub message: Deliverable,
 }
 
-/// How many messages `job` is about.
-pub async fn count_of_job(db: &Db, job: &JobId) -> StoreResult<i64> {
-    let (n,): (i64,) = on_db!(db, pool => sqlx::query_as("SELECT COUNT(*) FROM messages WHERE job_id = $1")
-        .bind(job)
-        .fetch_one(pool)
-        .await)?;
-    Ok(n)
+impl JobMessage {
+    /// Still to put on the outbound queue.
+    pub fn to_queue(&self) -> bool {
+        self.status == MessageStatus::Queued && !self.on_queue
+    }
+}
+
+/// Every message of `jobs`, in one query, oldest first.
+pub async fn of_jobs(db: &Db, jobs: &[JobId]) -> StoreResult<Vec<JobMessage>> {
+    if jobs.is_empty() {
+        return Ok(vec![]);
+    }
+    Ok(on_db!(db, pool => {
+        let mut q = sqlx::QueryBuilder::new(
+            "SELECT job_id, status, enqueued_at IS NOT NULL AS on_queue,
+                    id, user_id, fan_id, text, attachments, priority, campaign_id
+             FROM messages WHERE job_id IN (",
+        );
+        let mut list = q.separated(", ");
+        for job in jobs {
+            list.push_bind(job);
+        }
+        q.push(") ORDER BY id");
+        q.build_query_as::<JobMessage>().fetch_all(pool).await
+    })?)
 }
 
 /// `queued` → on the outbound queue: the queue accepted these messages (one statement for a
@@ -364,33 +419,25 @@ pub async fn fail_unqueued_of_job(db: &Db, job: &JobId, reason: &str) -> StoreRe
     Ok(done)
 }
 
-/// `queued` → `sent` without the outbound queue (`RATE_LIMITER_ENABLED=false`: the message was
-/// logged instead of delivered).
-pub async fn mark_sent_without_queue(db: &Db, id: MessageId) -> StoreResult<()> {
+/// `queued` → `sent` without the outbound queue (`RATE_LIMITER_ENABLED=false`: the messages
+/// were logged instead of delivered).
+pub async fn mark_sent_without_queue(db: &Db, ids: &[MessageId]) -> StoreResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
     let now = Timestamp::now();
-    on_db!(db, pool => sqlx::query(
-        "UPDATE messages SET status = 'sent', sent_at = $2, attempts = attempts + 1
-         WHERE id = $1 AND status = 'queued'",
-    )
-    .bind(id)
-    .bind(now)
-    .execute(pool)
-    .await
-    .map(|_| ()))?;
+    on_db!(db, pool => {
+        let mut q = sqlx::QueryBuilder::new("UPDATE messages SET status = 'sent', sent_at = ");
+        q.push_bind(now)
+            .push(", attempts = attempts + 1 WHERE status = 'queued' AND id IN (");
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(pool).await.map(|_| ())
+    })?;
     Ok(())
-}
-
-/// The messages of `job`: on the outbound queue (still `queued`), `sent`, `failed`.
-pub async fn tally_of_job(db: &Db, job: &JobId) -> StoreResult<(i64, i64, i64)> {
-    Ok(on_db!(db, pool => sqlx::query_as(
-        "SELECT COALESCE(SUM(CASE WHEN status = 'queued' AND enqueued_at IS NOT NULL THEN 1 ELSE 0 END), 0),
-                COALESCE(SUM(CASE WHEN status = 'sent' THEN 1 ELSE 0 END), 0),
-                COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0)
-         FROM messages WHERE job_id = $1",
-    )
-    .bind(job)
-    .fetch_one(pool)
-    .await)?)
 }
 
 /// On the outbound queue → in the creator's schedule: the dispatcher received these
@@ -783,18 +830,34 @@ impl StatusCounts {
 /// How many of the creator's waiting messages go out before `m`: higher priority, or the same
 /// priority and older (the dispatcher's order).
 pub async fn ahead_of(db: &Db, m: &Message) -> StoreResult<i64> {
-    let (n,): (i64,) = on_db!(db, pool => sqlx::query_as(
-        "SELECT COUNT(*) FROM messages
-         WHERE user_id = $1 AND direction = 'out' AND status = 'queued' AND id <> $4
-           AND (priority > $2 OR (priority = $2 AND (created_at < $3 OR (created_at = $3 AND id < $4))))",
-    )
-    .bind(m.user_id)
-    .bind(m.priority)
-    .bind(Timestamp(m.created_at))
-    .bind(m.id)
-    .fetch_one(pool)
-    .await)?;
-    Ok(n)
+    Ok(ahead_of_many(db, &[m.id])
+        .await?
+        .pop()
+        .map_or(0, |(_, n)| n))
+}
+
+/// [`ahead_of`] for each of `ids`, in one query: `(id, ahead)`.
+pub async fn ahead_of_many(db: &Db, ids: &[MessageId]) -> StoreResult<Vec<(MessageId, i64)>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    Ok(on_db!(db, pool => {
+        let mut q = sqlx::QueryBuilder::new(
+            "SELECT m.id, (SELECT COUNT(*) FROM messages o
+                 WHERE o.user_id = m.user_id AND o.direction = 'out' AND o.status = 'queued'
+                   AND o.id <> m.id
+                   AND (o.priority > m.priority OR (o.priority = m.priority
+                        AND (o.created_at < m.created_at
+                             OR (o.created_at = m.created_at AND o.id < m.id)))))
+             FROM messages m WHERE m.id IN (",
+        );
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build_query_as().fetch_all(pool).await
+    })?)
 }
 
 /// Outbound messages of `user` not yet final: the creator's delivery backlog.
