@@ -1,9 +1,10 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{TestApp, at, error_of, instant, json_of};
+use crate::helpers::{TestApp, at, error_of, generated_csv, instant, json_of};
 
 crate::on_both_backends!(
+    every_page_holds_what_a_walk_of_all_the_fans_has_there,
     a_new_user_lists_an_empty_page,
     a_created_fan_reads_back_with_its_handle_normalised,
     fans_filter_by_tag_and_minimum_value_and_paginate,
@@ -166,4 +167,87 @@ async fn a_second_fan_with_the_same_handle_is_a_409(app: TestApp) {
         .await;
     let page = json_of(app.get(1, "/api/crm/fans").await, StatusCode::OK).await;
     assert_eq!(page["total"], 2);
+}
+
+/// The list's page index: across imports, creates and deletes, the page at any offset holds
+/// what a walk of every fan (newest first) has there, and the total counts them all.
+async fn every_page_holds_what_a_walk_of_all_the_fans_has_there(app: TestApp) {
+    let first = app.import(1, "first.csv", generated_csv(2_500)).await;
+    assert_eq!(app.wait_job(1, &first).await["status"], "succeeded");
+    // Another creator's fans are not counted; a fan created between imports, and deletes in
+    // the oldest block and of the newest fan, move the counts.
+    app.create_fan(2, json!({ "handle": "someone" })).await;
+    let lone = app.create_fan(1, json!({ "handle": "lone" })).await;
+    let newest = app.create_fan(1, json!({ "handle": "newest" })).await;
+    let page = json_of(
+        app.get(1, "/api/crm/fans?offset=2501&limit=1").await,
+        StatusCode::OK,
+    )
+    .await;
+    let oldest = page["items"][0]["id"].as_i64().unwrap();
+    for id in [oldest, newest["id"].as_i64().unwrap()] {
+        let resp = app.delete(1, &format!("/api/crm/fans/{id}")).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    }
+    let mut more =
+        String::from("Username,Display Name,Email,Subscription Tier,Total Spent,Last Seen\n");
+    for i in 0..1_200 {
+        more.push_str(&format!("later{i},Later {i},,,,\n"));
+    }
+    let second = app.import(1, "second.csv", more.into_bytes()).await;
+    assert_eq!(app.wait_job(1, &second).await["status"], "succeeded");
+
+    let db = fanqueue_jobs::db::Db::connect(&app.database_url)
+        .await
+        .unwrap();
+    let walk: Vec<i64> = fanqueue_jobs::on_db!(&db, pool => sqlx::query_as::<_, (i64,)>(
+        "SELECT id FROM fans WHERE user_id = 1 ORDER BY id DESC"
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap())
+    .into_iter()
+    .map(|(id,)| id)
+    .collect();
+    let n = walk.len();
+    // 2,500 imported (the oldest deleted), `lone` (`newest` deleted), 1,200 imported.
+    assert_eq!(
+        n,
+        2_500 - 1 + 1 + 1_200,
+        "every fan once, the deleted ones gone"
+    );
+    assert!(walk.contains(&lone["id"].as_i64().unwrap()));
+    for offset in [
+        0,
+        1,
+        49,
+        999,
+        1000,
+        1001,
+        1199,
+        1200,
+        1201,
+        2199,
+        3000,
+        n - 50,
+        n - 1,
+        n,
+        n + 10,
+    ] {
+        let page = json_of(
+            app.get(1, &format!("/api/crm/fans?offset={offset}&limit=50"))
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+        let ids: Vec<i64> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["id"].as_i64().unwrap())
+            .collect();
+        let expected = &walk[offset.min(n)..(offset + 50).min(n)];
+        assert_eq!(ids, expected, "the page at offset {offset}");
+        assert_eq!(page["total"], n, "the total at offset {offset}");
+    }
 }

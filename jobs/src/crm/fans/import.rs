@@ -8,9 +8,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, QueryBuilder, Sqlite, SqliteConnection};
 
+use super::blocks;
 use crate::{
     db::Tx,
-    domain::{Cents, Email, Handle, Line, Timestamp, UserId},
+    domain::{Cents, Email, FanId, Handle, Line, Timestamp, UserId},
 };
 
 /// One fan as an export row gives it. `row` is the spreadsheet row number: the header is row
@@ -62,7 +63,7 @@ macro_rules! pg_upsert {
              WHERE (f.name, f.email, f.tags, f.value_cents, f.last_seen_at) IS DISTINCT FROM
                    (COALESCE(EXCLUDED.name, f.name), COALESCE(EXCLUDED.email, f.email), ",
             merged_tags!(pg), ", ", $value, ", COALESCE(EXCLUDED.last_seen_at, f.last_seen_at))
-             RETURNING (xmax = 0) AS inserted"
+             RETURNING id, (xmax = 0) AS inserted"
         )
     };
 }
@@ -94,32 +95,46 @@ macro_rules! sqlite_upsert_tail {
 /// SQLite allows 32,766 bound values a statement; 10 a row keeps well below.
 const SQLITE_ROWS_PER_STATEMENT: usize = 2_000;
 
-/// Upserts `rows` (one handle each) for `user` in `tx`; returns how many fans were new. On
-/// SQLite `tx` must hold the write lock ([`Db::begin`](crate::db::Db::begin) takes it), so that
-/// the existence count and the upsert see the same fans.
+/// Upserts `rows` (one handle each) for `user` in `tx` and counts the new fans into the list's
+/// page index; returns how many fans were new. On SQLite `tx` must hold the write lock
+/// ([`Db::begin`](crate::db::Db::begin) takes it), so that the existence count and the upsert
+/// see the same fans.
 pub async fn upsert_batch(tx: &mut Tx, user: UserId, rows: &[FanRow]) -> sqlx::Result<u64> {
     let now = Timestamp::now();
-    match tx {
-        Tx::Postgres(conn) => upsert_pg(conn, user, rows, now).await,
+    let new = match tx {
+        Tx::Postgres(conn) => upsert_pg(conn, user, rows, now).await?,
         Tx::Sqlite(conn) => {
-            let mut inserted = 0;
+            // One writer at a time, and ids only grow: the new fans are those above the
+            // highest id before the batch.
+            let (highest,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM fans")
+                .fetch_one(&mut **conn)
+                .await?;
             for chunk in rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
-                inserted += upsert_sqlite(conn, user, chunk, now).await?;
+                upsert_sqlite(conn, user, chunk, now).await?;
             }
-            Ok(inserted)
+            sqlx::query_as::<_, (FanId,)>("SELECT id FROM fans WHERE user_id = $1 AND id > $2")
+                .bind(user)
+                .bind(highest)
+                .fetch_all(&mut **conn)
+                .await?
+                .into_iter()
+                .map(|(id,)| id)
+                .collect()
         }
-    }
+    };
+    blocks::add(tx, user, &new).await?;
+    Ok(new.len() as u64)
 }
 
-/// Upserts with one statement per kind of row (with or without an amount); returns how many
-/// fans were new.
+/// Upserts with one statement per kind of row (with or without an amount); returns the new
+/// fans' ids.
 async fn upsert_pg(
     tx: &mut PgConnection,
     user: UserId,
     rows: &[FanRow],
     now: Timestamp,
-) -> sqlx::Result<u64> {
-    let mut inserted = 0;
+) -> sqlx::Result<Vec<FanId>> {
+    let mut inserted = vec![];
     for with_value in [true, false] {
         let part: Vec<&FanRow> = rows
             .iter()
@@ -133,7 +148,7 @@ async fn upsert_pg(
         } else {
             pg_upsert!("f.value_cents")
         };
-        let flags: Vec<(bool,)> = sqlx::query_as(sql)
+        let flags: Vec<(FanId, bool)> = sqlx::query_as(sql)
             .bind(user)
             .bind(now)
             .bind(part.iter().map(|r| r.handle.as_str()).collect::<Vec<_>>())
@@ -160,7 +175,7 @@ async fn upsert_pg(
             .bind(part.iter().map(|r| r.last_seen_at).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await?;
-        inserted += flags.iter().filter(|(new,)| *new).count() as u64;
+        inserted.extend(flags.into_iter().filter(|(_, new)| *new).map(|(id, _)| id));
     }
     Ok(inserted)
 }
@@ -170,23 +185,7 @@ async fn upsert_sqlite(
     user: UserId,
     rows: &[FanRow],
     now: Timestamp,
-) -> sqlx::Result<u64> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    // SQLite has no `xmax`: count the handles that exist before writing (the IMMEDIATE
-    // transaction keeps other writers out in between).
-    let mut exists = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM fans WHERE user_id = ");
-    exists
-        .push_bind(user)
-        .push(" AND platform = 'onlyfans' AND handle IN (");
-    let mut list = exists.separated(", ");
-    for r in rows {
-        list.push_bind(r.handle.as_str());
-    }
-    exists.push(")");
-    let (existing,): (i64,) = exists.build_query_as().fetch_one(&mut *tx).await?;
-
+) -> sqlx::Result<()> {
     for with_value in [true, false] {
         let part: Vec<&FanRow> = rows
             .iter()
@@ -222,5 +221,5 @@ async fn upsert_sqlite(
         });
         q.build().execute(&mut *tx).await?;
     }
-    Ok(rows.len() as u64 - existing as u64)
+    Ok(())
 }

@@ -1,6 +1,8 @@
 //! Fans: the creator's subscribers, unique per (user, platform, handle). The only module that
-//! writes `fans`; [`import`] holds the batched upsert of the CSV import.
+//! writes `fans`; [`import`] holds the batched upsert of the CSV import, and [`blocks`] the
+//! list's page index, kept with every fan added or removed.
 
+pub mod blocks;
 pub mod import;
 
 use chrono::{DateTime, Utc};
@@ -73,7 +75,8 @@ pub async fn create(db: &Db, user: UserId, fan: NewFan) -> StoreResult<Fan> {
     let now = Timestamp::now();
     let handle = fan.handle.as_str().to_owned();
     let platform = fan.platform;
-    let res = on_db!(db, pool => sqlx::query_as::<_, Fan>(
+    let mut tx = db.begin().await?;
+    let res = on_tx!(&mut tx, conn => sqlx::query_as::<_, Fan>(
         "INSERT INTO fans (user_id, platform, handle, name, email, avatar_url, tags, notes,
                            value_cents, last_seen_at, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
@@ -90,9 +93,9 @@ pub async fn create(db: &Db, user: UserId, fan: NewFan) -> StoreResult<Fan> {
     .bind(fan.value_cents.get())
     .bind(fan.last_seen_at.map(Timestamp))
     .bind(now)
-    .fetch_one(pool)
+    .fetch_one(&mut **conn)
     .await);
-    res.map_err(|e| {
+    let created = res.map_err(|e| {
         if is_unique_violation(&e) {
             StoreError::Conflict(format!(
                 "a fan with handle {handle} already exists on {}",
@@ -101,7 +104,10 @@ pub async fn create(db: &Db, user: UserId, fan: NewFan) -> StoreResult<Fan> {
         } else {
             e.into()
         }
-    })
+    })?;
+    blocks::add(&mut tx, user, &[created.id]).await?;
+    tx.commit().await?;
+    Ok(created)
 }
 
 pub async fn get(db: &Db, user: UserId, id: FanId) -> StoreResult<Fan> {
@@ -144,12 +150,30 @@ macro_rules! fan_list_sql {
     (@clause SQLITE_TAG_CLAUSE) => { sqlite_tag_clause!() };
 }
 
+/// One page of `user`'s fans, newest first, and how many match. Without filters the page
+/// index finds the page and the total without reading the fans before it.
 pub async fn list(
     db: &Db,
     user: UserId,
     filter: &FanFilter,
     page: Page,
 ) -> StoreResult<Listed<Fan>> {
+    if filter.tag.is_none() && filter.min_value.is_none() {
+        let start = blocks::start(db, user, page.offset).await?;
+        let items = on_db!(db, pool => sqlx::query_as::<_, Fan>(
+            "SELECT * FROM fans WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3 OFFSET $4",
+        )
+        .bind(user)
+        .bind(start.before.unwrap_or(i64::MAX))
+        .bind(page.limit)
+        .bind(start.skip)
+        .fetch_all(pool)
+        .await)?;
+        return Ok(Listed {
+            items,
+            total: start.total,
+        });
+    }
     let min = filter.min_value.unwrap_or_default().get();
     let tag = filter.tag.as_deref();
     // The tag test is the one place the dialects differ: JSONB functions vs json_each.
@@ -231,15 +255,18 @@ pub async fn update(db: &Db, user: UserId, id: FanId, patch: FanPatch) -> StoreR
 }
 
 pub async fn delete(db: &Db, user: UserId, id: FanId) -> StoreResult<()> {
-    let done = on_db!(db, pool => sqlx::query("DELETE FROM fans WHERE id = $1 AND user_id = $2")
+    let mut tx = db.begin().await?;
+    let done = on_tx!(&mut tx, conn => sqlx::query("DELETE FROM fans WHERE id = $1 AND user_id = $2")
         .bind(id)
         .bind(user)
-        .execute(pool)
+        .execute(&mut **conn)
         .await
         .map(|r| r.rows_affected()))?;
     if done == 0 {
         return Err(StoreError::NotFound("fan"));
     }
+    blocks::remove(&mut tx, user, id).await?;
+    tx.commit().await?;
     Ok(())
 }
 
