@@ -44,6 +44,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "writes per user per minute before 429 [60]",
     ),
     (
+        "MAX_IN_FLIGHT_REQUESTS",
+        "/api requests one API process serves at once [128]",
+    ),
+    (
+        "REQUEST_QUEUE_MS",
+        "how long a request waits for a slot before 503 + Retry-After [250]",
+    ),
+    (
         "LOG_FORMAT",
         "json or pretty [json]; RUST_LOG sets the level [info]",
     ),
@@ -174,6 +182,10 @@ pub struct ApiSettings {
     pub write_limit_per_minute: u32,
     pub imports_per_hour: u32,
     pub campaigns_per_hour: u32,
+    /// `/api` requests served at once by one API process; past it requests wait up to
+    /// `request_queue_ms` for a slot, then get 503 with Retry-After.
+    pub max_in_flight_requests: usize,
+    pub request_queue_ms: u64,
 }
 
 /// The job backend.
@@ -364,6 +376,8 @@ mod tests {
                 ("REDIS_URL", "redis://r:6379"),
                 ("REDIS_PREFIX", "p"),
                 ("WRITE_LIMIT_PER_MINUTE", "7"),
+                ("MAX_IN_FLIGHT_REQUESTS", "33"),
+                ("REQUEST_QUEUE_MS", "44"),
                 ("LOG_FORMAT", "pretty"),
                 ("JOB_BACKEND", "redis"),
                 ("IMPORT_MAX_BYTES", "123"),
@@ -419,6 +433,10 @@ mod tests {
             assert_eq!(s.database.redis_url.as_deref(), Some("redis://r:6379"));
             assert_eq!(s.database.redis_prefix, "p");
             assert_eq!(s.api.write_limit_per_minute, 7);
+            assert_eq!(
+                (s.api.max_in_flight_requests, s.api.request_queue_ms),
+                (33, 44)
+            );
             assert_eq!(s.telemetry.log_format, LogFormat::Pretty);
             assert_eq!(
                 s.telemetry.metrics_addr.map(|a| a.to_string()).as_deref(),

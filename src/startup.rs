@@ -11,14 +11,14 @@ use fanqueue_jobs::{
         platform::Platform,
     },
     engine::{JobBackend, processes::Heartbeat, relay::OutboxRelay},
-    kinds::{Deps, sweep::SweepConfig},
+    kinds::{Deps, send_message::Sends, sweep::SweepConfig},
     outbound::{EmbeddedQueue, Outbound, SqsQueue},
     runtime::{DispatchConfig, Dispatcher, Kind, Sweeper, Workers},
 };
 use poem::{Server, listener::TcpAcceptor};
 
 use crate::{
-    api::{self, AppState, Quotas, State},
+    api::{self, AppState, Gate, Quotas, State},
     auth::JwtKeys,
     platform_sim::PlatformSim,
     quotas::{Limiter, Quota},
@@ -149,6 +149,11 @@ impl Application {
             pace: pace(settings),
             rate_limiter_enabled: settings.delivery.rate_limiter_enabled,
             metrics: process_metrics(settings),
+            gate: Gate::new(
+                settings.api.max_in_flight_requests,
+                Duration::from_millis(settings.api.request_queue_ms),
+            ),
+            sends: Sends::start(services.db.clone(), services.jobs.clone()),
         });
         Ok(Application {
             port,

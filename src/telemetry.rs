@@ -55,6 +55,7 @@ pub fn init(format: LogFormat) {
 /// HTTP metrics, recorded by the API's request middleware.
 pub const HTTP_REQUESTS: &str = "fanqueue_http_requests_total";
 pub const HTTP_DURATION: &str = "fanqueue_http_request_duration_seconds";
+pub const HTTP_SHED: &str = "fanqueue_http_requests_shed_total";
 
 /// Bucket bounds of the `_seconds` histograms: from a fast request to an hour in the queue.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -116,6 +117,11 @@ pub fn metrics(cloudwatch_namespace: Option<&str>) -> Metrics {
                 HTTP_DURATION,
                 Unit::Seconds,
                 "HTTP request durations by route template and method."
+            );
+            metrics::describe_counter!(
+                HTTP_SHED,
+                Unit::Count,
+                "API requests answered 503 at the door because the server was full."
             );
             metrics
         })

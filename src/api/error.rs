@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use fanqueue_jobs::db::StoreError;
+use fanqueue_jobs::{
+    db::{SqlError, StoreError, is_unavailable},
+    engine::EnqueueError,
+};
 use poem::{IntoResponse, Response, http::StatusCode};
 use poem_openapi::{ApiResponse, Object, payload::Json};
 
@@ -60,6 +63,10 @@ pub enum ApiError {
     /// A fault on our side; the body holds only an error id.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
+    /// Busy past capacity, or the database is unreachable: nothing was done; retry after the
+    /// given number of seconds.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
 }
 
 fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
@@ -127,6 +134,33 @@ impl ApiError {
         )
     }
 
+    /// More requests than the server takes at once: shed at the door, nothing done.
+    pub fn overloaded() -> Self {
+        ApiError::Unavailable(
+            body(
+                "overloaded",
+                "the server is busy past its capacity; nothing was done, retry in 1 s",
+            ),
+            1,
+        )
+    }
+
+    /// A database failure: the database unreachable or every connection busy past the wait
+    /// (503, nothing was done; the request may be retried), anything else an internal error.
+    pub fn database(err: SqlError, context: &'static str) -> Self {
+        if is_unavailable(&err) {
+            tracing::warn!(error = %err, context, "database unavailable; answering 503");
+            return ApiError::Unavailable(
+                body(
+                    "unavailable",
+                    "the database is busy or unreachable; nothing was done, retry in 1 s",
+                ),
+                1,
+            );
+        }
+        ApiError::internal(anyhow::Error::new(err).context(context))
+    }
+
     /// An unexpected failure: logged with its cause chain under a fresh id.
     pub fn internal(err: anyhow::Error) -> Self {
         let id = uuid::Uuid::new_v4().to_string();
@@ -142,8 +176,17 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::NotFound(what) => ApiError::not_found(what),
             StoreError::Conflict(msg) => ApiError::conflict(msg),
-            StoreError::Sql(e) => {
-                ApiError::internal(anyhow::Error::new(e).context("database query"))
+            StoreError::Sql(e) => ApiError::database(e, "database query"),
+        }
+    }
+}
+
+impl From<EnqueueError> for ApiError {
+    fn from(err: EnqueueError) -> Self {
+        match err {
+            EnqueueError::Sql(e) => ApiError::database(e, "storing the job"),
+            e @ EnqueueError::Backend(_) => {
+                ApiError::internal(anyhow::Error::new(e).context("storing the job"))
             }
         }
     }

@@ -272,9 +272,7 @@ impl ImportsApi {
             import_csv::submit(&self.state.db, &self.state.jobs, id.clone(), user, &payload).await
         {
             let _ = self.state.blobs.delete(&key).await;
-            return Err(ApiError::internal(
-                anyhow::Error::new(e).context("enqueueing the import job"),
-            ));
+            return Err(e.into());
         }
         tracing::info!(job_id = %id, bytes = payload.size_bytes, "import accepted");
         let status_url = format!("/api/jobs/{id}");

@@ -11,6 +11,7 @@ mod campaigns;
 mod conversations;
 mod error;
 mod fans;
+mod gate;
 mod health;
 mod imports;
 mod jobs;
@@ -25,6 +26,7 @@ use fanqueue_jobs::{
     delivery::limiter::Pace,
     domain::UserId,
     engine::JobBackend,
+    kinds::send_message::Sends,
     outbound::Outbound,
 };
 use poem::{
@@ -36,9 +38,10 @@ use poem_openapi::{OpenApiService, SecurityScheme, Tags, auth::Bearer};
 use crate::{
     auth::{Caller, JwtKeys, Role},
     quotas::{Charge, Decision, Limiter, Quota},
-    telemetry::{HTTP_DURATION, HTTP_REQUESTS, Metrics},
+    telemetry::{HTTP_DURATION, HTTP_REQUESTS, HTTP_SHED, Metrics},
 };
 pub use error::ApiError;
+pub use gate::Gate;
 pub use monitoring::metrics_app;
 
 /// What every handler may need. Held by each API struct, so a missing piece fails to compile
@@ -56,6 +59,10 @@ pub struct AppState {
     /// `RATE_LIMITER_ENABLED`.
     pub rate_limiter_enabled: bool,
     pub metrics: Metrics,
+    /// Sheds `/api` requests past the process's capacity (503 + Retry-After).
+    pub gate: Gate,
+    /// Where sends are stored, concurrent ones together.
+    pub sends: Sends,
 }
 
 /// The per-user quotas and where they are counted.
@@ -229,6 +236,7 @@ pub fn app(state: State) -> impl Endpoint {
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let limiter = state.quotas.limiter.clone();
+    let gate = state.gate.clone();
     let routes = Arc::new(RouteTemplates::of(&api.spec()));
     Route::new()
         .nest("/", api)
@@ -247,15 +255,16 @@ pub fn app(state: State) -> impl Endpoint {
             }
             resp
         })
-        .around(move |ep, req| track(ep, req, limiter.clone(), routes.clone()))
+        .around(move |ep, req| track(ep, req, gate.clone(), limiter.clone(), routes.clone()))
         .into_endpoint()
 }
 
-/// Serves one request inside a span and a quota ledger: logs its outcome, and refunds its
-/// quota charges when it failed.
+/// Serves one request inside a span and a quota ledger: sheds it when the server is full,
+/// logs its outcome, and refunds its quota charges when it failed.
 async fn track<E: Endpoint>(
     ep: Arc<E>,
     req: Request,
+    gate: Gate,
     limiter: Limiter,
     routes: Arc<RouteTemplates>,
 ) -> poem::Result<poem::Response> {
@@ -269,12 +278,24 @@ async fn track<E: Endpoint>(
     );
     async move {
         let started = std::time::Instant::now();
+        let slot = match req.uri().path().starts_with("/api/") {
+            true => match gate.enter().await {
+                Some(slot) => Some(slot),
+                None => {
+                    metrics::counter!(HTTP_SHED).increment(1);
+                    tracing::warn!("server full; request shed with 503");
+                    return Ok(ApiError::overloaded().into_response());
+                }
+            },
+            false => None,
+        };
         let (resp, charges) = LEDGER
             .scope(RefCell::default(), async {
                 let resp = ep.call(req).await.map(IntoResponse::into_response);
                 (resp, LEDGER.with(|ledger| ledger.take()))
             })
             .await;
+        drop(slot);
         let resp = resp?;
         if resp.status().is_client_error() || resp.status().is_server_error() {
             refund(&limiter, &charges).await;

@@ -45,6 +45,7 @@ mod monitoring;
 mod operations;
 mod outage;
 mod outbound;
+mod overload;
 mod platform_sim;
 mod processes;
 mod shutdown;

@@ -174,6 +174,17 @@ async fn monitoring_is_unhealthy_with_503_while_postgres_is_down_and_healthy_aga
         StatusCode::OK,
         "liveness does not depend on the database"
     );
+    // The API's own routes say the database is unavailable (nothing done; retry), not 500.
+    let resp = client
+        .get(format!("{}/api/crm/fans", api.address))
+        .bearer_auth(&creator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
 
     pg.up();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
