@@ -67,6 +67,7 @@ struct Opts {
     latency_seconds: f64,
     backlog: Option<usize>,
     load_rate: Option<f64>,
+    overload_rate: f64,
     only: Option<String>,
 }
 
@@ -90,7 +91,7 @@ async fn main() {
         eprintln!(
             "usage: load [--backend postgres|sqlite|both] [--rates 200,500,1000] [--seconds 10]\n\
              \x20           [--latency-rate 200] [--latency-seconds 20] [--backlog N] [--load-rate R]\n\
-             \x20           [--only api|latency|bulks|drain]"
+             \x20           [--overload-rate 4000] [--only api|overload|latency|bulks|drain]"
         );
         std::process::exit(2);
     }
@@ -110,6 +111,7 @@ async fn main() {
         latency_seconds: opt("--latency-seconds").map_or(20.0, |v| v.parse().unwrap()),
         backlog: opt("--backlog").map(|v| v.parse().unwrap()),
         load_rate: opt("--load-rate").map(|v| v.parse().unwrap()),
+        overload_rate: opt("--overload-rate").map_or(4000.0, |v| v.parse().unwrap()),
         only: opt("--only"),
     };
     for backend in opts.backends.clone() {
@@ -146,9 +148,14 @@ async fn run(backend: Backend, opts: &Opts) {
             ("fans, middle page (offset 50,000)", Route::Fans(50_000)),
             ("send", Route::Send),
         ];
-        // A short warm-up: connections, caches, prepared statements.
-        lg.open_loop(&d, Route::Fans(0), 200.0, Duration::from_secs(2), None)
+        // A warm-up: connections (the generator's and the pools'), caches, prepared
+        // statements, and job tables that hold something.
+        lg.open_loop(&d, Route::Fans(0), 1000.0, Duration::from_secs(2), None)
             .await;
+        lg.open_loop(&d, Route::Send, 500.0, Duration::from_secs(4), None)
+            .await;
+        d.settle().await;
+        d.analyze().await;
         for (label, route) in routes {
             for &rate in &opts.rates {
                 d.settle().await;
@@ -168,6 +175,40 @@ async fn run(backend: Backend, opts: &Opts) {
             }
         }
         println!();
+    }
+
+    if wants(opts, "overload") {
+        d.settle().await;
+        let rate = opts.overload_rate;
+        println!(
+            "## Overload: sends at {rate:.0}/s for {} s, past what the deployment takes\n",
+            opts.seconds
+        );
+        println!("| answer | count | p50 ms | p99 ms | max ms |");
+        println!("|---|---:|---:|---:|---:|");
+        let s = lg
+            .open_loop(
+                &d,
+                Route::Send,
+                rate,
+                Duration::from_secs_f64(opts.seconds),
+                None,
+            )
+            .await;
+        for (status, lat) in &s.by_status {
+            println!(
+                "| {status} | {} | {:.1} | {:.1} | {:.1} |",
+                lat.len(),
+                pick(lat, 0.5),
+                pick(lat, 0.99),
+                pick(lat, 1.0)
+            );
+        }
+        let alive = lg.client.get(format!("{}/healthz", d.api())).send().await;
+        println!(
+            "\nafter the overload: /healthz {}\n",
+            alive.map_or_else(|e| e.to_string(), |r| r.status().to_string())
+        );
     }
 
     if wants(opts, "latency") {
@@ -331,6 +372,8 @@ struct Stats {
     /// Milliseconds from each request's scheduled time to its answer (or its failure).
     lat: Vec<f64>,
     statuses: BTreeMap<String, usize>,
+    /// The latencies of each answer's status, sorted.
+    by_status: BTreeMap<String, Vec<f64>>,
     notes: Vec<(i64, DateTime<Utc>)>,
     expected: u16,
 }
@@ -463,7 +506,8 @@ impl Gen {
         let record = |stats: &mut Stats, (o, lat): (Outcome, f64)| {
             stats.lat.push(lat);
             let key = o.status.map_or("no answer".into(), |s| s.to_string());
-            *stats.statuses.entry(key).or_default() += 1;
+            *stats.statuses.entry(key.clone()).or_default() += 1;
+            stats.by_status.entry(key).or_default().push(lat);
             if let Some(n) = o.note {
                 stats.notes.push(n);
             }
@@ -488,6 +532,9 @@ impl Gen {
             record(&mut stats, done.unwrap());
         }
         stats.lat.sort_by(f64::total_cmp);
+        for lat in stats.by_status.values_mut() {
+            lat.sort_by(f64::total_cmp);
+        }
         stats
     }
 
@@ -834,6 +881,15 @@ impl Deployment {
         }
     }
 
+    /// Refreshes PostgreSQL's statistics. A fresh database's describe the job tables as
+    /// empty (they were analyzed when seeded); in a running deployment autovacuum keeps them
+    /// current within a minute of the load, and the steps should run with the plans it has.
+    async fn analyze(&self) {
+        if let Db::Postgres(pool) = &self.db {
+            sqlx::query("ANALYZE").execute(pool).await.unwrap();
+        }
+    }
+
     /// When each of `accepted`'s messages reached the outbound queue; waits up to 60 s for all.
     async fn wait_on_queue(
         &self,
@@ -945,6 +1001,8 @@ async fn seed(db: &Db) {
             .map(|_| ())
             .unwrap());
     }
+    // Written around the fans module: its page index is built from what is there.
+    fanqueue_jobs::crm::fans::blocks::rebuild(db).await.unwrap();
     if let Db::Postgres(pool) = db {
         sqlx::query("ANALYZE").execute(pool).await.unwrap();
     }
@@ -992,26 +1050,50 @@ impl Cpu {
     }
 }
 
-/// Every `postgres` process's CPU seconds (the server is shared, so this is an upper bound).
+/// PostgreSQL's CPU seconds: the server's processes still running (the postmaster and each
+/// backend) plus those that have ended, which the kernel adds to the postmaster's children's
+/// time when it reaps them. A backend that exits between two samples moves from one part to
+/// the other, so the figure only grows. (Summing the live processes alone lost the time of
+/// backends that ended between samples and could go negative.)
 fn postgres_cpu() -> f64 {
-    let mut total = 0.0;
+    let mut procs: Vec<(u32, u32)> = vec![];
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "postgres" {
-            total += cpu_of(pid).unwrap_or(0.0);
+        if comm.trim() == "postgres"
+            && let Some(ppid) = stat_fields(pid).and_then(|f| f.get(1)?.parse().ok())
+        {
+            procs.push((pid, ppid));
         }
     }
-    total
+    let servers: Vec<u32> = procs
+        .iter()
+        .filter(|(_, ppid)| !procs.iter().any(|(p, _)| p == ppid))
+        .map(|(pid, _)| *pid)
+        .collect();
+    let ended: f64 = servers
+        .iter()
+        .filter_map(|pid| {
+            let f = stat_fields(*pid)?;
+            Some((f.get(13)?.parse::<f64>().ok()? + f.get(14)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .sum();
+    let live: f64 = procs.iter().filter_map(|(pid, _)| cpu_of(*pid)).sum();
+    live + ended
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (state is field 0).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    Some(after_name.split_whitespace().map(str::to_owned).collect())
 }
 
 /// utime + stime of `pid`, in seconds.
 fn cpu_of(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let fields = stat_fields(pid)?;
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
 }
