@@ -246,6 +246,18 @@ pub struct Listed<T> {
     pub total: i64,
 }
 
+/// Appends `values` to `q` as bound parameters separated by commas: the inside of an `IN (…)`.
+pub fn push_binds<'t, DB, T>(q: &mut sqlx::QueryBuilder<DB>, values: impl IntoIterator<Item = T>)
+where
+    DB: sqlx::Database,
+    T: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let mut list = q.separated(", ");
+    for v in values {
+        list.push_bind(v);
+    }
+}
+
 /// True when `err` is a unique-constraint violation (both backends).
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())

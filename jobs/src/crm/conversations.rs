@@ -140,10 +140,7 @@ pub async fn fans_of(
     on_tx!(tx, conn => {
         let mut q = sqlx::QueryBuilder::new("SELECT id, fan_id FROM conversations WHERE user_id = ");
         q.push_bind(user).push(" AND id IN (");
-        let mut list = q.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
+        crate::db::push_binds(&mut q, ids.iter().copied());
         q.push(")");
         q.build_query_as().fetch_all(&mut **conn).await
     })

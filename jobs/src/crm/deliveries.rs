@@ -112,10 +112,7 @@ pub async fn last_started_many(
         let mut q = sqlx::QueryBuilder::new(
             "SELECT user_id, MAX(started_at) FROM delivery_attempts WHERE user_id IN (",
         );
-        let mut list = q.separated(", ");
-        for user in users {
-            list.push_bind(*user);
-        }
+        crate::db::push_binds(&mut q, users.iter().copied());
         q.push(") GROUP BY user_id");
         q.build_query_as().fetch_all(pool).await
     })?;

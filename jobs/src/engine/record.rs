@@ -289,10 +289,7 @@ pub async fn start_many(db: &Db, ids: &[JobId]) -> StoreResult<Vec<JobRecord>> {
         );
         q.push_bind(now)
             .push(") WHERE status IN ('queued', 'running') AND id IN (");
-        let mut list = q.separated(", ");
-        for id in ids {
-            list.push_bind(id);
-        }
+        crate::db::push_binds(&mut q, ids);
         q.push(") RETURNING *");
         q.build_query_as::<JobRecord>().fetch_all(pool).await
     })?)

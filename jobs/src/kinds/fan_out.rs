@@ -135,6 +135,12 @@ impl FanOut {
         }
     }
 
+    /// Runs (or resumes) one send job.
+    pub async fn run(&self, job: &JobRecord, ctx: &RunContext) -> Result<Outcome, JobError> {
+        let mut outcomes = self.run_batch(std::slice::from_ref(job), ctx).await;
+        outcomes.pop().unwrap_or(Err(JobError::Interrupted))
+    }
+
     /// Runs (or resumes) a group of send jobs; one outcome per job, in order.
     pub async fn run_batch(
         &self,

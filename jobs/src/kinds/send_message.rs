@@ -46,8 +46,7 @@ impl JobKind for SendMessage {
     const BATCH: usize = 256;
 
     async fn run(&self, job: &JobRecord, ctx: &RunContext) -> Result<Outcome, JobError> {
-        let mut outcomes = self.0.run_batch(std::slice::from_ref(job), ctx).await;
-        outcomes.pop().unwrap_or(Err(JobError::Interrupted))
+        self.0.run(job, ctx).await
     }
 
     async fn run_batch(

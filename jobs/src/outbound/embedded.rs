@@ -51,10 +51,7 @@ impl EmbeddedQueue {
         on_db!(&self.db, pool => {
             let mut q = sqlx::QueryBuilder::new("DELETE FROM outbound_queue WHERE dead = ");
             q.push_bind(dead).push(" AND receipt IN (");
-            let mut list = q.separated(", ");
-            for r in receipts {
-                list.push_bind(r);
-            }
+            crate::db::push_binds(&mut q, receipts);
             q.push(")");
             q.build().execute(pool).await.map(|_| ())
         })

@@ -279,10 +279,7 @@ pub async fn not_owned(tx: &mut Tx, user: UserId, ids: &[FanId]) -> sqlx::Result
     let owned: Vec<FanId> = on_tx!(tx, conn => {
         let mut q = sqlx::QueryBuilder::new("SELECT id FROM fans WHERE user_id = ");
         q.push_bind(user).push(" AND id IN (");
-        let mut list = q.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
+        crate::db::push_binds(&mut q, ids.iter().copied());
         q.push(")");
         q.build_query_as::<(FanId,)>()
             .fetch_all(&mut **conn)

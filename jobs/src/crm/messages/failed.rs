@@ -106,11 +106,8 @@ pub async fn requeue_failed(
         match which {
             Requeue::Messages(ids) => {
                 q.push(" AND id IN (");
-                let mut list = q.separated(", ");
-                for id in ids {
-                    list.push_bind(*id);
-                }
-                list.push_unseparated(")");
+                crate::db::push_binds(&mut q, ids.iter().copied());
+                q.push(")");
             }
             Requeue::Campaign(c) => {
                 q.push(" AND campaign_id = ").push_bind(c);
@@ -150,10 +147,7 @@ pub async fn dead_lettered(db: &Db, ids: &[MessageId]) -> StoreResult<Vec<DeadLe
             "SELECT id, status, error, redrives, campaign_id FROM messages
              WHERE direction = 'out' AND id IN (",
         );
-        let mut list = q.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
+        crate::db::push_binds(&mut q, ids.iter().copied());
         q.push(")");
         q.build_query_as().fetch_all(pool).await
     })?)
@@ -202,10 +196,7 @@ pub async fn count_redrives(db: &Db, ids: &[MessageId]) -> StoreResult<()> {
     on_db!(db, pool => {
         let mut q = QueryBuilder::new("UPDATE messages SET redrives = redrives + 1, enqueued_at = ");
         q.push_bind(now).push(" WHERE id IN (");
-        let mut list = q.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
+        crate::db::push_binds(&mut q, ids.iter().copied());
         q.push(")");
         q.build().execute(pool).await.map(|r| r.rows_affected())
     })

@@ -357,10 +357,7 @@ pub async fn of_jobs(db: &Db, jobs: &[JobId]) -> StoreResult<Vec<JobMessage>> {
                     id, user_id, fan_id, text, attachments, priority, campaign_id
              FROM messages WHERE job_id IN (",
         );
-        let mut list = q.separated(", ");
-        for job in jobs {
-            list.push_bind(job);
-        }
+        crate::db::push_binds(&mut q, jobs);
         q.push(") ORDER BY id");
         q.build_query_as::<JobMessage>().fetch_all(pool).await
     })?)
@@ -376,10 +373,7 @@ pub async fn mark_on_queue(db: &Db, ids: &[MessageId]) -> StoreResult<()> {
     on_db!(db, pool => {
         let mut q = sqlx::QueryBuilder::new("UPDATE messages SET enqueued_at = ");
         q.push_bind(now).push(" WHERE id IN (");
-        let mut list = q.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
+        crate::db::push_binds(&mut q, ids.iter().copied());
         q.push(")");
         q.build().execute(pool).await.map(|r| r.rows_affected())
     })
@@ -430,10 +424,7 @@ pub async fn mark_sent_without_queue(db: &Db, ids: &[MessageId]) -> StoreResult<
         let mut q = sqlx::QueryBuilder::new("UPDATE messages SET status = 'sent', sent_at = ");
         q.push_bind(now)
             .push(", attempts = attempts + 1 WHERE status = 'queued' AND id IN (");
-        let mut list = q.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
+        crate::db::push_binds(&mut q, ids.iter().copied());
         q.push(")");
         q.build().execute(pool).await.map(|_| ())
     })?;
@@ -454,10 +445,7 @@ pub async fn park(db: &Db, ids: &[MessageId]) -> StoreResult<u64> {
             .push(", enqueued_at = COALESCE(enqueued_at, ")
             .push_bind(now)
             .push(") WHERE status = 'queued' AND direction = 'out' AND ready_at IS NULL AND id IN (");
-        let mut list = q.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
+        crate::db::push_binds(&mut q, ids.iter().copied());
         q.push(")");
         q.build().execute(pool).await.map(|r| r.rows_affected())
     })?;
@@ -851,10 +839,7 @@ pub async fn ahead_of_many(db: &Db, ids: &[MessageId]) -> StoreResult<Vec<(Messa
                              OR (o.created_at = m.created_at AND o.id < m.id)))))
              FROM messages m WHERE m.id IN (",
         );
-        let mut list = q.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
+        crate::db::push_binds(&mut q, ids.iter().copied());
         q.push(")");
         q.build_query_as().fetch_all(pool).await
     })?)
