@@ -3,6 +3,7 @@
 //! Guarantees differ by backend, and this is where they are made:
 //! - PostgreSQL and SQLite: the job record, the apalis task and the business rows commit in
 //!   one transaction ([`JobBackend::enqueue`]): a job exists if and only if its write committed.
+//!   Jobs of one kind stored in one transaction share a task ([`JobTask`]).
 //! - Redis cannot join an SQL transaction, so the record is an outbox row: it commits with the
 //!   business rows (`dispatched_at` NULL), is pushed to Redis right after the commit
 //!   ([`JobBackend::after_commit`]), and the outbox relay re-pushes any row a crash left
@@ -27,10 +28,30 @@ use crate::{
     telemetry,
 };
 
-/// What an apalis task carries: the job id. Everything else is in `job_records`.
+/// What an apalis task carries: the ids of its jobs. Everything else is in `job_records`.
+///
+/// Jobs stored together (concurrent sends, stored in one transaction) travel as one task:
+/// apalis's own bookkeeping (the insert, the fetch, the acknowledgement, each writing a row
+/// with its indexes) is paid once for them, and their worker runs them together anyway. Each
+/// job keeps its own record, status and result; a task whose jobs did not all end runs again,
+/// and the jobs already final are skipped then.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobTask {
+    /// The first job; the task's id is this job's.
     pub job_id: String,
+    /// The other jobs stored with it (none for a job stored alone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub with: Vec<String>,
+}
+
+impl JobTask {
+    /// Every job of the task.
+    pub fn jobs(self) -> Vec<JobId> {
+        std::iter::once(self.job_id)
+            .chain(self.with)
+            .map(JobId)
+            .collect()
+    }
 }
 
 /// The apalis storage that runs the jobs, and the process's wake-ups of its workers.
@@ -160,13 +181,14 @@ impl JobBackend {
             // Redis: the records are the outbox rows.
             return Ok(());
         }
+        // One task for the jobs of each kind.
         for kind in kinds_of(jobs) {
-            let tasks = jobs
+            let ids: Vec<&JobId> = jobs
                 .iter()
                 .filter(|j| j.kind == kind)
-                .map(|j| task(&j.id))
-                .collect::<anyhow::Result<Vec<_>>>()
-                .map_err(EnqueueError::Backend)?;
+                .map(|j| &j.id)
+                .collect();
+            let tasks = vec![task(&ids).map_err(EnqueueError::Backend)?];
             let pushed = match tx {
                 Tx::Postgres(conn) => {
                     apalis_postgres::queries::push_tasks(&mut **conn, kind, tasks)
@@ -218,7 +240,7 @@ impl JobBackend {
             anyhow::bail!("only a Redis job backend has an outbox");
         };
         let mut conn = conn.clone();
-        apalis_redis::queries::push_tasks(&mut conn, &redis_config(prefix, kind), &[task(job)?])
+        apalis_redis::queries::push_tasks(&mut conn, &redis_config(prefix, kind), &[task(&[job])?])
             .await
             .with_context(|| format!("pushing job {job} to Redis"))?;
         record::mark_dispatched(db, job).await?;
@@ -237,10 +259,13 @@ fn kinds_of(jobs: &[NewJob]) -> Vec<&'static str> {
     kinds
 }
 
-fn task(job: &JobId) -> anyhow::Result<apalis::prelude::Task<Vec<u8>>> {
+/// The task of `jobs` (at least one), named after the first.
+fn task(jobs: &[&JobId]) -> anyhow::Result<apalis::prelude::Task<Vec<u8>>> {
+    let (job, with) = jobs.split_first().context("a task has a job")?;
     let ulid: ulid::Ulid = job.0.parse().context("job ids are ULIDs")?;
     let args = serde_json::to_vec(&JobTask {
         job_id: job.0.clone(),
+        with: with.iter().map(|j| j.0.clone()).collect(),
     })?;
     Ok(TaskBuilder::new(args)
         .task_id(TaskId::from_ulid(ulid))

@@ -19,7 +19,8 @@ use crate::{
     on_db, on_tx, text_enum,
 };
 
-/// A job id: the ULID of its apalis task.
+/// A job id: a ULID, also the id of the apalis task that carries it (or of the task of the
+/// jobs it was stored with; see [`JobTask`](super::backend::JobTask)).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(transparent)]
 #[sqlx(transparent)]

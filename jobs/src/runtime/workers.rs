@@ -59,12 +59,45 @@ struct KindRunner<K> {
     groups: Option<Grouped<JobId, TaskAnswer>>,
 }
 
-/// The handler every worker of kind `K` is built with.
+/// The handler every worker of kind `K` is built with: runs the task's jobs (together with
+/// other tasks' jobs, for a kind that runs in groups).
 async fn run_task<K: JobKind>(task: JobTask, runner: Data<KindRunner<K>>) -> TaskAnswer {
-    let id = JobId(task.job_id);
+    let jobs = task.jobs();
     match &runner.groups {
-        None => execute(&runner.kind, &runner.db, id, &runner.ctx).await,
-        Some(groups) => groups.call(id).await?,
+        None if jobs.len() == 1 => {
+            let id = jobs.into_iter().next().expect("one job");
+            execute(&runner.kind, &runner.db, id, &runner.ctx).await
+        }
+        None => one_answer(execute_many(&runner.kind, &runner.db, &jobs, &runner.ctx).await),
+        Some(groups) => {
+            let answers =
+                futures::future::join_all(jobs.into_iter().map(|id| groups.call(id))).await;
+            one_answer(
+                answers
+                    .into_iter()
+                    .map(|a| a.map_err(BoxDynError::from).and_then(|a| a))
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// What apalis is told of a task from its jobs' answers: run it again if any job is to run
+/// again (the jobs already final are skipped then); never again if none ended well and one
+/// must never run again; done otherwise (the records say how each job ended).
+fn one_answer(answers: Vec<TaskAnswer>) -> TaskAnswer {
+    let mut abort = None;
+    let mut any_ok = false;
+    for answer in answers {
+        match answer {
+            Ok(()) => any_ok = true,
+            Err(e) if e.is::<AbortError>() => abort = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    match abort {
+        Some(e) if !any_ok => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -213,5 +246,29 @@ async fn supervise<K: JobKind>(runner: KindRunner<K>, backend: JobBackend) -> an
             _ = tokio::time::sleep(wait) => {}
         }
         wait = (wait * 2).min(RESTART_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn abort() -> TaskAnswer {
+        Err(AbortError::new(std::io::Error::other("bad payload")).into())
+    }
+
+    fn retry() -> TaskAnswer {
+        Err("the queue is down".into())
+    }
+
+    #[test]
+    fn a_task_runs_again_while_one_of_its_jobs_is_to_run_again() {
+        assert!(one_answer(vec![Ok(()), retry(), abort()]).is_err_and(|e| !e.is::<AbortError>()));
+        assert!(
+            one_answer(vec![Ok(()), abort()]).is_ok(),
+            "the failure is recorded"
+        );
+        assert!(one_answer(vec![abort()]).is_err_and(|e| e.is::<AbortError>()));
+        assert!(one_answer(vec![Ok(()), Ok(())]).is_ok());
     }
 }
