@@ -113,10 +113,12 @@ pub struct Sends {
 }
 
 impl Sends {
-    /// Sends stored in one transaction at most; transactions in flight at once.
+    /// Sends stored in one transaction at most, one transaction at a time: while it commits,
+    /// the next group gathers. More in flight only split the same load into smaller groups
+    /// (at 1,000 sends/s on PostgreSQL: 104 % of a core with one, 119–126 % with two to four).
     const GROUP: Limits = Limits {
         max: 128,
-        parallel: 4,
+        parallel: 1,
         waiting: 4096,
     };
 
