@@ -130,6 +130,14 @@ async fn run(backend: Backend, opts: &Opts) {
     d.start();
     let lg = Gen::new();
     lg.check(&d).await;
+    // A warm-up before any step: connections (the generator's and the pools'), caches,
+    // prepared statements, and job tables that hold something, then fresh statistics.
+    lg.open_loop(&d, Route::Fans(0), 1000.0, Duration::from_secs(2), None)
+        .await;
+    lg.open_loop(&d, Route::Send, 500.0, Duration::from_secs(4), None)
+        .await;
+    d.settle().await;
+    d.analyze().await;
 
     if wants(opts, "api") {
         println!(
@@ -148,14 +156,6 @@ async fn run(backend: Backend, opts: &Opts) {
             ("fans, middle page (offset 50,000)", Route::Fans(50_000)),
             ("send", Route::Send),
         ];
-        // A warm-up: connections (the generator's and the pools'), caches, prepared
-        // statements, and job tables that hold something.
-        lg.open_loop(&d, Route::Fans(0), 1000.0, Duration::from_secs(2), None)
-            .await;
-        lg.open_loop(&d, Route::Send, 500.0, Duration::from_secs(4), None)
-            .await;
-        d.settle().await;
-        d.analyze().await;
         for (label, route) in routes {
             for &rate in &opts.rates {
                 d.settle().await;
@@ -285,13 +285,21 @@ async fn run(backend: Backend, opts: &Opts) {
         });
         println!("## Send jobs drained: a backlog stored with no worker running, then a worker\n");
         println!(
-            "| API load while draining | backlog | drained in s | backlog jobs/s | all send jobs/s | API p50 ms | API p99 ms | API errors | CPU: {} |",
+            "| stored by | API load while draining | backlog jobs | apalis tasks | drained in s | backlog jobs/s | all send jobs/s | API p50 ms | API p99 ms | API errors | CPU: {} |",
             d.cpu_names()
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---|---|");
-        for loaded in [false, true] {
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|");
+        // 32 clients at once: concurrent sends are stored together, several jobs to a task.
+        // One client: each send alone, one job a task (a quarter of the backlog: it is slow
+        // to store).
+        for (clients, loaded) in [(32, false), (32, true), (1, false)] {
+            let backlog = if clients == 1 { backlog / 4 } else { backlog };
+            d.settle().await;
             d.stop_worker().await;
-            lg.prefill(&d, backlog).await;
+            let tasks_before = d.send_tasks().await;
+            let stored_from = Utc::now();
+            lg.prefill(&d, backlog, clients).await;
+            let tasks = d.send_tasks().await - tasks_before;
             let started = d.start_worker().await;
             let cpu = Cpu::start(&d);
             let stop = CancellationToken::new();
@@ -317,7 +325,7 @@ async fn run(backend: Backend, opts: &Opts) {
                 None => None,
             };
             let cpu = cpu.finish(&d);
-            let f = d.drain_figures(started).await;
+            let f = d.drain_figures(stored_from, started).await;
             let (label, p50, p99, errors) = match &api {
                 Some(s) => (
                     format!("sends at {load_rate:.0}/s"),
@@ -328,8 +336,12 @@ async fn run(backend: Backend, opts: &Opts) {
                 None => ("none".into(), "–".into(), "–".into(), "–".into()),
             };
             println!(
-                "| {label} | {} | {:.1} | {:.0} | {:.0} | {p50} | {p99} | {errors} | {cpu} |",
-                f.backlog, f.seconds, f.backlog_rate, f.all_rate
+                "| {clients} client{} | {label} | {} | {tasks} | {:.1} | {:.0} | {:.0} | {p50} | {p99} | {errors} | {cpu} |",
+                if clients == 1 { "" } else { "s" },
+                f.backlog,
+                f.seconds,
+                f.backlog_rate,
+                f.all_rate
             );
         }
         println!();
@@ -539,18 +551,18 @@ impl Gen {
     }
 
     /// Stores `n` sends as fast as the API takes them (32 at a time).
-    async fn prefill(&self, d: &impl Target, n: usize) {
+    async fn prefill(&self, d: &impl Target, n: usize, clients: usize) {
         use futures::StreamExt;
         let started = Instant::now();
         let failed = futures::stream::iter(0..n as u64)
             .map(|i| Gen::call(self.request(d, Route::Send, i), true))
-            .buffer_unordered(32)
+            .buffer_unordered(clients)
             .filter(|o| std::future::ready(o.status != Some(202)))
             .count()
             .await;
         assert_eq!(failed, 0, "every send of the backlog is accepted");
         eprintln!(
-            "stored a backlog of {n} sends in {:.1} s",
+            "stored a backlog of {n} sends from {clients} clients in {:.1} s",
             started.elapsed().as_secs_f64()
         );
     }
@@ -881,6 +893,19 @@ impl Deployment {
         }
     }
 
+    /// apalis tasks of the `send_message` queue stored so far.
+    async fn send_tasks(&self) -> i64 {
+        let sql = match self.db {
+            Db::Postgres(_) => "SELECT COUNT(*) FROM apalis.jobs WHERE job_type = 'send_message'",
+            Db::Sqlite(_) => "SELECT COUNT(*) FROM Jobs WHERE job_type = 'send_message'",
+        };
+        let (n,): (i64,) = on_db!(&self.db, pool => sqlx::query_as(sql)
+            .fetch_one(pool)
+            .await
+            .unwrap());
+        n
+    }
+
     /// Refreshes PostgreSQL's statistics. A fresh database's describe the job tables as
     /// empty (they were analyzed when seeded); in a running deployment autovacuum keeps them
     /// current within a minute of the load, and the steps should run with the plans it has.
@@ -955,10 +980,14 @@ impl Deployment {
         }
     }
 
-    /// The drain's figures: the backlog (send jobs stored before the worker was started at
-    /// `started`, and not run before) from its first job's start to its last job's end, and
-    /// every send job that ended in that time (the backlog and the API load's).
-    async fn drain_figures(&self, started: DateTime<Utc>) -> DrainFigures {
+    /// The drain's figures: the backlog (send jobs stored from `stored_from` until the worker
+    /// was started at `started`) from its first job's start to its last job's end, and every
+    /// send job that ended in that time (the backlog and the API load's).
+    async fn drain_figures(
+        &self,
+        stored_from: DateTime<Utc>,
+        started: DateTime<Utc>,
+    ) -> DrainFigures {
         let rows: Vec<(DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)> = on_db!(&self.db, pool => sqlx::query_as(
             "SELECT created_at, started_at, finished_at FROM job_records
              WHERE kind = 'send_message' AND finished_at >= $1"
@@ -967,7 +996,10 @@ impl Deployment {
         .fetch_all(pool)
         .await
         .unwrap());
-        let backlog: Vec<_> = rows.iter().filter(|(c, ..)| *c < started).collect();
+        let backlog: Vec<_> = rows
+            .iter()
+            .filter(|(c, ..)| *c >= stored_from && *c < started)
+            .collect();
         let first = backlog.iter().map(|(_, s, _)| *s).min().unwrap_or(started);
         let last = backlog.iter().map(|(.., f)| *f).max().unwrap_or(started);
         let seconds = ms(last - first) / 1e3;
