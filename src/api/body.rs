@@ -129,3 +129,63 @@ impl<'a, T: Type + DeserializeOwned> ApiExtractor<'a> for JsonBody<T> {
         }
     }
 }
+
+/// A JSON response written straight from `T`'s serde form in one pass. poem-openapi's `Json`
+/// first builds a `serde_json::Value` tree (a map per object) and then writes that: for a page
+/// of 50 fans that was most of the API's CPU per request. `T`'s poem-openapi schema still
+/// documents the body; its serde derive writes the same fields (camelCase, times as RFC 3339
+/// with an offset, as poem-openapi writes them: see [`rfc3339`]).
+pub struct JsonOut<T>(pub T);
+
+impl<T: Type> Payload for JsonOut<T> {
+    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+
+    fn check_content_type(content_type: &str) -> bool {
+        JsonBody::<T>::check_content_type(content_type)
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T: serde::Serialize + Send> poem::IntoResponse for JsonOut<T> {
+    fn into_response(self) -> poem::Response {
+        match serde_json::to_vec(&self.0) {
+            Ok(body) => poem::Response::builder()
+                .content_type("application/json; charset=utf-8")
+                .body(body),
+            Err(e) => ApiError::internal(anyhow::Error::new(e).context("writing a JSON response"))
+                .into_response(),
+        }
+    }
+}
+
+/// serde's form of the API's times: RFC 3339 with an offset, as poem-openapi writes them, so a
+/// time reads the same from every route.
+pub mod rfc3339 {
+    use chrono::{DateTime, Utc};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&at.to_rfc3339())
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            at: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match at {
+                Some(at) => super::serialize(at, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}

@@ -8,12 +8,15 @@ use fanqueue_jobs::{
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     param::{Path, Query},
-    payload::Json,
     types::MaybeUndefined,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiTags, BearerAuth, State, body::JsonBody, page};
+use super::{
+    ApiError, ApiTags, BearerAuth, State,
+    body::{JsonBody, JsonOut, rfc3339},
+    page,
+};
 
 pub struct FansApi {
     state: State,
@@ -26,8 +29,9 @@ impl FansApi {
 }
 
 /// A fan as the API shows it.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 #[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct FanOut {
     pub id: i64,
     /// onlyfans, fansly or other.
@@ -41,8 +45,11 @@ pub struct FanOut {
     pub notes: Option<String>,
     /// Lifetime spend in cents.
     pub value_cents: i64,
+    #[serde(with = "rfc3339::option")]
     pub last_seen_at: Option<DateTime<Utc>>,
+    #[serde(with = "rfc3339")]
     pub created_at: DateTime<Utc>,
+    #[serde(with = "rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -65,8 +72,9 @@ impl From<Fan> for FanOut {
     }
 }
 
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 #[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct FanPage {
     pub items: Vec<FanOut>,
     /// Fans matching the filters, over all pages.
@@ -125,27 +133,27 @@ pub struct UpdateFan {
 enum ListFansResponse {
     /// One page of the caller's fans, newest first.
     #[oai(status = 200)]
-    Ok(Json<FanPage>),
+    Ok(JsonOut<FanPage>),
 }
 
 #[derive(ApiResponse)]
 enum CreateFanResponse {
     /// The fan was created.
     #[oai(status = 201)]
-    Created(Json<FanOut>),
+    Created(JsonOut<FanOut>),
 }
 
 #[derive(ApiResponse)]
 enum GetFanResponse {
     #[oai(status = 200)]
-    Ok(Json<FanOut>),
+    Ok(JsonOut<FanOut>),
 }
 
 #[derive(ApiResponse)]
 enum UpdateFanResponse {
     /// The fan after the change.
     #[oai(status = 200)]
-    Ok(Json<FanOut>),
+    Ok(JsonOut<FanOut>),
 }
 
 #[derive(ApiResponse)]
@@ -254,7 +262,7 @@ impl FansApi {
                 .transpose()?,
         };
         let listed = fans::list(&self.state.db, auth.user(), &filter, page).await?;
-        Ok(ListFansResponse::Ok(Json(FanPage {
+        Ok(ListFansResponse::Ok(JsonOut(FanPage {
             items: listed.items.into_iter().map(FanOut::from).collect(),
             total: listed.total,
             limit: page.limit,
@@ -272,14 +280,14 @@ impl FansApi {
         body: JsonBody<CreateFan>,
     ) -> Result<CreateFanResponse, ApiError> {
         let fan = fans::create(&self.state.db, auth.user(), body.0.parse()?).await?;
-        Ok(CreateFanResponse::Created(Json(fan.into())))
+        Ok(CreateFanResponse::Created(JsonOut(fan.into())))
     }
 
     /// Get a fan
     #[oai(path = "/:id", method = "get", operation_id = "getFan")]
     async fn get(&self, auth: BearerAuth, id: Path<i64>) -> Result<GetFanResponse, ApiError> {
         let fan = fans::get(&self.state.db, auth.user(), FanId(id.0)).await?;
-        Ok(GetFanResponse::Ok(Json(fan.into())))
+        Ok(GetFanResponse::Ok(JsonOut(fan.into())))
     }
 
     /// Update a fan
@@ -294,7 +302,7 @@ impl FansApi {
         body: JsonBody<UpdateFan>,
     ) -> Result<UpdateFanResponse, ApiError> {
         let fan = fans::update(&self.state.db, auth.user(), FanId(id.0), body.0.parse()?).await?;
-        Ok(UpdateFanResponse::Ok(Json(fan.into())))
+        Ok(UpdateFanResponse::Ok(JsonOut(fan.into())))
     }
 
     /// Delete a fan
