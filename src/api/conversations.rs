@@ -16,7 +16,7 @@ use poem_openapi::{
 };
 use serde::Deserialize;
 
-use super::{ApiError, ApiTags, BearerAuth, State, body::JsonBody, page};
+use super::{ApiError, ApiTags, BearerAuth, State, body::JsonBody, ids::IdIn, page};
 
 pub struct ConversationsApi {
     state: State,
@@ -83,8 +83,8 @@ pub struct ConversationPage {
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OpenConversation {
-    /// The fan whose conversation to open.
-    pub fan_id: i64,
+    /// The fan whose conversation to open (a number, or a string of digits).
+    pub fan_id: IdIn,
 }
 
 #[derive(Debug, Object, Deserialize)]
@@ -345,7 +345,8 @@ impl ConversationsApi {
         body: JsonBody<OpenConversation>,
     ) -> Result<OpenConversationResponse, ApiError> {
         let (conversation, created) =
-            conversations::open_for_fan(&self.state.db, auth.user(), FanId(body.0.fan_id)).await?;
+            conversations::open_for_fan(&self.state.db, auth.user(), FanId(body.0.fan_id.0))
+                .await?;
         Ok(if created {
             OpenConversationResponse::Created(Json(conversation.into()))
         } else {

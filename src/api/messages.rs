@@ -21,7 +21,7 @@ use poem_openapi::{
 };
 use serde::Deserialize;
 
-use super::{ApiError, ApiTags, BearerAuth, State, body::JsonBody, page};
+use super::{ApiError, ApiTags, BearerAuth, State, body::JsonBody, ids::IdIn, page};
 
 pub struct MessagesApi {
     state: State,
@@ -41,8 +41,8 @@ pub const MAX_MEDIA: usize = 20;
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SendIn {
-    /// The fan's id.
-    pub recipient_id: i64,
+    /// The fan's id (a number, or a string of digits).
+    pub recipient_id: IdIn,
     #[oai(validator(max_length = 5000))]
     pub content: String,
     /// http(s) URLs of media to attach.
@@ -57,8 +57,9 @@ pub struct SendIn {
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BulkIn {
-    /// Fan ids, at most 100 (duplicates are removed), all the caller's.
-    pub recipient_ids: Vec<i64>,
+    /// Fan ids (numbers, or strings of digits), at most 100 (duplicates are removed), all the
+    /// caller's.
+    pub recipient_ids: Vec<IdIn>,
     #[oai(validator(max_length = 5000))]
     pub content: String,
     pub media_urls: Option<Vec<String>>,
@@ -308,7 +309,7 @@ impl MessagesApi {
         let queued = queue_one(
             &self.state,
             auth.user(),
-            Recipient::Fan(FanId(b.recipient_id)),
+            Recipient::Fan(FanId(b.recipient_id.0)),
             out,
         )
         .await?;
@@ -335,8 +336,8 @@ impl MessagesApi {
         let b = body.0;
         let mut recipients: Vec<FanId> = Vec::with_capacity(b.recipient_ids.len());
         for id in &b.recipient_ids {
-            if !recipients.contains(&FanId(*id)) {
-                recipients.push(FanId(*id));
+            if !recipients.contains(&FanId(id.0)) {
+                recipients.push(FanId(id.0));
             }
         }
         if recipients.is_empty() {

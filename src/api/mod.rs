@@ -13,6 +13,7 @@ mod error;
 mod fans;
 mod gate;
 mod health;
+mod ids;
 mod imports;
 mod jobs;
 mod messages;

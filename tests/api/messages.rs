@@ -165,7 +165,11 @@ async fn a_send_in_a_conversation_is_queued_and_bad_bodies_are_400s(app: TestApp
             json!({ "recipientId": 1, "content": "x", "priority": 11 }),
             "priority",
         ),
-        (json!({ "recipientId": "1", "content": "x" }), "recipientId"),
+        (
+            json!({ "recipientId": "1a", "content": "x" }),
+            "recipientId",
+        ),
+        (json!({ "recipientId": 1.5, "content": "x" }), "recipientId"),
         (json!({ "recipientId": 1 }), "content"),
     ] {
         let err = error_of(

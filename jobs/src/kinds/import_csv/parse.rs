@@ -310,13 +310,14 @@ impl<R: AsyncRead + Unpin + Send> FanCsvReader<R> {
         let last_seen = self.cell(Field::LastSeen)?;
 
         let mut errors = Vec::new();
+        let name = name.map(|(v, header)| (fold_breaks(v), header));
         let handle = keep(
             &mut errors,
-            row_handle(username.map(|u| u.0), name.map(|n| n.0)),
+            row_handle(username.map(|u| u.0), name.as_ref().map(|n| n.0.as_ref())),
         );
         let name = keep(
             &mut errors,
-            name.map(|(v, header)| Line::parse(v, NAME_MAX).map_err(|e| format!("{header}: {e}")))
+            name.map(|(v, header)| Line::parse(&v, NAME_MAX).map_err(|e| format!("{header}: {e}")))
                 .transpose(),
         )
         .flatten();
@@ -500,6 +501,35 @@ fn csv_error(e: csv_async::Error) -> FileError {
         // Byte records in flexible mode raise nothing else; keep the detail if one appears.
         other => FileError::Io(io::Error::other(format!("{other:?}"))),
     }
+}
+
+/// A display name from an export may span lines (a quoted cell holding a line break): each line
+/// break or tab, with the spaces around it, becomes one space, and the row imports. Other
+/// control characters stay, and the name is refused for them.
+fn fold_breaks(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.contains(['\r', '\n', '\t']) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len());
+    let mut gap = false;
+    for c in name.chars() {
+        if matches!(c, '\r' | '\n' | '\t') {
+            gap = true;
+            continue;
+        }
+        if gap {
+            if c == ' ' {
+                continue;
+            }
+            out.truncate(out.trim_end_matches(' ').len());
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            gap = false;
+        }
+        out.push(c);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Caps user text echoed back in messages.
@@ -1224,6 +1254,32 @@ mod tests {
         let tier = format!("username,tier\nok,{}\n", "t".repeat(TIER_MAX + 1));
         let (_, errors, _) = parse_bytes(tier).unwrap();
         assert_eq!(errors[0].error, "tier: must be at most 50 characters");
+    }
+
+    #[test]
+    fn line_breaks_and_tabs_in_a_display_name_fold_to_spaces_and_the_row_imports() {
+        let file = "Username,Display Name\n\
+            ann,\"Ann\r\n  Smith\"\n\
+            bo,\"Bo\tJones \n\"\n\
+            ,\"Cy\nDee\"\n\
+            dan,\"Dan\u{7}\"\n";
+        let (rows, errors, _) = parse_bytes(file).unwrap();
+        let names: Vec<_> = rows
+            .iter()
+            .map(|r| (r.handle.as_str(), r.name.as_ref().unwrap().as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("@ann", "Ann Smith"),
+                ("@bo", "Bo Jones"),
+                ("@cy_dee", "Cy Dee")
+            ]
+        );
+        // Any other control character is still refused, with the row's number.
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].row, 5);
+        assert!(errors[0].error.contains("control characters"), "{errors:?}");
     }
 
     #[test]
