@@ -675,6 +675,8 @@ impl Deployment {
             ("JWT_SECRET".into(), JWT_SECRET.into()),
             ("WRITE_LIMIT_PER_MINUTE".into(), "1000000000".into()),
             ("CAMPAIGNS_PER_HOUR".into(), "1000000".into()),
+            // No dispatcher drains the backlogs here: the bench measures storing, not delivery.
+            ("MAX_BACKLOG_PER_CREATOR".into(), "1000000000".into()),
             // The bench reads only the lines saying a process is ready.
             (
                 "RUST_LOG".into(),

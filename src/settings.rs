@@ -52,6 +52,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "how long a request waits for a slot before 503 + Retry-After [250]",
     ),
     (
+        "MAX_BACKLOG_PER_CREATOR",
+        "undelivered messages per creator before sends get 429 backlog_full [1000]",
+    ),
+    (
         "LOG_FORMAT",
         "json or pretty [json]; RUST_LOG sets the level [info]",
     ),
@@ -186,6 +190,8 @@ pub struct ApiSettings {
     /// `request_queue_ms` for a slot, then get 503 with Retry-After.
     pub max_in_flight_requests: usize,
     pub request_queue_ms: u64,
+    /// A creator's undelivered messages past which a send or a campaign gets 429 `backlog_full`.
+    pub max_backlog_per_creator: i64,
 }
 
 /// The job backend.
@@ -378,6 +384,7 @@ mod tests {
                 ("WRITE_LIMIT_PER_MINUTE", "7"),
                 ("MAX_IN_FLIGHT_REQUESTS", "33"),
                 ("REQUEST_QUEUE_MS", "44"),
+                ("MAX_BACKLOG_PER_CREATOR", "55"),
                 ("LOG_FORMAT", "pretty"),
                 ("JOB_BACKEND", "redis"),
                 ("IMPORT_MAX_BYTES", "123"),
@@ -434,8 +441,12 @@ mod tests {
             assert_eq!(s.database.redis_prefix, "p");
             assert_eq!(s.api.write_limit_per_minute, 7);
             assert_eq!(
-                (s.api.max_in_flight_requests, s.api.request_queue_ms),
-                (33, 44)
+                (
+                    s.api.max_in_flight_requests,
+                    s.api.request_queue_ms,
+                    s.api.max_backlog_per_creator
+                ),
+                (33, 44, 55)
             );
             assert_eq!(s.telemetry.log_format, LogFormat::Pretty);
             assert_eq!(

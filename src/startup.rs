@@ -11,7 +11,7 @@ use fanqueue_jobs::{
         platform::Platform,
     },
     engine::{JobBackend, processes::Heartbeat, relay::OutboxRelay},
-    kinds::{Deps, send_message::Sends, sweep::SweepConfig},
+    kinds::{Backpressure, Deps, send_message::Sends, sweep::SweepConfig},
     outbound::{EmbeddedQueue, Outbound, SqsQueue},
     runtime::{DispatchConfig, Dispatcher, Kind, Sweeper, Workers},
 };
@@ -121,6 +121,10 @@ impl Application {
             .with_context(|| format!("binding {listen}"))?;
         let port = listener.local_addr()?.port();
         let acceptor = TcpAcceptor::from_tokio(listener)?;
+        let backpressure = Backpressure {
+            max_backlog: settings.api.max_backlog_per_creator.max(1),
+            per_minute: settings.delivery.delivery_rate_per_minute.max(1),
+        };
         let state = Arc::new(AppState {
             db: services.db.clone(),
             jobs: services.jobs.clone(),
@@ -153,7 +157,8 @@ impl Application {
                 settings.api.max_in_flight_requests,
                 Duration::from_millis(settings.api.request_queue_ms),
             ),
-            sends: Sends::start(services.db.clone(), services.jobs.clone()),
+            sends: Sends::start(services.db.clone(), services.jobs.clone(), backpressure),
+            backpressure,
         });
         Ok(Application {
             port,

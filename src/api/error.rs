@@ -32,6 +32,10 @@ pub struct ErrorDetail {
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_id: Option<String>,
+    /// For `backlog_full`: the creator's messages waiting for delivery now.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<i64>,
 }
 
 #[derive(Debug, ApiResponse)]
@@ -76,6 +80,7 @@ fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
             message: message.into(),
             field: None,
             error_id: None,
+            backlog: None,
         },
     })
 }
@@ -132,6 +137,21 @@ impl ApiError {
             ),
             secs.max(1),
         )
+    }
+
+    /// The creator's undelivered backlog would pass its limit: nothing stored; `retry_after`
+    /// is when enough will have drained at the creator's delivery rate.
+    pub fn backlog_full(backlog: i64, max: i64, retry_after: Duration) -> Self {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        let mut b = body(
+            "backlog_full",
+            format!(
+                "{backlog} of your messages are waiting for delivery (at most {max}); nothing was \
+                 stored, retry in {secs} s"
+            ),
+        );
+        b.0.error.backlog = Some(backlog);
+        ApiError::TooManyRequests(b, secs.max(1))
     }
 
     /// More requests than the server takes at once: shed at the door, nothing done.

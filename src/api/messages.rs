@@ -254,6 +254,11 @@ pub fn submit_error(e: SubmitError) -> ApiError {
                 ids.iter().map(|f| f.0).collect::<Vec<_>>()
             ),
         ),
+        SubmitError::BacklogFull {
+            backlog,
+            max,
+            retry_after,
+        } => ApiError::backlog_full(backlog, max, retry_after),
         SubmitError::Enqueue(e) => e.into(),
     }
 }
@@ -368,6 +373,7 @@ impl MessagesApi {
         let created = bulk_send::submit(
             &self.state.db,
             &self.state.jobs,
+            self.state.backpressure,
             user,
             NewBulk {
                 name,

@@ -27,7 +27,7 @@ use fanqueue_jobs::{
     delivery::limiter::Pace,
     domain::UserId,
     engine::JobBackend,
-    kinds::send_message::Sends,
+    kinds::{Backpressure, send_message::Sends},
     outbound::Outbound,
 };
 use poem::{
@@ -64,6 +64,8 @@ pub struct AppState {
     pub gate: Gate,
     /// Where sends are stored, concurrent ones together.
     pub sends: Sends,
+    /// The backlog a creator may have before sends and campaigns are refused.
+    pub backpressure: Backpressure,
 }
 
 /// The per-user quotas and where they are counted.

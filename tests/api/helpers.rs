@@ -1059,6 +1059,8 @@ impl Deployment {
             ("PLATFORM_TIMEOUT_MS".into(), "1000".into()),
             ("WRITE_LIMIT_PER_MINUTE".into(), "1000000".into()),
             ("CAMPAIGNS_PER_HOUR".into(), "100000".into()),
+            // Tests queue a day's backlog for one creator.
+            ("MAX_BACKLOG_PER_CREATOR".into(), "1000000".into()),
         ];
         let mut dlq = String::new();
         if queue == Queue::Sqs {

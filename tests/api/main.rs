@@ -23,6 +23,7 @@ macro_rules! both {
 }
 
 mod auth;
+mod backpressure;
 mod bad_input;
 mod compose;
 mod concurrency;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Deps, SubmitError, fan_out::FanOut};
+use super::{Backpressure, Deps, SubmitError, fan_out::FanOut};
 use crate::{
     crm::{
         campaigns::{self, Campaign, NewBulk},
@@ -69,16 +69,23 @@ pub struct Created {
 
 /// Creates the campaign (`active`), one queued message per recipient (opening conversations
 /// where needed) and the `bulk_send` job, all in one transaction. Recipients that are not the
-/// caller's fans refuse the whole campaign.
+/// caller's fans refuse the whole campaign, and so does a backlog the campaign would take past
+/// `limit`.
 pub async fn submit(
     db: &Db,
     backend: &JobBackend,
+    limit: Backpressure,
     user: UserId,
     bulk: NewBulk,
 ) -> Result<Created, SubmitError> {
     let now = Timestamp::now();
     let job = JobId::generate();
     let mut tx = db.begin().await?;
+    let backlog = messages::backlogs_in(&mut tx, &[user]).await?;
+    limit.admit(
+        backlog.get(&user).copied().unwrap_or(0),
+        bulk.recipients.len() as i64,
+    )?;
     let missing = fans::not_owned(&mut tx, user, &bulk.recipients).await?;
     if !missing.is_empty() {
         return Err(SubmitError::NotOwned(missing));

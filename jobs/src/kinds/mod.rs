@@ -32,6 +32,61 @@ pub struct Deps {
     pub sweep: sweep::SweepConfig,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_backlog_says_when_enough_will_have_drained() {
+        let limit = Backpressure {
+            max_backlog: 1000,
+            per_minute: 10,
+        };
+        assert!(limit.admit(999, 1).is_ok());
+        match limit.admit(1000, 1) {
+            Err(SubmitError::BacklogFull {
+                backlog,
+                retry_after,
+                ..
+            }) => assert_eq!((backlog, retry_after.as_secs()), (1000, 6)),
+            other => panic!("{other:?}"),
+        }
+        // A campaign of 100 on a backlog of 950 waits for 50 slots: 5 minutes at 10 a minute.
+        match limit.admit(950, 100) {
+            Err(SubmitError::BacklogFull { retry_after, .. }) => {
+                assert_eq!(retry_after.as_secs(), 300)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Backpressure (the seeds' "Queue Depth Too High"): a creator's undelivered messages may not
+/// pass `max_backlog`; past it a send or a campaign stores nothing and the client is told when
+/// enough will have drained at the creator's delivery rate.
+#[derive(Debug, Clone, Copy)]
+pub struct Backpressure {
+    pub max_backlog: i64,
+    /// Deliveries per creator per minute (the drain rate).
+    pub per_minute: u32,
+}
+
+impl Backpressure {
+    /// `Err(BacklogFull)` when `adding` messages to a backlog of `backlog` passes the limit.
+    pub fn admit(&self, backlog: i64, adding: i64) -> Result<(), SubmitError> {
+        let over = backlog + adding - self.max_backlog;
+        if over <= 0 {
+            return Ok(());
+        }
+        let slot = std::time::Duration::from_secs_f64(60.0 / f64::from(self.per_minute.max(1)));
+        Err(SubmitError::BacklogFull {
+            backlog,
+            max: self.max_backlog,
+            retry_after: slot * u32::try_from(over).unwrap_or(u32::MAX),
+        })
+    }
+}
+
 /// Why a submission stored nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -41,6 +96,16 @@ pub enum SubmitError {
     /// Recipients that are not the caller's fans.
     #[error("recipients not found among your fans: {0:?}")]
     NotOwned(Vec<FanId>),
+    /// The creator's undelivered backlog would pass the limit.
+    #[error(
+        "{backlog} messages are waiting for delivery (at most {max}); retry in {retry_after:?}"
+    )]
+    BacklogFull {
+        backlog: i64,
+        max: i64,
+        /// When enough will have drained for this submission.
+        retry_after: std::time::Duration,
+    },
     #[error(transparent)]
     Enqueue(#[from] EnqueueError),
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use serde_json::json;
 
-use super::{Deps, SubmitError, fan_out::FanOut};
+use super::{Backpressure, Deps, SubmitError, fan_out::FanOut};
 use crate::{
     crm::{
         conversations, deliveries,
@@ -99,7 +99,7 @@ pub async fn submit(
         to,
         out: out.clone(),
     };
-    let mut stored = store_all(db, backend, std::slice::from_ref(&send)).await?;
+    let mut stored = store_all(db, backend, None, std::slice::from_ref(&send)).await?;
     stored.pop().unwrap_or(Err(SubmitError::NotFound("fan")))
 }
 
@@ -122,10 +122,11 @@ impl Sends {
         waiting: 4096,
     };
 
-    pub fn start(db: Db, backend: JobBackend) -> Self {
+    /// Sends of a creator past `limit`'s backlog are refused (`BacklogFull`), storing nothing.
+    pub fn start(db: Db, backend: JobBackend, limit: Backpressure) -> Self {
         let groups = Grouped::start(Self::GROUP, move |sends: Vec<NewSend>| {
             let (db, backend) = (db.clone(), backend.clone());
-            async move { submit_many(&db, &backend, &sends).await }
+            async move { submit_many(&db, &backend, Some(limit), &sends).await }
         });
         Sends { groups }
     }
@@ -145,16 +146,17 @@ impl Sends {
 pub async fn submit_many(
     db: &Db,
     backend: &JobBackend,
+    limit: Option<Backpressure>,
     sends: &[NewSend],
 ) -> Vec<Result<Stored, SubmitError>> {
-    let stored = match store_all(db, backend, sends).await {
+    let stored = match store_all(db, backend, limit, sends).await {
         Ok(stored) => stored,
         Err(e) if sends.len() > 1 => {
             tracing::warn!(sends = sends.len(), error = %e, "a group of sends failed; storing each alone");
             let mut alone = Vec::with_capacity(sends.len());
             for send in sends {
                 alone.push(
-                    match store_all(db, backend, std::slice::from_ref(send)).await {
+                    match store_all(db, backend, limit, std::slice::from_ref(send)).await {
                         Ok(mut one) => one.pop().unwrap_or(Err(SubmitError::NotFound("fan"))),
                         Err(e) => Err(e),
                     },
@@ -168,15 +170,33 @@ pub async fn submit_many(
 }
 
 /// Stores the messages of `sends` (`queued`) and their jobs in one transaction. Per send, its
-/// message, or why nothing was stored for it; `Err` when the transaction failed.
+/// message, or why nothing was stored for it; `Err` when the transaction failed. With a
+/// `limit`, a send that would take its creator's backlog past it is refused.
 async fn store_all(
     db: &Db,
     backend: &JobBackend,
+    limit: Option<Backpressure>,
     sends: &[NewSend],
 ) -> Result<Vec<Result<Message, SubmitError>>, SubmitError> {
     let now = Timestamp::now();
     let jobs: Vec<JobId> = sends.iter().map(|_| JobId::generate()).collect();
     let mut tx = db.begin().await?;
+    let mut refused: HashMap<usize, SubmitError> = HashMap::new();
+    if let Some(limit) = limit {
+        let mut users: Vec<UserId> = sends.iter().map(|s| s.user).collect();
+        users.sort_unstable();
+        users.dedup();
+        let mut backlog = messages::backlogs_in(&mut tx, &users).await?;
+        for (i, send) in sends.iter().enumerate() {
+            let n = backlog.entry(send.user).or_default();
+            match limit.admit(*n, 1) {
+                Ok(()) => *n += 1,
+                Err(e) => {
+                    refused.insert(i, e);
+                }
+            }
+        }
+    }
     // Replies name a conversation: its fan, when the conversation is the sender's.
     let mut asked: HashMap<UserId, Vec<ConversationId>> = HashMap::new();
     for send in sends {
@@ -192,7 +212,9 @@ async fn store_all(
     }
     let fans: Vec<Option<FanId>> = sends
         .iter()
-        .map(|s| match s.to {
+        .enumerate()
+        .map(|(i, s)| match s.to {
+            _ if refused.contains_key(&i) => None,
             Recipient::Fan(fan) => Some(fan),
             Recipient::Conversation(c) => fan_of.get(&(s.user, c)).copied(),
         })
@@ -216,8 +238,11 @@ async fn store_all(
         .into_iter();
     let mut answers = Vec::with_capacity(sends.len());
     let mut new_jobs = vec![];
-    for ((send, fan), job) in sends.iter().zip(&fans).zip(jobs) {
+    for (i, ((send, fan), job)) in sends.iter().zip(&fans).zip(jobs).enumerate() {
         let answer = match fan {
+            None if refused.contains_key(&i) => {
+                Err(refused.remove(&i).expect("a refusal of this send"))
+            }
             None => Err(SubmitError::NotFound("conversation")),
             Some(_) => match inserted.next().flatten() {
                 None => Err(SubmitError::NotFound("fan")),

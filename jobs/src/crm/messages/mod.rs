@@ -856,6 +856,24 @@ pub async fn backlog(db: &Db, user: UserId) -> StoreResult<i64> {
     Ok(n)
 }
 
+/// [`backlog`] of each of `users` that has one, read in `tx` (so that what is stored next is
+/// counted against the same figure).
+pub async fn backlogs_in(tx: &mut Tx, users: &[UserId]) -> sqlx::Result<HashMap<UserId, i64>> {
+    if users.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(UserId, i64)> = on_tx!(tx, conn => {
+        let mut q = sqlx::QueryBuilder::new(
+            "SELECT user_id, COUNT(*) FROM messages
+             WHERE direction = 'out' AND status IN ('queued', 'sending') AND user_id IN (",
+        );
+        crate::db::push_binds(&mut q, users.iter().copied());
+        q.push(") GROUP BY user_id");
+        q.build_query_as().fetch_all(&mut **conn).await?
+    });
+    Ok(rows.into_iter().collect())
+}
+
 /// When the creator's last outbound message was sent or failed.
 pub async fn last_processed_at(db: &Db, user: UserId) -> StoreResult<Option<DateTime<Utc>>> {
     let (at,): (Option<DateTime<Utc>>,) = on_db!(db, pool => sqlx::query_as(

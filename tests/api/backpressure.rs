@@ -1,0 +1,82 @@
+//! Backpressure (the seeds' "Queue Depth Too High"): past its creator's backlog limit a send or
+//! a campaign answers 429 `backlog_full` with the backlog and a Retry-After from the delivery
+//! rate, and stores nothing.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, error_of, json_of, spawn_api_only};
+
+both!(a_creator_at_the_backlog_limit_gets_429_backlog_full_and_nothing_is_created);
+
+async fn a_creator_at_the_backlog_limit_gets_429_backlog_full_and_nothing_is_created(
+    backend: Backend,
+) {
+    // No worker: what is queued stays the creator's backlog.
+    let app = spawn_api_only(backend, |s| {
+        s.api.max_backlog_per_creator = 3;
+        s.api.write_limit_per_minute = 1_000;
+        s.delivery.delivery_rate_per_minute = 10;
+    })
+    .await;
+    let mut fans = vec![];
+    for i in 0..4 {
+        let fan = app
+            .create_fan(1, json!({ "handle": format!("f{i}") }))
+            .await;
+        fans.push(fan["id"].as_i64().unwrap());
+    }
+    let send = |fan: i64| json!({ "recipientId": fan, "content": "Hello!" });
+    for fan in &fans[..3] {
+        let resp = app
+            .post(1, "/api/onlyfans/messages/send", &send(*fan))
+            .await;
+        json_of(resp, StatusCode::ACCEPTED).await;
+    }
+    let before = counts(&app).await;
+
+    let resp = app
+        .post(1, "/api/onlyfans/messages/send", &send(fans[3]))
+        .await;
+    let retry_after = resp.headers().get("retry-after").cloned();
+    let err = error_of(resp, StatusCode::TOO_MANY_REQUESTS, "backlog_full").await;
+    assert_eq!(err["backlog"], 3, "{err}");
+    // One message must drain first: one slot at 10 a minute.
+    assert_eq!(retry_after.unwrap(), "6");
+
+    let bulk = json!({ "recipientIds": fans, "content": "Offer", "campaignName": "Full" });
+    let resp = app.post(1, "/api/messages/bulk", &bulk).await;
+    let retry_after = resp.headers().get("retry-after").cloned();
+    let err = error_of(resp, StatusCode::TOO_MANY_REQUESTS, "backlog_full").await;
+    assert_eq!(err["backlog"], 3, "{err}");
+    // Room for 4 more on a backlog of 3 with a limit of 3: four slots, 24 s.
+    assert_eq!(retry_after.unwrap(), "24");
+
+    assert_eq!(counts(&app).await, before, "nothing was created");
+    // Another creator's backlog is their own.
+    let other = app.create_fan(2, json!({ "handle": "g" })).await;
+    let resp = app
+        .post(
+            2,
+            "/api/onlyfans/messages/send",
+            &send(other["id"].as_i64().unwrap()),
+        )
+        .await;
+    json_of(resp, StatusCode::ACCEPTED).await;
+}
+
+/// The creator's queued messages, campaigns and jobs, as the API shows them.
+async fn counts(app: &TestApp) -> (Value, Value, Value) {
+    let status = json_of(
+        app.get(1, "/api/onlyfans/messages/status").await,
+        StatusCode::OK,
+    )
+    .await;
+    let campaigns = json_of(app.get(1, "/api/crm/campaigns").await, StatusCode::OK).await;
+    let jobs = json_of(app.get(1, "/api/jobs").await, StatusCode::OK).await;
+    (
+        status["queueDepth"].clone(),
+        campaigns["total"].clone(),
+        jobs["total"].clone(),
+    )
+}
