@@ -9,6 +9,7 @@
 //!    - [`domain`] — ids, handles, emails, money, text and stored words, parsed once at the edge.
 //!    - [`db`] — the SQL backend (PostgreSQL or an embedded SQLite file), transactions, migrations.
 //!    - [`blobs`] — where uploaded files wait for their job: a directory or S3.
+//!    - [`idempotency`] — the answers kept for requests made with an `Idempotency-Key`.
 //!    - [`outbound`] — the queue to the dispatcher: SQS, or an SQL table with SQS's semantics.
 //!    - [`delivery`] — the per-creator delivery limiter and the platform's HTTP adapter.
 //!    - [`telemetry`] — the metrics every layer records, each named once.
@@ -27,6 +28,7 @@ pub mod db;
 pub mod delivery;
 pub mod domain;
 pub mod engine;
+pub mod idempotency;
 pub mod kinds;
 pub mod outbound;
 pub mod runtime;

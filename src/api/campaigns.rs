@@ -8,7 +8,7 @@ use fanqueue_jobs::{
 };
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
-    param::{Path, Query},
+    param::{Header, Path, Query},
     payload::Json,
 };
 
@@ -166,6 +166,10 @@ impl CampaignsApi {
     async fn retry_failed(
         &self,
         auth: BearerAuth,
+        /// Makes a retry safe: a repeat of the request with this key gets the first answer
+        /// again and does nothing (24 hours, per user; see the README).
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        _idempotency_key: Header<Option<String>>,
         id: Path<i64>,
     ) -> Result<RetryFailedResponse, ApiError> {
         let (job, ids) = bulk_send::retry_failed(

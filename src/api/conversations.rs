@@ -11,7 +11,7 @@ use fanqueue_jobs::{
 };
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
-    param::{Path, Query},
+    param::{Header, Path, Query},
     payload::Json,
 };
 use serde::Deserialize;
@@ -342,6 +342,10 @@ impl ConversationsApi {
     async fn open(
         &self,
         auth: BearerAuth,
+        /// Makes a retry safe: a repeat of the request with this key gets the first answer
+        /// again and does nothing (24 hours, per user; see the README).
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        _idempotency_key: Header<Option<String>>,
         body: JsonBody<OpenConversation>,
     ) -> Result<OpenConversationResponse, ApiError> {
         let (conversation, created) =
@@ -400,6 +404,10 @@ impl ConversationsApi {
     async fn send(
         &self,
         auth: BearerAuth,
+        /// Makes a retry safe: a repeat of the request with this key gets the first answer
+        /// again and does nothing (24 hours, per user; see the README).
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        _idempotency_key: Header<Option<String>>,
         id: Path<i64>,
         body: JsonBody<OutboundIn>,
     ) -> Result<SendInConversationResponse, ApiError> {
@@ -432,6 +440,10 @@ impl ConversationsApi {
     async fn inbound(
         &self,
         auth: BearerAuth,
+        /// Makes a retry safe: a repeat of the request with this key gets the first answer
+        /// again and does nothing (24 hours, per user; see the README).
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        _idempotency_key: Header<Option<String>>,
         id: Path<i64>,
         body: JsonBody<InboundIn>,
     ) -> Result<RecordInboundResponse, ApiError> {
@@ -457,6 +469,10 @@ impl ConversationsApi {
     async fn mark_read(
         &self,
         auth: BearerAuth,
+        /// Makes a retry safe: a repeat of the request with this key gets the first answer
+        /// again and does nothing (24 hours, per user; see the README).
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        _idempotency_key: Header<Option<String>>,
         id: Path<i64>,
     ) -> Result<MarkReadResponse, ApiError> {
         let c = conversations::mark_read(&self.state.db, auth.user(), ConversationId(id.0)).await?;

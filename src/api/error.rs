@@ -55,6 +55,9 @@ pub enum ApiError {
     /// The write collides with an existing row, or the resource is past the requested state.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The `Idempotency-Key` was used with another request.
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
     /// The upload is larger than the limit.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
@@ -152,6 +155,22 @@ impl ApiError {
         );
         b.0.error.backlog = Some(backlog);
         ApiError::TooManyRequests(b, secs.max(1))
+    }
+
+    /// The `Idempotency-Key` was first used with another request (method, path or body).
+    pub fn key_reused() -> Self {
+        ApiError::Unprocessable(body(
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with another request; use a new key for a new request",
+        ))
+    }
+
+    /// The first request with this `Idempotency-Key` is still running.
+    pub fn key_in_use() -> Self {
+        ApiError::Conflict(body(
+            "idempotency_key_in_use",
+            "a request with this Idempotency-Key is still running; repeat it once it answered",
+        ))
     }
 
     /// More requests than the server takes at once: shed at the door, nothing done.

@@ -7,7 +7,7 @@ use fanqueue_jobs::{
 };
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
-    param::{Path, Query},
+    param::{Header, Path, Query},
     types::MaybeUndefined,
 };
 use serde::{Deserialize, Serialize};
@@ -277,6 +277,10 @@ impl FansApi {
     async fn create(
         &self,
         auth: BearerAuth,
+        /// Makes a retry safe: a repeat of the request with this key gets the first answer
+        /// again and does nothing (24 hours, per user; see the README).
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        _idempotency_key: Header<Option<String>>,
         body: JsonBody<CreateFan>,
     ) -> Result<CreateFanResponse, ApiError> {
         let fan = fans::create(&self.state.db, auth.user(), body.0.parse()?).await?;

@@ -10,7 +10,7 @@ use poem::{FromRequest, Request, RequestBody, web::Multipart};
 use poem_openapi::{
     ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions, Multipart as MultipartForm,
     Object, OpenApi,
-    param::Query,
+    param::{Header, Query},
     payload::{Json, Payload},
     registry::{MetaMediaType, MetaRequest, Registry},
     types::multipart::Upload,
@@ -243,6 +243,10 @@ impl ImportsApi {
     async fn import_csv(
         &self,
         auth: BearerAuth,
+        /// Makes a retry safe: a repeat of the request with this key gets the first answer
+        /// again and does nothing (24 hours, per user; see the README).
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        _idempotency_key: Header<Option<String>>,
         /// Seconds to wait for the import to finish before answering.
         wait: Query<Option<u64>>,
         upload: CsvUpload,

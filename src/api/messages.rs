@@ -16,7 +16,7 @@ use fanqueue_jobs::{
 };
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
-    param::{Path, Query},
+    param::{Header, Path, Query},
     payload::Json,
 };
 use serde::Deserialize;
@@ -302,6 +302,10 @@ impl MessagesApi {
     async fn send(
         &self,
         auth: BearerAuth,
+        /// Makes a retry safe: a repeat of the request with this key gets the first answer
+        /// again and does nothing (24 hours, per user; see the README).
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        _idempotency_key: Header<Option<String>>,
         body: JsonBody<SendIn>,
     ) -> Result<SendResponse, ApiError> {
         let b = body.0;
@@ -335,6 +339,10 @@ impl MessagesApi {
     async fn bulk(
         &self,
         auth: BearerAuth,
+        /// Makes a retry safe: a repeat of the request with this key gets the first answer
+        /// again and does nothing (24 hours, per user; see the README).
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        _idempotency_key: Header<Option<String>>,
         body: JsonBody<BulkIn>,
     ) -> Result<BulkResponse, ApiError> {
         let user = auth.user();
@@ -504,7 +512,15 @@ impl MessagesApi {
         method = "post",
         operation_id = "retryFailedMessage"
     )]
-    async fn retry(&self, auth: BearerAuth, id: Path<i64>) -> Result<RetryResponse, ApiError> {
+    async fn retry(
+        &self,
+        auth: BearerAuth,
+        /// Makes a retry safe: a repeat of the request with this key gets the first answer
+        /// again and does nothing (24 hours, per user; see the README).
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        _idempotency_key: Header<Option<String>>,
+        id: Path<i64>,
+    ) -> Result<RetryResponse, ApiError> {
         let id = MessageId(id.0);
         match send_message::retry_failed(&self.state.db, &self.state.jobs, auth.user(), id)
             .await

@@ -13,6 +13,7 @@ mod error;
 mod fans;
 mod gate;
 mod health;
+mod idempotency;
 mod ids;
 mod imports;
 mod jobs;
@@ -240,6 +241,7 @@ pub fn app(state: State) -> impl Endpoint {
     let docs = api.swagger_ui();
     let limiter = state.quotas.limiter.clone();
     let gate = state.gate.clone();
+    let keys_state = state.clone();
     let routes = Arc::new(RouteTemplates::of(&api.spec()));
     Route::new()
         .nest("/", api)
@@ -258,6 +260,7 @@ pub fn app(state: State) -> impl Endpoint {
             }
             resp
         })
+        .around(move |ep, req| idempotency::idempotent(ep, req, keys_state.clone()))
         .around(move |ep, req| track(ep, req, gate.clone(), limiter.clone(), routes.clone()))
         .into_endpoint()
 }

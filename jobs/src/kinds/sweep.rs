@@ -36,6 +36,7 @@ use crate::{
         EnqueueError, JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome,
         RetryPolicy, RunContext, processes, record,
     },
+    idempotency,
     outbound::{MAX_BATCH, Outbound, OutboundEntry, OutboundQueue, addressed},
 };
 
@@ -90,6 +91,8 @@ pub struct SweepReport {
     pub pruned_jobs: u64,
     pub pruned_attempts: u64,
     pub pruned_processes: u64,
+    /// Idempotency keys past their 24 hours.
+    pub pruned_idempotency_keys: u64,
 }
 
 impl SweepReport {
@@ -136,6 +139,8 @@ impl Sweep {
         report.pruned_attempts = deliveries::prune(&self.db, before).await?;
         report.pruned_processes =
             processes::prune(&self.db, Utc::now() - chrono::TimeDelta::days(1)).await?;
+        report.pruned_idempotency_keys =
+            idempotency::prune(&self.db, Utc::now() - idempotency::RETENTION).await?;
         Ok(report)
     }
 

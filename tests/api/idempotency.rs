@@ -1,0 +1,142 @@
+//! Safe retries with `Idempotency-Key`: a repeat gets the first answer and creates nothing;
+//! the same key with another request is a 422, a repeat while the first runs a 409; keys are
+//! per user.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, error_of, generated_csv, spawn_api_only, spawn_app_with};
+
+both!(
+    a_bulk_sent_twice_with_one_key_creates_one_campaign_and_answers_the_same_body_twice,
+    a_repeat_while_the_first_runs_is_409_and_an_upload_repeated_gets_the_same_job,
+);
+
+async fn post(app: &TestApp, user: i64, path: &str, key: &str, body: &Value) -> reqwest::Response {
+    app.client
+        .post(app.url(path))
+        .bearer_auth(app.token(user))
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn a_bulk_sent_twice_with_one_key_creates_one_campaign_and_answers_the_same_body_twice(
+    backend: Backend,
+) {
+    let app = spawn_app_with(backend, |s| s.api.write_limit_per_minute = 1_000).await;
+    let mut fans = vec![];
+    for i in 0..3 {
+        let fan = app
+            .create_fan(1, json!({ "handle": format!("f{i}") }))
+            .await;
+        fans.push(fan["id"].as_i64().unwrap());
+    }
+    let bulk = json!({ "recipientIds": fans, "content": "Offer", "campaignName": "Once" });
+    let first = post(&app, 1, "/api/messages/bulk", "bulk-1", &bulk).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+
+    // The response was lost; the client sends the same request again with the same key.
+    let again = post(&app, 1, "/api/messages/bulk", "bulk-1", &bulk).await;
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first, "the same body");
+    let campaigns = json_of_get(&app, 1, "/api/crm/campaigns").await;
+    assert_eq!(campaigns["total"], 1, "one campaign: {campaigns}");
+    let jobs = json_of_get(&app, 1, "/api/jobs?kind=bulk_send").await;
+    assert_eq!(jobs["total"], 1, "one job");
+
+    // The same key with another body is refused and creates nothing.
+    let other = json!({ "recipientIds": fans, "content": "Other", "campaignName": "Once" });
+    let resp = post(&app, 1, "/api/messages/bulk", "bulk-1", &other).await;
+    error_of(
+        resp,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_eq!(json_of_get(&app, 1, "/api/crm/campaigns").await["total"], 1);
+
+    // Keys are per user: another creator's request with the same key is their own.
+    let theirs = app.create_fan(2, json!({ "handle": "g" })).await;
+    let send = json!({ "recipientId": theirs["id"], "content": "Hi" });
+    let resp = post(&app, 2, "/api/onlyfans/messages/send", "bulk-1", &send).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert!(resp.headers().get("idempotent-replayed").is_none());
+
+    // A refusal is an answer too: repeated, it is given again.
+    let missing = json!({ "recipientId": 999_999, "content": "Hi" });
+    let first = post(&app, 1, "/api/onlyfans/messages/send", "send-404", &missing).await;
+    assert_eq!(first.status(), StatusCode::NOT_FOUND);
+    let again = post(&app, 1, "/api/onlyfans/messages/send", "send-404", &missing).await;
+    assert_eq!(again.status(), StatusCode::NOT_FOUND);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+
+    // A key that is not 1 to 255 printable characters is a 400.
+    let resp = post(
+        &app,
+        1,
+        "/api/onlyfans/messages/send",
+        &"k".repeat(256),
+        &send,
+    )
+    .await;
+    let err = error_of(resp, StatusCode::BAD_REQUEST, "invalid_field").await;
+    assert_eq!(err["field"], "Idempotency-Key");
+}
+
+async fn a_repeat_while_the_first_runs_is_409_and_an_upload_repeated_gets_the_same_job(
+    backend: Backend,
+) {
+    // No worker: an import that waits for its result runs for its whole wait.
+    let app = spawn_api_only(backend, |_| {}).await;
+    let upload = |query: &'static str| {
+        let app_url = app.url(&format!("/api/onlyfans/import/csv{query}"));
+        let client = app.client.clone();
+        let token = app.token(1);
+        async move {
+            // reqwest picks a new multipart boundary for every request.
+            let part = reqwest::multipart::Part::bytes(generated_csv(3)).file_name("fans.csv");
+            client
+                .post(app_url)
+                .bearer_auth(token)
+                .header("Idempotency-Key", "upload-1")
+                .multipart(reqwest::multipart::Form::new().part("file", part))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first = tokio::spawn(upload("?wait=2"));
+    // The first holds its key from before its job is stored until it answers, 2 s later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while json_of_get(&app, 1, "/api/jobs?kind=import_csv").await["total"] == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first upload stored no job"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let resp = upload("?wait=2").await;
+    error_of(resp, StatusCode::CONFLICT, "idempotency_key_in_use").await;
+    let first = first.await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    let again = upload("?wait=2").await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(
+        again["jobId"], first["jobId"],
+        "the same job, not a second import"
+    );
+    let jobs = json_of_get(&app, 1, "/api/jobs?kind=import_csv").await;
+    assert_eq!(jobs["total"], 1);
+}
+
+async fn json_of_get(app: &TestApp, user: i64, path: &str) -> Value {
+    crate::helpers::json_of(app.get(user, path).await, StatusCode::OK).await
+}
