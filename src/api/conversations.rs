@@ -164,6 +164,14 @@ pub struct MessageOut {
     pub external_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
+    /// When the platform reported it reached the fan (platform events).
+    #[oai(skip_serializing_if_is_none)]
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// When the platform reported the fan read it.
+    #[oai(skip_serializing_if_is_none)]
+    pub opened_at: Option<DateTime<Utc>>,
+    /// Paid unlocks and tips the platform reported on it, in cents.
+    pub revenue_cents: i64,
 }
 
 impl From<Message> for MessageOut {
@@ -191,6 +199,9 @@ impl From<Message> for MessageOut {
             external_id: m.external_id,
             created_at: m.created_at,
             sent_at: m.sent_at,
+            delivered_at: m.delivered_at,
+            opened_at: m.opened_at,
+            revenue_cents: m.revenue_cents,
         }
     }
 }

@@ -2,12 +2,16 @@
 
 use chrono::{DateTime, Utc};
 use fanqueue_jobs::{
-    crm::fans::{self, Fan, FanFilter, FanPatch, NewFan},
+    crm::fans::{
+        self, Fan, FanFilter, FanPatch, NewFan,
+        value_history::{self, ValueChange},
+    },
     domain::{Cents, Email, FanId, Handle, HttpUrl, Line, ParseError, Platform, Tags, Text},
 };
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     param::{Header, Path, Query},
+    payload::Json,
     types::MaybeUndefined,
 };
 use serde::{Deserialize, Serialize};
@@ -143,10 +147,61 @@ enum CreateFanResponse {
     Created(JsonOut<FanOut>),
 }
 
+/// One change of a fan's lifetime value.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ValueChangeOut {
+    pub at: DateTime<Utc>,
+    /// The value after the change, in cents.
+    pub value_cents: i64,
+    /// How much it moved (negative when lowered by an edit or an import).
+    pub delta_cents: i64,
+    /// created, edit, import, purchased, tip or subscription.
+    pub source: String,
+}
+
+impl From<ValueChange> for ValueChangeOut {
+    fn from(c: ValueChange) -> Self {
+        ValueChangeOut {
+            at: c.at,
+            value_cents: c.value_cents,
+            delta_cents: c.delta_cents,
+            source: c.source.to_string(),
+        }
+    }
+}
+
+/// A fan with its recent value history.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct FanDetailOut {
+    #[oai(flatten)]
+    pub fan: FanOut,
+    /// The latest changes of `valueCents`, newest first (at most 10; all of them under
+    /// `/api/crm/fans/{id}/value-history`).
+    pub value_history: Vec<ValueChangeOut>,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ValueHistoryPage {
+    pub items: Vec<ValueChangeOut>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
 #[derive(ApiResponse)]
 enum GetFanResponse {
     #[oai(status = 200)]
-    Ok(JsonOut<FanOut>),
+    Ok(Json<FanDetailOut>),
+}
+
+#[derive(ApiResponse)]
+enum ValueHistoryResponse {
+    /// One page of the fan's value changes, newest first.
+    #[oai(status = 200)]
+    Ok(Json<ValueHistoryPage>),
 }
 
 #[derive(ApiResponse)]
@@ -288,10 +343,42 @@ impl FansApi {
     }
 
     /// Get a fan
+    ///
+    /// With the latest changes of its value (`valueHistory`).
     #[oai(path = "/:id", method = "get", operation_id = "getFan")]
     async fn get(&self, auth: BearerAuth, id: Path<i64>) -> Result<GetFanResponse, ApiError> {
         let fan = fans::get(&self.state.db, auth.user(), FanId(id.0)).await?;
-        Ok(GetFanResponse::Ok(JsonOut(fan.into())))
+        let history = value_history::recent(&self.state.db, fan.id).await?;
+        Ok(GetFanResponse::Ok(Json(FanDetailOut {
+            fan: fan.into(),
+            value_history: history.into_iter().map(ValueChangeOut::from).collect(),
+        })))
+    }
+
+    /// A fan's value history
+    ///
+    /// Every change of the fan's lifetime value (edits, imports, platform events), newest
+    /// first. `limit` defaults to 50, at most 200.
+    #[oai(
+        path = "/:id/value-history",
+        method = "get",
+        operation_id = "listFanValueHistory"
+    )]
+    async fn value_history(
+        &self,
+        auth: BearerAuth,
+        id: Path<i64>,
+        limit: Query<Option<i64>>,
+        offset: Query<Option<i64>>,
+    ) -> Result<ValueHistoryResponse, ApiError> {
+        let page = page(limit.0, offset.0)?;
+        let listed = value_history::list(&self.state.db, auth.user(), FanId(id.0), page).await?;
+        Ok(ValueHistoryResponse::Ok(Json(ValueHistoryPage {
+            items: listed.items.into_iter().map(ValueChangeOut::from).collect(),
+            total: listed.total,
+            limit: page.limit,
+            offset: page.offset,
+        })))
     }
 
     /// Update a fan

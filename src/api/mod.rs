@@ -6,10 +6,12 @@
 //! quota charge of a request is kept in the request's ledger and refunded when the request
 //! fails (any 4xx or 5xx), so that only what succeeded counts.
 
+mod analytics;
 mod body;
 mod campaigns;
 mod conversations;
 mod error;
+mod events;
 mod fans;
 mod gate;
 mod health;
@@ -97,6 +99,10 @@ pub enum ApiTags {
     Jobs,
     /// Health of the system and its dependencies (operators).
     Monitoring,
+    /// What a platform sync reports: deliveries, opens, paid unlocks, tips, subscriptions.
+    Events,
+    /// The creator's figures: fans, lifetime value, revenue, messages, campaigns.
+    Analytics,
 }
 
 /// The authenticated caller. Extracting it verifies the bearer token and, for writes
@@ -212,6 +218,8 @@ type Apis = (
     messages::MessagesApi,
     campaigns::CampaignsApi,
     monitoring::MonitoringApi,
+    events::EventsApi,
+    analytics::AnalyticsApi,
 );
 
 pub fn openapi(state: &State) -> OpenApiService<Apis, ()> {
@@ -224,6 +232,8 @@ pub fn openapi(state: &State) -> OpenApiService<Apis, ()> {
             messages::MessagesApi::new(state.clone()),
             campaigns::CampaignsApi::new(state.clone()),
             monitoring::MonitoringApi::new(state.clone()),
+            events::EventsApi::new(state.clone()),
+            analytics::AnalyticsApi::new(state.clone()),
         ),
         "fanqueue",
         env!("CARGO_PKG_VERSION"),

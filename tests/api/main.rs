@@ -33,6 +33,7 @@ mod dispatch;
 mod dispatcher_shutdown;
 mod docs;
 mod end_to_end;
+mod events;
 mod fans;
 mod helpers;
 mod idempotency;

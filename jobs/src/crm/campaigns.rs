@@ -194,3 +194,56 @@ pub async fn reopen(tx: &mut Tx, id: CampaignId) -> StoreResult<()> {
     .map(|_| ()))?;
     Ok(())
 }
+
+/// Rewrites what the platform reported about `ids` (delivered, opened, revenueCents) from their
+/// messages, in `tx`. The row is locked first, as [`refresh`] does, so neither writer's figures
+/// overwrite the other's.
+pub async fn refresh_engagement(tx: &mut Tx, ids: &[CampaignId]) -> StoreResult<()> {
+    let mut ids = ids.to_vec();
+    ids.sort();
+    ids.dedup();
+    for id in ids {
+        let lock = match tx {
+            Tx::Postgres(_) => "SELECT metrics FROM campaigns WHERE id = $1 FOR UPDATE",
+            Tx::Sqlite(_) => "SELECT metrics FROM campaigns WHERE id = $1",
+        };
+        let row: Option<(Json<Value>,)> = on_tx!(tx, conn => sqlx::query_as(lock)
+            .bind(id)
+            .fetch_optional(&mut **conn)
+            .await)?;
+        let Some((Json(mut metrics),)) = row else {
+            continue;
+        };
+        let e = messages::engagement_of_campaign_in(tx, id).await?;
+        metrics["delivered"] = json!(e.delivered);
+        metrics["opened"] = json!(e.opened);
+        metrics["revenueCents"] = json!(e.revenue_cents);
+        on_tx!(tx, conn => sqlx::query("UPDATE campaigns SET metrics = $2 WHERE id = $1")
+            .bind(id)
+            .bind(Json(&metrics))
+            .execute(&mut **conn)
+            .await
+            .map(|_| ()))?;
+    }
+    Ok(())
+}
+
+/// `user`'s campaigns created in `[since, until)`, newest first, at most `limit`.
+pub async fn started_between(
+    db: &Db,
+    user: UserId,
+    since: Timestamp,
+    until: Timestamp,
+    limit: i64,
+) -> StoreResult<Vec<Campaign>> {
+    Ok(on_db!(db, pool => sqlx::query_as::<_, Campaign>(
+        "SELECT * FROM campaigns WHERE user_id = $1 AND created_at >= $2 AND created_at < $3
+         ORDER BY created_at DESC, id DESC LIMIT $4",
+    )
+    .bind(user)
+    .bind(since)
+    .bind(until)
+    .bind(limit)
+    .fetch_all(pool)
+    .await)?)
+}

@@ -7,9 +7,13 @@
 //! - [`messages`] — inbound and outbound messages and their delivery states.
 //! - [`deliveries`] — the log of delivery attempts (written with the message's transitions).
 //! - [`campaigns`] — bulk campaigns and their metrics.
+//! - [`events`] — what a platform sync reports (deliveries, opens, revenue), applied once.
+//! - [`analytics`] — the creator's figures, read across the tables above.
 
+pub mod analytics;
 pub mod campaigns;
 pub mod conversations;
 pub mod deliveries;
+pub mod events;
 pub mod fans;
 pub mod messages;

@@ -10,8 +10,12 @@ use reqwest::{StatusCode, header};
 /// How one attempt ended, as the dispatcher acts on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
-    /// 2xx: the platform has it.
-    Delivered { status: u16 },
+    /// 2xx: the platform has it, under its own id when its answer gives one (platform events
+    /// may name the message by it).
+    Delivered {
+        status: u16,
+        platform_id: Option<String>,
+    },
     /// 429: the creator is over the platform's limit; wait this long (`Retry-After`).
     RateLimited { status: u16, retry_after: Duration },
     /// Another 4xx: the platform refuses this message; trying again cannot help.
@@ -31,6 +35,25 @@ impl Attempt {
         }
     }
 }
+
+/// The platform's id of a delivered message: the `id` of its JSON answer (a string or a
+/// number), when there is one.
+fn platform_id(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        id: Option<serde_json::Value>,
+    }
+    let id = serde_json::from_slice::<Answer>(body).ok()?.id?;
+    let id = match id {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    (!id.is_empty() && id.len() <= PLATFORM_ID_MAX).then_some(id)
+}
+
+/// Longer ids are not the platform's message id as we know it: not kept.
+const PLATFORM_ID_MAX: usize = 200;
 
 /// The wait a 429 without a usable `Retry-After` gets: a whole window.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -90,8 +113,10 @@ impl Platform {
         };
         let status = resp.status();
         if status.is_success() {
+            let body = resp.bytes().await.unwrap_or_default();
             return Attempt::Delivered {
                 status: status.as_u16(),
+                platform_id: platform_id(&body),
             };
         }
         if status == StatusCode::TOO_MANY_REQUESTS {

@@ -441,8 +441,12 @@ impl Dispatcher {
     /// Records how an attempt ended and does what follows from it.
     async fn record(&self, creator: UserId, claim: &Claim, attempt: Attempt) -> anyhow::Result<()> {
         let settled = match &attempt {
-            Attempt::Delivered { status } => Settled::Delivered {
+            Attempt::Delivered {
+                status,
+                platform_id,
+            } => Settled::Delivered {
                 http_status: *status,
+                platform_id: platform_id.as_deref(),
             },
             Attempt::RateLimited {
                 status,

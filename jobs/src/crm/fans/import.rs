@@ -47,10 +47,10 @@ macro_rules! pg_upsert {
     ($value:literal) => {
         concat!(
             "INSERT INTO fans AS f (user_id, platform, handle, name, email, tags, value_cents,
-                                    last_seen_at, created_at, updated_at)
+                                    value_source, value_at, last_seen_at, created_at, updated_at)
              SELECT $1, 'onlyfans', u.handle, u.name, u.email,
                     CASE WHEN u.tier IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(u.tier) END,
-                    u.value_cents, u.last_seen_at, $2, $2
+                    u.value_cents, 'import', $2, u.last_seen_at, $2, $2
              FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::timestamptz[])
                   AS u(handle, name, email, tier, value_cents, last_seen_at)
              ON CONFLICT (user_id, platform, handle) DO UPDATE SET
@@ -58,6 +58,8 @@ macro_rules! pg_upsert {
                  email = COALESCE(EXCLUDED.email, f.email),
                  tags = ", merged_tags!(pg), ",
                  value_cents = ", $value, ",
+                 value_source = 'import',
+                 value_at = EXCLUDED.value_at,
                  last_seen_at = COALESCE(EXCLUDED.last_seen_at, f.last_seen_at),
                  updated_at = EXCLUDED.updated_at
              WHERE (f.name, f.email, f.tags, f.value_cents, f.last_seen_at) IS DISTINCT FROM
@@ -80,6 +82,8 @@ macro_rules! sqlite_upsert_tail {
                  value_cents = ",
             $value,
             ",
+                 value_source = 'import',
+                 value_at = excluded.value_at,
                  last_seen_at = COALESCE(excluded.last_seen_at, f.last_seen_at),
                  updated_at = excluded.updated_at
              WHERE (f.name, f.email, f.tags, f.value_cents, f.last_seen_at) IS NOT
@@ -196,7 +200,7 @@ async fn upsert_sqlite(
         }
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO fans AS f (user_id, platform, handle, name, email, tags, value_cents,
-                                    last_seen_at, created_at, updated_at) ",
+                                    value_source, value_at, last_seen_at, created_at, updated_at) ",
         );
         q.push_values(part, |mut b, r| {
             let tags = match &r.tier {
@@ -210,6 +214,8 @@ async fn upsert_sqlite(
                 .push_bind(r.email.as_ref().map(|e| e.as_str().to_owned()))
                 .push_bind(tags)
                 .push_bind(r.value_cents.map_or(0, |c| c.get()))
+                .push("'import'")
+                .push_bind(now)
                 .push_bind(r.last_seen_at.map(Timestamp))
                 .push_bind(now)
                 .push_bind(now);

@@ -4,10 +4,12 @@
 
 pub mod blocks;
 pub mod import;
+pub mod value_history;
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
+use self::value_history::ValueSource;
 use crate::{
     db::{Db, Listed, Page, StoreError, StoreResult, Tx, is_unique_violation},
     domain::{Cents, Email, FanId, Handle, HttpUrl, Line, Platform, Tags, Text, Timestamp, UserId},
@@ -216,6 +218,8 @@ pub async fn update(db: &Db, user: UserId, id: FanId, patch: FanPatch) -> StoreR
             tags         = CASE WHEN $9  THEN $10 ELSE tags END,
             notes        = CASE WHEN $11 THEN $12 ELSE notes END,
             value_cents  = CASE WHEN $13 THEN $14 ELSE value_cents END,
+            value_source = CASE WHEN $13 THEN 'edit' ELSE value_source END,
+            value_at     = CASE WHEN $13 THEN $17 ELSE value_at END,
             last_seen_at = CASE WHEN $15 THEN $16 ELSE last_seen_at END,
             updated_at   = $17
         WHERE id = $1 AND user_id = $2
@@ -293,4 +297,100 @@ pub async fn not_owned(tx: &mut Tx, user: UserId, ids: &[FanId]) -> sqlx::Result
         .copied()
         .filter(|id| !owned.contains(id))
         .collect())
+}
+
+/// A fan as a platform names it: by our id or by its handle.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FanRef {
+    Id(FanId),
+    Handle(Handle),
+}
+
+/// The fans of `user` that `refs` name (handles on `platform`), as `(ref, id)`; a ref naming
+/// no fan of `user` is absent. Read in `tx`.
+pub async fn resolve(
+    tx: &mut Tx,
+    user: UserId,
+    platform: Platform,
+    refs: &[FanRef],
+) -> sqlx::Result<Vec<(FanRef, FanId)>> {
+    let ids: Vec<i64> = refs
+        .iter()
+        .filter_map(|r| match r {
+            FanRef::Id(id) => Some(id.0),
+            FanRef::Handle(_) => None,
+        })
+        .collect();
+    let handles: Vec<&str> = refs
+        .iter()
+        .filter_map(|r| match r {
+            FanRef::Handle(h) => Some(h.as_str()),
+            FanRef::Id(_) => None,
+        })
+        .collect();
+    if refs.is_empty() {
+        return Ok(vec![]);
+    }
+    let rows: Vec<(FanId, Platform, String)> = on_tx!(tx, conn => {
+        let mut q = sqlx::QueryBuilder::new("SELECT id, platform, handle FROM fans WHERE user_id = ");
+        q.push_bind(user).push(" AND (id IN (");
+        crate::db::push_binds(&mut q, ids.iter().copied().chain([0]));
+        q.push(") OR handle IN (");
+        crate::db::push_binds(&mut q, handles.iter().copied().chain([""]));
+        q.push("))");
+        q.build_query_as().fetch_all(&mut **conn).await?
+    });
+    let mut found = vec![];
+    for (id, on, handle) in rows {
+        if ids.contains(&id.0) {
+            found.push((FanRef::Id(id), id));
+        }
+        if on == platform
+            && let Ok(h) = Handle::parse(&handle)
+            && handles.contains(&h.as_str())
+        {
+            found.push((FanRef::Handle(h), id));
+        }
+    }
+    Ok(found)
+}
+
+/// Adds `amount` to `fan`'s lifetime value for `source` at `at` (its value history records it
+/// at that time), and moves the fan's last-seen time forward to `at`.
+pub async fn credit(
+    tx: &mut Tx,
+    fan: FanId,
+    amount: Cents,
+    source: ValueSource,
+    at: Timestamp,
+) -> sqlx::Result<()> {
+    on_tx!(tx, conn => sqlx::query(
+        "UPDATE fans SET value_cents = value_cents + $2, value_source = $3, value_at = $4,
+             last_seen_at = CASE WHEN last_seen_at IS NULL OR last_seen_at < $4 THEN $4
+                                 ELSE last_seen_at END,
+             updated_at = $5
+         WHERE id = $1",
+    )
+    .bind(fan)
+    .bind(amount.get())
+    .bind(source)
+    .bind(at)
+    .bind(Timestamp::now())
+    .execute(&mut **conn)
+    .await
+    .map(|_| ()))
+}
+
+/// Moves `fan`'s last-seen time forward to `at` (never back).
+pub async fn seen(tx: &mut Tx, fan: FanId, at: Timestamp) -> sqlx::Result<()> {
+    on_tx!(tx, conn => sqlx::query(
+        "UPDATE fans SET last_seen_at = $2, updated_at = $3
+         WHERE id = $1 AND (last_seen_at IS NULL OR last_seen_at < $2)",
+    )
+    .bind(fan)
+    .bind(at)
+    .bind(Timestamp::now())
+    .execute(&mut **conn)
+    .await
+    .map(|_| ()))
 }

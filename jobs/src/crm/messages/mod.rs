@@ -76,6 +76,11 @@ pub struct Message {
     pub sent_at: Option<DateTime<Utc>>,
     /// 1 (lowest) to 10; outbound messages are delivered highest first.
     pub priority: i64,
+    /// When the platform reported it reached the fan, and that the fan read it.
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub opened_at: Option<DateTime<Utc>>,
+    /// Paid unlocks and tips the platform reported on it.
+    pub revenue_cents: i64,
 }
 
 /// A parsed attachment: its kind is a short word, its URL http(s).
@@ -608,8 +613,11 @@ pub async fn claim_next(
 /// How the attempt of a [`Claim`] ended, as it is recorded.
 #[derive(Debug, Clone)]
 pub enum Settled<'a> {
-    /// `sending` → `sent`.
-    Delivered { http_status: u16 },
+    /// `sending` → `sent`, with the platform's id of the message when it gave one.
+    Delivered {
+        http_status: u16,
+        platform_id: Option<&'a str>,
+    },
     /// `sending` → back in the schedule, the attempt not charged (the platform said to wait).
     RateLimited { http_status: u16 },
     /// `sending` → back in the schedule, not before `next_attempt_at`.
@@ -628,7 +636,8 @@ pub enum Settled<'a> {
 
 /// The message's side of [`settle`], one statement for every outcome: `$3` the new status,
 /// `$4` the time, `$5` 1 when the attempt is given back (not charged), `$6` whether the error
-/// is rewritten with `$7`, `$8` the next attempt's earliest time. Only the attempt that holds
+/// is rewritten with `$7`, `$8` the next attempt's earliest time, `$9` the platform's id of a
+/// delivered message. Only the attempt that holds
 /// the message (`attempts = $2`) moves it.
 const SETTLE_MESSAGE: &str = "UPDATE messages SET
         status = $3,
@@ -637,7 +646,8 @@ const SETTLE_MESSAGE: &str = "UPDATE messages SET
         attempts = attempts - $5,
         lease_until = NULL,
         error = CASE WHEN $6 THEN $7 ELSE error END,
-        next_attempt_at = $8
+        next_attempt_at = $8,
+        external_id = COALESCE($9, external_id)
     WHERE id = $1 AND status = 'sending' AND attempts = $2";
 
 /// Records how a claimed attempt ended, with its log row, atomically. `false` when the message
@@ -645,8 +655,12 @@ const SETTLE_MESSAGE: &str = "UPDATE messages SET
 /// records its own outcome.
 pub async fn settle(db: &Db, claim: &Claim, settled: Settled<'_>) -> StoreResult<bool> {
     let now = Timestamp::now();
+    let platform_id = match settled {
+        Settled::Delivered { platform_id, .. } => platform_id,
+        _ => None,
+    };
     let (status, uncharge, error, next, outcome, http_status) = match settled {
-        Settled::Delivered { http_status } => (
+        Settled::Delivered { http_status, .. } => (
             MessageStatus::Sent,
             0,
             Some(None),
@@ -699,6 +713,7 @@ pub async fn settle(db: &Db, claim: &Claim, settled: Settled<'_>) -> StoreResult
                 .bind(error.is_some())
                 .bind(logged_error)
                 .bind(next)
+                .bind(platform_id)
         };
     }
     let moved = match db {
@@ -706,9 +721,9 @@ pub async fn settle(db: &Db, claim: &Claim, settled: Settled<'_>) -> StoreResult
         Db::Postgres(pool) => {
             let sql = format!(
                 "WITH moved AS ({SETTLE_MESSAGE} RETURNING id), logged AS (
-                     UPDATE delivery_attempts SET finished_at = $4, outcome = $9,
-                         http_status = $10, error = $11
-                     WHERE id = $12 RETURNING id
+                     UPDATE delivery_attempts SET finished_at = $4, outcome = $10,
+                         http_status = $11, error = $12
+                     WHERE id = $13 RETURNING id
                  )
                  SELECT (SELECT COUNT(*) FROM moved), (SELECT COUNT(*) FROM logged)"
             );
@@ -887,3 +902,88 @@ pub async fn last_processed_at(db: &Db, user: UserId) -> StoreResult<Option<Date
 
 mod failed;
 pub use failed::*;
+
+/// An outbound message as a platform event names it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboundRef {
+    pub id: MessageId,
+    pub fan_id: FanId,
+    pub campaign_id: Option<CampaignId>,
+    /// The platform's id of it, once delivered.
+    pub external_id: Option<String>,
+}
+
+/// `user`'s outbound messages named by our `ids` or by the platform's `platform_ids`, read in
+/// `tx`.
+pub async fn outbound_named(
+    tx: &mut Tx,
+    user: UserId,
+    ids: &[MessageId],
+    platform_ids: &[&str],
+) -> sqlx::Result<Vec<OutboundRef>> {
+    if ids.is_empty() && platform_ids.is_empty() {
+        return Ok(vec![]);
+    }
+    on_tx!(tx, conn => {
+        let mut q = sqlx::QueryBuilder::new(
+            "SELECT id, fan_id, campaign_id, external_id FROM messages WHERE user_id = ",
+        );
+        q.push_bind(user).push(" AND direction = 'out' AND (id IN (");
+        crate::db::push_binds(&mut q, ids.iter().map(|m| m.0).chain([0]));
+        q.push(") OR external_id IN (");
+        crate::db::push_binds(&mut q, platform_ids.iter().copied().chain([""]));
+        q.push("))");
+        q.build_query_as().fetch_all(&mut **conn).await
+    })
+}
+
+/// What the platform reported about one outbound message: it arrived (`delivered_at`), was
+/// read (`opened_at`), or earned `revenue` (a paid unlock or a tip on it). The earliest
+/// report of each time wins, so reports in any order agree.
+pub async fn reported(
+    tx: &mut Tx,
+    id: MessageId,
+    delivered_at: Option<Timestamp>,
+    opened_at: Option<Timestamp>,
+    revenue: Cents,
+) -> sqlx::Result<()> {
+    on_tx!(tx, conn => sqlx::query(
+        "UPDATE messages SET
+             delivered_at = CASE WHEN delivered_at IS NULL OR delivered_at > $2
+                                 THEN COALESCE($2, delivered_at) ELSE delivered_at END,
+             opened_at = CASE WHEN opened_at IS NULL OR opened_at > $3
+                              THEN COALESCE($3, opened_at) ELSE opened_at END,
+             revenue_cents = revenue_cents + $4
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(delivered_at)
+    .bind(opened_at)
+    .bind(revenue.get())
+    .execute(&mut **conn)
+    .await
+    .map(|_| ()))
+}
+
+/// What the platform reported about a campaign's messages.
+#[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
+pub struct Engagement {
+    pub delivered: i64,
+    pub opened: i64,
+    pub revenue_cents: i64,
+}
+
+/// [`Engagement`] of `campaign`'s messages, read in `tx`.
+pub async fn engagement_of_campaign_in(
+    tx: &mut Tx,
+    campaign: CampaignId,
+) -> sqlx::Result<Engagement> {
+    on_tx!(tx, conn => sqlx::query_as(
+        "SELECT COUNT(delivered_at) AS delivered, COUNT(opened_at) AS opened,
+                CAST(COALESCE(SUM(revenue_cents), 0) AS BIGINT) AS revenue_cents
+         FROM messages WHERE campaign_id = $1",
+    )
+    .bind(campaign)
+    .fetch_one(&mut **conn)
+    .await)
+}

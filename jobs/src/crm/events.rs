@@ -1,0 +1,218 @@
+//! Platform events: what a platform sync reports about the creator's fans and our messages
+//! (delivered, opened, a paid message unlocked, a tip, a subscription). The only module that
+//! writes `platform_events`, the record that makes each event apply once; what an event
+//! changes is written through the owners of those tables (fans, messages, campaigns).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    campaigns,
+    fans::{self, FanRef, value_history::ValueSource},
+    messages::{self, OutboundRef},
+};
+use crate::{
+    db::{Db, StoreError, StoreResult, Tx},
+    domain::{CampaignId, Cents, FanId, MessageId, Platform, Timestamp, UserId},
+    on_tx, text_enum,
+};
+
+/// At most this many events a batch.
+pub const MAX_BATCH: usize = 500;
+/// Bounds of an event's id and of a platform's message id.
+pub const ID_MAX: usize = 200;
+
+text_enum! {
+    pub enum EventKind as "event type" {
+        /// The message reached the fan.
+        Delivered = "delivered",
+        /// The fan read the message (it was delivered, too).
+        Opened = "opened",
+        /// The fan unlocked a paid message (`amountCents`).
+        Purchased = "purchased",
+        /// The fan tipped (`amountCents`).
+        Tip = "tip",
+        /// The fan subscribed or renewed (`amountCents`).
+        Subscription = "subscription",
+    }
+}
+
+impl EventKind {
+    /// Whether the event is about one of our messages (which it must name).
+    pub fn needs_message(self) -> bool {
+        matches!(self, EventKind::Delivered | EventKind::Opened)
+    }
+
+    /// Whether the event carries money (which it must give).
+    pub fn carries_amount(self) -> bool {
+        !self.needs_message()
+    }
+
+    fn value_source(self) -> Option<ValueSource> {
+        match self {
+            EventKind::Purchased => Some(ValueSource::Purchased),
+            EventKind::Tip => Some(ValueSource::Tip),
+            EventKind::Subscription => Some(ValueSource::Subscription),
+            EventKind::Delivered | EventKind::Opened => None,
+        }
+    }
+}
+
+/// One of our outbound messages, as the platform names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MessageRef {
+    Ours(MessageId),
+    /// The platform's id, which its answer to the delivery gave us.
+    Platform(String),
+}
+
+/// An event, already parsed: kinds that need a message have one, kinds that carry money have
+/// an amount.
+#[derive(Debug, Clone)]
+pub struct PlatformEvent {
+    /// The platform's id of the event: a repeat of it changes nothing.
+    pub id: String,
+    pub kind: EventKind,
+    pub at: DateTime<Utc>,
+    pub fan: FanRef,
+    pub message: Option<MessageRef>,
+    pub amount: Option<Cents>,
+}
+
+/// What became of one event of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// Its id was applied before (or earlier in the batch): nothing changed.
+    Duplicate,
+    /// It names no fan or message of the creator, or one that does not fit: nothing changed,
+    /// and the same event may be sent again once it can apply.
+    Rejected(String),
+}
+
+/// Applies `events` of `user` in one transaction and says what became of each, in order.
+/// Events are applied fan by fan in id order, so concurrent batches touching the same fans
+/// take their rows in the same order; a deadlock with another writer (an import locks fans
+/// in its own order) is retried.
+pub async fn apply(db: &Db, user: UserId, events: &[PlatformEvent]) -> StoreResult<Vec<Outcome>> {
+    let mut tries = 0;
+    loop {
+        match apply_once(db, user, events).await {
+            Err(StoreError::Sql(e)) if tries < 3 && is_deadlock(&e) => tries += 1,
+            done => return done,
+        }
+    }
+}
+
+fn is_deadlock(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("40P01"))
+}
+
+async fn apply_once(db: &Db, user: UserId, events: &[PlatformEvent]) -> StoreResult<Vec<Outcome>> {
+    let mut tx = db.begin().await?;
+    let refs: Vec<FanRef> = events.iter().map(|e| e.fan.clone()).collect();
+    let fans: HashMap<FanRef, FanId> = fans::resolve(&mut tx, user, Platform::Onlyfans, &refs)
+        .await?
+        .into_iter()
+        .collect();
+    let ours: Vec<MessageId> = events
+        .iter()
+        .filter_map(|e| match &e.message {
+            Some(MessageRef::Ours(id)) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let theirs: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match &e.message {
+            Some(MessageRef::Platform(id)) => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let named = messages::outbound_named(&mut tx, user, &ours, &theirs).await?;
+    let message = |r: &MessageRef| -> Option<&OutboundRef> {
+        named.iter().find(|m| match r {
+            MessageRef::Ours(id) => m.id == *id,
+            MessageRef::Platform(p) => m.external_id.as_deref() == Some(p.as_str()),
+        })
+    };
+
+    let mut outcomes = vec![Outcome::Applied; events.len()];
+    let mut order = vec![];
+    for (i, e) in events.iter().enumerate() {
+        let Some(&fan) = fans.get(&e.fan) else {
+            outcomes[i] = Outcome::Rejected("no such fan".into());
+            continue;
+        };
+        let msg = match &e.message {
+            None => None,
+            Some(r) => match message(r) {
+                None => {
+                    outcomes[i] = Outcome::Rejected("no such outbound message".into());
+                    continue;
+                }
+                Some(m) if m.fan_id != fan => {
+                    outcomes[i] = Outcome::Rejected("the message was sent to another fan".into());
+                    continue;
+                }
+                Some(m) => Some(m),
+            },
+        };
+        order.push((fan, i, msg));
+    }
+    order.sort_by_key(|(fan, i, _)| (*fan, *i));
+
+    let mut touched: Vec<CampaignId> = vec![];
+    for (fan, i, msg) in order {
+        let e = &events[i];
+        if !record(&mut tx, user, e).await? {
+            outcomes[i] = Outcome::Duplicate;
+            continue;
+        }
+        let at = Timestamp(e.at);
+        if let Some(m) = msg {
+            let revenue = e.amount.filter(|_| e.kind.carries_amount());
+            let (delivered, opened) = match e.kind {
+                EventKind::Delivered => (Some(at), None),
+                EventKind::Opened => (Some(at), Some(at)),
+                _ => (None, None),
+            };
+            messages::reported(
+                &mut tx,
+                m.id,
+                delivered,
+                opened,
+                revenue.unwrap_or_default(),
+            )
+            .await?;
+            touched.extend(m.campaign_id);
+        }
+        match (e.kind.value_source(), e.amount) {
+            (Some(source), Some(amount)) => fans::credit(&mut tx, fan, amount, source, at).await?,
+            // Reading a message is the fan being there; its arrival is not.
+            _ if e.kind == EventKind::Opened => fans::seen(&mut tx, fan, at).await?,
+            _ => {}
+        }
+    }
+    campaigns::refresh_engagement(&mut tx, &touched).await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Records `event` as applied; `false` when its id was already.
+async fn record(tx: &mut Tx, user: UserId, event: &PlatformEvent) -> sqlx::Result<bool> {
+    on_tx!(tx, conn => sqlx::query(
+        "INSERT INTO platform_events (user_id, event_id, type, at, applied_at)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (user_id, event_id) DO NOTHING",
+    )
+    .bind(user)
+    .bind(&event.id)
+    .bind(event.kind)
+    .bind(Timestamp(event.at))
+    .bind(Timestamp::now())
+    .execute(&mut **conn)
+    .await
+    .map(|r| r.rows_affected() == 1))
+}

@@ -1,0 +1,424 @@
+//! Platform events and the fans' value history, over HTTP on both backends: each event applies
+//! once, campaigns and fans agree with what was reported, and every change of a fan's value
+//! is in its history with its source.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    delivery::{jobs_done, message, setup, until},
+    helpers::{Backend, TestApp, at, error_of, instant, json_of, spawn_app},
+};
+
+both!(
+    events_apply_once_and_campaigns_and_fans_agree_with_them,
+    a_fans_value_history_records_every_change_with_its_source,
+    bad_event_batches_are_refused_whole_with_the_field_at_fault,
+);
+
+async fn post_events(app: &TestApp, user: i64, events: Value) -> Value {
+    json_of(
+        app.post(user, "/api/onlyfans/events", &json!({ "events": events }))
+            .await,
+        StatusCode::OK,
+    )
+    .await
+}
+
+async fn fan(app: &TestApp, user: i64, id: i64) -> Value {
+    json_of(
+        app.get(user, &format!("/api/crm/fans/{id}")).await,
+        StatusCode::OK,
+    )
+    .await
+}
+
+async fn campaign_metrics(app: &TestApp, id: i64) -> Value {
+    json_of(
+        app.get(1, &format!("/api/crm/campaigns/{id}")).await,
+        StatusCode::OK,
+    )
+    .await["metrics"]
+        .clone()
+}
+
+/// The outbound message of `campaign` in conversation `conv`.
+async fn campaign_message(app: &TestApp, conv: i64, campaign: i64) -> Value {
+    let page = json_of(
+        app.get(
+            1,
+            &format!("/api/crm/conversations/{conv}/messages?limit=200"),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["campaignId"] == campaign)
+        .cloned()
+        .unwrap_or_else(|| panic!("campaign {campaign}'s message in {conv}: {page}"))
+}
+
+async fn events_apply_once_and_campaigns_and_fans_agree_with_them(backend: Backend) {
+    let (_sim, app, dispatcher) = setup(backend, |_| {}).await;
+    let (ava, ava_conv) = app.fan_with_conversation(1, "@ava").await;
+    let (ben, ben_conv) = app.fan_with_conversation(1, "@ben").await;
+    json_of(
+        app.put(
+            1,
+            &format!("/api/crm/fans/{ava}"),
+            &json!({ "valueCents": 1000 }),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let bulk =
+        json!({ "recipientIds": [ava, ben], "content": "New set", "campaignName": "Launch" });
+    let campaign = json_of(
+        app.post(1, "/api/messages/bulk", &bulk).await,
+        StatusCode::ACCEPTED,
+    )
+    .await["campaignId"]
+        .as_i64()
+        .unwrap();
+    jobs_done(&app, 1).await;
+    until(&dispatcher, "both campaign messages sent", || async {
+        campaign_message(&app, ava_conv, campaign).await["status"] == "sent"
+            && campaign_message(&app, ben_conv, campaign).await["status"] == "sent"
+    })
+    .await;
+    let to_ava = campaign_message(&app, ava_conv, campaign).await;
+    let to_ben = campaign_message(&app, ben_conv, campaign).await;
+    // The platform's id of a delivered message is kept: events may name it.
+    let ben_platform_id = to_ben["externalId"]
+        .as_str()
+        .expect("the platform's id")
+        .to_owned();
+
+    let batch = json!([
+        { "id": "e1", "type": "delivered", "at": "2026-12-01T10:00:00Z", "fanId": ava, "messageId": to_ava["id"] },
+        { "id": "e2", "type": "opened", "at": "2026-12-01T11:00:00Z", "fanHandle": "BEN", "platformMessageId": ben_platform_id },
+        { "id": "e3", "type": "purchased", "at": "2026-12-01T12:00:00Z", "fanId": ava.to_string(), "messageId": to_ava["id"].to_string(), "amountCents": 500 },
+        { "id": "e4", "type": "tip", "at": "2026-12-02T09:00:00Z", "fanHandle": "@ben", "amountCents": 300 },
+        { "id": "e5", "type": "subscription", "at": "2026-12-03T09:00:00Z", "fanId": ava, "amountCents": 1000 },
+        { "id": "e6", "type": "tip", "at": "2026-12-03T09:00:00Z", "fanId": 987654321, "amountCents": 100 },
+        { "id": "e7", "type": "opened", "at": "2026-12-03T09:00:00Z", "fanId": ava, "messageId": 987654321 },
+        { "id": "e8", "type": "opened", "at": "2026-12-03T09:00:00Z", "fanId": ava, "messageId": to_ben["id"] },
+        { "id": "e3", "type": "purchased", "at": "2026-12-01T12:00:00Z", "fanId": ava, "messageId": to_ava["id"], "amountCents": 500 },
+    ]);
+    let first = post_events(&app, 1, batch.clone()).await;
+    assert_eq!(
+        (&first["applied"], &first["duplicates"], &first["rejected"]),
+        (&json!(5), &json!(1), &json!(3)),
+        "{first}"
+    );
+    let statuses: Vec<&str> = first["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "applied",
+            "applied",
+            "applied",
+            "applied",
+            "applied",
+            "rejected",
+            "rejected",
+            "rejected",
+            "duplicate"
+        ]
+    );
+    assert_eq!(first["results"][5]["error"], "no such fan");
+    assert_eq!(first["results"][6]["error"], "no such outbound message");
+    assert_eq!(
+        first["results"][7]["error"],
+        "the message was sent to another fan"
+    );
+
+    let check = |label: &'static str| {
+        let app = &app;
+        let (to_ava, to_ben) = (&to_ava, &to_ben);
+        async move {
+            let m = campaign_metrics(app, campaign).await;
+            assert_eq!(
+                (
+                    &m["delivered"],
+                    &m["opened"],
+                    &m["revenueCents"],
+                    &m["sent"]
+                ),
+                (&json!(2), &json!(1), &json!(500), &json!(2)),
+                "{label}: {m}"
+            );
+            let a = fan(app, 1, ava).await;
+            let b = fan(app, 1, ben).await;
+            assert_eq!(a["valueCents"], 1000 + 500 + 1000, "{label}: {a}");
+            assert_eq!(b["valueCents"], 300, "{label}: {b}");
+            // Seen: the latest paid event for Ava, the open then the tip for Ben.
+            assert_eq!(
+                instant(&a["lastSeenAt"]),
+                at("2026-12-03T09:00:00Z"),
+                "{label}: {a}"
+            );
+            assert_eq!(
+                instant(&b["lastSeenAt"]),
+                at("2026-12-02T09:00:00Z"),
+                "{label}: {b}"
+            );
+            let ma = message(app, 1, ava_conv, to_ava["id"].as_i64().unwrap()).await;
+            assert_eq!(
+                instant(&ma["deliveredAt"]),
+                at("2026-12-01T10:00:00Z"),
+                "{label}: {ma}"
+            );
+            assert!(ma.get("openedAt").is_none(), "{label}: {ma}");
+            assert_eq!(ma["revenueCents"], 500, "{label}: {ma}");
+            let mb = message(app, 1, ben_conv, to_ben["id"].as_i64().unwrap()).await;
+            assert_eq!(
+                instant(&mb["deliveredAt"]),
+                at("2026-12-01T11:00:00Z"),
+                "{label}: {mb}"
+            );
+            assert_eq!(
+                instant(&mb["openedAt"]),
+                at("2026-12-01T11:00:00Z"),
+                "{label}: {mb}"
+            );
+            let sources: Vec<(String, i64)> = a["valueHistory"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    (
+                        c["source"].as_str().unwrap().to_owned(),
+                        c["deltaCents"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                sources,
+                [
+                    ("subscription".into(), 1000),
+                    ("purchased".into(), 500),
+                    ("edit".into(), 1000)
+                ],
+                "{label}: {a}"
+            );
+        }
+    };
+    check("after the batch").await;
+
+    // The same batch again: everything applied is a duplicate, nothing changes.
+    let again = post_events(&app, 1, batch).await;
+    assert_eq!(
+        (&again["applied"], &again["duplicates"], &again["rejected"]),
+        (&json!(0), &json!(6), &json!(3)),
+        "{again}"
+    );
+    check("after the batch was sent again").await;
+
+    // Another creator's events never reach creator 1's fans or messages.
+    let other = post_events(
+        &app,
+        2,
+        json!([{ "id": "e1", "type": "tip", "at": "2026-12-03T09:00:00Z", "fanId": ava, "amountCents": 100 },
+               { "id": "x2", "type": "delivered", "at": "2026-12-03T09:00:00Z", "fanHandle": "@ava", "messageId": to_ava["id"] }]),
+    )
+    .await;
+    assert_eq!(
+        (&other["applied"], &other["rejected"]),
+        (&json!(0), &json!(2)),
+        "{other}"
+    );
+    check("after another creator's events").await;
+}
+
+async fn a_fans_value_history_records_every_change_with_its_source(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let created = app
+        .create_fan(1, json!({ "handle": "@vera", "valueCents": 100 }))
+        .await;
+    let id = created["id"].as_i64().unwrap();
+    json_of(
+        app.put(
+            1,
+            &format!("/api/crm/fans/{id}"),
+            &json!({ "valueCents": 250 }),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    // A change of something else is not a value change.
+    json_of(
+        app.put(
+            1,
+            &format!("/api/crm/fans/{id}"),
+            &json!({ "notes": "VIP" }),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let csv = "Username,Display Name,Email,Subscription Tier,Total Spent,Last Seen\n\
+               vera,Vera,,Gold,$40.00,\n\
+               newcomer,New,,,$12.50,\n";
+    let job = app.import(1, "export.csv", csv.as_bytes().to_vec()).await;
+    app.wait_job(1, &job).await;
+    // Importing the same file again changes no value.
+    let job = app.import(1, "export.csv", csv.as_bytes().to_vec()).await;
+    app.wait_job(1, &job).await;
+    post_events(
+        &app,
+        1,
+        json!([{ "id": "t1", "type": "tip", "at": "2026-12-04T08:00:00Z", "fanHandle": "@vera", "amountCents": 60 }]),
+    )
+    .await;
+
+    let f = fan(&app, 1, id).await;
+    assert_eq!(f["valueCents"], 4060, "{f}");
+    let history: Vec<(String, i64, i64)> = f["valueHistory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["source"].as_str().unwrap().to_owned(),
+                c["deltaCents"].as_i64().unwrap(),
+                c["valueCents"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("tip".to_owned(), 60, 4060),
+        ("import".to_owned(), 3750, 4000),
+        ("edit".to_owned(), 150, 250),
+        ("created".to_owned(), 100, 100),
+    ];
+    assert_eq!(history, expected, "{f}");
+
+    // The whole history, paged.
+    let url = format!("/api/crm/fans/{id}/value-history?limit=3");
+    let page = json_of(app.get(1, &url).await, StatusCode::OK).await;
+    assert_eq!(
+        (&page["total"], page["items"].as_array().unwrap().len()),
+        (&json!(4), 3)
+    );
+    assert_eq!(page["items"][0]["source"], "tip");
+    let url = format!("/api/crm/fans/{id}/value-history?limit=3&offset=3");
+    let page = json_of(app.get(1, &url).await, StatusCode::OK).await;
+    assert_eq!(page["items"][0]["source"], "created", "{page}");
+
+    // The imported newcomer's value came from the import.
+    let fans = json_of(
+        app.get(1, "/api/crm/fans?minValueCents=1250").await,
+        StatusCode::OK,
+    )
+    .await;
+    let newcomer = fans["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["handle"] == "@newcomer")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let nf = fan(&app, 1, newcomer).await;
+    assert_eq!(nf["valueHistory"][0]["source"], "import", "{nf}");
+
+    // Another creator's fan, or no fan: 404.
+    error_of(
+        app.get(2, &format!("/api/crm/fans/{id}/value-history"))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    error_of(
+        app.get(1, "/api/crm/fans/987654321/value-history").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    error_of(
+        app.get(1, &format!("/api/crm/fans/{id}/value-history?limit=0"))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+    )
+    .await;
+}
+
+async fn bad_event_batches_are_refused_whole_with_the_field_at_fault(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let f = app.create_fan(1, json!({ "handle": "@zoe" })).await;
+    let id = f["id"].as_i64().unwrap();
+    let ok = json!({ "id": "ok", "type": "tip", "at": "2026-12-01T00:00:00Z", "fanId": id, "amountCents": 5 });
+    let cases = [
+        (json!({ "events": [] }), "events"),
+        (
+            json!({ "events": [ok, { "id": "a", "type": "tip", "at": "2026-12-01T00:00:00Z", "fanId": id }] }),
+            "events[1].amountCents",
+        ),
+        (
+            json!({ "events": [{ "id": "a", "type": "delivered", "at": "2026-12-01T00:00:00Z", "fanId": id }] }),
+            "events[0].messageId",
+        ),
+        (
+            json!({ "events": [{ "id": "a", "type": "delivered", "at": "2026-12-01T00:00:00Z", "fanId": id, "messageId": 1, "amountCents": 5 }] }),
+            "events[0].amountCents",
+        ),
+        (
+            json!({ "events": [{ "id": "a", "type": "tip", "at": "2026-12-01T00:00:00Z", "amountCents": 5 }] }),
+            "events[0].fanId",
+        ),
+        (
+            json!({ "events": [{ "id": "a", "type": "tip", "at": "2026-12-01T00:00:00Z", "fanId": id, "fanHandle": "@zoe", "amountCents": 5 }] }),
+            "events[0].fanId",
+        ),
+        (
+            json!({ "events": [{ "id": " ", "type": "tip", "at": "2026-12-01T00:00:00Z", "fanId": id, "amountCents": 5 }] }),
+            "events[0].id",
+        ),
+        (
+            json!({ "events": [{ "id": "a", "type": "tip", "at": "2999-01-01T00:00:00Z", "fanId": id, "amountCents": 5 }] }),
+            "events[0].at",
+        ),
+        (
+            json!({ "events": [{ "id": "a", "type": "refund", "at": "2026-12-01T00:00:00Z", "fanId": id }] }),
+            "events[0].type",
+        ),
+    ];
+    for (body, field) in cases {
+        let e = json_of(
+            app.post(1, "/api/onlyfans/events", &body).await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert!(
+            e["error"]["field"] == field
+                || e["error"]["message"].as_str().unwrap_or("").contains(field),
+            "{body} names {field}: {e}"
+        );
+    }
+    let too_many: Vec<Value> = (0..501)
+        .map(|i| json!({ "id": format!("e{i}"), "type": "tip", "at": "2026-12-01T00:00:00Z", "fanId": id, "amountCents": 1 }))
+        .collect();
+    error_of(
+        app.post(1, "/api/onlyfans/events", &json!({ "events": too_many }))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+    )
+    .await;
+    // Nothing of the refused batches applied: the fan's value is untouched.
+    assert_eq!(fan(&app, 1, id).await["valueCents"], 0);
+}
