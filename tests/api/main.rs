@@ -22,6 +22,7 @@ macro_rules! both {
     };
 }
 
+mod analytics;
 mod auth;
 mod backpressure;
 mod bad_input;
