@@ -69,7 +69,7 @@ ALTER TABLE messages ADD COLUMN revenue_cents BIGINT NOT NULL DEFAULT 0;
 -- Outbound messages carry the platform's id once delivered (external_id), found by it.
 CREATE INDEX messages_user_external ON messages (user_id, external_id) WHERE external_id IS NOT NULL;
 -- Messages sent and failed per day.
-CREATE INDEX messages_user_sent ON messages (user_id, sent_at) WHERE sent_at IS NOT NULL;
+CREATE INDEX messages_user_sent ON messages (user_id, sent_at) WHERE direction = 'out' AND status = 'sent';
 
 -- Each platform event is applied once: a repeat of its id is reported and changes nothing.
 CREATE TABLE platform_events (

@@ -64,7 +64,7 @@ ALTER TABLE messages ADD COLUMN delivered_at TEXT;
 ALTER TABLE messages ADD COLUMN opened_at TEXT;
 ALTER TABLE messages ADD COLUMN revenue_cents INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX messages_user_external ON messages (user_id, external_id) WHERE external_id IS NOT NULL;
-CREATE INDEX messages_user_sent ON messages (user_id, sent_at) WHERE sent_at IS NOT NULL;
+CREATE INDEX messages_user_sent ON messages (user_id, sent_at) WHERE direction = 'out' AND status = 'sent';
 
 CREATE TABLE platform_events (
     user_id    INTEGER NOT NULL,

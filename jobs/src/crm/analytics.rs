@@ -136,8 +136,8 @@ pub async fn report(db: &Db, user: UserId, range: Range) -> StoreResult<Report> 
     let (sent_sql, failed_sql) = match db {
         Db::Postgres(_) => (
             "SELECT (sent_at AT TIME ZONE 'UTC')::date, COUNT(*) FROM messages
-             WHERE user_id = $1 AND sent_at >= $2 AND sent_at < $3 AND sent_at IS NOT NULL
-               AND direction = 'out' AND status = 'sent'
+             WHERE user_id = $1 AND direction = 'out' AND status = 'sent'
+               AND sent_at >= $2 AND sent_at < $3
              GROUP BY 1",
             "SELECT (failed_at AT TIME ZONE 'UTC')::date, COUNT(*) FROM messages
              WHERE user_id = $1 AND failed_at >= $2 AND failed_at < $3 AND status = 'failed'
@@ -145,8 +145,8 @@ pub async fn report(db: &Db, user: UserId, range: Range) -> StoreResult<Report> 
         ),
         Db::Sqlite(_) => (
             "SELECT date(sent_at), COUNT(*) FROM messages
-             WHERE user_id = $1 AND sent_at >= $2 AND sent_at < $3 AND sent_at IS NOT NULL
-               AND direction = 'out' AND status = 'sent'
+             WHERE user_id = $1 AND direction = 'out' AND status = 'sent'
+               AND sent_at >= $2 AND sent_at < $3
              GROUP BY 1",
             "SELECT date(failed_at), COUNT(*) FROM messages
              WHERE user_id = $1 AND failed_at >= $2 AND failed_at < $3 AND status = 'failed'

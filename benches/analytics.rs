@@ -1,0 +1,255 @@
+//! The analytics benchmark; `benches/analytics.sh` runs it and BENCHMARKS.md keeps the figures.
+//!
+//! Creator 1 has 100,000 fans (values, last-seen times over four months), 1,000,000 value
+//! changes over the last year, 100,000 outbound messages sent or failed over the year and 50
+//! campaigns. `GET /api/crm/analytics` is asked over HTTP on loopback, one request at a time,
+//! for a month by day, a quarter by week and a year by month: p50, p99 and max of each.
+//! The target (issue 10): under 200 ms on PostgreSQL.
+//!
+//! The value changes are inserted in one statement and the per-day revenue rolled up from them
+//! with the same aggregate as the migration's backfill; through the API the trigger on `fans`
+//! writes both, one change at a time.
+
+#[allow(dead_code)]
+#[path = "../tests/api/helpers.rs"]
+mod helpers;
+
+use std::time::{Duration, Instant};
+
+use fanqueue::auth::JwtKeys;
+use fanqueue_jobs::{
+    db::Db,
+    domain::{Timestamp, UserId},
+    on_db,
+};
+use helpers::{AppProcess, Backend, JWT_SECRET, TestDb, run_fanqueue};
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::Value;
+
+const FANS: i64 = 100_000;
+const CHANGES: i64 = 1_000_000;
+const MESSAGES: i64 = 100_000;
+const CAMPAIGNS: i64 = 50;
+const REQUESTS: usize = 50;
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("analytics benchmark: run it with benches/analytics.sh");
+        return;
+    }
+    let backends = match args
+        .iter()
+        .position(|a| a == "--backend")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+    {
+        Some("sqlite") => vec![Backend::Sqlite],
+        Some("both") => vec![Backend::Postgres, Backend::Sqlite],
+        _ => vec![Backend::Postgres],
+    };
+    for backend in backends {
+        run(backend).await;
+    }
+}
+
+async fn run(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env: Vec<(String, String)> = vec![
+        ("JWT_SECRET".into(), JWT_SECRET.into()),
+        ("RUST_LOG".into(), "warn,fanqueue::startup=info".into()),
+        (
+            "DATA_DIR".into(),
+            dir.path().join("data").display().to_string(),
+        ),
+    ];
+    let (_testdb, url, name) = match backend {
+        Backend::Postgres => {
+            let (db, url) = TestDb::create(Backend::Postgres).await;
+            env.push(("DATABASE_URL".into(), url.clone()));
+            (Some(db), url, "PostgreSQL")
+        }
+        Backend::Sqlite => (
+            None,
+            Db::embedded_url(&dir.path().join("data")),
+            "SQLite (embedded default)",
+        ),
+    };
+    let path = std::env::var("PATH").unwrap_or_default();
+    let mut refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    refs.push(("PATH", &path));
+    let out = run_fanqueue(dir.path(), &["migrate"], &refs);
+    assert!(out.status.success(), "fanqueue migrate: {out:?}");
+    let db = Db::connect(&url).await.unwrap();
+    let started = Instant::now();
+    seed(&db).await;
+    let counts: (i64, i64, i64) = on_db!(&db, pool => sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM fans), (SELECT COUNT(*) FROM fan_value_changes),
+                (SELECT COUNT(*) FROM messages)"
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap());
+    println!(
+        "\n# {name}\n\nseeded {} fans, {} value changes, {} messages in {:.1} s\n",
+        counts.0,
+        counts.1,
+        counts.2,
+        started.elapsed().as_secs_f64()
+    );
+    let role = match backend {
+        Backend::Postgres => "serve",
+        Backend::Sqlite => "all",
+    };
+    let mut app = AppProcess::spawn(&[role], &refs, dir.path());
+    let keys = JwtKeys::new(&SecretString::from(JWT_SECRET.to_owned()));
+    let token = keys.issue(UserId(1), Duration::from_secs(3600));
+    let client = reqwest::Client::new();
+    println!("| query | p50 | p99 | max | figures |");
+    println!("|---|---|---|---|---|");
+    let today = chrono::Utc::now().date_naive();
+    for (label, query) in [
+        (
+            "a month by day",
+            format!("period=day&from={}", today - chrono::Duration::days(29)),
+        ),
+        (
+            "a quarter by week",
+            format!("period=week&from={}", today - chrono::Duration::weeks(12)),
+        ),
+        (
+            "a year by month",
+            format!("period=month&from={}", today - chrono::Duration::days(364)),
+        ),
+    ] {
+        let url = format!("{}/api/crm/analytics?{query}", app.address);
+        let mut times = vec![];
+        let mut last = Value::Null;
+        for _ in 0..REQUESTS {
+            let t = Instant::now();
+            let resp = client.get(&url).bearer_auth(&token).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            last = resp.json().await.unwrap();
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        let pick =
+            |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+        println!(
+            "| {label} | {:.1} ms | {:.1} ms | {:.1} ms | {} fans, {} active, {} periods, {} campaigns |",
+            pick(0.5),
+            pick(0.99),
+            times[times.len() - 1],
+            last["totalFans"],
+            last["activeFans"],
+            last["periods"].as_array().map_or(0, Vec::len),
+            last["campaigns"].as_array().map_or(0, Vec::len),
+        );
+    }
+    app.terminate(Duration::from_secs(20)).await;
+}
+
+/// Creator 1's data, each table in one statement (a recursive CTE: both dialects).
+async fn seed(db: &Db) {
+    let now = Timestamp::now();
+    let series = "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < $1) ";
+    let (seen, at, day) = match db {
+        Db::Postgres(_) => (
+            "$2::timestamptz - (i % 120) * INTERVAL '1 day'",
+            "$2::timestamptz - (i % 365) * INTERVAL '1 day' - (i % 1440) * INTERVAL '1 minute'",
+            "(at AT TIME ZONE 'UTC')::date",
+        ),
+        Db::Sqlite(_) => (
+            "strftime('%Y-%m-%dT%H:%M:%fZ', $2, '-' || (i % 120) || ' days')",
+            "strftime('%Y-%m-%dT%H:%M:%fZ', $2, '-' || (i % 365) || ' days', '-' || (i % 1440) || ' minutes')",
+            "date(at)",
+        ),
+    };
+    // (statement, rows of its series): a series statement binds its length and the time.
+    let statements: Vec<(String, Option<i64>)> = vec![
+        // The fans' values as they are created: the trigger records each as a change.
+        (
+            format!(
+                "{series} INSERT INTO fans (user_id, platform, handle, value_cents, last_seen_at,
+                                           created_at, updated_at)
+                 SELECT 1, 'onlyfans', '@fan' || i, i % 1000, {seen}, $2, $2 FROM s"
+            ),
+            Some(FANS),
+        ),
+        (
+            format!(
+                "{series} INSERT INTO fan_value_changes (user_id, fan_id, at, value_cents, delta_cents, source)
+                 SELECT 1, (SELECT MIN(id) FROM fans) + i % {FANS}, {at}, 0, 1 + i % 500, 'tip' FROM s"
+            ),
+            Some(CHANGES - FANS),
+        ),
+        ("DELETE FROM revenue_days".to_owned(), None),
+        (
+            format!(
+                "INSERT INTO revenue_days (user_id, day, revenue_cents)
+                 SELECT user_id, {day}, SUM(delta_cents) FROM fan_value_changes GROUP BY 1, 2"
+            ),
+            None,
+        ),
+        (
+            "INSERT INTO conversations (user_id, fan_id, platform, created_at)
+             SELECT user_id, id, platform, created_at FROM fans"
+                .to_owned(),
+            None,
+        ),
+        (
+            format!(
+                "{series} INSERT INTO campaigns (user_id, name, type, status, template, target_audience,
+                                                metrics, created_at)
+                 SELECT 1, 'campaign ' || i, 'bulk_message', 'completed', '{{}}',
+                        '{{\"recipientIds\": [1, 2, 3]}}',
+                        '{{\"sent\": 2, \"failed\": 1, \"delivered\": 2, \"opened\": 1, \"revenueCents\": 500}}',
+                        {at} FROM s"
+            ),
+            Some(CAMPAIGNS),
+        ),
+        (
+            format!(
+                "{series} INSERT INTO messages (user_id, conversation_id, fan_id, direction, text,
+                                               status, created_at, sent_at, failed_at)
+                 SELECT 1, c.id, c.fan_id, 'out', 'hello',
+                        CASE WHEN i % 10 = 0 THEN 'failed' ELSE 'sent' END, {at},
+                        CASE WHEN i % 10 = 0 THEN NULL ELSE {at} END,
+                        CASE WHEN i % 10 = 0 THEN {at} ELSE NULL END
+                 FROM s JOIN conversations c ON c.id = (SELECT MIN(id) FROM conversations) + i % {FANS}"
+            ),
+            Some(MESSAGES),
+        ),
+    ];
+    for (sql, rows) in statements {
+        let t = Instant::now();
+        on_db!(db, pool => {
+            let q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+            let q = match rows {
+                Some(n) => q.bind(n).bind(now),
+                None => q,
+            };
+            q.execute(pool)
+                .await
+                .map(|_| ())
+                .unwrap_or_else(|e| panic!("{e}: {sql}"))
+        });
+        eprintln!(
+            "{:.1} s: {}",
+            t.elapsed().as_secs_f64(),
+            sql.split_whitespace()
+                .skip_while(|w| *w != "INSERT" && *w != "DELETE")
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    fanqueue_jobs::crm::fans::blocks::rebuild(db).await.unwrap();
+    if let Db::Postgres(pool) = db {
+        sqlx::query("VACUUM ANALYZE").execute(pool).await.unwrap();
+    } else if let Db::Sqlite(pool) = db {
+        sqlx::query("ANALYZE").execute(pool).await.unwrap();
+    }
+}
