@@ -124,8 +124,12 @@ async fn analytics_figures_match_a_direct_computation_over_the_rows(backend: Bac
     .await;
     // An edit that lowers a value counts against its day.
     json_of(
-        app.put(1, &format!("/api/crm/fans/{}", ids[13]), &json!({ "valueCents": 1 }))
-            .await,
+        app.put(
+            1,
+            &format!("/api/crm/fans/{}", ids[13]),
+            &json!({ "valueCents": 1 }),
+        )
+        .await,
         StatusCode::OK,
     )
     .await;
@@ -185,13 +189,22 @@ async fn analytics_figures_match_a_direct_computation_over_the_rows(backend: Bac
 
         let mut expected: BTreeMap<NaiveDate, (i64, i64, i64)> = BTreeMap::new();
         for (at, delta) in &r.changes {
-            expected.entry(start_of(period, at.date_naive())).or_default().0 += delta;
+            expected
+                .entry(start_of(period, at.date_naive()))
+                .or_default()
+                .0 += delta;
         }
         for at in &r.sent {
-            expected.entry(start_of(period, at.date_naive())).or_default().1 += 1;
+            expected
+                .entry(start_of(period, at.date_naive()))
+                .or_default()
+                .1 += 1;
         }
         for at in &r.failed {
-            expected.entry(start_of(period, at.date_naive())).or_default().2 += 1;
+            expected
+                .entry(start_of(period, at.date_naive()))
+                .or_default()
+                .2 += 1;
         }
         let got: BTreeMap<NaiveDate, (i64, i64, i64)> = a["periods"]
             .as_array()
@@ -224,7 +237,8 @@ async fn analytics_figures_match_a_direct_computation_over_the_rows(backend: Bac
     }
     // Revenue is the net change of value: the periods add up to the changes in the range.
     let a = json_of(
-        app.get(1, "/api/crm/analytics?period=month&from=2026-01-01").await,
+        app.get(1, "/api/crm/analytics?period=month&from=2026-01-01")
+            .await,
         StatusCode::OK,
     )
     .await;
