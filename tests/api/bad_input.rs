@@ -88,7 +88,11 @@ async fn bad_fan_bodies_are_400s_naming_the_field(app: TestApp) {
         );
     }
     let after = json_of(app.get(1, &path).await, StatusCode::OK).await;
-    assert_eq!(after, fan, "a refused update changed the fan");
+    assert_eq!(
+        crate::fans::without_history(&after),
+        fan,
+        "a refused update changed the fan"
+    );
 }
 
 async fn a_one_megabyte_name_is_a_400(app: TestApp) {

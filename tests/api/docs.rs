@@ -77,6 +77,13 @@ async fn openapi_documents_every_crm_route_with_bearer_security() {
         ),
         ("/api/monitoring/onlyfans", "get", "monitoring"),
         ("/metrics", "get", "metrics"),
+        ("/api/onlyfans/events", "post", "reportEvents"),
+        (
+            "/api/crm/fans/{id}/value-history",
+            "get",
+            "listFanValueHistory",
+        ),
+        ("/api/crm/analytics", "get", "getAnalytics"),
     ];
     for (path, method, operation_id) in expected {
         let op = &doc["paths"][path][method];
