@@ -11,6 +11,7 @@ use crate::{
 };
 
 both!(
+    concurrent_batches_of_the_same_events_apply_each_once_without_a_5xx,
     events_apply_once_and_campaigns_and_fans_agree_with_them,
     a_fans_value_history_records_every_change_with_its_source,
     bad_event_batches_are_refused_whole_with_the_field_at_fault,
@@ -421,4 +422,65 @@ async fn bad_event_batches_are_refused_whole_with_the_field_at_fault(backend: Ba
     .await;
     // Nothing of the refused batches applied: the fan's value is untouched.
     assert_eq!(fan(&app, 1, id).await["valueCents"], 0);
+}
+
+async fn concurrent_batches_of_the_same_events_apply_each_once_without_a_5xx(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut fans = vec![];
+    for i in 0..5 {
+        fans.push(
+            app.create_fan(1, json!({ "handle": format!("@c{i}") }))
+                .await["id"]
+                .clone(),
+        );
+    }
+    // 8 clients send overlapping batches (each the 60 events in its own order).
+    let events: Vec<Value> = (0..60)
+        .map(|i| {
+            json!({ "id": format!("c{i}"), "type": "tip", "at": "2026-12-01T00:00:00Z",
+                         "fanId": fans[i % 5], "amountCents": 10 + i })
+        })
+        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..8usize {
+        let mut batch = events.clone();
+        batch.rotate_left(k * 7);
+        if k % 2 == 1 {
+            batch.reverse();
+        }
+        let (client, url, token) = (
+            app.client.clone(),
+            app.url("/api/onlyfans/events"),
+            app.token(1),
+        );
+        tasks.spawn(async move {
+            let resp = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({ "events": batch }))
+                .send()
+                .await
+                .unwrap();
+            json_of(resp, StatusCode::OK).await
+        });
+    }
+    let mut applied = 0;
+    while let Some(answer) = tasks.join_next().await {
+        let answer = answer.unwrap();
+        assert_eq!(
+            answer["applied"].as_i64().unwrap() + answer["duplicates"].as_i64().unwrap(),
+            60,
+            "{answer}"
+        );
+        applied += answer["applied"].as_i64().unwrap();
+    }
+    assert_eq!(applied, 60, "each event applied by exactly one batch");
+    let mut total = 0;
+    for (f, id) in fans.iter().enumerate() {
+        let fan = fan(&app, 1, id.as_i64().unwrap()).await;
+        let expected: i64 = (0..60).filter(|i| i % 5 == f).map(|i| 10 + i as i64).sum();
+        assert_eq!(fan["valueCents"], expected, "{fan}");
+        total += expected;
+    }
+    assert_eq!(total, (0..60).map(|i| 10 + i).sum::<i64>());
 }

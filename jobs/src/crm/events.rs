@@ -3,7 +3,7 @@
 //! writes `platform_events`, the record that makes each event apply once; what an event
 //! changes is written through the owners of those tables (fans, messages, campaigns).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
@@ -161,12 +161,26 @@ async fn apply_once(db: &Db, user: UserId, events: &[PlatformEvent]) -> StoreRes
         };
         order.push((fan, i, msg));
     }
+    // The first of several events with one id is the one that may apply.
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    order.retain(|(_, i, _)| match first.entry(events[*i].id.as_str()) {
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(*i);
+            true
+        }
+        std::collections::hash_map::Entry::Occupied(_) => {
+            outcomes[*i] = Outcome::Duplicate;
+            false
+        }
+    });
+    let to_record: Vec<&PlatformEvent> = order.iter().map(|(_, i, _)| &events[*i]).collect();
+    let new = record(&mut tx, user, &to_record).await?;
     order.sort_by_key(|(fan, i, _)| (*fan, *i));
 
     let mut touched: Vec<CampaignId> = vec![];
     for (fan, i, msg) in order {
         let e = &events[i];
-        if !record(&mut tx, user, e).await? {
+        if !new.contains(e.id.as_str()) {
             outcomes[i] = Outcome::Duplicate;
             continue;
         }
@@ -200,19 +214,33 @@ async fn apply_once(db: &Db, user: UserId, events: &[PlatformEvent]) -> StoreRes
     Ok(outcomes)
 }
 
-/// Records `event` as applied; `false` when its id was already.
-async fn record(tx: &mut Tx, user: UserId, event: &PlatformEvent) -> sqlx::Result<bool> {
-    on_tx!(tx, conn => sqlx::query(
-        "INSERT INTO platform_events (user_id, event_id, type, at, applied_at)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (user_id, event_id) DO NOTHING",
-    )
-    .bind(user)
-    .bind(&event.id)
-    .bind(event.kind)
-    .bind(Timestamp(event.at))
-    .bind(Timestamp::now())
-    .execute(&mut **conn)
-    .await
-    .map(|r| r.rows_affected() == 1))
+/// Records `events` (distinct ids) as applied; returns the ids that were not already. One
+/// statement, rows in id order: concurrent batches of overlapping events take the ids' locks
+/// in the same order, so they wait for each other instead of deadlocking.
+async fn record(
+    tx: &mut Tx,
+    user: UserId,
+    events: &[&PlatformEvent],
+) -> sqlx::Result<HashSet<String>> {
+    if events.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut sorted = events.to_vec();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let now = Timestamp::now();
+    let ids: Vec<(String,)> = on_tx!(tx, conn => {
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT INTO platform_events (user_id, event_id, type, at, applied_at) ",
+        );
+        q.push_values(&sorted, |mut row, e| {
+            row.push_bind(user)
+                .push_bind(e.id.as_str())
+                .push_bind(e.kind)
+                .push_bind(Timestamp(e.at))
+                .push_bind(now);
+        });
+        q.push(" ON CONFLICT (user_id, event_id) DO NOTHING RETURNING event_id");
+        q.build_query_as().fetch_all(&mut **conn).await?
+    });
+    Ok(ids.into_iter().map(|(id,)| id).collect())
 }
