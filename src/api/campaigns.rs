@@ -55,7 +55,9 @@ pub struct CampaignOut {
     pub target_audience: serde_json::Value,
     pub metrics: CampaignMetrics,
     pub created_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub started_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub completed_at: Option<DateTime<Utc>>,
 }
 
@@ -125,7 +127,11 @@ impl CampaignsApi {
     async fn list(
         &self,
         auth: BearerAuth,
+        /// Items per page, 1 to 200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
+        /// Items to skip (default 0).
+        #[oai(validator(minimum(value = "0")))]
         offset: Query<Option<i64>>,
     ) -> Result<ListCampaignsResponse, ApiError> {
         let page = page(limit.0, offset.0)?;
@@ -168,7 +174,10 @@ impl CampaignsApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        #[oai(
+            name = "Idempotency-Key",
+            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
+        )]
         _idempotency_key: Header<Option<String>>,
         id: Path<i64>,
     ) -> Result<RetryFailedResponse, ApiError> {
@@ -198,6 +207,7 @@ pub struct RetryFailedOut {
     pub requeued: i64,
     pub message_ids: Vec<i64>,
     /// The job that puts them on the outbound queue (null when none had failed).
+    #[oai(nullable)]
     pub job_id: Option<String>,
 }
 

@@ -33,8 +33,10 @@ impl ConversationsApi {
 #[oai(rename_all = "camelCase")]
 pub struct ConversationFan {
     pub id: i64,
+    #[oai(nullable)]
     pub name: Option<String>,
     pub handle: String,
+    #[oai(nullable)]
     pub avatar_url: Option<String>,
 }
 
@@ -44,6 +46,7 @@ pub struct ConversationOut {
     pub id: i64,
     pub fan_id: i64,
     pub platform: String,
+    #[oai(nullable)]
     pub last_message_at: Option<DateTime<Utc>>,
     /// Inbound messages since the creator last marked the thread read.
     pub unread_count: i64,
@@ -91,11 +94,19 @@ pub struct OpenConversation {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct AttachmentIn {
-    /// A short word such as image, video, audio or file.
-    #[oai(rename = "type")]
+    /// A short word such as image, video, audio or file (1 to 20 letters).
+    #[oai(
+        rename = "type",
+        validator(
+            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z]{1,20}[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+        )
+    )]
     #[serde(rename = "type")]
     pub kind: String,
-    /// An http(s) URL.
+    /// An absolute http(s) URL with a host, no spaces, at most 2048 bytes.
+    #[oai(validator(
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*https?://[^/?#\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]*[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    ))]
     pub url: String,
 }
 
@@ -111,16 +122,33 @@ pub struct AttachmentOut {
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InboundIn {
-    #[oai(validator(max_length = 5000))]
+    /// Not blank, at most 5,000 characters, no control characters but line breaks and tabs.
+    #[oai(validator(
+        max_length = 5000,
+        pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*$"
+    ))]
     pub text: String,
     /// Price of paid content the fan unlocked, in cents.
-    #[oai(validator(minimum(value = "0")))]
+    #[oai(
+        nullable,
+        validator(minimum(value = "0"), maximum(value = "100000000000"))
+    )]
     pub price_cents: Option<i64>,
+    /// At most 20.
+    #[oai(nullable, validator(max_items = 20))]
     pub attachments: Option<Vec<AttachmentIn>>,
     /// The platform's id of the message; a sync that reports it again records nothing new.
-    #[oai(validator(max_length = 200))]
+    /// Not blank, at most 200 bytes, no control characters.
+    #[oai(
+        nullable,
+        validator(
+            max_length = 200,
+            pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+        )
+    )]
     pub external_id: Option<String>,
     /// When the fan sent it (default: now).
+    #[oai(nullable)]
     pub received_at: Option<DateTime<Utc>>,
 }
 
@@ -129,11 +157,20 @@ pub struct InboundIn {
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutboundIn {
-    #[oai(validator(max_length = 5000))]
+    /// Not blank, at most 5,000 characters, no control characters but line breaks and tabs.
+    #[oai(validator(
+        max_length = 5000,
+        pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*$"
+    ))]
     pub text: String,
     /// Price of paid content, in cents.
-    #[oai(validator(minimum(value = "0")))]
+    #[oai(
+        nullable,
+        validator(minimum(value = "0"), maximum(value = "100000000000"))
+    )]
     pub price_cents: Option<i64>,
+    /// At most 20.
+    #[oai(nullable, validator(max_items = 20))]
     pub attachments: Option<Vec<AttachmentIn>>,
 }
 
@@ -158,11 +195,15 @@ pub struct MessageOut {
     /// queued, sending, sent or failed.
     pub status: String,
     /// Why delivery failed, when it did.
+    #[oai(nullable)]
     pub error: Option<String>,
     pub attempts: i64,
+    #[oai(nullable)]
     pub campaign_id: Option<i64>,
+    #[oai(nullable)]
     pub external_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub sent_at: Option<DateTime<Utc>>,
     /// When the platform reported it reached the fan (platform events).
     #[oai(skip_serializing_if_is_none)]
@@ -333,7 +374,11 @@ impl ConversationsApi {
     async fn list(
         &self,
         auth: BearerAuth,
+        /// Items per page, 1 to 200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
+        /// Items to skip (default 0).
+        #[oai(validator(minimum(value = "0")))]
         offset: Query<Option<i64>>,
     ) -> Result<ListConversationsResponse, ApiError> {
         let page = page(limit.0, offset.0)?;
@@ -355,7 +400,10 @@ impl ConversationsApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        #[oai(
+            name = "Idempotency-Key",
+            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
+        )]
         _idempotency_key: Header<Option<String>>,
         body: JsonBody<OpenConversation>,
     ) -> Result<OpenConversationResponse, ApiError> {
@@ -388,7 +436,11 @@ impl ConversationsApi {
         &self,
         auth: BearerAuth,
         id: Path<i64>,
+        /// Items per page, 1 to 200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
+        /// Items to skip (default 0).
+        #[oai(validator(minimum(value = "0")))]
         offset: Query<Option<i64>>,
     ) -> Result<ListMessagesResponse, ApiError> {
         let page = page(limit.0, offset.0)?;
@@ -417,7 +469,10 @@ impl ConversationsApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        #[oai(
+            name = "Idempotency-Key",
+            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
+        )]
         _idempotency_key: Header<Option<String>>,
         id: Path<i64>,
         body: JsonBody<OutboundIn>,
@@ -453,7 +508,10 @@ impl ConversationsApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        #[oai(
+            name = "Idempotency-Key",
+            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
+        )]
         _idempotency_key: Header<Option<String>>,
         id: Path<i64>,
         body: JsonBody<InboundIn>,
@@ -482,7 +540,10 @@ impl ConversationsApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        #[oai(
+            name = "Idempotency-Key",
+            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
+        )]
         _idempotency_key: Header<Option<String>>,
         id: Path<i64>,
     ) -> Result<MarkReadResponse, ApiError> {

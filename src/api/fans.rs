@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     ApiError, ApiTags, BearerAuth, State,
     body::{JsonBody, JsonOut, rfc3339},
+    formats::EmailIn,
     page,
 };
 
@@ -42,14 +43,19 @@ pub struct FanOut {
     pub platform: String,
     /// `@` + the platform username, lower case.
     pub handle: String,
+    #[oai(nullable)]
     pub name: Option<String>,
+    #[oai(nullable)]
     pub email: Option<String>,
+    #[oai(nullable)]
     pub avatar_url: Option<String>,
     pub tags: Vec<String>,
+    #[oai(nullable)]
     pub notes: Option<String>,
     /// Lifetime spend in cents.
     pub value_cents: i64,
     #[serde(with = "rfc3339::option")]
+    #[oai(nullable)]
     pub last_seen_at: Option<DateTime<Utc>>,
     #[serde(with = "rfc3339")]
     pub created_at: DateTime<Utc>,
@@ -92,22 +98,64 @@ pub struct FanPage {
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateFan {
-    /// onlyfans (default), fansly or other.
+    /// onlyfans (default), fansly or other; case and surrounding spaces do not matter.
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*(?:[Oo][Nn][Ll][Yy][Ff][Aa][Nn][Ss]|[Ff][Aa][Nn][Ss][Ll][Yy]|[Oo][Tt][Hh][Ee][Rr])[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+        )
+    )]
     pub platform: Option<String>,
-    /// Platform username, with or without `@`; matched without case.
-    #[oai(validator(max_length = 65))]
+    /// Platform username, with or without `@` (1 to 64 letters, digits, `_`, `.` or `-`);
+    /// matched without case.
+    #[oai(validator(
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*@*[\w.-]{1,64}[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    ))]
     pub handle: String,
-    #[oai(validator(max_length = 200))]
+    /// Display name: one line of at most 200 characters (trimmed), no control characters.
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff](?:[^\x00-\x1f\x7f-\x9f\ufffe\uffff]{0,198}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+        )
+    )]
     pub name: Option<String>,
-    pub email: Option<String>,
-    /// An http(s) URL.
+    #[oai(nullable)]
+    pub email: Option<EmailIn>,
+    /// An absolute http(s) URL with a host, no spaces, at most 2048 bytes.
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*https?://[^/?#\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]*[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+        )
+    )]
     pub avatar_url: Option<String>,
+    /// At most 50 distinct tags (duplicates, compared without case, are dropped), each one
+    /// line of at most 50 characters.
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff](?:[^\x00-\x1f\x7f-\x9f\ufffe\uffff]{0,48}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+        )
+    )]
     pub tags: Option<Vec<String>>,
-    #[oai(validator(max_length = 10000))]
+    /// Free text: not blank, at most 10,000 characters, no control characters but line breaks
+    /// and tabs.
+    #[oai(
+        nullable,
+        validator(
+            max_length = 10000,
+            pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*$"
+        )
+    )]
     pub notes: Option<String>,
     /// Lifetime spend in cents, not negative.
-    #[oai(validator(minimum(value = "0")))]
+    #[oai(
+        nullable,
+        validator(minimum(value = "0"), maximum(value = "100000000000"))
+    )]
     pub value_cents: Option<i64>,
+    #[oai(nullable)]
     pub last_seen_at: Option<DateTime<Utc>>,
 }
 
@@ -116,20 +164,51 @@ pub struct CreateFan {
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateFan {
-    #[oai(validator(max_length = 200))]
+    /// As for a new fan.
     #[serde(default)]
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff](?:[^\x00-\x1f\x7f-\x9f\ufffe\uffff]{0,198}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+        )
+    )]
     pub name: MaybeUndefined<String>,
     #[serde(default)]
-    pub email: MaybeUndefined<String>,
+    #[oai(nullable)]
+    pub email: MaybeUndefined<EmailIn>,
     #[serde(default)]
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*https?://[^/?#\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]*[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+        )
+    )]
     pub avatar_url: MaybeUndefined<String>,
+    /// Replaces the fan's tags (as for a new fan); null leaves them.
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff](?:[^\x00-\x1f\x7f-\x9f\ufffe\uffff]{0,48}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+        )
+    )]
     pub tags: Option<Vec<String>>,
-    #[oai(validator(max_length = 10000))]
     #[serde(default)]
+    #[oai(
+        nullable,
+        validator(
+            max_length = 10000,
+            pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*$"
+        )
+    )]
     pub notes: MaybeUndefined<String>,
-    #[oai(validator(minimum(value = "0")))]
+    /// Null leaves the value as it is.
+    #[oai(
+        nullable,
+        validator(minimum(value = "0"), maximum(value = "100000000000"))
+    )]
     pub value_cents: Option<i64>,
     #[serde(default)]
+    #[oai(nullable)]
     pub last_seen_at: MaybeUndefined<DateTime<Utc>>,
 }
 
@@ -232,9 +311,9 @@ fn optional<T>(
 }
 
 /// For a patch: undefined leaves the field, null clears it, a value is parsed.
-fn patch<T>(
+fn patch<T, S: std::ops::Deref<Target = str>>(
     name: &str,
-    raw: &MaybeUndefined<String>,
+    raw: &MaybeUndefined<S>,
     parse: impl FnOnce(&str) -> Result<T, ParseError>,
 ) -> Result<Option<Option<T>>, ApiError> {
     Ok(match raw {
@@ -300,11 +379,21 @@ impl FansApi {
         &self,
         auth: BearerAuth,
         /// Only fans with this tag (compared without case).
+        #[oai(validator(
+            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff](?:[^\x00-\x1f\x7f-\x9f\ufffe\uffff]{0,48}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+        ))]
         tag: Query<Option<String>>,
         /// Only fans whose lifetime spend is at least this many cents.
-        #[oai(name = "minValueCents")]
+        #[oai(
+            name = "minValueCents",
+            validator(minimum(value = "0"), maximum(value = "100000000000"))
+        )]
         min_value_cents: Query<Option<i64>>,
+        /// Fans per page, 1 to 200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
+        /// Fans to skip (default 0).
+        #[oai(validator(minimum(value = "0")))]
         offset: Query<Option<i64>>,
     ) -> Result<ListFansResponse, ApiError> {
         let page = page(limit.0, offset.0)?;
@@ -334,7 +423,10 @@ impl FansApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        #[oai(
+            name = "Idempotency-Key",
+            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
+        )]
         _idempotency_key: Header<Option<String>>,
         body: JsonBody<CreateFan>,
     ) -> Result<CreateFanResponse, ApiError> {

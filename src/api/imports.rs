@@ -78,72 +78,76 @@ impl CsvUpload {
     }
 
     async fn read_form(form: &mut Multipart, max: u64) -> Result<CsvUpload, ApiError> {
-        loop {
-            let field = form
-                .next_field()
-                .await
-                .map_err(|e| {
-                    ApiError::bad_request("invalid_body", format!("unreadable multipart form: {e}"))
-                })?
-                .ok_or_else(|| {
-                    ApiError::invalid("file", "is required (a multipart field named `file`)")
-                })?;
-            if field.name() != Some("file") {
-                continue;
-            }
-            let file_name = field.file_name().unwrap_or_default().to_owned();
-            if !file_name.to_ascii_lowercase().ends_with(".csv") {
-                return Err(ApiError::unsupported_media_type(format!(
-                    "only .csv files are imported (got {:?})",
-                    file_name
-                )));
-            }
-            let spool = tempfile::NamedTempFile::new().map_err(|e| {
-                ApiError::internal(anyhow::Error::new(e).context("creating the upload spool file"))
+        let field = form
+            .next_field()
+            .await
+            .map_err(|e| {
+                ApiError::bad_request("invalid_body", format!("unreadable multipart form: {e}"))
+            })?
+            .ok_or_else(|| {
+                ApiError::invalid("file", "is required (a multipart field named `file`)")
             })?;
-            let mut out = tokio::fs::File::from_std(
-                spool.reopen().map_err(|e| ApiError::internal(e.into()))?,
-            );
-            let mut input = std::pin::pin!(field.into_async_read());
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut size = 0u64;
-            let mut head = Vec::with_capacity(8192);
-            loop {
-                let n = input.read(&mut buf).await.map_err(|e| {
-                    ApiError::bad_request("invalid_body", format!("the upload broke off: {e}"))
-                })?;
-                if n == 0 {
-                    break;
-                }
-                size += n as u64;
-                if size > max {
-                    return Err(ApiError::too_large(max));
-                }
-                if head.len() < 8192 {
-                    head.extend_from_slice(&buf[..n.min(8192 - head.len())]);
-                }
-                out.write_all(&buf[..n]).await.map_err(|e| {
-                    ApiError::internal(anyhow::Error::new(e).context("spooling the upload"))
-                })?;
-            }
-            out.flush()
-                .await
-                .map_err(|e| ApiError::internal(e.into()))?;
-            if size == 0 {
-                return Err(ApiError::invalid("file", "is empty"));
-            }
-            if head.contains(&0) {
+        // Like the JSON bodies, the form refuses what it does not read.
+        match field.name() {
+            Some("file") => {}
+            other => {
                 return Err(ApiError::invalid(
-                    "file",
-                    "is not a text CSV file (it holds binary data)",
+                    other.unwrap_or_default(),
+                    "is not a field of this form (it has only `file`)",
                 ));
             }
-            return Ok(CsvUpload {
-                file_name,
-                spool,
-                size,
-            });
         }
+        let file_name = field.file_name().unwrap_or_default().to_owned();
+        if !file_name.to_ascii_lowercase().ends_with(".csv") {
+            return Err(ApiError::unsupported_media_type(format!(
+                "only .csv files are imported (got {:?})",
+                file_name
+            )));
+        }
+        let spool = tempfile::NamedTempFile::new().map_err(|e| {
+            ApiError::internal(anyhow::Error::new(e).context("creating the upload spool file"))
+        })?;
+        let mut out =
+            tokio::fs::File::from_std(spool.reopen().map_err(|e| ApiError::internal(e.into()))?);
+        let mut input = std::pin::pin!(field.into_async_read());
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut size = 0u64;
+        let mut head = Vec::with_capacity(8192);
+        loop {
+            let n = input.read(&mut buf).await.map_err(|e| {
+                ApiError::bad_request("invalid_body", format!("the upload broke off: {e}"))
+            })?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            if size > max {
+                return Err(ApiError::too_large(max));
+            }
+            if head.len() < 8192 {
+                head.extend_from_slice(&buf[..n.min(8192 - head.len())]);
+            }
+            out.write_all(&buf[..n]).await.map_err(|e| {
+                ApiError::internal(anyhow::Error::new(e).context("spooling the upload"))
+            })?;
+        }
+        out.flush()
+            .await
+            .map_err(|e| ApiError::internal(e.into()))?;
+        if size == 0 {
+            return Err(ApiError::invalid("file", "is empty"));
+        }
+        if head.contains(&0) {
+            return Err(ApiError::invalid(
+                "file",
+                "is not a text CSV file (it holds binary data)",
+            ));
+        }
+        Ok(CsvUpload {
+            file_name,
+            spool,
+            size,
+        })
     }
 }
 
@@ -245,9 +249,13 @@ impl ImportsApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        #[oai(
+            name = "Idempotency-Key",
+            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
+        )]
         _idempotency_key: Header<Option<String>>,
-        /// Seconds to wait for the import to finish before answering.
+        /// Seconds to wait for the import to finish before answering, at most 60.
+        #[oai(validator(minimum(value = "0"), maximum(value = "60")))]
         wait: Query<Option<u64>>,
         upload: CsvUpload,
     ) -> Result<ImportResponse, ApiError> {

@@ -31,6 +31,7 @@ pub struct Progress {
     /// Units done (for imports: data rows accounted for).
     pub done: i64,
     /// Units in all, once known.
+    #[oai(nullable)]
     pub total: Option<i64>,
 }
 
@@ -47,13 +48,17 @@ pub struct JobOut {
     pub attempts: i64,
     pub progress: Progress,
     /// The job's result once it has one (for imports: `{"summary": …}`).
+    #[oai(nullable)]
     pub result: Option<serde_json::Value>,
     /// Why it failed, or why its last run failed when it will be retried.
+    #[oai(nullable)]
     pub error: Option<String>,
     /// A cancel was asked for; a running job stops after its current batch.
     pub cancel_requested: bool,
     pub created_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub started_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub finished_at: Option<DateTime<Utc>>,
 }
 
@@ -117,7 +122,13 @@ impl JobsApi {
     ///
     /// Status, attempts, progress and, once final, the result or the error.
     #[oai(path = "/:id", method = "get", operation_id = "getJob")]
-    async fn get(&self, auth: BearerAuth, id: Path<String>) -> Result<GetJobResponse, ApiError> {
+    async fn get(
+        &self,
+        auth: BearerAuth,
+        /// The job's id, a ULID.
+        #[oai(validator(pattern = r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"))]
+        id: Path<String>,
+    ) -> Result<GetJobResponse, ApiError> {
         let job = record::get(&self.state.db, readers(&auth), &job_id(&id.0)?).await?;
         Ok(GetJobResponse::Ok(Json(job.into())))
     }
@@ -129,11 +140,17 @@ impl JobsApi {
     async fn list(
         &self,
         auth: BearerAuth,
-        /// import_csv, …
+        /// import_csv, send_message, bulk_send or sweep.
+        #[oai(validator(pattern = r"^(?:import_csv|send_message|bulk_send|sweep)$"))]
         kind: Query<Option<String>>,
         /// queued, running, succeeded, failed or cancelled.
+        #[oai(validator(pattern = r"^(?:queued|running|succeeded|failed|cancelled)$"))]
         status: Query<Option<String>>,
+        /// Items per page, 1 to 200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
+        /// Items to skip (default 0).
+        #[oai(validator(minimum(value = "0")))]
         offset: Query<Option<i64>>,
     ) -> Result<ListJobsResponse, ApiError> {
         let page = page(limit.0, offset.0)?;
@@ -176,6 +193,8 @@ impl JobsApi {
     async fn cancel(
         &self,
         auth: BearerAuth,
+        /// The job's id, a ULID.
+        #[oai(validator(pattern = r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"))]
         id: Path<String>,
     ) -> Result<CancelJobResponse, ApiError> {
         match record::cancel(&self.state.db, auth.user(), &job_id(&id.0)?).await {

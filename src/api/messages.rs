@@ -43,12 +43,25 @@ pub const MAX_MEDIA: usize = 20;
 pub struct SendIn {
     /// The fan's id (a number, or a string of digits).
     pub recipient_id: IdIn,
-    #[oai(validator(max_length = 5000))]
+    /// The text: not blank, at most 5,000 characters, no control characters but line breaks
+    /// and tabs.
+    #[oai(validator(
+        max_length = 5000,
+        pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*$"
+    ))]
     pub content: String,
-    /// http(s) URLs of media to attach.
+    /// http(s) URLs of media to attach, at most 20.
+    #[oai(
+        nullable,
+        validator(
+            max_items = 20,
+            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*https?://[^/?#\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]*[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+        )
+    )]
     pub media_urls: Option<Vec<String>>,
     /// 1 (lowest) to 10; default 5.
     #[oai(validator(minimum(value = "1"), maximum(value = "10")))]
+    #[oai(nullable)]
     pub priority: Option<i64>,
 }
 
@@ -57,15 +70,31 @@ pub struct SendIn {
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BulkIn {
-    /// Fan ids (numbers, or strings of digits), at most 100 (duplicates are removed), all the
+    /// Fan ids (numbers, or strings of digits), 1 to 100 (duplicates are removed), all the
     /// caller's.
+    #[oai(validator(min_items = 1, max_items = 100))]
     pub recipient_ids: Vec<IdIn>,
-    #[oai(validator(max_length = 5000))]
+    /// As for a single send.
+    #[oai(validator(
+        max_length = 5000,
+        pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*$"
+    ))]
     pub content: String,
+    #[oai(
+        nullable,
+        validator(
+            max_items = 20,
+            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*https?://[^/?#\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]*[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+        )
+    )]
     pub media_urls: Option<Vec<String>>,
-    #[oai(validator(max_length = 200))]
+    /// One line of at most 200 characters (trimmed), no control characters.
+    #[oai(validator(
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff](?:[^\x00-\x1f\x7f-\x9f\ufffe\uffff]{0,198}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    ))]
     pub campaign_name: String,
     #[oai(validator(minimum(value = "1"), maximum(value = "10")))]
+    #[oai(nullable)]
     pub priority: Option<i64>,
 }
 
@@ -102,11 +131,14 @@ pub struct QueueStatusOut {
     pub scope: String,
     /// Creator: their messages waiting for delivery. Queue: messages waiting on the outbound
     /// queue (null when it cannot be reached).
+    #[oai(nullable)]
     pub queue_depth: Option<u64>,
     /// Creator: their messages being delivered now. Queue: received by a dispatcher, not yet
     /// deleted.
+    #[oai(nullable)]
     pub messages_in_flight: Option<u64>,
     /// The dead-letter queue's count (operators only; null for a creator).
+    #[oai(nullable)]
     pub dlq_count: Option<u64>,
     /// Creator: their failed messages (see `/api/onlyfans/messages/failed`).
     #[oai(skip_serializing_if_is_none)]
@@ -116,6 +148,7 @@ pub struct QueueStatusOut {
     #[oai(skip_serializing_if_is_none)]
     pub drained_by: Option<DateTime<Utc>>,
     /// When the caller's last outbound message was processed.
+    #[oai(nullable)]
     pub last_processed_at: Option<DateTime<Utc>>,
     /// Why the counts are missing, if they are.
     #[oai(skip_serializing_if_is_none)]
@@ -131,14 +164,17 @@ pub struct FailedOut {
     pub user_id: i64,
     pub fan_id: i64,
     pub conversation_id: i64,
+    #[oai(nullable)]
     pub campaign_id: Option<i64>,
     pub content: String,
     pub priority: i64,
     /// Why it failed: the platform's answer, or what the system gave up on.
+    #[oai(nullable)]
     pub reason: Option<String>,
     /// Delivery attempts made.
     pub attempts: i64,
     pub created_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub failed_at: Option<DateTime<Utc>>,
 }
 
@@ -304,7 +340,10 @@ impl MessagesApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        #[oai(
+            name = "Idempotency-Key",
+            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
+        )]
         _idempotency_key: Header<Option<String>>,
         body: JsonBody<SendIn>,
     ) -> Result<SendResponse, ApiError> {
@@ -341,7 +380,10 @@ impl MessagesApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        #[oai(
+            name = "Idempotency-Key",
+            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
+        )]
         _idempotency_key: Header<Option<String>>,
         body: JsonBody<BulkIn>,
     ) -> Result<BulkResponse, ApiError> {
@@ -359,13 +401,14 @@ impl MessagesApi {
                 "must name at least one fan",
             ));
         }
-        if recipients.len() > campaigns::MAX_RECIPIENTS {
+        // Counted as sent, duplicates included, as the schema's `maxItems` says.
+        if b.recipient_ids.len() > campaigns::MAX_RECIPIENTS {
             return Err(ApiError::invalid(
                 "recipientIds",
                 format!(
                     "must name at most {} fans (got {})",
                     campaigns::MAX_RECIPIENTS,
-                    recipients.len()
+                    b.recipient_ids.len()
                 ),
             ));
         }
@@ -471,9 +514,13 @@ impl MessagesApi {
         &self,
         auth: BearerAuth,
         /// Operators: only this creator's.
-        #[oai(name = "userId")]
+        #[oai(name = "userId", validator(minimum(value = "1")))]
         user_id: Query<Option<i64>>,
+        /// Items per page, 1 to 200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
+        /// Items to skip (default 0).
+        #[oai(validator(minimum(value = "0")))]
         offset: Query<Option<i64>>,
     ) -> Result<FailedResponse, ApiError> {
         let page = page(limit.0, offset.0)?;
@@ -517,7 +564,10 @@ impl MessagesApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        #[oai(
+            name = "Idempotency-Key",
+            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
+        )]
         _idempotency_key: Header<Option<String>>,
         id: Path<i64>,
     ) -> Result<RetryResponse, ApiError> {

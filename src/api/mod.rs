@@ -9,10 +9,12 @@
 mod analytics;
 mod body;
 mod campaigns;
+mod contract;
 mod conversations;
 mod error;
 mod events;
 mod fans;
+mod formats;
 mod gate;
 mod health;
 mod idempotency;
@@ -34,8 +36,8 @@ use fanqueue_jobs::{
     outbound::Outbound,
 };
 use poem::{
-    Endpoint, EndpointExt, IntoEndpoint, IntoResponse, PathPattern, Request, Route, http::Method,
-    middleware::CatchPanic,
+    Endpoint, EndpointExt, IntoEndpoint, IntoResponse, PathPattern, Request, Route,
+    endpoint::make_sync, http::Method, middleware::CatchPanic, web::Html,
 };
 use poem_openapi::{OpenApiService, SecurityScheme, Tags, auth::Bearer};
 
@@ -247,16 +249,29 @@ pub fn openapi(state: &State) -> OpenApiService<Apis, ()> {
 /// The whole HTTP app: API, OpenAPI document, Swagger UI, health.
 pub fn app(state: State) -> impl Endpoint {
     let api = openapi(&state);
-    let spec = api.spec_endpoint();
-    let docs = api.swagger_ui();
+    let raw = api.spec();
+    let document = contract::exact_document(&raw);
+    // Swagger UI embeds the document: the exact one, as served at /openapi.json.
+    let docs_html = api.swagger_ui_html().replacen(&raw, &document, 1);
     let limiter = state.quotas.limiter.clone();
     let gate = state.gate.clone();
     let keys_state = state.clone();
-    let routes = Arc::new(RouteTemplates::of(&api.spec()));
+    let routes = Arc::new(RouteTemplates::of(&raw));
+    let methods = Arc::new(contract::Methods::of(&raw));
     Route::new()
         .nest("/", api)
-        .at("/openapi.json", spec)
-        .nest("/docs", docs)
+        .at(
+            "/openapi.json",
+            make_sync(move |_| {
+                poem::Response::builder()
+                    .content_type("application/json")
+                    .body(document.clone())
+            }),
+        )
+        .nest(
+            "/docs",
+            Route::new().at("/", make_sync(move |_| Html(docs_html.clone()))),
+        )
         .at("/healthz", health::healthz)
         .at("/readyz", monitoring::readyz)
         .data(state)
@@ -270,6 +285,7 @@ pub fn app(state: State) -> impl Endpoint {
             }
             resp
         })
+        .around(move |ep, req| contract::allow(ep, req, methods.clone()))
         .around(move |ep, req| idempotency::idempotent(ep, req, keys_state.clone()))
         .around(move |ep, req| track(ep, req, gate.clone(), limiter.clone(), routes.clone()))
         .into_endpoint()

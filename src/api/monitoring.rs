@@ -43,6 +43,7 @@ pub struct DatabaseHealth {
     /// `healthy` or `unhealthy`.
     pub status: String,
     /// How long `SELECT 1` took (null when it failed).
+    #[oai(nullable)]
     pub latency_ms: Option<f64>,
     pub backend: String,
     #[oai(skip_serializing_if_is_none)]
@@ -56,8 +57,11 @@ pub struct QueueHealth {
     pub status: String,
     /// `sqs` or `embedded`.
     pub kind: String,
+    #[oai(nullable)]
     pub queue_depth: Option<u64>,
+    #[oai(nullable)]
     pub messages_in_flight: Option<u64>,
+    #[oai(nullable)]
     pub dlq_count: Option<u64>,
     #[oai(skip_serializing_if_is_none)]
     pub error: Option<String>,
@@ -81,6 +85,7 @@ pub struct BacklogHealth {
     /// `healthy`, or `degraded` when the oldest waiting message is older than the largest
     /// creator backlog should take to drain at the platform's rate.
     pub status: String,
+    #[oai(nullable)]
     pub oldest_queued_age_secs: Option<f64>,
     pub largest_creator_backlog: i64,
     pub expected_drain_secs: f64,

@@ -151,3 +151,201 @@ async fn swagger_ui_and_health_are_served() {
         .unwrap();
     assert_eq!(health["status"], "ok");
 }
+
+async fn document(app: &crate::helpers::TestApp) -> Value {
+    app.client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn fields_sent_as_null_are_declared_nullable_and_always_present() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let doc = document(&app).await;
+    let schemas = &doc["components"]["schemas"];
+    for (schema, fields) in [
+        (
+            "FanOut",
+            &["name", "email", "avatarUrl", "notes", "lastSeenAt"][..],
+        ),
+        (
+            "MessageOut",
+            &["error", "campaignId", "externalId", "sentAt"],
+        ),
+        ("JobOut", &["result", "error", "startedAt", "finishedAt"]),
+        ("ConversationOut", &["lastMessageAt"]),
+        ("QueueStatusOut", &["dlqCount", "lastProcessedAt"]),
+    ] {
+        let required = schemas[schema]["required"].as_array().unwrap();
+        for field in fields {
+            assert_eq!(
+                schemas[schema]["properties"][field]["nullable"], true,
+                "{schema}.{field} is sent as null: it must be nullable"
+            );
+            assert!(
+                required.contains(&Value::from(*field)),
+                "{schema}.{field} is always sent: it must be required"
+            );
+        }
+    }
+    // What a client sees: a fan with only a handle has these fields, null.
+    let fan: Value = app
+        .post(
+            1,
+            "/api/crm/fans",
+            &serde_json::json!({ "handle": "@nulls" }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    for field in ["name", "email", "avatarUrl", "notes", "lastSeenAt"] {
+        assert!(fan[field].is_null() && fan.get(field).is_some(), "{fan}");
+    }
+    // Fields left out when empty are not nullable (and not required).
+    assert!(schemas["ErrorDetail"]["properties"]["field"]["nullable"].is_null());
+    assert!(
+        !schemas["ErrorDetail"]["required"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("field"))
+    );
+}
+
+#[tokio::test]
+async fn the_constraints_the_server_enforces_are_declared() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let doc = document(&app).await;
+    let param = |path: &str, method: &str, name: &str| -> Value {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"))["schema"]
+            .clone()
+    };
+    for path in [
+        "/api/crm/fans",
+        "/api/crm/conversations",
+        "/api/crm/conversations/{id}/messages",
+        "/api/jobs",
+        "/api/crm/campaigns",
+        "/api/onlyfans/messages/failed",
+    ] {
+        assert_eq!(param(path, "get", "limit")["minimum"], 1.0, "{path}");
+        assert_eq!(param(path, "get", "limit")["maximum"], 200.0, "{path}");
+        assert_eq!(param(path, "get", "offset")["minimum"], 0.0, "{path}");
+    }
+    let ulid = param("/api/jobs/{id}", "get", "id")["pattern"].clone();
+    assert!(ulid.as_str().unwrap().contains("{26}"), "{ulid}");
+    let key = param("/api/crm/fans", "post", "Idempotency-Key");
+    assert!(key["pattern"].is_string(), "{key}");
+    assert_eq!(
+        param("/api/onlyfans/import/csv", "post", "wait")["maximum"],
+        60.0
+    );
+
+    let schemas = &doc["components"]["schemas"];
+    for body in [
+        "CreateFan",
+        "UpdateFan",
+        "OpenConversation",
+        "InboundIn",
+        "OutboundIn",
+        "AttachmentIn",
+        "SendIn",
+        "BulkIn",
+    ] {
+        assert_eq!(
+            schemas[body]["additionalProperties"], false,
+            "{body} refuses unknown fields"
+        );
+    }
+    let form = &doc["paths"]["/api/onlyfans/import/csv"]["post"]["requestBody"]["content"]["multipart/form-data"]
+        ["schema"];
+    assert_eq!(form["additionalProperties"], false, "{form}");
+    let bulk = &schemas["BulkIn"]["properties"]["recipientIds"];
+    assert_eq!(bulk["minItems"], 1);
+    assert_eq!(bulk["maxItems"], 100);
+    for (schema, field) in [
+        ("CreateFan", "handle"),
+        ("CreateFan", "name"),
+        ("CreateFan", "avatarUrl"),
+        ("SendIn", "content"),
+        ("BulkIn", "campaignName"),
+        ("OutboundIn", "text"),
+    ] {
+        assert!(
+            schemas[schema]["properties"][field]["pattern"].is_string(),
+            "{schema}.{field} declares what the server accepts"
+        );
+    }
+    assert_eq!(
+        schemas["CreateFan"]["properties"]["email"]["format"],
+        "email"
+    );
+    // A value the schema refuses, the server refuses too.
+    let resp = app
+        .post(
+            1,
+            "/api/crm/fans",
+            &serde_json::json!({ "handle": "@ok", "bogus": 1 }),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = app.get(1, "/api/crm/fans?limit=201").await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["field"], "limit", "{err}");
+}
+
+#[tokio::test]
+async fn a_405_names_the_methods_the_path_has_in_allow() {
+    let app = spawn_app(Backend::Sqlite).await;
+    for (method, path, allow) in [
+        ("TRACE", "/api/crm/fans/1", "DELETE, GET, HEAD, PUT"),
+        ("PATCH", "/api/crm/fans", "GET, HEAD, POST"),
+        ("DELETE", "/api/onlyfans/messages/status", "GET, HEAD"),
+        (
+            "PUT",
+            "/api/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            "DELETE, GET, HEAD",
+        ),
+        ("POST", "/metrics", "GET, HEAD"),
+    ] {
+        let resp = app
+            .client
+            .request(method.parse().unwrap(), app.url(path))
+            .bearer_auth(app.token(1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(
+            resp.headers()["allow"].to_str().unwrap(),
+            allow,
+            "{method} {path}"
+        );
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "method_not_allowed");
+    }
+    // HEAD is served wherever GET is, as Allow says.
+    let resp = app
+        .client
+        .head(app.url("/api/crm/fans"))
+        .bearer_auth(app.token(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}

@@ -202,7 +202,7 @@ async fn bad_uploads_get_a_clear_4xx_and_import_nothing(app: TestApp) {
     let (status, body) = raw_upload_headers(&app, 11 * 1024 * 1024).await;
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("payload_too_large"), "{body}");
-    // A form without the `file` field.
+    // A form without the `file` field, with a field the form does not have.
     let resp = app
         .client
         .post(app.url("/api/onlyfans/import/csv"))
@@ -212,7 +212,7 @@ async fn bad_uploads_get_a_clear_4xx_and_import_nothing(app: TestApp) {
         .await
         .unwrap();
     let err = error_of(resp, StatusCode::BAD_REQUEST, "invalid_field").await;
-    assert_eq!(err["field"], "file");
+    assert_eq!(err["field"], "other");
     let resp = app
         .post(1, "/api/onlyfans/import/csv", &json!({ "file": "x" }))
         .await;
