@@ -244,7 +244,7 @@ pub fn openapi(state: &State) -> OpenApiService<Apis, ()> {
     )
 }
 
-/// The whole HTTP app: API, OpenAPI document, Swagger UI, health.
+/// The whole HTTP app: API, OpenAPI document, Swagger UI, health, the web app.
 pub fn app(state: State) -> impl Endpoint {
     let api = openapi(&state);
     let spec = api.spec_endpoint();
@@ -257,6 +257,7 @@ pub fn app(state: State) -> impl Endpoint {
         .nest("/", api)
         .at("/openapi.json", spec)
         .nest("/docs", docs)
+        .nest("/app", crate::web::routes())
         .at("/healthz", health::healthz)
         .at("/readyz", monitoring::readyz)
         .data(state)
