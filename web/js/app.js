@@ -127,5 +127,12 @@ whenUnauthorized(() => {
 });
 
 window.addEventListener('popstate', route);
+// A sign-in link opened in a tab already on the app changes only the fragment.
+window.addEventListener('hashchange', () => {
+  if (location.hash.startsWith('#token=')) {
+    takeTokenFromFragment();
+    route();
+  }
+});
 takeTokenFromFragment();
 route();
