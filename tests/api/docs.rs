@@ -65,6 +65,11 @@ async fn openapi_documents_every_crm_route_with_bearer_security() {
         ("/api/crm/campaigns", "get", "listCampaigns"),
         ("/api/crm/campaigns/{id}", "get", "getCampaign"),
         (
+            "/api/crm/campaigns/{id}/recipients",
+            "get",
+            "listCampaignRecipients",
+        ),
+        (
             "/api/crm/campaigns/{id}/retry-failed",
             "post",
             "retryCampaignFailed",
@@ -77,6 +82,13 @@ async fn openapi_documents_every_crm_route_with_bearer_security() {
         ),
         ("/api/monitoring/onlyfans", "get", "monitoring"),
         ("/metrics", "get", "metrics"),
+        (
+            "/api/crm/fans/{id}/value-history",
+            "get",
+            "listFanValueHistory",
+        ),
+        ("/api/onlyfans/events", "post", "reportEvents"),
+        ("/api/crm/analytics", "get", "getAnalytics"),
     ];
     for (path, method, operation_id) in expected {
         let op = &doc["paths"][path][method];
