@@ -3,11 +3,14 @@
 //! token kept in the browser. Every `/app/...` path that is not an asset answers the app's
 //! HTML, so deep links and reloads work; the app routes on the client.
 
+use std::sync::OnceLock;
+
 use poem::{
-    Endpoint, EndpointExt, IntoResponse, Response, Route, get, handler,
+    Endpoint, EndpointExt, IntoResponse, Request, Response, Route, get, handler,
     http::{StatusCode, header},
     web::{Path, Redirect},
 };
+use sha2::{Digest, Sha256};
 
 /// One embedded file of `web/`.
 struct Asset {
@@ -61,25 +64,46 @@ pub fn routes() -> impl Endpoint {
         })
 }
 
-fn respond(mime: &'static str, body: &'static str) -> Response {
-    Response::builder()
-        .content_type(mime)
+/// A strong validator of a file's content: the browser revalidates (`no-cache`) and gets a 304
+/// while the binary is the same.
+fn etag(body: &str) -> String {
+    let digest = Sha256::digest(body.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+fn respond(req: &Request, mime: &'static str, body: &'static str, tag: &str) -> Response {
+    let fresh = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag));
+    let builder = Response::builder()
+        .header(header::ETAG, tag)
         .header(header::CACHE_CONTROL, "no-cache")
         .header(header::CONTENT_SECURITY_POLICY, CSP)
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
-        .header(header::REFERRER_POLICY, "no-referrer")
-        .body(body)
+        .header(header::REFERRER_POLICY, "no-referrer");
+    if fresh {
+        builder.status(StatusCode::NOT_MODIFIED).finish()
+    } else {
+        builder.content_type(mime).body(body)
+    }
 }
 
 #[handler]
-fn index() -> Response {
-    respond("text/html; charset=utf-8", INDEX)
+fn index(req: &Request) -> Response {
+    static TAG: OnceLock<String> = OnceLock::new();
+    let tag = TAG.get_or_init(|| etag(INDEX));
+    respond(req, "text/html; charset=utf-8", INDEX, tag)
 }
 
 #[handler]
-fn asset(Path(path): Path<String>) -> Response {
-    match ASSETS.iter().find(|a| a.path == path) {
-        Some(a) => respond(a.mime, a.body),
+fn asset(Path(path): Path<String>, req: &Request) -> Response {
+    static TAGS: OnceLock<Vec<String>> = OnceLock::new();
+    let tags = TAGS.get_or_init(|| ASSETS.iter().map(|a| etag(a.body)).collect());
+    match ASSETS.iter().position(|a| a.path == path) {
+        Some(i) => respond(req, ASSETS[i].mime, ASSETS[i].body, &tags[i]),
         None => Response::builder()
             .status(StatusCode::NOT_FOUND)
             .content_type("text/plain; charset=utf-8")

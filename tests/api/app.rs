@@ -56,7 +56,16 @@ async fn app_pages_and_assets_are_served_from_the_binary() {
         resp.headers()[header::CONTENT_TYPE],
         "text/javascript; charset=utf-8"
     );
+    let tag = resp.headers()[header::ETAG].clone();
     let js = resp.text().await.unwrap();
+    let again = app
+        .client
+        .get(app.url("/app/assets/js/app.js"))
+        .header(header::IF_NONE_MATCH, tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "revalidated");
     assert!(js.contains("import "), "an ES module");
     assert_no_outside_urls("app.js", &js);
 

@@ -20,9 +20,10 @@ export async function show(main, { id }) {
   const stops = [];
   const list = main.querySelector('#convs');
   const refreshList = () => loadList(list, id);
-  await refreshList();
+  // The list and the thread load side by side.
+  const [, stopThread] = await Promise.all([refreshList(), id ? openThread(main.querySelector('#thread'), Number(id), refreshList) : null]);
   stops.push(every(10000, refreshList));
-  if (id) stops.push(await openThread(main.querySelector('#thread'), Number(id), refreshList));
+  if (stopThread) stops.push(stopThread);
   return () => stops.forEach((s) => s());
 }
 
@@ -52,6 +53,8 @@ async function loadList(el, current) {
 
 async function openThread(el, id, refreshList) {
   let conv;
+  // The message count comes with the conversation, so the newest page is the next request.
+  const counted = api(`/api/crm/conversations/${id}/messages` + qs({ limit: 1 })).catch((e) => e);
   try {
     conv = await api(`/api/crm/conversations/${id}`);
   } catch (e) {
@@ -103,7 +106,8 @@ async function openThread(el, id, refreshList) {
 
   // The newest page first; older pages as the reader scrolls up.
   try {
-    const first = await api(`/api/crm/conversations/${id}/messages` + qs({ limit: 1 }));
+    const first = await counted;
+    if (first instanceof Error) throw first;
     start = Math.max(0, first.total - PAGE);
     merge(await api(`/api/crm/conversations/${id}/messages` + qs({ limit: PAGE, offset: start })));
   } catch (e) {
