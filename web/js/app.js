@@ -24,6 +24,7 @@ const routes = [
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
 let stop = null;
+let visits = 0;
 
 /** Goes to an /app path without reloading. */
 export function go(path, { replace = false } = {}) {
@@ -33,6 +34,7 @@ export function go(path, { replace = false } = {}) {
 }
 
 function route() {
+  visits++;
   if (stop) {
     stop();
     stop = null;
@@ -56,9 +58,17 @@ function route() {
     const m = path.match(re);
     if (m) {
       document.title = `${title} · fanqueue`;
-      const result = show(main, params ? params(m) : {});
+      const visit = ++visits;
+      // Each visit gets an element of its own: whatever a page still renders after the reader
+      // left it lands in its detached element, not in the next page.
+      const root = document.createElement('div');
+      main.replaceChildren(root);
+      const result = show(root, params ? params(m) : {});
+      // A page that finished loading after the reader left it stops its refreshes at once.
       Promise.resolve(result).then((s) => {
-        if (typeof s === 'function') stop = s;
+        if (typeof s !== 'function') return;
+        if (visit === visits) stop = s;
+        else s();
       });
       return;
     }

@@ -27,10 +27,19 @@ export async function show(main, { id }) {
   return () => stops.forEach((s) => s());
 }
 
+// How many conversations the list shows; "Show more" adds a page.
+let listSize = PAGE;
+
 async function loadList(el, current) {
   let page;
   try {
-    page = await api('/api/crm/conversations' + qs({ limit: 200 }));
+    page = { items: [], total: 0 };
+    for (let offset = 0; offset < listSize; offset += 200) {
+      const p = await api('/api/crm/conversations' + qs({ limit: Math.min(200, listSize - offset), offset }));
+      page.items.push(...p.items);
+      page.total = p.total;
+      if (offset + 200 >= p.total) break;
+    }
   } catch (e) {
     render(el, html`<li class="pad">${errorBox(e)}</li>`);
     return;
@@ -47,8 +56,13 @@ async function loadList(el, current) {
           <span class="who"><strong>${c.fan.name || c.fan.handle}</strong><span class="muted">${c.fan.handle} · ${when(c.lastMessageAt)}</span></span>
           ${c.unreadCount ? html`<span class="badge unread" aria-label="${c.unreadCount} unread">${c.unreadCount}</span>` : ''}
         </a></li>`,
-    )}`,
+    )}
+    ${page.total > page.items.length ? html`<li class="pad"><button type="button" class="secondary" id="more-conversations">Show more (${page.items.length} of ${page.total})</button></li>` : ''}`,
   );
+  el.querySelector('#more-conversations')?.addEventListener('click', () => {
+    listSize += PAGE;
+    loadList(el, current);
+  });
 }
 
 async function openThread(el, id, refreshList) {

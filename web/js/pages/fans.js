@@ -129,8 +129,10 @@ export async function showList(main) {
   });
 }
 
-export async function showFan(main, { id }) {
-  render(main, html`<p class="muted">Loading…</p>`);
+export async function showFan(page, { id }) {
+  render(page, html`<div id="fan-page"><p class="muted">Loading…</p></div>`);
+  // Everything below stays inside this element, even if the reader moves on meanwhile.
+  const main = page.querySelector('#fan-page');
   let fan;
   try {
     fan = await api(`/api/crm/fans/${id}`);

@@ -14,7 +14,9 @@ export async function show(main) {
       <section aria-labelledby="jobs-h"><h2 id="jobs-h">Jobs</h2><div id="jobs"></div></section>
       <p class="muted" id="refreshed" aria-live="off"></p></div>`,
   );
-  const $ = (s) => main.querySelector(s);
+  // Queries stay inside this page's element, even once the reader has moved on.
+  const root = main.querySelector('#operator');
+  const $ = (s) => root.querySelector(s);
   const load = async () => {
     const [status, failed, jobs, health] = await Promise.all([
       api('/api/onlyfans/messages/status'),
@@ -70,7 +72,7 @@ export async function show(main) {
     );
     $('#refreshed').textContent = `Updated ${new Date().toLocaleTimeString()}`;
   };
-  $('#operator').addEventListener('click', async (e) => {
+  root.addEventListener('click', async (e) => {
     const b = e.target.closest('button[data-retry]');
     if (!b) return;
     b.disabled = true;
