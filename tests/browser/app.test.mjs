@@ -76,6 +76,16 @@ try {
     await page.waitForURL(/\/app\/fans$/);
   });
 
+  await step('CSV cells: formulas neutralised, quotes and separators escaped', async () => {
+    const cells = await page.evaluate(async () => {
+      const { cell, toCsv } = await import('/app/assets/js/csv.js');
+      const inputs = ['=SUM(A1)', '+1', '-2', '@x', '\tTab', '\rCR', 'plain', 'a,b', 'say "hi"', 'line\nbreak', null, 42];
+      return { cells: inputs.map(cell), doc: toCsv(['a', 'b'], [['=1', 'x']]) };
+    });
+    assert.deepEqual(cells.cells, ["'=SUM(A1)", "'+1", "'-2", "'@x", "'\tTab", `"'\rCR"`, 'plain', '"a,b"', '"say ""hi"""', '"line\nbreak"', '', '42']);
+    assert.equal(cells.doc, "a,b\r\n'=1,x\r\n");
+  });
+
   const N = 30;
   await step('imports a CSV and shows the summary with errors by row', async () => {
     await nav('Imports');
@@ -193,6 +203,9 @@ try {
     assert.match(await text(page, '#recipient-count'), /^2 recipients/);
     await page.getByLabel('Campaign name').fill('Browser test campaign');
     await page.getByRole('textbox', { name: 'Message', exact: true }).fill('A special offer for you');
+    // The platform refuses the campaign's first delivery.
+    const res = await fetch(`${SIM_URL}/faults`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ userId: '1', fail400: 1 }) });
+    assert.ok(res.ok, `faults: ${res.status}`);
     await page.getByRole('button', { name: 'Send to 2 fans' }).click();
     await page.waitForURL(/\/app\/campaigns\/\d+$/);
     campaignId = Number(page.url().split('/').pop());
@@ -203,6 +216,16 @@ try {
     assert.equal(c.name, 'Browser test campaign');
     assert.equal(await text(page, '[data-metric="total"]'), '2');
     await checkPage(page, 'campaign');
+  });
+
+  await step("a campaign's failed recipient shows failed; Retry failed queues it again", async () => {
+    await page.locator('[data-metric="failed"]', { hasText: /^1$/ }).waitFor({ timeout: 30000 });
+    await page.locator('tr[data-recipient] td.status-failed').waitFor();
+    await page.getByRole('button', { name: 'Retry failed (1)' }).click();
+    await page.locator('[data-metric="failed"]', { hasText: /^0$/ }).waitFor();
+    assert.equal(await page.locator('tr[data-recipient] td.status-failed').count(), 0);
+    const c = await api(`/api/crm/campaigns/${campaignId}`);
+    assert.equal(c.metrics.failed, 0);
   });
 
   await step('analytics figures equal the API; charts; CSV export', async () => {
