@@ -31,8 +31,23 @@ export function raw(s) {
 
 /** Sets an element's content from html``. */
 export function render(el, content) {
+  renderedOf.delete(el);
   el.innerHTML = String(content);
 }
+
+/**
+ * Like render, for refreshes: when the content would be the same as the last update's, the
+ * element is left alone, so focus, selection and screen readers are not disturbed. Returns
+ * whether it changed.
+ */
+export function update(el, content) {
+  const s = String(content);
+  if (renderedOf.get(el) === s) return false;
+  el.innerHTML = s;
+  renderedOf.set(el, s);
+  return true;
+}
+const renderedOf = new WeakMap();
 
 const money = new Intl.NumberFormat('en-US', { style: 'currency', currency: 'USD' });
 export function cents(c) {

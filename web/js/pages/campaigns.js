@@ -1,6 +1,6 @@
 // Campaigns: compose to the selected fans, the list with live metrics, one campaign's recipients.
 import { api, qs } from '../api.js';
-import { html, render, when, num, cents, errorBox, toast, every } from '../ui.js';
+import { html, render, update, when, num, cents, errorBox, toast, every } from '../ui.js';
 import { selection, setSelection, MAX_RECIPIENTS } from './fans.js';
 import { go } from '../app.js';
 
@@ -49,7 +49,7 @@ export async function showList(main) {
   const box = main.querySelector('#campaigns');
   const load = async () => {
     const page = await api('/api/crm/campaigns' + qs({ limit: 50 }));
-    render(
+    update(
       box,
       page.items.length
         ? html`<div class="table-wrap"><table>
@@ -80,7 +80,7 @@ export async function showCampaign(main, { id }) {
     ]);
     const m = c.metrics;
     const focused = document.activeElement?.id;
-    render(
+    update(
       box,
       html`<h1>${c.name} <span class="badge">${c.status}</span></h1>
         <p class="muted">${c.template.content}</p>
@@ -99,17 +99,19 @@ export async function showCampaign(main, { id }) {
         )}</tbody></table></div>`,
     );
     if (focused) document.getElementById(focused)?.focus();
-    box.querySelector('#retry-failed').addEventListener('click', async (e) => {
-      e.target.disabled = true;
-      try {
-        const out = await api(`/api/crm/campaigns/${id}/retry-failed`, { method: 'POST' });
-        toast(`${out.requeued} queued again`);
-        await load();
-      } catch (err) {
-        toast(`Retry failed: ${err.message}`);
-      }
-    });
   };
+  box.addEventListener('click', async (e) => {
+    if (e.target.id !== 'retry-failed') return;
+    e.target.disabled = true;
+    try {
+      const out = await api(`/api/crm/campaigns/${id}/retry-failed`, { method: 'POST' });
+      toast(`${out.requeued} queued again`);
+      await load();
+    } catch (err) {
+      toast(`Retry failed: ${err.message}`);
+      e.target.disabled = false;
+    }
+  });
   try {
     await load();
   } catch (e) {

@@ -1,6 +1,6 @@
 // Conversations: the list (newest first) and a thread with its composer.
 import { api, qs } from '../api.js';
-import { html, render, esc, avatar, cents, time, when, errorBox, toast, every } from '../ui.js';
+import { html, render, update, esc, avatar, cents, time, when, errorBox, toast, every } from '../ui.js';
 
 const PAGE = 50;
 // Estimated send times from the send answers, by message id (the thread's list does not carry them).
@@ -48,7 +48,7 @@ async function loadList(el, current) {
     render(el, html`<li class="muted pad">No conversations yet. Open one from a <a href="/app/fans">fan's page</a>.</li>`);
     return;
   }
-  render(
+  update(
     el,
     html`${page.items.map(
       (c) => html`<li><a href="/app/messages/onlyfans/${c.id}" data-conversation="${c.id}" aria-current="${String(c.id) === String(current)}">
@@ -104,7 +104,7 @@ async function openThread(el, id, refreshList) {
     const fromBottom = ol.scrollHeight - ol.scrollTop;
     const atBottom = fromBottom - ol.clientHeight < 40;
     const items = [...byId.values()].sort((a, b) => (a.createdAt < b.createdAt ? -1 : a.createdAt > b.createdAt ? 1 : a.id - b.id));
-    render(
+    update(
       ol,
       html`${start > 0 ? html`<li class="muted older"><button type="button" class="secondary" id="older">Load older messages</button></li>` : ''}
       ${items.length ? items.map(message) : html`<li class="muted">No messages yet.</li>`}`,

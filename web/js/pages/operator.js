@@ -1,6 +1,6 @@
 // Operator: the queue, health, failed messages with retry, jobs. Refreshes every 3 s.
 import { api, qs, isOperator } from '../api.js';
-import { html, render, when, num, errorBox, toast, every } from '../ui.js';
+import { html, render, update, when, num, errorBox, toast, every } from '../ui.js';
 
 export async function show(main) {
   const op = isOperator();
@@ -25,7 +25,7 @@ export async function show(main) {
       op ? api('/api/monitoring/onlyfans') : null,
     ]);
     const backlog = health?.components?.backlog;
-    render(
+    update(
       $('#queue'),
       html`<div class="figures">
         <div class="figure"><div class="value" data-figure="queueDepth">${num(status.queueDepth)}</div><div class="label">queue depth</div></div>
@@ -37,7 +37,7 @@ export async function show(main) {
       </div>`,
     );
     if (health) {
-      render(
+      update(
         $('#health'),
         html`<p>Overall: <strong data-health="overall">${health.status}</strong> · ${health.workersAlive} worker(s), ${health.dispatchersAlive} dispatcher(s) alive</p>
         <div class="table-wrap"><table><thead><tr><th scope="col">Component</th><th scope="col">Status</th><th scope="col">Details</th></tr></thead>
@@ -49,7 +49,7 @@ export async function show(main) {
         )}</tbody></table></div>`,
       );
     }
-    render(
+    update(
       $('#failed'),
       failed.items.length
         ? html`<div class="table-wrap"><table><thead><tr><th scope="col">Message</th><th scope="col">Reason</th><th scope="col" class="hide-narrow">Failed</th><th scope="col"><span class="hide-narrow">Action</span></th></tr></thead>
@@ -61,7 +61,7 @@ export async function show(main) {
           )}</tbody></table></div><p class="muted">${failed.total} failed in all</p>`
         : html`<p class="muted" id="no-failed">No failed messages.</p>`,
     );
-    render(
+    update(
       $('#jobs'),
       html`<div class="table-wrap"><table><thead><tr><th scope="col">Job</th><th scope="col">Status</th><th scope="col">Progress</th><th scope="col" class="hide-narrow">Created</th></tr></thead>
         <tbody>${jobs.items.map((j) => {
