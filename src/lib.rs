@@ -11,6 +11,7 @@
 //! - [`cli`] — the `import` command, a client of the API.
 //! - [`platform_sim`] — a stand-in for the platform's messaging API (tests, benchmarks).
 //! - [`telemetry`] — logging.
+//! - [`web`] — the web app under `/app`, built into the binary.
 
 pub mod api;
 pub mod auth;
@@ -21,3 +22,4 @@ pub mod settings;
 pub mod startup;
 pub mod supervisor;
 pub mod telemetry;
+pub mod web;

@@ -62,6 +62,10 @@ enum Command {
         /// An operator's token: the whole queue, every creator's failed messages, monitoring.
         #[arg(long)]
         operator: bool,
+        /// Print a link that opens the web app signed in (the token rides in the URL's
+        /// fragment, which browsers never send to the server) instead of the bare token.
+        #[arg(long)]
+        url: bool,
     },
     /// Upload a CSV fan export to a running server, follow the import, print its summary.
     Import {
@@ -166,17 +170,7 @@ async fn main() -> anyhow::Result<()> {
             sim.run(cancel).await
         }
         Command::Healthcheck { url, timeout } => {
-            let url = url.unwrap_or_else(|| {
-                let mut addr = settings.api.listen_addr;
-                if addr.ip().is_unspecified() {
-                    addr.set_ip(if addr.is_ipv4() {
-                        Ipv4Addr::LOCALHOST.into()
-                    } else {
-                        Ipv6Addr::LOCALHOST.into()
-                    });
-                }
-                format!("http://{addr}/healthz")
-            });
+            let url = url.unwrap_or_else(|| format!("http://{}/healthz", local_addr(&settings)));
             let status = reqwest::Client::builder()
                 .timeout(timeout)
                 .build()?
@@ -192,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
             user_id,
             ttl,
             operator,
+            url,
         } => {
             anyhow::ensure!(user_id > 0, "--user-id must be a positive number");
             let keys = JwtKeys::new(&settings.jwt_secret().context("loading the JWT secret")?);
@@ -200,8 +195,26 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 auth::Role::Creator
             };
-            println!("{}", keys.issue_as(UserId(user_id), role, ttl));
+            let token = keys.issue_as(UserId(user_id), role, ttl);
+            if url {
+                println!("http://{}/app/#token={token}", local_addr(&settings));
+            } else {
+                println!("{token}");
+            }
             Ok(())
         }
     }
+}
+
+/// Where this machine reaches the API: `LISTEN_ADDR`, with loopback for an unspecified address.
+fn local_addr(settings: &Settings) -> SocketAddr {
+    let mut addr = settings.api.listen_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    addr
 }

@@ -2,7 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use fanqueue_jobs::{
-    crm::campaigns::{self, Campaign, CampaignStatus},
+    crm::{
+        campaigns::{self, Campaign, CampaignStatus},
+        messages,
+    },
     domain::CampaignId,
     kinds::bulk_send,
 };
@@ -12,7 +15,9 @@ use poem_openapi::{
     payload::Json,
 };
 
-use super::{ApiError, ApiTags, BearerAuth, State, messages::submit_error, page};
+use super::{
+    ApiError, ApiTags, BearerAuth, State, conversations::MessageOut, messages::submit_error, page,
+};
 
 pub struct CampaignsApi {
     state: State,
@@ -159,6 +164,46 @@ impl CampaignsApi {
         )))
     }
 
+    /// List a campaign's recipients
+    ///
+    /// One item per recipient: the campaign's message to the fan (its status, error, sent
+    /// time, …) with the fan's handle and name, in the order they were queued. `limit`
+    /// defaults to 50, at most 200.
+    #[oai(
+        path = "/:id/recipients",
+        method = "get",
+        operation_id = "listCampaignRecipients"
+    )]
+    async fn recipients(
+        &self,
+        auth: BearerAuth,
+        id: Path<i64>,
+        /// Recipients per page, 1 to 200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
+        limit: Query<Option<i64>>,
+        /// Recipients to skip (default 0).
+        #[oai(validator(minimum(value = "0")))]
+        offset: Query<Option<i64>>,
+    ) -> Result<ListRecipientsResponse, ApiError> {
+        let page = page(limit.0, offset.0)?;
+        let listed =
+            messages::of_campaign(&self.state.db, auth.user(), CampaignId(id.0), page).await?;
+        Ok(ListRecipientsResponse::Ok(Json(RecipientPage {
+            items: listed
+                .items
+                .into_iter()
+                .map(|r| RecipientOut {
+                    handle: r.handle,
+                    name: r.name,
+                    message: r.message.into(),
+                })
+                .collect(),
+            total: listed.total,
+            limit: page.limit,
+            offset: page.offset,
+        })))
+    }
+
     /// Retry a campaign's failed recipients
     ///
     /// Every failed message of the campaign goes back on its way once: `queued` again under
@@ -215,4 +260,27 @@ pub struct RetryFailedOut {
 enum RetryFailedResponse {
     #[oai(status = 202)]
     Accepted(Json<RetryFailedOut>),
+}
+
+/// A campaign's recipient: the fan and the campaign's message to them.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RecipientOut {
+    pub handle: String,
+    pub name: Option<String>,
+    pub message: MessageOut,
+}
+
+#[derive(Debug, Object)]
+pub struct RecipientPage {
+    pub items: Vec<RecipientOut>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(ApiResponse)]
+enum ListRecipientsResponse {
+    #[oai(status = 200)]
+    Ok(Json<RecipientPage>),
 }

@@ -59,8 +59,9 @@ impl From<EventType> for EventKind {
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventIn {
-    /// The platform's id of the event: sending it again changes nothing.
-    #[oai(validator(min_length = 1, max_length = 200))]
+    /// The platform's id of the event (1 to 200 printable ASCII characters, no spaces):
+    /// sending it again changes nothing.
+    #[oai(validator(pattern = r"^[!-~]{1,200}$"))]
     pub id: String,
     #[oai(rename = "type")]
     #[serde(rename = "type")]
@@ -69,13 +70,17 @@ pub struct EventIn {
     pub at: DateTime<Utc>,
     /// The fan's id (a number, or a string of digits).
     pub fan_id: Option<IdIn>,
-    /// The fan's handle on OnlyFans (`@name` or `name`, without case).
-    #[oai(validator(min_length = 1, max_length = 65))]
+    /// The fan's handle on OnlyFans (`@name` or `name`, 1 to 64 letters, digits, `_`, `.` or
+    /// `-`), matched without case.
+    #[oai(validator(
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*@*[\w.-]{1,64}[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    ))]
     pub fan_handle: Option<String>,
     /// Our id of the outbound message (a number, or a string of digits).
     pub message_id: Option<IdIn>,
-    /// The platform's id of the outbound message, as its answer to the delivery gave it.
-    #[oai(validator(min_length = 1, max_length = 200))]
+    /// The platform's id of the outbound message, as its answer to the delivery gave it (1 to
+    /// 200 printable ASCII characters, no spaces).
+    #[oai(validator(pattern = r"^[!-~]{1,200}$"))]
     pub platform_message_id: Option<String>,
     /// What the fan paid, in cents (purchased, tip, subscription).
     #[oai(validator(minimum(value = "1"), maximum(value = "100000000000")))]
@@ -125,22 +130,27 @@ enum EventsResponse {
 /// How far ahead of the server's clock an event's time may be (clock skew).
 const FUTURE_SLACK: Duration = Duration::days(1);
 
+/// 1 to [`ID_MAX`] printable ASCII characters, no spaces: what the document's pattern says.
+fn printable(s: &str) -> bool {
+    (1..=ID_MAX).contains(&s.len()) && s.bytes().all(|b| (b'!'..=b'~').contains(&b))
+}
+
 fn parse(i: usize, e: EventIn, now: DateTime<Utc>) -> Result<PlatformEvent, ApiError> {
     let field = |name: &str| format!("events[{i}].{name}");
     let kind = EventKind::from(e.kind);
-    let id = e.id.trim();
-    if id.is_empty() || id.chars().count() > ID_MAX {
+    if !printable(&e.id) {
         return Err(ApiError::invalid(
             &field("id"),
-            format!("must be 1 to {ID_MAX} characters"),
+            format!("must be 1 to {ID_MAX} printable ASCII characters, without spaces"),
         ));
     }
+    let id = e.id.as_str();
     if e.at > now + FUTURE_SLACK {
         return Err(ApiError::invalid(&field("at"), "is more than a day ahead"));
     }
     let fan = match (e.fan_id, e.fan_handle) {
-        (Some(IdIn(id)), None) if id > 0 => FanRef::Id(FanId(id)),
-        (Some(_), None) => return Err(ApiError::invalid(&field("fanId"), "must be positive")),
+        // An id that names no fan (0, say) is that event's rejection, not the batch's.
+        (Some(IdIn(id)), None) => FanRef::Id(FanId(id)),
         (None, Some(h)) => FanRef::Handle(
             Handle::parse(&h).map_err(|err| ApiError::invalid(&field("fanHandle"), err))?,
         ),
@@ -153,15 +163,12 @@ fn parse(i: usize, e: EventIn, now: DateTime<Utc>) -> Result<PlatformEvent, ApiE
     };
     let message = match (e.message_id, e.platform_message_id) {
         (None, None) => None,
-        (Some(IdIn(id)), None) if id > 0 => Some(MessageRef::Ours(MessageId(id))),
-        (Some(_), None) => return Err(ApiError::invalid(&field("messageId"), "must be positive")),
-        (None, Some(p)) if !p.trim().is_empty() && p.len() <= ID_MAX => {
-            Some(MessageRef::Platform(p.trim().to_owned()))
-        }
+        (Some(IdIn(id)), None) => Some(MessageRef::Ours(MessageId(id))),
+        (None, Some(p)) if printable(&p) => Some(MessageRef::Platform(p)),
         (None, Some(_)) => {
             return Err(ApiError::invalid(
                 &field("platformMessageId"),
-                format!("must be 1 to {ID_MAX} characters"),
+                format!("must be 1 to {ID_MAX} printable ASCII characters, without spaces"),
             ));
         }
         (Some(_), Some(_)) => {

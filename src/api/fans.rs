@@ -460,7 +460,11 @@ impl FansApi {
         &self,
         auth: BearerAuth,
         id: Path<i64>,
+        /// Changes per page, 1 to 200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
+        /// Changes to skip (default 0).
+        #[oai(validator(minimum(value = "0")))]
         offset: Query<Option<i64>>,
     ) -> Result<ValueHistoryResponse, ApiError> {
         let page = page(limit.0, offset.0)?;

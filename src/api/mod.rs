@@ -246,7 +246,7 @@ pub fn openapi(state: &State) -> OpenApiService<Apis, ()> {
     )
 }
 
-/// The whole HTTP app: API, OpenAPI document, Swagger UI, health.
+/// The whole HTTP app: API, OpenAPI document, Swagger UI, health, the web app.
 pub fn app(state: State) -> impl Endpoint {
     let api = openapi(&state);
     let raw = api.spec();
@@ -272,6 +272,7 @@ pub fn app(state: State) -> impl Endpoint {
             "/docs",
             Route::new().at("/", make_sync(move |_| Html(docs_html.clone()))),
         )
+        .nest("/app", crate::web::routes())
         .at("/healthz", health::healthz)
         .at("/readyz", monitoring::readyz)
         .data(state)

@@ -65,6 +65,11 @@ async fn openapi_documents_every_crm_route_with_bearer_security() {
         ("/api/crm/campaigns", "get", "listCampaigns"),
         ("/api/crm/campaigns/{id}", "get", "getCampaign"),
         (
+            "/api/crm/campaigns/{id}/recipients",
+            "get",
+            "listCampaignRecipients",
+        ),
+        (
             "/api/crm/campaigns/{id}/retry-failed",
             "post",
             "retryCampaignFailed",

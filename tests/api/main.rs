@@ -23,6 +23,7 @@ macro_rules! both {
 }
 
 mod analytics;
+mod app;
 mod auth;
 mod backpressure;
 mod bad_input;

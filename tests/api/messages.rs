@@ -15,6 +15,7 @@ crate::on_both_backends!(
     a_send_in_a_conversation_is_queued_and_bad_bodies_are_400s,
     a_bulk_over_100_recipients_or_with_another_users_fan_creates_nothing,
     the_6th_campaign_in_an_hour_is_a_429,
+    a_campaigns_recipients_are_its_messages_with_each_fans_handle,
 );
 
 /// `n` fans of `user`; returns their ids.
@@ -540,4 +541,66 @@ async fn with_sqs_unreachable_the_job_retries_then_fails_the_messages_with_the_r
         status["queueError"].is_string(),
         "the status route says the queue is unreachable: {status}"
     );
+}
+
+async fn a_campaigns_recipients_are_its_messages_with_each_fans_handle(app: TestApp) {
+    let ids = fans(&app, 1, 3).await;
+    let out = json_of(
+        app.post(
+            1,
+            "/api/messages/bulk",
+            &json!({ "recipientIds": [ids[2], ids[0]], "content": "Offer", "campaignName": "R" }),
+        )
+        .await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let campaign = out["campaignId"].as_i64().unwrap();
+    let path = format!("/api/crm/campaigns/{campaign}/recipients");
+    let page = json_of(app.get(1, &path).await, StatusCode::OK).await;
+    assert_eq!(page["total"], 2);
+    let items = page["items"].as_array().unwrap();
+    let mut got: Vec<(i64, String)> = items
+        .iter()
+        .map(|r| {
+            assert_eq!(r["message"]["campaignId"], campaign);
+            assert_eq!(r["message"]["text"], "Offer");
+            assert!(r["message"]["status"].is_string());
+            assert_eq!(
+                r["name"],
+                format!(
+                    "Fan {}",
+                    if r["message"]["fanId"] == ids[0] {
+                        0
+                    } else {
+                        2
+                    }
+                )
+            );
+            (
+                r["message"]["fanId"].as_i64().unwrap(),
+                r["handle"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (ids[0], "@u1fan0".to_owned()),
+            (ids[2], "@u1fan2".to_owned())
+        ]
+    );
+    let second = json_of(
+        app.get(1, &format!("{path}?limit=1&offset=1")).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(second["items"].as_array().unwrap().len(), 1);
+    assert_eq!(second["total"], 2);
+    // Another creator's campaign is not there for them; a bad page is a 400.
+    let other = app.get(2, &path).await;
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+    let bad = app.get(1, &format!("{path}?limit=0")).await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }

@@ -147,6 +147,71 @@ pub async fn list(
     })
 }
 
+/// A message of a campaign with its fan's handle and name: the campaign's recipients.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    pub message: Message,
+    pub handle: String,
+    pub name: Option<String>,
+}
+
+/// The messages of one of `user`'s campaigns (one a recipient), oldest first, with each fan's
+/// handle and name; `NotFound` when the campaign is not the user's.
+pub async fn of_campaign(
+    db: &Db,
+    user: UserId,
+    campaign: CampaignId,
+    page: Page,
+) -> StoreResult<Listed<Recipient>> {
+    on_db!(db, pool => {
+        let owned: Option<(CampaignId,)> =
+            sqlx::query_as("SELECT id FROM campaigns WHERE id = $1 AND user_id = $2")
+                .bind(campaign)
+                .bind(user)
+                .fetch_optional(pool)
+                .await?;
+        if owned.is_none() {
+            return Err(StoreError::NotFound("campaign"));
+        }
+        let messages = sqlx::query_as::<_, Message>(
+            "SELECT * FROM messages WHERE campaign_id = $1 AND user_id = $2
+             ORDER BY id LIMIT $3 OFFSET $4",
+        )
+        .bind(campaign)
+        .bind(user)
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(pool)
+        .await?;
+        let fans: Vec<(MessageId, String, Option<String>)> = sqlx::query_as(
+            "SELECT m.id, f.handle, f.name FROM messages m JOIN fans f ON f.id = m.fan_id
+             WHERE m.campaign_id = $1 AND m.user_id = $2 ORDER BY m.id LIMIT $3 OFFSET $4",
+        )
+        .bind(campaign)
+        .bind(user)
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(pool)
+        .await?;
+        let mut names: HashMap<MessageId, (String, Option<String>)> =
+            fans.into_iter().map(|(id, h, n)| (id, (h, n))).collect();
+        let (total,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM messages WHERE campaign_id = $1 AND user_id = $2")
+                .bind(campaign)
+                .bind(user)
+                .fetch_one(pool)
+                .await?;
+        let items = messages
+            .into_iter()
+            .map(|message| {
+                let (handle, name) = names.remove(&message.id).unwrap_or_default();
+                Recipient { message, handle, name }
+            })
+            .collect();
+        Ok(Listed { items, total })
+    })
+}
+
 /// Records an inbound message, bumps the unread count and moves `last_message_at` forward.
 /// Returns the message and `true` when it is new (a replayed `external_id` changes nothing).
 pub async fn record_inbound(

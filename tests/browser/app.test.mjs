@@ -1,0 +1,313 @@
+// The web app end to end in Chromium, against `fanqueue all --platform-sim` (started by
+// scripts/browser-test): sign in with the printed link, import a CSV, edit a fan, send a
+// message that reaches the platform stand-in, make one fail and retry it from the failed list,
+// compose a campaign, check the analytics against the API, the operator page; then screenshots
+// of every page at phone and desktop widths. Any console error on any page fails the test.
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import assert from 'node:assert/strict';
+import { APP_URL, BASE, TOKEN, launch, watchErrors, api, exportCsv } from './lib.mjs';
+
+const SIM_URL = process.env.SIM_URL;
+const OPERATOR_URL = process.env.OPERATOR_URL;
+const SHOTS = process.env.SCREENSHOTS || 'target/screenshots';
+const PHONE = { width: 375, height: 812 };
+const DESKTOP = { width: 1280, height: 800 };
+const started = Date.now();
+const errors = [];
+
+async function step(name, f) {
+  const t = Date.now();
+  try {
+    await f();
+    console.log(`ok   ${name} (${Date.now() - t} ms)`);
+  } catch (e) {
+    console.log(`FAIL ${name}`);
+    throw e;
+  }
+}
+
+const money = (c) => new Intl.NumberFormat('en-US', { style: 'currency', currency: 'USD' }).format(c / 100);
+const count = (n) => new Intl.NumberFormat('en-US').format(n);
+const text = async (page, sel) => (await page.locator(sel).first().textContent()).trim();
+
+/** Every visible form control has a label; the page fits the viewport's width. */
+async function checkPage(page, where) {
+  const problems = await page.evaluate(() => {
+    const out = [];
+    for (const el of document.querySelectorAll('input, select, textarea')) {
+      if (el.type === 'hidden' || !el.offsetParent) continue;
+      if (!el.labels?.length && !el.getAttribute('aria-label')) out.push(`unlabelled ${el.tagName} ${el.name || el.id}`);
+    }
+    if (document.documentElement.scrollWidth > window.innerWidth + 1)
+      out.push(`wider than the viewport: ${document.documentElement.scrollWidth} > ${window.innerWidth}`);
+    return out;
+  });
+  assert.deepEqual(problems, [], `${where}: ${problems.join('; ')}`);
+}
+
+const browser = await launch();
+let failed = false;
+let page;
+try {
+  const context = await browser.newContext({ viewport: DESKTOP, acceptDownloads: true });
+  page = await context.newPage();
+  page.setDefaultTimeout(20000);
+  watchErrors(page, errors);
+  const nav = (name) => page.locator('#nav').getByRole('link', { name, exact: true }).click();
+
+  await step('signs in with the link from `fanqueue token --url`', async () => {
+    await page.goto(APP_URL);
+    await page.waitForURL(/\/app\/messages\/onlyfans$/);
+    await page.locator('#nav').waitFor();
+    assert.equal(new URL(page.url()).hash, '', 'the token is dropped from the address bar');
+    assert.equal(await page.evaluate(() => localStorage.getItem('fanqueue.token')), TOKEN);
+    await page.getByText('No conversations yet').waitFor();
+  });
+
+  await step('keyboard: the skip link, then the navigation', async () => {
+    await page.keyboard.press('Tab');
+    assert.equal(await page.evaluate(() => document.activeElement.className), 'skip');
+    await page.keyboard.press('Tab');
+    await page.keyboard.press('Tab');
+    assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Conversations');
+    await page.keyboard.press('Tab');
+    await page.keyboard.press('Enter');
+    await page.waitForURL(/\/app\/fans$/);
+  });
+
+  await step('CSV cells: formulas neutralised, quotes and separators escaped', async () => {
+    const cells = await page.evaluate(async () => {
+      const { cell, toCsv } = await import('/app/assets/js/csv.js');
+      const inputs = ['=SUM(A1)', '+1', '-2', '@x', '\tTab', '\rCR', 'plain', 'a,b', 'say "hi"', 'line\nbreak', null, 42];
+      return { cells: inputs.map(cell), doc: toCsv(['a', 'b'], [['=1', 'x']]) };
+    });
+    assert.deepEqual(cells.cells, ["'=SUM(A1)", "'+1", "'-2", "'@x", "'\tTab", `"'\rCR"`, 'plain', '"a,b"', '"say ""hi"""', '"line\nbreak"', '', '42']);
+    assert.equal(cells.doc, "a,b\r\n'=1,x\r\n");
+  });
+
+  const N = 30;
+  await step('imports a CSV and shows the summary with errors by row', async () => {
+    await nav('Imports');
+    const csv = exportCsv(N, ['formula,=1+2,formula@example.com,VIP,$7.00,2026-11-02', 'badmoney,Bad Money,bad@example.com,Basic,lots,2026-11-02']);
+    await page.setInputFiles('#csv-file', { name: 'fans.csv', mimeType: 'text/csv', buffer: Buffer.from(csv) });
+    await page.getByRole('button', { name: 'Import' }).click();
+    await page.locator('#import-summary').waitFor();
+    assert.equal(await text(page, '[data-figure="totalRows"]'), String(N + 2));
+    assert.equal(await text(page, '[data-figure="successfulInserts"]'), String(N + 1));
+    assert.equal(await text(page, '[data-figure="errorCount"]'), '1');
+    assert.equal(await page.locator('#import-summary tbody tr').count(), 1, 'one error row listed');
+    await page.locator('#recent table').waitFor();
+    await checkPage(page, 'imports');
+  });
+
+  const fans = await api('/api/crm/fans?limit=200');
+  const byHandle = Object.fromEntries(fans.items.map((f) => [f.handle, f]));
+  const first = byHandle['@fan00001'];
+
+  await step('fans: filters by tag, searches the page, exports CSV with formulas neutralised', async () => {
+    await nav('Fans');
+    assert.equal(await text(page, '#fan-count'), `${fans.total} fans`);
+    await page.getByLabel('Tag').fill('VIP');
+    await page.getByRole('button', { name: 'Filter' }).click();
+    const vip = await api('/api/crm/fans?tag=VIP&limit=1');
+    await page.getByText(`${vip.total} fans match the filters`).waitFor();
+    const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Export CSV' }).click()]);
+    const csv = readFileSync(await download.path(), 'utf8');
+    const lines = csv.trim().split('\r\n');
+    assert.equal(lines.length, vip.total + 1, 'a header and every VIP fan');
+    assert.ok(csv.includes(",'=1+2,"), 'a name starting with = is prefixed with a quote');
+    await page.getByLabel('Search this page').fill('00003');
+    await page.getByRole('button', { name: 'Filter' }).click();
+    await page.getByText('1 on this page match').waitFor();
+    await checkPage(page, 'fans');
+  });
+
+  let conversationId;
+  await step("fan page: edits notes, tags and value; value history; opens the conversation", async () => {
+    await page.goto(`${BASE}/app/fans`);
+    await page.getByRole('link', { name: first.handle, exact: true }).click();
+    await page.waitForURL(new RegExp(`/app/fans/${first.id}$`));
+    await page.getByLabel('Notes').fill('Loves behind-the-scenes posts');
+    await page.getByLabel('Tags (comma-separated)').fill('Basic, whale');
+    await page.getByLabel('Value (USD)').fill('123.45');
+    await page.getByRole('button', { name: 'Save' }).click();
+    await page.locator('#history tr', { hasText: '$123.45' }).waitFor();
+    const fan = await api(`/api/crm/fans/${first.id}`);
+    assert.equal(fan.valueCents, 12345);
+    assert.deepEqual(fan.tags, ['Basic', 'whale']);
+    assert.equal(fan.notes, 'Loves behind-the-scenes posts');
+    await page.getByRole('button', { name: 'Open conversation' }).click();
+    await page.waitForURL(/\/app\/messages\/onlyfans\/\d+$/);
+    conversationId = Number(page.url().split('/').pop());
+  });
+
+  let sentId;
+  await step('sends a message that reaches the platform and turns sent without a reload', async () => {
+    await page.getByRole('textbox', { name: 'Message', exact: true }).fill('Hello from the browser test');
+    await page.getByRole('button', { name: 'Send' }).click();
+    const msg = page.locator('li.msg', { hasText: 'Hello from the browser test' });
+    await msg.waitFor();
+    await page.locator('li.msg[data-status="sent"]', { hasText: 'Hello from the browser test' }).waitFor();
+    sentId = await msg.getAttribute('data-id');
+    const deliveries = await (await fetch(`${SIM_URL}/deliveries`)).json();
+    assert.ok(deliveries.items.some((d) => d.messageId === sentId), 'the platform stand-in got it');
+    await checkPage(page, 'thread');
+  });
+
+  let failedId;
+  await step('a message the platform refuses shows failed with its reason', async () => {
+    const res = await fetch(`${SIM_URL}/faults`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ userId: '1', fail400: 1 }) });
+    assert.ok(res.ok, `faults: ${res.status}`);
+    await page.getByRole('textbox', { name: 'Message', exact: true }).fill('This one the platform refuses');
+    await page.getByRole('button', { name: 'Send' }).click();
+    const msg = page.locator('li.msg', { hasText: 'This one the platform refuses' });
+    await msg.locator('.status-queued').waitFor();
+    await page.locator('li.msg[data-status="failed"]', { hasText: 'This one the platform refuses' }).waitFor();
+    failedId = await msg.getAttribute('data-id');
+    assert.match(await msg.textContent(), /failed: platform answered 400/);
+  });
+
+  await step('retries it from the failed list; it turns sent', async () => {
+    await nav('Operator');
+    const row = page.locator(`tr[data-failed="${failedId}"]`);
+    await row.getByRole('button', { name: 'Retry' }).click();
+    await row.waitFor({ state: 'detached' });
+    await page.goBack();
+    await page.waitForURL(new RegExp(`/app/messages/onlyfans/${conversationId}$`));
+    await page.locator(`li.msg[data-id="${failedId}"][data-status="sent"]`).waitFor({ timeout: 30000 });
+  });
+
+  await step('an unread conversation shows its count; opening it marks it read', async () => {
+    await api(`/api/crm/conversations/${conversationId}/inbound`, { method: 'POST', body: { text: 'Thanks, love it!', externalId: 'of-test-1' } });
+    await nav('Conversations');
+    const link = page.locator(`a[data-conversation="${conversationId}"]`);
+    assert.equal(await link.locator('.badge.unread').textContent(), '1');
+    await link.click();
+    await page.locator('li.msg.in', { hasText: 'Thanks, love it!' }).waitFor();
+    for (let i = 0; (await api(`/api/crm/conversations/${conversationId}`)).unreadCount !== 0; i++) {
+      assert.ok(i < 50, 'marked read');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await page.locator(`a[data-conversation="${conversationId}"] .badge.unread`).waitFor({ state: 'detached' });
+  });
+
+  let campaignId;
+  await step('composes a campaign to selected fans and follows its recipients', async () => {
+    await nav('Fans');
+    await page.getByRole('button', { name: 'Clear selection' }).click();
+    const picked = [byHandle['@fan00002'], byHandle['@fan00003']];
+    for (const f of picked) await page.getByLabel(`Select ${f.handle}`).check();
+    await page.getByRole('link', { name: 'Compose campaign (2)' }).click();
+    await page.waitForURL(/\/app\/campaigns$/);
+    assert.match(await text(page, '#recipient-count'), /^2 recipients/);
+    await page.getByLabel('Campaign name').fill('Browser test campaign');
+    await page.getByRole('textbox', { name: 'Message', exact: true }).fill('A special offer for you');
+    // The platform refuses the campaign's first delivery.
+    const res = await fetch(`${SIM_URL}/faults`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ userId: '1', fail400: 1 }) });
+    assert.ok(res.ok, `faults: ${res.status}`);
+    await page.getByRole('button', { name: 'Send to 2 fans' }).click();
+    await page.waitForURL(/\/app\/campaigns\/\d+$/);
+    campaignId = Number(page.url().split('/').pop());
+    await page.locator('tr[data-recipient]').nth(1).waitFor();
+    const recipients = await page.locator('tr[data-recipient]').evaluateAll((rows) => rows.map((r) => Number(r.dataset.recipient)).sort());
+    assert.deepEqual(recipients, picked.map((f) => f.id).sort());
+    const c = await api(`/api/crm/campaigns/${campaignId}`);
+    assert.equal(c.name, 'Browser test campaign');
+    assert.equal(await text(page, '[data-metric="total"]'), '2');
+    await checkPage(page, 'campaign');
+  });
+
+  await step("a campaign's failed recipient shows failed; Retry failed queues it again", async () => {
+    await page.locator('[data-metric="failed"]', { hasText: /^1$/ }).waitFor({ timeout: 30000 });
+    await page.locator('tr[data-recipient] td.status-failed').waitFor();
+    await page.getByRole('button', { name: 'Retry failed (1)' }).click();
+    await page.locator('[data-metric="failed"]', { hasText: /^0$/ }).waitFor();
+    assert.equal(await page.locator('tr[data-recipient] td.status-failed').count(), 0);
+    const c = await api(`/api/crm/campaigns/${campaignId}`);
+    assert.equal(c.metrics.failed, 0);
+  });
+
+  await step('analytics figures equal the API; charts; CSV export', async () => {
+    await nav('Analytics');
+    await page.locator('#revenue-chart').waitFor();
+    const a = await api('/api/crm/analytics?period=day');
+    assert.equal(await text(page, '[data-figure="totalFans"]'), count(a.totalFans));
+    assert.equal(await text(page, '[data-figure="activeFans"]'), count(a.activeFans));
+    assert.equal(await text(page, '[data-figure="lifetimeValueCents"]'), money(a.lifetimeValueCents));
+    assert.equal(await page.locator('#top-fans-chart rect.bar').count(), a.topFans.length);
+    assert.equal(a.topFans.length, 10);
+    assert.equal(await page.locator('#revenue-chart rect.bar').count(), a.periods.length);
+    await page.getByRole('cell', { name: 'Browser test campaign' }).waitFor();
+    await page.getByRole('combobox', { name: 'Period' }).selectOption('week');
+    await page.getByRole('button', { name: 'Show' }).click();
+    await page.getByText('by week').waitFor();
+    const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Export CSV' }).click()]);
+    const csv = readFileSync(await download.path(), 'utf8');
+    assert.ok(csv.startsWith('kind,key,value\r\n'));
+    assert.ok(csv.includes(`figure,total_fans,${a.totalFans}`));
+  });
+
+  await step('signs out, signs in with a pasted token', async () => {
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.locator('#sign-in').waitFor();
+    assert.equal(await page.evaluate(() => localStorage.getItem('fanqueue.token')), null);
+    await checkPage(page, 'sign-in');
+    await page.getByLabel('Token').fill(TOKEN);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.locator('#nav').waitFor();
+  });
+
+  await step('operator page: queue, health, jobs', async () => {
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.goto(OPERATOR_URL);
+    await page.locator('#nav').waitFor();
+    await nav('Operator');
+    await page.locator('[data-health="overall"]').waitFor();
+    await page.locator('[data-figure="dlqCount"]').waitFor();
+    await page.getByRole('cell', { name: /^import_csv/ }).first().waitFor();
+  });
+
+  await step('screenshots of every page at phone and desktop widths', async () => {
+    mkdirSync(SHOTS, { recursive: true });
+    const pages = [
+      ['conversations', '/app/messages/onlyfans', '.convs a'],
+      ['thread', `/app/messages/onlyfans/${conversationId}`, 'li.msg'],
+      ['fans', '/app/fans', '#fan-count'],
+      ['fan', `/app/fans/${first.id}`, '#fan-form'],
+      ['imports', '/app/imports', '#recent table'],
+      ['campaigns', '/app/campaigns', '#campaigns table'],
+      ['campaign', `/app/campaigns/${campaignId}`, 'tr[data-recipient]'],
+      ['analytics', '/app/platforms/onlyfans/analytics', '#revenue-chart'],
+      ['operator', '/app/operator', '[data-health="overall"]'],
+    ];
+    for (const [size, viewport] of [['phone', PHONE], ['desktop', DESKTOP]]) {
+      await page.setViewportSize(viewport);
+      for (const [name, path, ready] of pages) {
+        await page.goto(BASE + path);
+        await page.locator(ready).first().waitFor();
+        await checkPage(page, `${name} at ${size} width`);
+        await page.screenshot({ path: join(SHOTS, `${name}-${size}.png`), fullPage: true });
+      }
+    }
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.locator('#sign-in').waitFor();
+    await page.screenshot({ path: join(SHOTS, 'sign-in-desktop.png') });
+    console.log(`     screenshots in ${SHOTS}`);
+  });
+
+  await step('no console errors on any page', async () => {
+    assert.deepEqual(errors, []);
+  });
+} catch (e) {
+  failed = true;
+  console.error(e);
+  mkdirSync(SHOTS, { recursive: true });
+  await page?.screenshot({ path: join(SHOTS, 'failure.png'), fullPage: true }).catch(() => {});
+  console.error(`the page when it failed: ${join(SHOTS, 'failure.png')} (${page?.url()})`);
+  if (errors.length) console.error('console errors:\n' + errors.join('\n'));
+} finally {
+  await browser.close();
+}
+console.log(`${failed ? 'FAILED' : 'passed'} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+process.exit(failed ? 1 : 0);
