@@ -1,12 +1,15 @@
 //! `/api/crm/conversations`: threads with fans, their messages, inbound sync and read marks.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use fanqueue_jobs::{
     crm::{
         conversations::{self, Conversation},
-        messages::{self, Inbound, Message, NewAttachment},
+        deliveries,
+        messages::{self, Direction, Inbound, Message, MessageStatus, NewAttachment},
     },
-    domain::{Cents, ConversationId, FanId, HttpUrl, Text},
+    domain::{Cents, ConversationId, FanId, HttpUrl, MessageId, Text},
     kinds::send_message::Recipient,
 };
 use poem_openapi::{
@@ -213,6 +216,10 @@ pub struct MessageOut {
     pub opened_at: Option<DateTime<Utc>>,
     /// Paid unlocks and tips the platform reported on it, in cents.
     pub revenue_cents: i64,
+    /// An outbound message still waiting (queued or being delivered): when the platform should
+    /// get it, at the creator's pace behind the messages ahead of it.
+    #[oai(skip_serializing_if_is_none)]
+    pub estimated_send_time: Option<DateTime<Utc>>,
 }
 
 impl From<Message> for MessageOut {
@@ -243,6 +250,7 @@ impl From<Message> for MessageOut {
             delivered_at: m.delivered_at,
             opened_at: m.opened_at,
             revenue_cents: m.revenue_cents,
+            estimated_send_time: None,
         }
     }
 }
@@ -446,8 +454,38 @@ impl ConversationsApi {
         let page = page(limit.0, offset.0)?;
         let listed =
             messages::list(&self.state.db, auth.user(), ConversationId(id.0), page).await?;
+        // Outbound messages still waiting get the time they should go, as the send answered.
+        let waiting: Vec<MessageId> = listed
+            .items
+            .iter()
+            .filter(|m| {
+                m.direction == Direction::Out
+                    && matches!(m.status, MessageStatus::Queued | MessageStatus::Sending)
+            })
+            .map(|m| m.id)
+            .collect();
+        let ahead: HashMap<MessageId, i64> = messages::ahead_of_many(&self.state.db, &waiting)
+            .await?
+            .into_iter()
+            .collect();
+        let last = if waiting.is_empty() {
+            None
+        } else {
+            deliveries::last_started(&self.state.db, auth.user()).await?
+        };
         Ok(ListMessagesResponse::Ok(Json(MessagePage {
-            items: listed.items.into_iter().map(Into::into).collect(),
+            items: listed
+                .items
+                .into_iter()
+                .map(|m| {
+                    let eta = ahead
+                        .get(&m.id)
+                        .map(|&n| self.state.pace.eta(m.created_at, last, n));
+                    let mut out = MessageOut::from(m);
+                    out.estimated_send_time = eta;
+                    out
+                })
+                .collect(),
             total: listed.total,
             limit: page.limit,
             offset: page.offset,

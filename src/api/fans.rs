@@ -297,6 +297,9 @@ enum DeleteFanResponse {
     Deleted,
 }
 
+/// The longest text the fans list searches for.
+const SEARCH_MAX: usize = 100;
+
 /// Parses one field, naming it in the 400 when it is refused.
 fn field<T>(name: &str, parsed: Result<T, ParseError>) -> Result<T, ApiError> {
     parsed.map_err(|e| ApiError::invalid(name, e))
@@ -372,8 +375,8 @@ impl UpdateFan {
 impl FansApi {
     /// List fans
     ///
-    /// The caller's fans, newest first, optionally only those carrying `tag` or worth at least
-    /// `minValueCents`. `limit` defaults to 50, at most 200.
+    /// The caller's fans, newest first, optionally only those carrying `tag`, worth at least
+    /// `minValueCents`, or whose handle or name holds `q`. `limit` defaults to 50, at most 200.
     #[oai(path = "/", method = "get", operation_id = "listFans")]
     async fn list(
         &self,
@@ -383,6 +386,12 @@ impl FansApi {
             pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff](?:[^\x00-\x1f\x7f-\x9f\ufffe\uffff]{0,48}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
         ))]
         tag: Query<Option<String>>,
+        /// Only fans whose handle or name holds this text (1 to 100 characters, compared
+        /// without case).
+        #[oai(validator(
+            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff](?:[^\x00-\x1f\x7f-\x9f\ufffe\uffff]{0,98}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+        ))]
+        q: Query<Option<String>>,
         /// Only fans whose lifetime spend is at least this many cents.
         #[oai(
             name = "minValueCents",
@@ -399,6 +408,8 @@ impl FansApi {
         let page = page(limit.0, offset.0)?;
         let filter = FanFilter {
             tag: optional("tag", tag.0.as_deref(), |v| Line::parse(v, Tags::MAX_LEN))?
+                .map(|t| t.as_str().to_owned()),
+            search: optional("q", q.0.as_deref(), |v| Line::parse(v, SEARCH_MAX))?
                 .map(|t| t.as_str().to_owned()),
             min_value: min_value_cents
                 .0

@@ -10,7 +10,58 @@ crate::on_both_backends!(
     a_replayed_inbound_external_id_is_recorded_once,
     messages_are_listed_oldest_first_with_limit_and_offset,
     conversation_limit_over_200_is_a_400,
+    waiting_messages_in_a_thread_carry_the_send_time_their_send_answered,
 );
+
+async fn waiting_messages_in_a_thread_carry_the_send_time_their_send_answered(app: TestApp) {
+    let (_, conv) = app.fan_with_conversation(1, "@eta").await;
+    let mut answers = vec![];
+    for text in ["first", "second"] {
+        answers.push(
+            json_of(
+                app.post(
+                    1,
+                    &format!("/api/crm/conversations/{conv}/messages"),
+                    &json!({ "text": text }),
+                )
+                .await,
+                StatusCode::ACCEPTED,
+            )
+            .await,
+        );
+    }
+    // An inbound message has none.
+    json_of(
+        app.post(
+            1,
+            &format!("/api/crm/conversations/{conv}/inbound"),
+            &json!({ "text": "hi", "externalId": "in-1" }),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let page = json_of(
+        app.get(1, &format!("/api/crm/conversations/{conv}/messages"))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let items = page["items"].as_array().unwrap();
+    for answer in &answers {
+        let m = items
+            .iter()
+            .find(|m| m["id"] == answer["messageId"])
+            .unwrap();
+        assert_eq!(
+            instant(&m["estimatedSendTime"]),
+            instant(&answer["estimatedSendTime"]),
+            "{m}"
+        );
+    }
+    let inbound = items.iter().find(|m| m["direction"] == "in").unwrap();
+    assert!(inbound.get("estimatedSendTime").is_none(), "{inbound}");
+}
 
 async fn opening_a_conversation_twice_returns_the_same_one(app: TestApp) {
     let fan = app.create_fan(1, json!({ "handle": "x" })).await;

@@ -11,7 +11,70 @@ crate::on_both_backends!(
     updating_a_fan_changes_only_the_given_fields_and_null_clears,
     deleting_a_fan_answers_204_then_404,
     a_second_fan_with_the_same_handle_is_a_409,
+    the_search_finds_fans_by_handle_or_name_without_case_over_every_page,
 );
+
+async fn the_search_finds_fans_by_handle_or_name_without_case_over_every_page(app: TestApp) {
+    for (handle, name) in [
+        ("alice", "Alice Smith"),
+        ("bob", "Robert"),
+        ("carol_x", "Carol"),
+        ("dave", "50% off"),
+    ] {
+        app.create_fan(1, json!({ "handle": handle, "name": name }))
+            .await;
+    }
+    // Fans of another creator are never found.
+    app.create_fan(2, json!({ "handle": "alice2" })).await;
+    let handles = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["handle"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for (q, expected) in [
+        ("ALI", vec!["@alice"]),
+        ("robERT", vec!["@bob"]),
+        ("@bo", vec!["@bob"]),
+        ("_", vec!["@carol_x"]),
+        ("%", vec!["@dave"]),
+        ("zzz", vec![]),
+    ] {
+        let page = json_of(
+            app.get(1, &format!("/api/crm/fans?q={}&limit=1", urlencode(q)))
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(page["total"], expected.len(), "q={q}: {page}");
+        assert_eq!(handles(&page), expected[..expected.len().min(1)], "q={q}");
+    }
+    // With the other filters.
+    let page = json_of(
+        app.get(1, "/api/crm/fans?q=a&minValueCents=0&limit=10")
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(handles(&page), ["@dave", "@carol_x", "@alice"], "{page}");
+    error_of(
+        app.get(1, "/api/crm/fans?q=%20").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+    )
+    .await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
 
 async fn a_new_user_lists_an_empty_page(app: TestApp) {
     let page = json_of(app.get(1, "/api/crm/fans").await, StatusCode::OK).await;

@@ -3,7 +3,8 @@ import { api, qs } from '../api.js';
 import { html, render, update, esc, avatar, cents, time, when, errorBox, toast, every } from '../ui.js';
 
 const PAGE = 50;
-// Estimated send times from the send answers, by message id (the thread's list does not carry them).
+// Estimated send times from the send answers, by message id, until the thread's list carries
+// the message (which then has its own estimate while it waits).
 const estimates = new Map();
 
 export async function show(main, { id }) {
@@ -262,7 +263,7 @@ function status(m) {
   switch (m.status) {
     case 'queued':
     case 'sending': {
-      const eta = estimates.get(m.id);
+      const eta = m.estimatedSendTime || estimates.get(m.id);
       return html`<span class="status status-${m.status}">${m.status}${eta ? html` · about ${time(eta)}` : ''}</span>`;
     }
     case 'sent':

@@ -71,6 +71,22 @@ pub struct FanFilter {
     pub tag: Option<String>,
     /// Only fans whose lifetime value is at least this.
     pub min_value: Option<Cents>,
+    /// Only fans whose handle or name holds this text (compared without case).
+    pub search: Option<String>,
+}
+
+/// `text` as a LIKE pattern matching any value that holds it, lower case (`\` escapes).
+fn holding(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }
 
 pub async fn create(db: &Db, user: UserId, fan: NewFan) -> StoreResult<Fan> {
@@ -124,22 +140,26 @@ pub async fn get(db: &Db, user: UserId, id: FanId) -> StoreResult<Fan> {
 macro_rules! pg_tag_clause {
     () => {
         "($3::text IS NULL OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(fans.tags) t
-                                      WHERE lower(t) = lower($3::text)))"
+                                      WHERE lower(t) = lower($3::text)))
+         AND ($4::text IS NULL OR handle LIKE $4::text ESCAPE '\\'
+              OR lower(name) LIKE $4::text ESCAPE '\\')"
     };
 }
 macro_rules! sqlite_tag_clause {
     () => {
         "($3 IS NULL OR EXISTS (SELECT 1 FROM json_each(fans.tags) t
-                                WHERE lower(t.value) = lower($3)))"
+                                WHERE lower(t.value) = lower($3)))
+         AND ($4 IS NULL OR handle LIKE $4 ESCAPE '\\' OR lower(name) LIKE $4 ESCAPE '\\')"
     };
 }
-/// The fan list's select or count for one dialect's tag clause (static text for sqlx).
+/// The fan list's select or count for one dialect's tag clause (static text for sqlx): `$3`
+/// the tag, `$4` the search pattern.
 macro_rules! fan_list_sql {
     (select, $tag:ident) => {
         concat!(
             "SELECT * FROM fans WHERE user_id = $1 AND value_cents >= $2 AND ",
             fan_list_sql!(@clause $tag),
-            " ORDER BY id DESC LIMIT $4 OFFSET $5"
+            " ORDER BY id DESC LIMIT $5 OFFSET $6"
         )
     };
     (count, $tag:ident) => {
@@ -160,7 +180,7 @@ pub async fn list(
     filter: &FanFilter,
     page: Page,
 ) -> StoreResult<Listed<Fan>> {
-    if filter.tag.is_none() && filter.min_value.is_none() {
+    if filter.tag.is_none() && filter.min_value.is_none() && filter.search.is_none() {
         let start = blocks::start(db, user, page.offset).await?;
         let items = on_db!(db, pool => sqlx::query_as::<_, Fan>(
             "SELECT * FROM fans WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3 OFFSET $4",
@@ -178,6 +198,7 @@ pub async fn list(
     }
     let min = filter.min_value.unwrap_or_default().get();
     let tag = filter.tag.as_deref();
+    let search = filter.search.as_deref().map(holding);
     // The tag test is the one place the dialects differ: JSONB functions vs json_each.
     let (rows_sql, count_sql) = match db {
         Db::Postgres(_) => (
@@ -194,6 +215,7 @@ pub async fn list(
             .bind(user)
             .bind(min)
             .bind(tag)
+            .bind(search.as_deref())
             .bind(page.limit)
             .bind(page.offset)
             .fetch_all(pool)
@@ -202,6 +224,7 @@ pub async fn list(
             .bind(user)
             .bind(min)
             .bind(tag)
+            .bind(search.as_deref())
             .fetch_one(pool)
             .await?;
         Ok(Listed { items, total })
