@@ -198,6 +198,35 @@ pub struct RetriedOut {
     pub job_id: String,
 }
 
+/// One creator's delivery backlog (operators).
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct CreatorBacklogOut {
+    pub user_id: i64,
+    /// Outbound messages queued or being delivered.
+    pub waiting: i64,
+    /// When the oldest of them was queued.
+    pub oldest_queued_at: DateTime<Utc>,
+    /// When the backlog should have drained at the platform's rate for one creator.
+    pub drained_by: DateTime<Utc>,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct BacklogPage {
+    pub items: Vec<CreatorBacklogOut>,
+    /// Creators with a backlog.
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(ApiResponse)]
+enum BacklogsResponse {
+    #[oai(status = 200)]
+    Ok(Json<BacklogPage>),
+}
+
 #[derive(ApiResponse)]
 enum FailedResponse {
     #[oai(status = 200)]
@@ -442,6 +471,54 @@ impl MessagesApi {
             failed: 0,
             estimated_completion_time: eta(&self.state, &created.last).await?,
             status: "queued".into(),
+        })))
+    }
+
+    /// Backlogs per creator (operators)
+    ///
+    /// Every creator with messages waiting for delivery, largest backlog first: how many, the
+    /// oldest's age, and when they should have drained at the platform's rate (10 a minute a
+    /// creator). 403 for a creator's token (a creator's own backlog is in
+    /// `/api/onlyfans/messages/status`).
+    #[oai(
+        path = "/api/onlyfans/messages/backlogs",
+        method = "get",
+        operation_id = "listCreatorBacklogs"
+    )]
+    async fn backlogs(
+        &self,
+        auth: BearerAuth,
+        /// Creators per page, 1 to 200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
+        limit: Query<Option<i64>>,
+        /// Creators to skip (default 0).
+        #[oai(validator(minimum(value = "0")))]
+        offset: Query<Option<i64>>,
+    ) -> Result<BacklogsResponse, ApiError> {
+        auth.operator()?;
+        let page = page(limit.0, offset.0)?;
+        let listed = messages::backlogs(&self.state.db, page).await?;
+        let users: Vec<UserId> = listed.items.iter().map(|b| b.user_id).collect();
+        let last = deliveries::last_started_many(&self.state.db, &users).await?;
+        let now = Utc::now();
+        Ok(BacklogsResponse::Ok(Json(BacklogPage {
+            items: listed
+                .items
+                .into_iter()
+                .map(|b| CreatorBacklogOut {
+                    user_id: b.user_id.0,
+                    waiting: b.waiting,
+                    oldest_queued_at: b.oldest,
+                    drained_by: self.state.pace.eta(
+                        now,
+                        last.get(&b.user_id).copied(),
+                        b.waiting - 1,
+                    ),
+                })
+                .collect(),
+            total: listed.total,
+            limit: page.limit,
+            offset: page.offset,
         })))
     }
 

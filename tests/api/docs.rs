@@ -89,6 +89,11 @@ async fn openapi_documents_every_crm_route_with_bearer_security() {
             "listFanValueHistory",
         ),
         ("/api/crm/analytics", "get", "getAnalytics"),
+        (
+            "/api/onlyfans/messages/backlogs",
+            "get",
+            "listCreatorBacklogs",
+        ),
     ];
     for (path, method, operation_id) in expected {
         let op = &doc["paths"][path][method];

@@ -6,7 +6,10 @@ use serde_json::json;
 
 use crate::helpers::{TestApp, error_of, json_of};
 
-crate::on_both_backends!(another_users_fan_and_conversation_are_404_on_every_verb);
+crate::on_both_backends!(
+    another_users_fan_and_conversation_are_404_on_every_verb,
+    an_operator_sees_each_creators_backlog_and_a_creator_does_not,
+);
 
 async fn another_users_fan_and_conversation_are_404_on_every_verb(app: TestApp) {
     let (fan, conv) = app.fan_with_conversation(1, "private").await;
@@ -75,4 +78,55 @@ async fn another_users_fan_and_conversation_are_404_on_every_verb(app: TestApp) 
     )
     .await;
     assert_eq!(msgs["total"], 1);
+}
+
+async fn an_operator_sees_each_creators_backlog_and_a_creator_does_not(app: TestApp) {
+    use crate::helpers::{error_of, instant, json_of};
+    use reqwest::StatusCode;
+    use serde_json::json;
+
+    for (user, sends) in [(1, 3), (2, 1)] {
+        let (_, conv) = app.fan_with_conversation(user, "@waiting").await;
+        for i in 0..sends {
+            json_of(
+                app.post(
+                    user,
+                    &format!("/api/crm/conversations/{conv}/messages"),
+                    &json!({ "text": format!("hello {i}") }),
+                )
+                .await,
+                StatusCode::ACCEPTED,
+            )
+            .await;
+        }
+    }
+    let before = chrono::Utc::now();
+    let page = json_of(
+        app.operator_get("/api/onlyfans/messages/backlogs").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(page["total"], 2, "{page}");
+    let rows: Vec<(i64, i64)> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["userId"].as_i64().unwrap(),
+                b["waiting"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, [(1, 3), (2, 1)], "largest first");
+    // Three messages at 10 a minute: the last goes at least two slots (12 s) from now.
+    let drained = instant(&page["items"][0]["drainedBy"]);
+    assert!(drained >= before + chrono::Duration::seconds(12), "{page}");
+    assert!(instant(&page["items"][0]["oldestQueuedAt"]) <= before);
+    error_of(
+        app.get(1, "/api/onlyfans/messages/backlogs").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
 }

@@ -263,7 +263,7 @@ try {
     await page.locator('#nav').waitFor();
   });
 
-  await step('operator page: queue, health, jobs', async () => {
+  await step('operator page: queue, backlog per creator, health, jobs', async () => {
     await page.getByRole('button', { name: 'Sign out' }).click();
     await page.goto(OPERATOR_URL);
     await page.locator('#nav').waitFor();
@@ -271,6 +271,14 @@ try {
     await page.locator('[data-health="overall"]').waitFor();
     await page.locator('[data-figure="dlqCount"]').waitFor();
     await page.getByRole('cell', { name: /^import_csv/ }).first().waitFor();
+    // The backlog per creator, as the API gives it to an operator.
+    const opToken = decodeURIComponent(new URL(OPERATOR_URL).hash.replace(/^#token=/, ''));
+    const backlogs = await api('/api/onlyfans/messages/backlogs', { token: opToken });
+    if (backlogs.total === 0) {
+      await page.locator('#no-backlog').waitFor();
+    } else {
+      await page.locator(`tr[data-backlog="${backlogs.items[0].userId}"]`).waitFor();
+    }
   });
 
   await step('screenshots of every page at phone and desktop widths', async () => {

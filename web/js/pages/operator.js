@@ -9,6 +9,7 @@ export async function show(main) {
     html`<div id="operator"><h1>${op ? 'Operator' : 'Queue'}</h1>
       ${op ? '' : html`<p class="muted">Your own backlog and failed messages. The whole queue and health need an operator's token (<code>fanqueue token --user-id 1 --operator --url</code>).</p>`}
       <section aria-labelledby="queue-h"><h2 id="queue-h">Queue</h2><div id="queue"></div></section>
+      ${op ? html`<section aria-labelledby="backlogs-h"><h2 id="backlogs-h">Backlog per creator</h2><div id="backlogs"></div></section>` : ''}
       ${op ? html`<section aria-labelledby="health-h"><h2 id="health-h">Health</h2><div id="health"></div></section>` : ''}
       <section aria-labelledby="failed-h"><h2 id="failed-h">Failed messages</h2><div id="failed"></div></section>
       <section aria-labelledby="jobs-h"><h2 id="jobs-h">Jobs</h2><div id="jobs"></div></section>
@@ -18,12 +19,24 @@ export async function show(main) {
   const root = main.querySelector('#operator');
   const $ = (s) => root.querySelector(s);
   const load = async () => {
-    const [status, failed, jobs, health] = await Promise.all([
+    const [status, failed, jobs, health, backlogs] = await Promise.all([
       api('/api/onlyfans/messages/status'),
       api('/api/onlyfans/messages/failed' + qs({ limit: 50 })),
       api('/api/jobs' + qs({ limit: 20 })),
       op ? api('/api/monitoring/onlyfans') : null,
+      op ? api('/api/onlyfans/messages/backlogs' + qs({ limit: 20 })) : null,
     ]);
+    if (backlogs) {
+      update(
+        $('#backlogs'),
+        backlogs.items.length
+          ? html`<div class="table-wrap"><table><thead><tr><th scope="col">Creator</th><th scope="col" class="num">Waiting</th><th scope="col" class="hide-narrow">Oldest queued</th><th scope="col">Drained by</th></tr></thead>
+            <tbody>${backlogs.items.map(
+              (b) => html`<tr data-backlog="${b.userId}"><td>${b.userId}</td><td class="num">${num(b.waiting)}</td><td class="hide-narrow">${when(b.oldestQueuedAt)}</td><td>${when(b.drainedBy)}</td></tr>`,
+            )}</tbody></table></div><p class="muted">${backlogs.total} creator(s) with messages waiting</p>`
+          : html`<p class="muted" id="no-backlog">No creator has messages waiting.</p>`,
+      );
+    }
     const backlog = health?.components?.backlog;
     update(
       $('#queue'),

@@ -954,6 +954,39 @@ pub async fn backlogs_in(tx: &mut Tx, users: &[UserId]) -> sqlx::Result<HashMap<
     Ok(rows.into_iter().collect())
 }
 
+/// One creator's delivery backlog.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CreatorBacklog {
+    pub user_id: UserId,
+    /// Outbound messages queued or being delivered.
+    pub waiting: i64,
+    /// When the oldest of them was queued.
+    pub oldest: DateTime<Utc>,
+}
+
+/// The creators with a backlog, largest first (then by user id), one page, and how many
+/// creators have one.
+pub async fn backlogs(db: &Db, page: Page) -> StoreResult<Listed<CreatorBacklog>> {
+    on_db!(db, pool => {
+        let items = sqlx::query_as::<_, CreatorBacklog>(
+            "SELECT user_id, COUNT(*) AS waiting, MIN(created_at) AS oldest FROM messages
+             WHERE direction = 'out' AND status IN ('queued', 'sending')
+             GROUP BY user_id ORDER BY COUNT(*) DESC, user_id LIMIT $1 OFFSET $2",
+        )
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(pool)
+        .await?;
+        let (total,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(DISTINCT user_id) FROM messages
+             WHERE direction = 'out' AND status IN ('queued', 'sending')",
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok(Listed { items, total })
+    })
+}
+
 /// When the creator's last outbound message was sent or failed.
 pub async fn last_processed_at(db: &Db, user: UserId) -> StoreResult<Option<DateTime<Utc>>> {
     let (at,): (Option<DateTime<Utc>>,) = on_db!(db, pool => sqlx::query_as(
