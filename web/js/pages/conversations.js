@@ -156,35 +156,23 @@ async function openThread(el, id, refreshList) {
   };
   let stopped = false;
   let timer;
+  // Every 1.5 s while a message is on its way, otherwise every 10 s (for new messages).
   const poll = () => {
     clearTimeout(timer);
     if (stopped) return;
-    timer = setTimeout(async () => {
-      try {
-        await refresh();
-      } catch (e) {
-        console.warn('refresh failed:', e.message);
-      }
-      if (pending()) poll();
-      else slow();
-    }, 1500);
+    timer = setTimeout(
+      async () => {
+        try {
+          await refresh();
+        } catch (e) {
+          console.warn('refresh failed:', e.message);
+        }
+        poll();
+      },
+      pending() ? 1500 : 10000,
+    );
   };
-  // Without pending messages, look for new ones every 10 s.
-  const slow = () => {
-    clearTimeout(timer);
-    if (stopped) return;
-    timer = setTimeout(async () => {
-      try {
-        await refresh();
-      } catch (e) {
-        console.warn('refresh failed:', e.message);
-      }
-      if (pending()) poll();
-      else slow();
-    }, 10000);
-  };
-  if (pending()) poll();
-  else slow();
+  poll();
 
   el.addEventListener('click', async (e) => {
     if (e.target.id === 'older') {
