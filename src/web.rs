@@ -31,6 +31,7 @@ const JS: &str = "text/javascript; charset=utf-8";
 static ASSETS: &[Asset] = assets![
     "app.css" => "text/css; charset=utf-8",
     "js/app.js" => JS,
+    "js/nav.js" => JS,
     "js/api.js" => JS,
     "js/ui.js" => JS,
     "js/csv.js" => JS,

@@ -1,6 +1,7 @@
 // The app's shell: sign-in, the router of /app/... paths, the navigation.
 import { token, signIn, signOut, whenUnauthorized } from './api.js';
 import { html, render } from './ui.js';
+import { go, NAVIGATED } from './nav.js';
 import * as conversations from './pages/conversations.js';
 import * as fans from './pages/fans.js';
 import * as imports from './pages/imports.js';
@@ -25,13 +26,6 @@ const main = document.getElementById('main');
 const nav = document.getElementById('nav');
 let stop = null;
 let visits = 0;
-
-/** Goes to an /app path without reloading. */
-export function go(path, { replace = false } = {}) {
-  if (replace) history.replaceState(null, '', path);
-  else history.pushState(null, '', path);
-  route();
-}
 
 function route() {
   visits++;
@@ -137,6 +131,7 @@ whenUnauthorized(() => {
 });
 
 window.addEventListener('popstate', route);
+window.addEventListener(NAVIGATED, route);
 // A sign-in link opened in a tab already on the app changes only the fragment.
 window.addEventListener('hashchange', () => {
   if (location.hash.startsWith('#token=')) {

@@ -2,7 +2,7 @@
 import { api, qs } from '../api.js';
 import { html, raw, render, esc, cents, num, pct, errorBox, download } from '../ui.js';
 import { toCsv } from '../csv.js';
-import { go } from '../app.js';
+import { go } from '../nav.js';
 
 export async function show(main) {
   const params = new URLSearchParams(location.search);

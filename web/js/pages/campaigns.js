@@ -2,7 +2,7 @@
 import { api, qs } from '../api.js';
 import { html, render, update, when, num, cents, errorBox, toast, every } from '../ui.js';
 import { selection, setSelection, MAX_RECIPIENTS } from './fans.js';
-import { go } from '../app.js';
+import { go } from '../nav.js';
 
 export async function showList(main) {
   const sel = selection();

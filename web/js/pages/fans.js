@@ -2,7 +2,7 @@
 import { api, qs } from '../api.js';
 import { html, render, cents, when, errorBox, toast, download } from '../ui.js';
 import { toCsv } from '../csv.js';
-import { go } from '../app.js';
+import { go } from '../nav.js';
 
 const PAGE = 50;
 export const MAX_RECIPIENTS = 100;
