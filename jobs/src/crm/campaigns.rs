@@ -147,16 +147,10 @@ pub async fn counts(db: &Db, id: CampaignId) -> StoreResult<StatusCounts> {
 /// two dispatchers finishing messages of one campaign at once cannot write counts out of order.
 pub async fn refresh(db: &Db, id: CampaignId) -> StoreResult<()> {
     let now = Timestamp::now();
-    let lock = match db {
-        Db::Postgres(_) => "SELECT metrics FROM campaigns WHERE id = $1 FOR UPDATE",
-        // The transaction holds SQLite's write lock already (Db::begin).
-        Db::Sqlite(_) => "SELECT metrics FROM campaigns WHERE id = $1",
-    };
     let mut tx = db.begin().await?;
-    let (Json(mut metrics),): (Json<Value>,) = on_tx!(&mut tx, conn => sqlx::query_as(lock)
-        .bind(id)
-        .fetch_one(&mut **conn)
-        .await)?;
+    let Some(mut metrics) = locked_metrics(&mut tx, id).await? else {
+        return Err(StoreError::NotFound("campaign"));
+    };
     let c = messages::counts_of_campaign_in(&mut tx, id).await?;
     let done = c.queued == 0 && c.sending == 0;
     // Only what the messages say is rewritten; delivered/opened/clicked/revenue are reported
@@ -195,23 +189,29 @@ pub async fn reopen(tx: &mut Tx, id: CampaignId) -> StoreResult<()> {
     Ok(())
 }
 
+/// The campaign's metrics, its row locked until `tx` ends (on SQLite the transaction holds the
+/// write lock already: [`Db::begin`]), so that two writers of its figures take turns.
+async fn locked_metrics(tx: &mut Tx, id: CampaignId) -> sqlx::Result<Option<Value>> {
+    let lock = match tx {
+        Tx::Postgres(_) => "SELECT metrics FROM campaigns WHERE id = $1 FOR UPDATE",
+        Tx::Sqlite(_) => "SELECT metrics FROM campaigns WHERE id = $1",
+    };
+    let row: Option<(Json<Value>,)> = on_tx!(tx, conn => sqlx::query_as(lock)
+        .bind(id)
+        .fetch_optional(&mut **conn)
+        .await)?;
+    Ok(row.map(|(Json(metrics),)| metrics))
+}
+
 /// Rewrites what the platform reported about `ids` (delivered, opened, revenueCents) from their
-/// messages, in `tx`. The row is locked first, as [`refresh`] does, so neither writer's figures
+/// messages, in `tx`, the row locked as [`refresh`] locks it, so neither writer's figures
 /// overwrite the other's.
 pub async fn refresh_engagement(tx: &mut Tx, ids: &[CampaignId]) -> StoreResult<()> {
     let mut ids = ids.to_vec();
     ids.sort();
     ids.dedup();
     for id in ids {
-        let lock = match tx {
-            Tx::Postgres(_) => "SELECT metrics FROM campaigns WHERE id = $1 FOR UPDATE",
-            Tx::Sqlite(_) => "SELECT metrics FROM campaigns WHERE id = $1",
-        };
-        let row: Option<(Json<Value>,)> = on_tx!(tx, conn => sqlx::query_as(lock)
-            .bind(id)
-            .fetch_optional(&mut **conn)
-            .await)?;
-        let Some((Json(mut metrics),)) = row else {
+        let Some(mut metrics) = locked_metrics(tx, id).await? else {
             continue;
         };
         let e = messages::engagement_of_campaign_in(tx, id).await?;

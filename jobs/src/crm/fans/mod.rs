@@ -337,6 +337,9 @@ pub async fn resolve(
     platform: Platform,
     refs: &[FanRef],
 ) -> sqlx::Result<Vec<(FanRef, FanId)>> {
+    if refs.is_empty() {
+        return Ok(vec![]);
+    }
     let ids: Vec<i64> = refs
         .iter()
         .filter_map(|r| match r {
@@ -351,9 +354,6 @@ pub async fn resolve(
             FanRef::Id(_) => None,
         })
         .collect();
-    if refs.is_empty() {
-        return Ok(vec![]);
-    }
     let rows: Vec<(FanId, Platform, String)> = on_tx!(tx, conn => {
         let mut q = sqlx::QueryBuilder::new("SELECT id, platform, handle FROM fans WHERE user_id = ");
         q.push_bind(user).push(" AND (id IN (");
