@@ -69,6 +69,8 @@ struct Opts {
     load_rate: Option<f64>,
     overload_rate: f64,
     only: Option<String>,
+    /// The API step's routes (`fans`, `send`); all when not given.
+    routes: Option<Vec<String>>,
 }
 
 #[tokio::main]
@@ -91,7 +93,8 @@ async fn main() {
         eprintln!(
             "usage: load [--backend postgres|sqlite|both] [--rates 200,500,1000] [--seconds 10]\n\
              \x20           [--latency-rate 200] [--latency-seconds 20] [--backlog N] [--load-rate R]\n\
-             \x20           [--overload-rate 4000] [--only api|overload|latency|bulks|drain]"
+             \x20           [--overload-rate 4000] [--only api|overload|latency|bulks|drain]\n\
+             \x20           [--routes fans,send]"
         );
         std::process::exit(2);
     }
@@ -113,6 +116,7 @@ async fn main() {
         load_rate: opt("--load-rate").map(|v| v.parse().unwrap()),
         overload_rate: opt("--overload-rate").map_or(4000.0, |v| v.parse().unwrap()),
         only: opt("--only"),
+        routes: opt("--routes").map(|r| r.split(',').map(str::to_owned).collect()),
     };
     for backend in opts.backends.clone() {
         run(backend, &opts).await;
@@ -156,7 +160,16 @@ async fn run(backend: Backend, opts: &Opts) {
             ("fans, middle page (offset 50,000)", Route::Fans(50_000)),
             ("send", Route::Send),
         ];
-        for (label, route) in routes {
+        let chosen = |route: &Route| {
+            let name = match route {
+                Route::Fans(_) => "fans",
+                Route::Send => "send",
+            };
+            opts.routes
+                .as_ref()
+                .is_none_or(|r| r.iter().any(|n| n == name))
+        };
+        for (label, route) in routes.into_iter().filter(|(_, r)| chosen(r)) {
             for &rate in &opts.rates {
                 d.settle().await;
                 let cpu = Cpu::start(&d);

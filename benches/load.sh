@@ -5,6 +5,7 @@
 #   benches/load.sh                                   # both backends, 200, 500 and 1,000 requests/s
 #   benches/load.sh --backend postgres --rates 500,1000 --seconds 10
 #   benches/load.sh --backend sqlite --only drain --backlog 5000
+#   benches/load.sh --backend postgres --only api --routes send --rates 1000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh

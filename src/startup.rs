@@ -190,6 +190,7 @@ pub fn deps(settings: &Settings, services: &Services) -> Deps {
     let sweep = &settings.sweep;
     Deps {
         db: services.db.clone(),
+        jobs: services.jobs.clone(),
         blobs: services.blobs.clone(),
         import_batch_rows: settings.imports.import_batch_rows.max(1),
         outbound: services.outbound.clone(),

@@ -7,7 +7,10 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, error_of, json_of, spawn_api_only};
 
-both!(a_creator_at_the_backlog_limit_gets_429_backlog_full_and_nothing_is_created);
+both!(
+    a_creator_at_the_backlog_limit_gets_429_backlog_full_and_nothing_is_created,
+    concurrent_sends_past_the_limit_fill_exactly_the_room_and_their_estimates_are_a_slot_apart,
+);
 
 async fn a_creator_at_the_backlog_limit_gets_429_backlog_full_and_nothing_is_created(
     backend: Backend,
@@ -63,6 +66,63 @@ async fn a_creator_at_the_backlog_limit_gets_429_backlog_full_and_nothing_is_cre
         )
         .await;
     json_of(resp, StatusCode::ACCEPTED).await;
+}
+
+/// Sends arriving together are stored together (one transaction, or one statement on
+/// PostgreSQL): the limit still holds send by send within the group.
+async fn concurrent_sends_past_the_limit_fill_exactly_the_room_and_their_estimates_are_a_slot_apart(
+    backend: Backend,
+) {
+    let app = spawn_api_only(backend, |s| {
+        s.api.max_backlog_per_creator = 5;
+        s.api.write_limit_per_minute = 1_000;
+        s.delivery.delivery_rate_per_minute = 10;
+    })
+    .await;
+    let mut fans = vec![];
+    for i in 0..12 {
+        let fan = app
+            .create_fan(1, json!({ "handle": format!("c{i}") }))
+            .await;
+        fans.push(fan["id"].as_i64().unwrap());
+    }
+    let bodies: Vec<Value> = fans
+        .iter()
+        .map(|fan| json!({ "recipientId": fan, "content": "Hi" }))
+        .collect();
+    let sends = bodies
+        .iter()
+        .map(|body| app.post(1, "/api/onlyfans/messages/send", body));
+    let mut accepted = vec![];
+    let mut refused = 0;
+    for resp in futures::future::join_all(sends).await {
+        match resp.status() {
+            StatusCode::ACCEPTED => accepted.push(json_of(resp, StatusCode::ACCEPTED).await),
+            _ => {
+                assert!(resp.headers().contains_key("retry-after"));
+                let err = error_of(resp, StatusCode::TOO_MANY_REQUESTS, "backlog_full").await;
+                assert_eq!(err["backlog"], 5, "{err}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((accepted.len(), refused), (5, 7));
+    let status = json_of(
+        app.get(1, "/api/onlyfans/messages/status").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(status["queueDepth"], 5, "{status}");
+    // Each accepted send counted the ones before it: five slots of 6 s, one per message.
+    let mut etas: Vec<chrono::DateTime<chrono::Utc>> = accepted
+        .iter()
+        .map(|a| a["estimatedSendTime"].as_str().unwrap().parse().unwrap())
+        .collect();
+    etas.sort();
+    for pair in etas.windows(2) {
+        let gap = (pair[1] - pair[0]).num_milliseconds();
+        assert!((5_000..=7_000).contains(&gap), "estimates {etas:?}");
+    }
 }
 
 /// The creator's queued messages, campaigns and jobs, as the API shows them.

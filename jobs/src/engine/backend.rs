@@ -13,6 +13,8 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 use apalis::prelude::{TaskBuilder, TaskId};
 use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
@@ -245,6 +247,76 @@ impl JobBackend {
             .with_context(|| format!("pushing job {job} to Redis"))?;
         record::mark_dispatched(db, job).await?;
         Ok(())
+    }
+}
+
+/// How often a worker forgets the tasks it finished ([`JobBackend::forget_finished`]).
+pub const FORGET_EVERY: Duration = Duration::from_millis(500);
+
+impl JobBackend {
+    /// Deletes the tasks `worker` finished (`Done`, or `Killed` once the engine recorded their
+    /// final failure); returns how many. apalis keeps every task, and its acknowledgement
+    /// looks each task up among all those its worker ever held: at 300 tasks a second on
+    /// PostgreSQL one acknowledgement took 1.3 ms after 2,300 tasks and kept growing. The
+    /// lasting record of a job is its `job_records` row; the task is only its ticket.
+    pub async fn forget_finished(&self, worker: &str) -> sqlx::Result<u64> {
+        let done = match &self.store {
+            Store::Postgres(pool) => sqlx::query(
+                "DELETE FROM apalis.jobs WHERE lock_by = $1 AND status IN ('Done', 'Killed')",
+            )
+            .bind(worker)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Store::Sqlite(pool) => sqlx::query(
+                "DELETE FROM Jobs WHERE lock_by = ?1 AND status IN ('Done', 'Killed')",
+            )
+            .bind(worker)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            // apalis-redis keeps finished tasks in sets of its own, trimmed by itself.
+            Store::Redis { .. } => 0,
+        };
+        Ok(done)
+    }
+
+    /// [`JobBackend::forget_finished`] every [`FORGET_EVERY`] until `stop`.
+    pub async fn forget_finished_until(&self, worker: &str, stop: CancellationToken) {
+        let mut every = tokio::time::interval(FORGET_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            if let Err(e) = self.forget_finished(worker).await {
+                tracing::warn!(worker, error = %e, "could not delete finished tasks; trying again");
+            }
+        }
+    }
+
+    /// Deletes the finished tasks of every worker that finished before `before` (what a
+    /// worker that died left behind); the sweep calls it. Returns how many.
+    pub async fn prune_finished(&self, before: DateTime<Utc>) -> sqlx::Result<u64> {
+        let done = match &self.store {
+            Store::Postgres(pool) => sqlx::query(
+                "DELETE FROM apalis.jobs WHERE status IN ('Done', 'Killed') AND done_at < $1",
+            )
+            .bind(before)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Store::Sqlite(pool) => sqlx::query(
+                "DELETE FROM Jobs WHERE status IN ('Done', 'Killed') AND done_at < ?1",
+            )
+            .bind(before.timestamp())
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Store::Redis { .. } => 0,
+        };
+        Ok(done)
     }
 }
 

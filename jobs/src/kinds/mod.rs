@@ -15,12 +15,20 @@ pub mod import_csv;
 pub mod send_message;
 pub mod sweep;
 
-use crate::{blobs::BlobStore, db::Db, domain::FanId, engine::EnqueueError, outbound::Outbound};
+use crate::{
+    blobs::BlobStore,
+    db::Db,
+    domain::FanId,
+    engine::{EnqueueError, JobBackend},
+    outbound::Outbound,
+};
 
 /// What job kinds are built from. Each kind keeps the parts it needs.
 #[derive(Clone)]
 pub struct Deps {
     pub db: Db,
+    /// The job backend (the sweep prunes its finished tasks).
+    pub jobs: JobBackend,
     pub blobs: BlobStore,
     /// Rows per import transaction.
     pub import_batch_rows: usize,

@@ -7,6 +7,7 @@ use std::{collections::HashMap, time::Duration};
 use chrono::{DateTime, Utc};
 
 use serde_json::json;
+use sqlx::{FromRow, PgPool, Row};
 
 use super::{Backpressure, Deps, SubmitError, fan_out::FanOut};
 use crate::{
@@ -19,6 +20,7 @@ use crate::{
     engine::{
         EnqueueError, JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome,
         RetryPolicy, RunContext,
+        backend::Store,
         group::{Grouped, Limits},
     },
 };
@@ -99,8 +101,11 @@ pub async fn submit(
         to,
         out: out.clone(),
     };
-    let mut stored = store_all(db, backend, None, std::slice::from_ref(&send)).await?;
-    stored.pop().unwrap_or(Err(SubmitError::NotFound("fan")))
+    let mut stored = store(db, backend, None, std::slice::from_ref(&send)).await?;
+    stored
+        .pop()
+        .unwrap_or(Err(SubmitError::NotFound("fan")))
+        .map(|s| s.message)
 }
 
 /// The API's door for sends: requests arriving together are stored together, each message
@@ -149,14 +154,14 @@ pub async fn submit_many(
     limit: Option<Backpressure>,
     sends: &[NewSend],
 ) -> Vec<Result<Stored, SubmitError>> {
-    let stored = match store_all(db, backend, limit, sends).await {
+    match store(db, backend, limit, sends).await {
         Ok(stored) => stored,
         Err(e) if sends.len() > 1 => {
             tracing::warn!(sends = sends.len(), error = %e, "a group of sends failed; storing each alone");
             let mut alone = Vec::with_capacity(sends.len());
             for send in sends {
                 alone.push(
-                    match store_all(db, backend, limit, std::slice::from_ref(send)).await {
+                    match store(db, backend, limit, std::slice::from_ref(send)).await {
                         Ok(mut one) => one.pop().unwrap_or(Err(SubmitError::NotFound("fan"))),
                         Err(e) => Err(e),
                     },
@@ -165,8 +170,106 @@ pub async fn submit_many(
             alone
         }
         Err(e) => vec![Err(e)],
-    };
-    with_estimates(db, stored).await
+    }
+}
+
+/// Stores `sends` in one transaction, with what their estimates need: in one statement when
+/// the jobs run from the same PostgreSQL ([`store_pg`]), else in [`store_all`] and two reads.
+async fn store(
+    db: &Db,
+    backend: &JobBackend,
+    limit: Option<Backpressure>,
+    sends: &[NewSend],
+) -> Result<Vec<Result<Stored, SubmitError>>, SubmitError> {
+    if let (Db::Postgres(pool), Store::Postgres(_)) = (db, &backend.store) {
+        return store_pg(db, pool, backend, limit, sends).await;
+    }
+    let stored = store_all(db, backend, limit, sends).await?;
+    Ok(with_estimates(db, stored).await)
+}
+
+/// [`store`] on PostgreSQL: `send_message.sql` makes the rows [`store_all`] makes (messages,
+/// conversations, job records, one apalis task) and reads the estimates, in one round trip.
+async fn store_pg(
+    db: &Db,
+    pool: &PgPool,
+    backend: &JobBackend,
+    limit: Option<Backpressure>,
+    sends: &[NewSend],
+) -> Result<Vec<Result<Stored, SubmitError>>, SubmitError> {
+    let now = Timestamp::now();
+    let jobs: Vec<JobId> = sends.iter().map(|_| JobId::generate()).collect();
+    let (mut fans, mut conversations) = (vec![], vec![]);
+    for send in sends {
+        let (fan, conversation) = match send.to {
+            Recipient::Fan(f) => (Some(f.0), None),
+            Recipient::Conversation(c) => (None, Some(c.0)),
+        };
+        fans.push(fan);
+        conversations.push(conversation);
+    }
+    let rows = sqlx::query(include_str!("send_message.sql"))
+        .bind((1..).take(sends.len()).collect::<Vec<i32>>())
+        .bind(sends.iter().map(|s| s.user.0).collect::<Vec<i64>>())
+        .bind(fans)
+        .bind(conversations)
+        .bind(sends.iter().map(|s| s.out.text.as_str()).collect::<Vec<_>>())
+        .bind(sends.iter().map(|s| s.out.price_cents.get()).collect::<Vec<i64>>())
+        .bind(
+            sends
+                .iter()
+                .map(|s| messages::attachments_json(&s.out.attachments))
+                .collect::<Vec<String>>(),
+        )
+        .bind(sends.iter().map(|s| s.out.priority).collect::<Vec<i64>>())
+        .bind(jobs.iter().map(|j| j.0.as_str()).collect::<Vec<_>>())
+        .bind(limit.map(|l| l.max_backlog))
+        .bind(now)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| SubmitError::Enqueue(EnqueueError::Sql(e)))?;
+    let mut answers = Vec::with_capacity(sends.len());
+    let mut new_jobs = vec![];
+    for ((row, send), job) in rows.iter().zip(sends).zip(jobs) {
+        let sql = |e| SubmitError::Enqueue(EnqueueError::Sql(e));
+        let backlog: i64 = row.try_get("backlog").map_err(sql)?;
+        let nth: i64 = row.try_get("nth").map_err(sql)?;
+        let fan: Option<i64> = row.try_get("fan").map_err(sql)?;
+        let stored: Option<MessageId> = row.try_get("id").map_err(sql)?;
+        let answer = match (limit, fan, stored) {
+            (_, _, Some(_)) => {
+                let message = Message::from_row(row).map_err(sql)?;
+                new_jobs.push(
+                    NewJob::of::<SendMessage>(
+                        job,
+                        send.user,
+                        json!({ "messageIds": [message.id.0] }),
+                    )
+                    .with_total(1),
+                );
+                Ok(Stored {
+                    ahead: row.try_get("ahead").map_err(sql)?,
+                    last_started: row.try_get("last_started").map_err(sql)?,
+                    message,
+                })
+            }
+            // As Backpressure::admit counts: a refused send adds nothing to the backlog the
+            // next one finds.
+            (Some(limit), _, None) if backlog + nth > limit.max_backlog => {
+                Err(limit
+                    .admit((backlog + nth - 1).min(backlog.max(limit.max_backlog)), 1)
+                    .expect_err("over the limit"))
+            }
+            (_, None, None) => Err(SubmitError::NotFound("conversation")),
+            (_, Some(_), None) => Err(SubmitError::NotFound("fan")),
+        };
+        answers.push(answer);
+    }
+    backend.after_commit_many(db, &new_jobs).await;
+    for (job, m) in new_jobs.iter().zip(answers.iter().flatten()) {
+        tracing::info!(job_id = %job.id, message_id = m.message.id.0, user_id = m.message.user_id.0, "message queued");
+    }
+    Ok(answers)
 }
 
 /// Stores the messages of `sends` (`queued`) and their jobs in one transaction. Per send, its

@@ -89,6 +89,9 @@ pub struct SweepReport {
     /// `sending` messages whose lease ran out long ago, back in their schedule.
     pub leases_reclaimed: u64,
     pub pruned_jobs: u64,
+    /// Finished apalis tasks that no live worker deleted (see
+    /// `JobBackend::forget_finished`).
+    pub pruned_tasks: u64,
     pub pruned_attempts: u64,
     pub pruned_processes: u64,
     /// Idempotency keys past their 24 hours.
@@ -110,6 +113,7 @@ impl SweepReport {
 #[derive(Clone)]
 pub struct Sweep {
     db: Db,
+    jobs: JobBackend,
     outbound: Outbound,
     config: SweepConfig,
 }
@@ -118,6 +122,7 @@ impl Sweep {
     pub fn new(deps: &Deps) -> Self {
         Sweep {
             db: deps.db.clone(),
+            jobs: deps.jobs.clone(),
             outbound: deps.outbound.clone(),
             config: deps.sweep,
         }
@@ -136,6 +141,11 @@ impl Sweep {
         }
         let before = Utc::now() - self.config.retention;
         report.pruned_jobs = record::prune_final(&self.db, before).await?;
+        report.pruned_tasks = self
+            .jobs
+            .prune_finished(before)
+            .await
+            .map_err(|e| JobError::Transient(e.into()))?;
         report.pruned_attempts = deliveries::prune(&self.db, before).await?;
         report.pruned_processes =
             processes::prune(&self.db, Utc::now() - chrono::TimeDelta::days(1)).await?;

@@ -216,8 +216,15 @@ async fn supervise<K: JobKind>(runner: KindRunner<K>, backend: JobBackend) -> an
         let mut runner = runner.clone();
         // The groups end by themselves once the worker (and so every handler) is gone.
         runner.groups = (K::BATCH > 1).then(|| groups(&runner));
+        let name = worker_name(K::NAME);
+        // The worker's finished tasks go while it runs (see `JobBackend::forget_finished`).
+        let forgetting = CancellationToken::new();
+        let forget = tokio::spawn({
+            let (backend, name, stop) = (backend.clone(), name.clone(), forgetting.clone());
+            async move { backend.forget_finished_until(&name, stop).await }
+        });
         let ended = with_storage!(&backend, K::NAME, fetch, storage => {
-            WorkerBuilder::new(worker_name(K::NAME))
+            WorkerBuilder::new(name)
                 .backend(storage)
                 // Concurrency first: a retry then reuses its job's slot.
                 .concurrency(K::CONCURRENCY)
@@ -230,6 +237,8 @@ async fn supervise<K: JobKind>(runner: KindRunner<K>, backend: JobBackend) -> an
                 })
                 .await
         });
+        forgetting.cancel();
+        let _ = forget.await;
         if cancel.is_cancelled() {
             return Ok(());
         }

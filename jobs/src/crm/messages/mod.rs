@@ -90,6 +90,12 @@ pub struct NewAttachment {
     pub url: HttpUrl,
 }
 
+/// `attachments` as the `attachments` column holds them (JSON), for statements that take
+/// them as text.
+pub fn attachments_json(attachments: &[NewAttachment]) -> String {
+    serde_json::to_string(&stored(attachments)).expect("attachments serialize")
+}
+
 fn stored(attachments: &[NewAttachment]) -> Vec<Attachment> {
     attachments
         .iter()
