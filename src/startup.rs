@@ -127,6 +127,7 @@ impl Application {
         };
         let state = Arc::new(AppState {
             db: services.db.clone(),
+            fan_pages: services.db.generic_plans(8),
             jobs: services.jobs.clone(),
             blobs: services.blobs.clone(),
             outbound: services.outbound.clone(),

@@ -156,6 +156,27 @@ impl Db {
         }
     }
 
+    /// A small pool of its own (PostgreSQL; SQLite shares this one) whose connections always
+    /// run a prepared statement on its generic plan, made for an average value of each
+    /// parameter rather than for the values at hand. For statements whose custom plan turns
+    /// on a guess that can go badly wrong (see `fans::list`), and only those.
+    pub fn generic_plans(&self, connections: u32) -> Db {
+        match self {
+            Db::Postgres(pool) => {
+                let opts = (*pool.connect_options())
+                    .clone()
+                    .options([("plan_cache_mode", "force_generic_plan")]);
+                Db::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(connections)
+                        .acquire_timeout(pool.options().get_acquire_timeout())
+                        .connect_lazy_with(opts),
+                )
+            }
+            Db::Sqlite(_) => self.clone(),
+        }
+    }
+
     /// Begins a write transaction. On SQLite it takes the write lock at once (`BEGIN
     /// IMMEDIATE`): a deferred transaction that reads and then writes cannot wait for another
     /// writer (SQLite answers "database is locked" at once to keep its snapshot consistent),

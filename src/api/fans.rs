@@ -416,7 +416,14 @@ impl FansApi {
                 .map(|v| field("minValueCents", Cents::new(v)))
                 .transpose()?,
         };
-        let listed = fans::list(&self.state.db, auth.user(), &filter, page).await?;
+        let listed = fans::list(
+            &self.state.db,
+            &self.state.fan_pages,
+            auth.user(),
+            &filter,
+            page,
+        )
+        .await?;
         Ok(ListFansResponse::Ok(JsonOut(FanPage {
             items: listed.items.into_iter().map(FanOut::from).collect(),
             total: listed.total,

@@ -54,6 +54,8 @@ pub use monitoring::metrics_app;
 /// rather than answering 500.
 pub struct AppState {
     pub db: Db,
+    /// Where fan pages are read (see `fans::list`).
+    pub fan_pages: Db,
     pub jobs: JobBackend,
     pub blobs: BlobStore,
     pub outbound: Outbound,

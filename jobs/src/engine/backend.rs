@@ -13,13 +13,13 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
-use tokio_util::sync::CancellationToken;
 use apalis::prelude::{TaskBuilder, TaskId};
 use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, SqlitePool};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     record::{self, JobId, NewJob},
@@ -268,13 +268,13 @@ impl JobBackend {
             .execute(pool)
             .await?
             .rows_affected(),
-            Store::Sqlite(pool) => sqlx::query(
-                "DELETE FROM Jobs WHERE lock_by = ?1 AND status IN ('Done', 'Killed')",
-            )
-            .bind(worker)
-            .execute(pool)
-            .await?
-            .rows_affected(),
+            Store::Sqlite(pool) => {
+                sqlx::query("DELETE FROM Jobs WHERE lock_by = ?1 AND status IN ('Done', 'Killed')")
+                    .bind(worker)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
             // apalis-redis keeps finished tasks in sets of its own, trimmed by itself.
             Store::Redis { .. } => 0,
         };
@@ -307,13 +307,13 @@ impl JobBackend {
             .execute(pool)
             .await?
             .rows_affected(),
-            Store::Sqlite(pool) => sqlx::query(
-                "DELETE FROM Jobs WHERE status IN ('Done', 'Killed') AND done_at < ?1",
-            )
-            .bind(before.timestamp())
-            .execute(pool)
-            .await?
-            .rows_affected(),
+            Store::Sqlite(pool) => {
+                sqlx::query("DELETE FROM Jobs WHERE status IN ('Done', 'Killed') AND done_at < ?1")
+                    .bind(before.timestamp())
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
             Store::Redis { .. } => 0,
         };
         Ok(done)

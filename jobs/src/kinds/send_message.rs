@@ -213,8 +213,18 @@ async fn store_pg(
         .bind(sends.iter().map(|s| s.user.0).collect::<Vec<i64>>())
         .bind(fans)
         .bind(conversations)
-        .bind(sends.iter().map(|s| s.out.text.as_str()).collect::<Vec<_>>())
-        .bind(sends.iter().map(|s| s.out.price_cents.get()).collect::<Vec<i64>>())
+        .bind(
+            sends
+                .iter()
+                .map(|s| s.out.text.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            sends
+                .iter()
+                .map(|s| s.out.price_cents.get())
+                .collect::<Vec<i64>>(),
+        )
         .bind(
             sends
                 .iter()
@@ -255,11 +265,9 @@ async fn store_pg(
             }
             // As Backpressure::admit counts: a refused send adds nothing to the backlog the
             // next one finds.
-            (Some(limit), _, None) if backlog + nth > limit.max_backlog => {
-                Err(limit
-                    .admit((backlog + nth - 1).min(backlog.max(limit.max_backlog)), 1)
-                    .expect_err("over the limit"))
-            }
+            (Some(limit), _, None) if backlog + nth > limit.max_backlog => Err(limit
+                .admit((backlog + nth - 1).min(backlog.max(limit.max_backlog)), 1)
+                .expect_err("over the limit")),
             (_, None, None) => Err(SubmitError::NotFound("conversation")),
             (_, Some(_), None) => Err(SubmitError::NotFound("fan")),
         };
