@@ -10,7 +10,13 @@
 //!   behind. Pushes carry the job id as apalis's idempotency key and runs skip final jobs, so
 //!   a double push runs once.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use apalis::prelude::{TaskBuilder, TaskId};
@@ -281,16 +287,31 @@ impl JobBackend {
         Ok(done)
     }
 
-    /// [`JobBackend::forget_finished`] every [`FORGET_EVERY`] until `stop`.
-    pub async fn forget_finished_until(&self, worker: &str, stop: CancellationToken) {
+    /// [`JobBackend::forget_finished`] every [`FORGET_EVERY`] until `stop`, when the worker
+    /// ran a task since the previous time (`ran`, set by its handler) or the time before (a
+    /// task is acknowledged just after its handler returns): an idle worker costs nothing.
+    pub async fn forget_finished_until(
+        &self,
+        worker: &str,
+        ran: &AtomicBool,
+        stop: CancellationToken,
+    ) {
         let mut every = tokio::time::interval(FORGET_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut again = false;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = every.tick() => {}
             }
+            let recent = ran.swap(false, Ordering::AcqRel);
+            let due = recent || again;
+            again = recent;
+            if !due {
+                continue;
+            }
             if let Err(e) = self.forget_finished(worker).await {
+                again = true;
                 tracing::warn!(worker, error = %e, "could not delete finished tasks; trying again");
             }
         }

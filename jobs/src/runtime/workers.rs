@@ -6,7 +6,13 @@
 //! ([`JobKind::BATCH`]), each task's handler hands its job to the worker's [`Grouped`] and
 //! waits for its answer; whatever jobs are waiting run together.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use apalis::{
@@ -57,11 +63,19 @@ struct KindRunner<K> {
     db: Db,
     ctx: RunContext,
     groups: Option<Grouped<JobId, TaskAnswer>>,
+    /// Set when a task was run: its worker has finished tasks to delete.
+    ran: Arc<AtomicBool>,
 }
 
 /// The handler every worker of kind `K` is built with: runs the task's jobs (together with
 /// other tasks' jobs, for a kind that runs in groups).
 async fn run_task<K: JobKind>(task: JobTask, runner: Data<KindRunner<K>>) -> TaskAnswer {
+    let answer = run_jobs(task, &runner).await;
+    runner.ran.store(true, Ordering::Release);
+    answer
+}
+
+async fn run_jobs<K: JobKind>(task: JobTask, runner: &KindRunner<K>) -> TaskAnswer {
     let jobs = task.jobs();
     match &runner.groups {
         None if jobs.len() == 1 => {
@@ -192,6 +206,7 @@ impl Workers {
                 shutdown: cancel.clone(),
             },
             groups: None,
+            ran: Arc::default(),
         };
         set.spawn(supervise(runner, self.backend.clone()));
     }
@@ -221,7 +236,8 @@ async fn supervise<K: JobKind>(runner: KindRunner<K>, backend: JobBackend) -> an
         let forgetting = CancellationToken::new();
         let forget = tokio::spawn({
             let (backend, name, stop) = (backend.clone(), name.clone(), forgetting.clone());
-            async move { backend.forget_finished_until(&name, stop).await }
+            let ran = runner.ran.clone();
+            async move { backend.forget_finished_until(&name, &ran, stop).await }
         });
         let ended = with_storage!(&backend, K::NAME, fetch, storage => {
             WorkerBuilder::new(name)
