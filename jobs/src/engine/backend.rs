@@ -10,13 +10,7 @@
 //!   behind. Pushes carry the job id as apalis's idempotency key and runs skip final jobs, so
 //!   a double push runs once.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use apalis::prelude::{TaskBuilder, TaskId};
@@ -25,7 +19,6 @@ use apalis_sqlite::SqliteStorage;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, SqlitePool};
-use tokio_util::sync::CancellationToken;
 
 use super::{
     record::{self, JobId, NewJob},
@@ -256,69 +249,11 @@ impl JobBackend {
     }
 }
 
-/// How often a worker forgets the tasks it finished ([`JobBackend::forget_finished`]).
-pub const FORGET_EVERY: Duration = Duration::from_millis(500);
-
 impl JobBackend {
-    /// Deletes the tasks `worker` finished (`Done`, or `Killed` once the engine recorded their
-    /// final failure); returns how many. apalis keeps every task, and its acknowledgement
-    /// looks each task up among all those its worker ever held: at 300 tasks a second on
-    /// PostgreSQL one acknowledgement took 1.3 ms after 2,300 tasks and kept growing. The
-    /// lasting record of a job is its `job_records` row; the task is only its ticket.
-    pub async fn forget_finished(&self, worker: &str) -> sqlx::Result<u64> {
-        let done = match &self.store {
-            Store::Postgres(pool) => sqlx::query(
-                "DELETE FROM apalis.jobs WHERE lock_by = $1 AND status IN ('Done', 'Killed')",
-            )
-            .bind(worker)
-            .execute(pool)
-            .await?
-            .rows_affected(),
-            Store::Sqlite(pool) => {
-                sqlx::query("DELETE FROM Jobs WHERE lock_by = ?1 AND status IN ('Done', 'Killed')")
-                    .bind(worker)
-                    .execute(pool)
-                    .await?
-                    .rows_affected()
-            }
-            // apalis-redis keeps finished tasks in sets of its own, trimmed by itself.
-            Store::Redis { .. } => 0,
-        };
-        Ok(done)
-    }
-
-    /// [`JobBackend::forget_finished`] every [`FORGET_EVERY`] until `stop`, when the worker
-    /// ran a task since the previous time (`ran`, set by its handler) or the time before (a
-    /// task is acknowledged just after its handler returns): an idle worker costs nothing.
-    pub async fn forget_finished_until(
-        &self,
-        worker: &str,
-        ran: &AtomicBool,
-        stop: CancellationToken,
-    ) {
-        let mut every = tokio::time::interval(FORGET_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut again = false;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = every.tick() => {}
-            }
-            let recent = ran.swap(false, Ordering::AcqRel);
-            let due = recent || again;
-            again = recent;
-            if !due {
-                continue;
-            }
-            if let Err(e) = self.forget_finished(worker).await {
-                again = true;
-                tracing::warn!(worker, error = %e, "could not delete finished tasks; trying again");
-            }
-        }
-    }
-
-    /// Deletes the finished tasks of every worker that finished before `before` (what a
-    /// worker that died left behind); the sweep calls it. Returns how many.
+    /// Deletes the apalis tasks that finished (`Done`, or `Killed` once the engine recorded
+    /// their final failure) before `before`; the sweep calls it. Returns how many. apalis
+    /// keeps every task it ran, and the job records (what `GET /api/jobs` shows) outlive
+    /// their tasks, so without this the task table only grew.
     pub async fn prune_finished(&self, before: DateTime<Utc>) -> sqlx::Result<u64> {
         let done = match &self.store {
             Store::Postgres(pool) => sqlx::query(

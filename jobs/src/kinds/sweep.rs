@@ -89,8 +89,7 @@ pub struct SweepReport {
     /// `sending` messages whose lease ran out long ago, back in their schedule.
     pub leases_reclaimed: u64,
     pub pruned_jobs: u64,
-    /// Finished apalis tasks that no live worker deleted (see
-    /// `JobBackend::forget_finished`).
+    /// Finished apalis tasks (see `JobBackend::prune_finished`).
     pub pruned_tasks: u64,
     pub pruned_attempts: u64,
     pub pruned_processes: u64,

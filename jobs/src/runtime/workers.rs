@@ -6,13 +6,7 @@
 //! ([`JobKind::BATCH`]), each task's handler hands its job to the worker's [`Grouped`] and
 //! waits for its answer; whatever jobs are waiting run together.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use apalis::{
@@ -63,19 +57,11 @@ struct KindRunner<K> {
     db: Db,
     ctx: RunContext,
     groups: Option<Grouped<JobId, TaskAnswer>>,
-    /// Set when a task was run: its worker has finished tasks to delete.
-    ran: Arc<AtomicBool>,
 }
 
 /// The handler every worker of kind `K` is built with: runs the task's jobs (together with
 /// other tasks' jobs, for a kind that runs in groups).
 async fn run_task<K: JobKind>(task: JobTask, runner: Data<KindRunner<K>>) -> TaskAnswer {
-    let answer = run_jobs(task, &runner).await;
-    runner.ran.store(true, Ordering::Release);
-    answer
-}
-
-async fn run_jobs<K: JobKind>(task: JobTask, runner: &KindRunner<K>) -> TaskAnswer {
     let jobs = task.jobs();
     match &runner.groups {
         None if jobs.len() == 1 => {
@@ -206,7 +192,6 @@ impl Workers {
                 shutdown: cancel.clone(),
             },
             groups: None,
-            ran: Arc::default(),
         };
         set.spawn(supervise(runner, self.backend.clone()));
     }
@@ -232,13 +217,6 @@ async fn supervise<K: JobKind>(runner: KindRunner<K>, backend: JobBackend) -> an
         // The groups end by themselves once the worker (and so every handler) is gone.
         runner.groups = (K::BATCH > 1).then(|| groups(&runner));
         let name = worker_name(K::NAME);
-        // The worker's finished tasks go while it runs (see `JobBackend::forget_finished`).
-        let forgetting = CancellationToken::new();
-        let forget = tokio::spawn({
-            let (backend, name, stop) = (backend.clone(), name.clone(), forgetting.clone());
-            let ran = runner.ran.clone();
-            async move { backend.forget_finished_until(&name, &ran, stop).await }
-        });
         let ended = with_storage!(&backend, K::NAME, fetch, storage => {
             WorkerBuilder::new(name)
                 .backend(storage)
@@ -253,8 +231,6 @@ async fn supervise<K: JobKind>(runner: KindRunner<K>, backend: JobBackend) -> an
                 })
                 .await
         });
-        forgetting.cancel();
-        let _ = forget.await;
         if cancel.is_cancelled() {
             return Ok(());
         }
