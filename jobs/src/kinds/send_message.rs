@@ -249,14 +249,7 @@ async fn store_pg(
         let answer = match (limit, fan, stored) {
             (_, _, Some(_)) => {
                 let message = Message::from_row(row).map_err(sql)?;
-                new_jobs.push(
-                    NewJob::of::<SendMessage>(
-                        job,
-                        send.user,
-                        json!({ "messageIds": [message.id.0] }),
-                    )
-                    .with_total(1),
-                );
+                new_jobs.push(job_of(job, send.user, message.id));
                 Ok(Stored {
                     ahead: row.try_get("ahead").map_err(sql)?,
                     last_started: row.try_get("last_started").map_err(sql)?,
@@ -278,6 +271,12 @@ async fn store_pg(
         tracing::info!(job_id = %job.id, message_id = m.message.id.0, user_id = m.message.user_id.0, "message queued");
     }
     Ok(answers)
+}
+
+/// The `send_message` job of a single send: its one message (`send_message.sql` writes the
+/// same record).
+fn job_of(job: JobId, user: UserId, message: MessageId) -> NewJob {
+    NewJob::of::<SendMessage>(job, user, json!({ "messageIds": [message.0] })).with_total(1)
 }
 
 /// Stores the messages of `sends` (`queued`) and their jobs in one transaction. Per send, its
@@ -358,14 +357,7 @@ async fn store_all(
             Some(_) => match inserted.next().flatten() {
                 None => Err(SubmitError::NotFound("fan")),
                 Some(message) => {
-                    new_jobs.push(
-                        NewJob::of::<SendMessage>(
-                            job,
-                            send.user,
-                            json!({ "messageIds": [message.id.0] }),
-                        )
-                        .with_total(1),
-                    );
+                    new_jobs.push(job_of(job, send.user, message.id));
                     Ok(message)
                 }
             },
