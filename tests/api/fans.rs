@@ -1,7 +1,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, at, error_of, generated_csv, instant, json_of};
+use crate::helpers::{TestApp, at, error_of, generated_csv, handles_of, instant, json_of};
 
 crate::on_both_backends!(
     every_page_holds_what_a_walk_of_all_the_fans_has_there,
@@ -26,14 +26,6 @@ async fn the_search_finds_fans_by_handle_or_name_without_case_over_every_page(ap
     }
     // Fans of another creator are never found.
     app.create_fan(2, json!({ "handle": "alice2" })).await;
-    let handles = |page: &Value| -> Vec<String> {
-        page["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["handle"].as_str().unwrap().to_owned())
-            .collect()
-    };
     for (q, expected) in [
         ("ALI", vec!["@alice"]),
         ("robERT", vec!["@bob"]),
@@ -49,7 +41,11 @@ async fn the_search_finds_fans_by_handle_or_name_without_case_over_every_page(ap
         )
         .await;
         assert_eq!(page["total"], expected.len(), "q={q}: {page}");
-        assert_eq!(handles(&page), expected[..expected.len().min(1)], "q={q}");
+        assert_eq!(
+            handles_of(&page),
+            expected[..expected.len().min(1)],
+            "q={q}"
+        );
     }
     // With the other filters.
     let page = json_of(
@@ -58,7 +54,7 @@ async fn the_search_finds_fans_by_handle_or_name_without_case_over_every_page(ap
         StatusCode::OK,
     )
     .await;
-    assert_eq!(handles(&page), ["@dave", "@carol_x", "@alice"], "{page}");
+    assert_eq!(handles_of(&page), ["@dave", "@carol_x", "@alice"], "{page}");
     error_of(
         app.get(1, "/api/crm/fans?q=%20").await,
         StatusCode::BAD_REQUEST,
@@ -127,16 +123,8 @@ async fn fans_filter_by_tag_and_minimum_value_and_paginate(app: TestApp) {
     )
     .await;
 
-    let handles = |page: &serde_json::Value| -> Vec<String> {
-        page["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["handle"].as_str().unwrap().to_owned())
-            .collect()
-    };
     let vip = json_of(app.get(1, "/api/crm/fans?tag=vip").await, StatusCode::OK).await;
-    assert_eq!(handles(&vip), ["@c", "@a"]);
+    assert_eq!(handles_of(&vip), ["@c", "@a"]);
     assert_eq!(vip["total"], 2);
 
     let rich = json_of(
@@ -144,21 +132,21 @@ async fn fans_filter_by_tag_and_minimum_value_and_paginate(app: TestApp) {
         StatusCode::OK,
     )
     .await;
-    assert_eq!(handles(&rich), ["@c", "@b"]);
+    assert_eq!(handles_of(&rich), ["@c", "@b"]);
 
     let rich_vip = json_of(
         app.get(1, "/api/crm/fans?tag=vip&minValueCents=5000").await,
         StatusCode::OK,
     )
     .await;
-    assert_eq!(handles(&rich_vip), ["@c"]);
+    assert_eq!(handles_of(&rich_vip), ["@c"]);
 
     let second = json_of(
         app.get(1, "/api/crm/fans?limit=1&offset=1").await,
         StatusCode::OK,
     )
     .await;
-    assert_eq!(handles(&second), ["@b"]);
+    assert_eq!(handles_of(&second), ["@b"]);
     assert_eq!(second["total"], 3);
     assert_eq!(second["limit"], 1);
 }

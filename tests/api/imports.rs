@@ -5,11 +5,11 @@ use fanqueue_jobs::{
     kinds::import_csv::ImportCsv,
 };
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::{
-    Backend, SAMPLE_CSV, TestApp, error_of, generated_csv, json_of, spawn_api_only, spawn_app_with,
-    summary, with_redis_jobs, with_s3,
+    Backend, SAMPLE_CSV, TestApp, error_of, generated_csv, handles_of, json_of, spawn_api_only,
+    spawn_app_with, summary, with_redis_jobs, with_s3,
 };
 
 crate::on_both_backends!(
@@ -23,15 +23,6 @@ crate::on_both_backends!(
     the_11th_import_in_an_hour_is_a_429,
     cancelling_a_running_import_keeps_committed_batches_and_says_where_it_stopped,
 );
-
-fn handles_of(page: &Value) -> Vec<String> {
-    page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["handle"].as_str().unwrap().to_owned())
-        .collect()
-}
 
 async fn the_sample_export_imports_and_importing_it_again_adds_no_fan(app: TestApp) {
     let id = app
