@@ -247,9 +247,7 @@ impl JobBackend {
         record::mark_dispatched(db, job).await?;
         Ok(())
     }
-}
 
-impl JobBackend {
     /// Deletes the apalis tasks that finished (`Done`, or `Killed` once the engine recorded
     /// their final failure) before `before`; the sweep calls it. Returns how many. apalis
     /// keeps every task it ran, and the job records (what `GET /api/jobs` shows) outlive

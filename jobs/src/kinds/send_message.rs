@@ -208,6 +208,7 @@ async fn store_pg(
         fans.push(fan);
         conversations.push(conversation);
     }
+    let sql = |e| SubmitError::Enqueue(EnqueueError::Sql(e));
     let rows = sqlx::query(include_str!("send_message.sql"))
         .bind((1..).take(sends.len()).collect::<Vec<i32>>())
         .bind(sends.iter().map(|s| s.user.0).collect::<Vec<i64>>())
@@ -237,11 +238,10 @@ async fn store_pg(
         .bind(now)
         .fetch_all(pool)
         .await
-        .map_err(|e| SubmitError::Enqueue(EnqueueError::Sql(e)))?;
+        .map_err(sql)?;
     let mut answers = Vec::with_capacity(sends.len());
     let mut new_jobs = vec![];
     for ((row, send), job) in rows.iter().zip(sends).zip(jobs) {
-        let sql = |e| SubmitError::Enqueue(EnqueueError::Sql(e));
         let backlog: i64 = row.try_get("backlog").map_err(sql)?;
         let nth: i64 = row.try_get("nth").map_err(sql)?;
         let fan: Option<i64> = row.try_get("fan").map_err(sql)?;
@@ -266,11 +266,28 @@ async fn store_pg(
         };
         answers.push(answer);
     }
-    backend.after_commit_many(db, &new_jobs).await;
-    for (job, m) in new_jobs.iter().zip(answers.iter().flatten()) {
-        tracing::info!(job_id = %job.id, message_id = m.message.id.0, user_id = m.message.user_id.0, "message queued");
-    }
+    announce(
+        db,
+        backend,
+        &new_jobs,
+        answers.iter().flatten().map(|s| &s.message),
+    )
+    .await;
     Ok(answers)
+}
+
+/// Once the sends' transaction committed: their jobs' workers look now, and each stored
+/// message (in the order of `jobs`) is logged as queued.
+async fn announce<'a>(
+    db: &Db,
+    backend: &JobBackend,
+    jobs: &[NewJob],
+    messages: impl Iterator<Item = &'a Message>,
+) {
+    backend.after_commit_many(db, jobs).await;
+    for (job, m) in jobs.iter().zip(messages) {
+        tracing::info!(job_id = %job.id, message_id = m.id.0, user_id = m.user_id.0, "message queued");
+    }
 }
 
 /// The `send_message` job of a single send: its one message (`send_message.sql` writes the
@@ -366,10 +383,7 @@ async fn store_all(
     }
     backend.enqueue_many(&mut tx, &new_jobs).await?;
     tx.commit().await?;
-    backend.after_commit_many(db, &new_jobs).await;
-    for (job, m) in new_jobs.iter().zip(answers.iter().flatten()) {
-        tracing::info!(job_id = %job.id, message_id = m.id.0, user_id = m.user_id.0, "message queued");
-    }
+    announce(db, backend, &new_jobs, answers.iter().flatten()).await;
     Ok(answers)
 }
 

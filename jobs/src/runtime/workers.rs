@@ -216,9 +216,8 @@ async fn supervise<K: JobKind>(runner: KindRunner<K>, backend: JobBackend) -> an
         let mut runner = runner.clone();
         // The groups end by themselves once the worker (and so every handler) is gone.
         runner.groups = (K::BATCH > 1).then(|| groups(&runner));
-        let name = worker_name(K::NAME);
         let ended = with_storage!(&backend, K::NAME, fetch, storage => {
-            WorkerBuilder::new(name)
+            WorkerBuilder::new(worker_name(K::NAME))
                 .backend(storage)
                 // Concurrency first: a retry then reuses its job's slot.
                 .concurrency(K::CONCURRENCY)
