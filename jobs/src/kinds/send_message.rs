@@ -128,7 +128,10 @@ impl Sends {
     };
 
     /// Sends of a creator past `limit`'s backlog are refused (`BacklogFull`), storing nothing.
+    /// The door stores on connections of its own that run `send_message.sql` on its generic
+    /// plan ([`Db::generic_plans`]): planning that statement cost more than running it.
     pub fn start(db: Db, backend: JobBackend, limit: Backpressure) -> Self {
+        let db = db.generic_plans(Self::GROUP.parallel.try_into().unwrap_or(1));
         let groups = Grouped::start(Self::GROUP, move |sends: Vec<NewSend>| {
             let (db, backend) = (db.clone(), backend.clone());
             async move { submit_many(&db, &backend, Some(limit), &sends).await }

@@ -15,21 +15,25 @@ WITH input AS (
         AS t(ord, user_id, fan_id, conversation_id, body, price_cents, attachments, priority,
              job_id)
 ),
--- messages::backlogs_in
+-- messages::backlogs_in, one index read per creator (messages_user_status): so written, the
+-- plan PostgreSQL prepares once for any group is as good as one made for the group's ids.
 backlog AS (
-    SELECT user_id, COUNT(*) AS n FROM messages
-    WHERE direction = 'out' AND status IN ('queued', 'sending')
-      AND user_id IN (SELECT user_id FROM input)
-    GROUP BY user_id
+    SELECT u.user_id, b.n
+    FROM (SELECT DISTINCT user_id FROM input) u,
+    LATERAL (SELECT COUNT(*) AS n FROM messages m
+             WHERE m.user_id = u.user_id AND m.status IN ('queued', 'sending')
+               AND m.direction = 'out') b
 ),
 -- conversations::fans_of, and Backpressure::admit: the n-th send of a creator in the group
 -- is admitted while its backlog plus n stays within the limit.
 addressed AS (
-    SELECT i.*, COALESCE(i.fan_id, c.fan_id) AS fan, COALESCE(b.n, 0) AS backlog,
+    SELECT i.*,
+           COALESCE(i.fan_id, (SELECT c.fan_id FROM conversations c
+                               WHERE c.id = i.conversation_id AND c.user_id = i.user_id))
+               AS fan,
+           b.n AS backlog,
            row_number() OVER (PARTITION BY i.user_id ORDER BY i.ord) AS nth
-    FROM input i
-    LEFT JOIN conversations c ON c.id = i.conversation_id AND c.user_id = i.user_id
-    LEFT JOIN backlog b ON b.user_id = i.user_id
+    FROM input i JOIN backlog b ON b.user_id = i.user_id
 ),
 admitted AS (
     SELECT * FROM addressed
