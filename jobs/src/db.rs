@@ -123,14 +123,15 @@ impl Db {
                 .with_context(|| format!("reading the SQLite URL {url}"))?
                 .create_if_missing(true)
                 .foreign_keys(true)
-                // WAL lets readers run beside the one writer; busy_timeout makes writers queue
-                // (up to this bound) instead of failing with SQLITE_BUSY when API and workers
-                // write at once. Write transactions begin IMMEDIATE ([`Db::begin`]) so that the
+                // WAL lets readers run beside the one writer; a busy handler (busy_timeout
+                // while connecting, then `wait_for_the_writer`) makes writers queue (up to
+                // this bound) instead of failing with SQLITE_BUSY when API and workers write
+                // at once. Write transactions begin IMMEDIATE ([`Db::begin`]) so that the
                 // wait applies to them too.
                 // FULL: a commit (a 202's job) is on disk before the answer, power cut or not.
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(30));
+                .busy_timeout(SQLITE_BUSY_WAIT);
             if let Some(dir) = opts.get_filename().parent()
                 && !dir.as_os_str().is_empty()
             {
@@ -138,12 +139,31 @@ impl Db {
                     .with_context(|| format!("creating the data directory {}", dir.display()))?;
             }
             // SQLite has one writer. A connection more than one writing and one reading only
-            // adds a writer that waits in SQLite's busy handler, which sleeps in steps of up to
-            // 100 ms while the lock is free again within a millisecond: with 8 connections,
-            // sends at 200/s reached the outbound queue after 9 s (p99), with 4 after 1 s,
-            // with 2 within 0.1 s (BENCHMARKS.md).
+            // adds a writer that waits for the lock: with 8 connections, sends at 200/s
+            // reached the outbound queue after 9 s (p99), with 4 after 1 s, with 2 within
+            // 0.1 s (BENCHMARKS.md). The wait itself is `wait_for_the_writer`.
             let pool = SqlitePoolOptions::new()
                 .max_connections(2)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        let mut handle = conn.lock_handle().await?;
+                        // SAFETY: the handle is this open connection's, locked for us, and the
+                        // handler is a plain function that keeps no pointer.
+                        let rc = unsafe {
+                            libsqlite3_sys::sqlite3_busy_handler(
+                                handle.as_raw_handle().as_ptr(),
+                                Some(wait_for_the_writer),
+                                std::ptr::null_mut(),
+                            )
+                        };
+                        if rc != libsqlite3_sys::SQLITE_OK {
+                            return Err(sqlx::Error::Protocol(format!(
+                                "setting SQLite's busy handler failed ({rc})"
+                            )));
+                        }
+                        Ok(())
+                    })
+                })
                 .connect_with(opts)
                 .await
                 .with_context(|| format!("opening the SQLite database {url}"))?;
@@ -280,6 +300,41 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+/// How long a SQLite writer waits for another to finish before it gives up (`SQLITE_BUSY`).
+const SQLITE_BUSY_WAIT: Duration = Duration::from_secs(30);
+/// How long it sleeps between two looks at the lock.
+const SQLITE_BUSY_STEP: Duration = Duration::from_micros(200);
+
+thread_local! {
+    /// When this thread's connection began to wait for the lock (sqlx runs each SQLite
+    /// connection on a thread of its own).
+    static BUSY_SINCE: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// SQLite's busy handler, in place of the one `busy_timeout` installs: that one sleeps 1, 2,
+/// 5, 10, 15, 20, 25, 25, 25, 50, 50 then 100 ms between looks, so a writer queued behind
+/// another that held the lock for a millisecond could sleep on for up to 100 ms more, and
+/// the embedded default's 202 → outbound queue p99 at 200 sends/s was 120–160 ms. This one
+/// looks every 0.2 ms, for up to [`SQLITE_BUSY_WAIT`]. `tries` is 0 at a wait's first call.
+extern "C" fn wait_for_the_writer(
+    _: *mut std::ffi::c_void,
+    tries: std::ffi::c_int,
+) -> std::ffi::c_int {
+    let now = std::time::Instant::now();
+    let since = BUSY_SINCE.with(|since| {
+        if tries == 0 || since.get().is_none() {
+            since.set(Some(now));
+        }
+        since.get().unwrap_or(now)
+    });
+    if now.duration_since(since) >= SQLITE_BUSY_WAIT {
+        return 0;
+    }
+    std::thread::sleep(SQLITE_BUSY_STEP);
+    1
+}
+
 /// A pool of its own over `pool`'s database for statements that only ever read rows by key:
 /// its connections price out sequential scans, hash joins and merge joins, which leaves
 /// nested loops over index lookups. PostgreSQL plans a statement it has prepared for the
@@ -310,7 +365,59 @@ fn pool_with(pool: &PgPool, connections: u32, settings: &[(&str, &str)]) -> PgPo
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use std::time::Duration;
+
+    use super::{Db, Tx, redact};
+
+    /// A writer that finds SQLite's lock taken waits in `wait_for_the_writer` and writes once
+    /// the holder committed, instead of failing with "database is locked".
+    #[tokio::test]
+    async fn a_sqlite_writer_waits_for_the_one_holding_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&Db::embedded_url(dir.path())).await.unwrap();
+        let Db::Sqlite(pool) = &db else {
+            panic!("an embedded URL opens SQLite")
+        };
+        sqlx::query("CREATE TABLE t (n INTEGER)")
+            .execute(pool)
+            .await
+            .unwrap();
+        let Tx::Sqlite(mut first) = db.begin().await.unwrap() else {
+            panic!("SQLite begins SQLite transactions")
+        };
+        sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut *first)
+            .await
+            .unwrap();
+        let (began, beginning) = tokio::sync::oneshot::channel();
+        let second = tokio::spawn({
+            let db = db.clone();
+            async move {
+                began.send(()).unwrap();
+                // BEGIN IMMEDIATE: waits here for the first writer.
+                let Tx::Sqlite(mut tx) = db.begin().await? else {
+                    panic!("SQLite begins SQLite transactions")
+                };
+                let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO t VALUES (2)")
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(seen)
+            }
+        });
+        beginning.await.unwrap();
+        // The lock is held well past the second writer's first try.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        first.commit().await.unwrap();
+        let seen = second
+            .await
+            .unwrap()
+            .expect("the second writer waited, then wrote");
+        assert_eq!(seen, 1, "it wrote after the first writer's commit");
+    }
 
     #[test]
     fn redact_hides_only_the_password() {
