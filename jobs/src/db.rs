@@ -178,8 +178,8 @@ impl Db {
 
     /// A small pool of its own (PostgreSQL; SQLite shares this one) whose connections always
     /// run a prepared statement on its generic plan, made once per connection for an average
-    /// value of each parameter rather than for the values at hand, with sequential scans
-    /// priced out as in [`keyed_pool`]. For indexed point statements whose custom plan turns
+    /// value of each parameter rather than for the values at hand, with [`keyed_pool`]'s
+    /// settings (no scans, no hash or merge joins). For indexed point statements whose custom plan turns
     /// on a guess that can go badly wrong (`fans::list`) or costs more to make than to run
     /// (`send_message.sql`), and only those.
     pub fn generic_plans(&self, connections: u32) -> Db {

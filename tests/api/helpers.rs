@@ -497,7 +497,6 @@ pub fn generated_csv(n: usize) -> Vec<u8> {
 
 pub const SAMPLE_CSV: &str = include_str!("../fixtures/onlyfans_export.csv");
 
-/// Asserts the status, then returns the JSON body.
 /// The handles of a page of fans, in order.
 pub fn handles_of(page: &Value) -> Vec<String> {
     page["items"]
@@ -508,6 +507,7 @@ pub fn handles_of(page: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Asserts the status, then returns the JSON body.
 pub async fn json_of(resp: Response, expected: StatusCode) -> Value {
     let status = resp.status();
     let text = resp.text().await.expect("a body");

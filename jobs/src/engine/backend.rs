@@ -67,8 +67,8 @@ pub struct JobBackend {
 #[derive(Clone)]
 pub enum Store {
     /// apalis's statements on its tasks all read by key (the fetch index, a task's id, a
-    /// held task's worker), so they run on a pool that prices sequential scans out
-    /// ([`keyed_pool`]); [`JobBackend::migrate`] indexes only held tasks by worker.
+    /// held task's worker), so they run on a [`keyed_pool`]; [`JobBackend::migrate`]
+    /// indexes only held tasks by worker.
     Postgres(PgPool),
     Sqlite(SqlitePool),
     /// Queues are named `{prefix}:{kind}`: deployments (or test runs) sharing one Redis
@@ -78,16 +78,17 @@ pub enum Store {
         prefix: String,
     },
 }
+
 /// The most connections apalis's storage opens in a worker process (the API stores its tasks
 /// in its own transactions and opens none): each kind's fetch and acknowledgement, the
 /// heartbeats and the listener that wakes the workers.
 const TASK_CONNECTIONS: u32 = 20;
 
 /// apalis indexes every task's `lock_by` (twice: `lidx` and `idx_apalis_jobs_lock_by`),
-/// finished or not, and its acknowledgement then reads every task its worker ever held (1.3 ms after 2,300 tasks, and growing until the
-/// sweep prunes them). Indexing only held tasks keeps that index for the rescue of a dead
-/// worker's tasks (which asks for exactly these) and leaves the acknowledgement its tasks'
-/// ids. Run at every start after apalis's migrations; replicas starting together take
+/// finished or not, and its acknowledgement then reads every task its worker ever held
+/// (1.3 ms after 2,300 tasks, and growing until the sweep prunes them). Indexing only held
+/// tasks keeps that index for the rescue of a dead worker's tasks (which asks for exactly
+/// these) and leaves the acknowledgement its tasks' ids. Run at every start after apalis's migrations; replicas starting together take
 /// turns, and the table is locked only the first time.
 const HELD_TASKS_INDEX: &str = "
 DO $$
