@@ -637,12 +637,27 @@ impl AppProcess {
     /// Sends SIGTERM and waits (at most `timeout`) for the process to exit; returns its exit
     /// status and how long it took.
     pub async fn terminate(&mut self, timeout: Duration) -> (std::process::ExitStatus, Duration) {
+        let sent = self.sigterm();
+        self.exit_since(sent, timeout).await
+    }
+
+    /// Sends SIGTERM; returns when.
+    pub fn sigterm(&self) -> std::time::Instant {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("running kill");
         assert!(status.success(), "kill -TERM failed");
-        let sent = std::time::Instant::now();
+        std::time::Instant::now()
+    }
+
+    /// Waits (at most `timeout` after `sent`) for the process to exit; returns its exit
+    /// status and how long after `sent` it exited.
+    pub async fn exit_since(
+        &mut self,
+        sent: std::time::Instant,
+        timeout: Duration,
+    ) -> (std::process::ExitStatus, Duration) {
         loop {
             if let Some(exit) = self.child.try_wait().expect("the child's status") {
                 return (exit, sent.elapsed());

@@ -1,10 +1,12 @@
 //! SIGTERM as an orchestrator sends it: `fanqueue all` on the embedded default stops while an
 //! import runs, exits 0 within its drain bound, and the import resumes from its checkpoint on
-//! the next start.
+//! the next start, also when a look for tasks took the database's write lock as the worker
+//! was stopping.
 
 use std::time::Duration;
 
 use fanqueue::supervisor::DRAIN_TIMEOUT;
+use fanqueue_jobs::engine::wake::FALLBACK;
 use sqlx::Connection;
 
 use crate::helpers::{ApiClient, AppProcess, JWT_SECRET, generated_csv};
@@ -20,9 +22,29 @@ async fn sigterm_during_an_import_exits_0_in_bound_and_the_import_resumes_on_the
     let user = ApiClient::new(&first.address, 1);
     let id = user.upload("big.csv", generated_csv(ROWS)).await;
 
-    // Wait until some batches are committed, then SIGTERM.
+    // Wait until some batches are committed, then SIGTERM while this test holds the
+    // database's write lock (SQLite lets another process take it). The import's worker has a
+    // free slot, so it looks for tasks every `FALLBACK`; held for longer than that, the lock
+    // has such a look waiting for it, as one often waits behind the import's own commits.
+    // The look gets the lock once it is free, while the worker is stopping: it must not keep
+    // it from the import, which still commits its last batch and hands its job back.
     let done_at_signal = user.wait_progress(&id, 1_000).await;
-    let (exit, took) = first.terminate(DRAIN_TIMEOUT * 2).await;
+    let db = dir.path().join("data/fanqueue.db");
+    let mut holder = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    tokio::time::sleep(FALLBACK * 2).await;
+    let sent = first.sigterm();
+    first
+        .wait_for_log("shutdown requested; draining", Duration::from_secs(10))
+        .await;
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    drop(holder);
+    let (exit, took) = first.exit_since(sent, DRAIN_TIMEOUT * 2).await;
     assert!(
         exit.success(),
         "SIGTERM ends the process with 0, got {exit}"
@@ -40,7 +62,6 @@ async fn sigterm_during_an_import_exits_0_in_bound_and_the_import_resumes_on_the
     );
 
     // Stopped mid-file: the record waits, queued, at its last committed batch.
-    let db = dir.path().join("data/fanqueue.db");
     let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
         .await
         .unwrap();

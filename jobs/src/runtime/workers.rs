@@ -217,6 +217,7 @@ async fn supervise<K: JobKind>(runner: KindRunner<K>, backend: JobBackend) -> an
         // The groups end by themselves once the worker (and so every handler) is gone.
         runner.groups = (K::BATCH > 1).then(|| groups(&runner));
         let ended = with_storage!(&backend, K::NAME, fetch, storage => {
+            let closer = storage.closer();
             WorkerBuilder::new(worker_name(K::NAME))
                 .backend(storage)
                 // Concurrency first: a retry then reuses its job's slot.
@@ -226,6 +227,10 @@ async fn supervise<K: JobKind>(runner: KindRunner<K>, backend: JobBackend) -> an
                 .build(run_task::<K>)
                 .run_until(async move {
                     stop.cancelled().await;
+                    // The jobs under way see the same token; what the backend has under
+                    // way is settled before apalis stops polling it, so that those jobs can
+                    // still commit (see `closing`).
+                    closer.close().await;
                     Ok::<(), std::io::Error>(())
                 })
                 .await
