@@ -144,10 +144,15 @@ impl Wakeups {
 }
 
 /// Ready when the queue was poked (at most once every [`GATHER`]), and once more
-/// [`RECHECK`] later.
+/// [`RECHECK`] after each such look. The recheck's own look is not rechecked: that chain
+/// would look every [`RECHECK`] for ever once a worker keeps the strategy polled, as
+/// [`Intake`](super::intake::Intake) does (on SQLite, idle workers' fetches then took the
+/// write lock some 200 times a second).
 struct OnPoke {
     signal: Arc<Signal>,
     again: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the look `again` times answers a poke (and is rechecked), or is the recheck.
+    again_answers_poke: bool,
     /// When it was last ready.
     looked: Option<Instant>,
 }
@@ -157,14 +162,17 @@ impl OnPoke {
         OnPoke {
             signal,
             again: None,
+            again_answers_poke: false,
             looked: None,
         }
     }
 
-    fn look(&mut self) -> Poll<Option<()>> {
+    /// Ready now; a look that answers a poke is rechecked [`RECHECK`] later.
+    fn look(&mut self, answers_poke: bool) -> Poll<Option<()>> {
         let now = Instant::now();
         self.looked = Some(now);
-        self.again = Some(Box::pin(tokio::time::sleep_until(now + RECHECK)));
+        self.again = answers_poke.then(|| Box::pin(tokio::time::sleep_until(now + RECHECK)));
+        self.again_answers_poke = false;
         Poll::Ready(Some(()))
     }
 }
@@ -180,15 +188,15 @@ impl PollStrategy for OnPoke {
                     if !sooner {
                         self.again = Some(Box::pin(tokio::time::sleep_until(due)));
                     }
+                    self.again_answers_poke = true;
                 }
-                _ => return self.look(),
+                _ => return self.look(true),
             }
         }
         if let Some(again) = &mut self.again
             && again.as_mut().poll(cx).is_ready()
         {
-            self.again = None;
-            return self.look();
+            return self.look(self.again_answers_poke);
         }
         Poll::Pending
     }
@@ -230,6 +238,10 @@ mod tests {
         )
         .await;
         assert_eq!(woken, Ok(Some(())));
+        assert!(
+            sends.again.is_none(),
+            "the recheck is the last look: the next one needs a poke (or the interval)"
+        );
     }
 
     #[tokio::test]
@@ -250,5 +262,9 @@ mod tests {
         assert_eq!(woken, Ok(Some(())));
         assert!(looked.elapsed() >= GATHER);
         assert!(!ready(&mut sends).await, "the burst's pokes made one look");
+        assert!(
+            sends.again.is_some(),
+            "a look that answers pokes is rechecked"
+        );
     }
 }
