@@ -144,15 +144,10 @@ impl Wakeups {
 }
 
 /// Ready when the queue was poked (at most once every [`GATHER`]), and once more
-/// [`RECHECK`] after each such look. The recheck's own look is not rechecked: that chain
-/// would look every [`RECHECK`] for ever once a worker keeps the strategy polled, as
-/// [`Intake`](super::intake::Intake) does (on SQLite, idle workers' fetches then took the
-/// write lock some 200 times a second).
+/// [`RECHECK`] later.
 struct OnPoke {
     signal: Arc<Signal>,
     again: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Whether the look `again` times answers a poke (and is rechecked), or is the recheck.
-    again_answers_poke: bool,
     /// When it was last ready.
     looked: Option<Instant>,
 }
@@ -162,17 +157,14 @@ impl OnPoke {
         OnPoke {
             signal,
             again: None,
-            again_answers_poke: false,
             looked: None,
         }
     }
 
-    /// Ready now; a look that answers a poke is rechecked [`RECHECK`] later.
-    fn look(&mut self, answers_poke: bool) -> Poll<Option<()>> {
+    fn look(&mut self) -> Poll<Option<()>> {
         let now = Instant::now();
         self.looked = Some(now);
-        self.again = answers_poke.then(|| Box::pin(tokio::time::sleep_until(now + RECHECK)));
-        self.again_answers_poke = false;
+        self.again = Some(Box::pin(tokio::time::sleep_until(now + RECHECK)));
         Poll::Ready(Some(()))
     }
 }
@@ -188,15 +180,15 @@ impl PollStrategy for OnPoke {
                     if !sooner {
                         self.again = Some(Box::pin(tokio::time::sleep_until(due)));
                     }
-                    self.again_answers_poke = true;
                 }
-                _ => return self.look(true),
+                _ => return self.look(),
             }
         }
         if let Some(again) = &mut self.again
             && again.as_mut().poll(cx).is_ready()
         {
-            return self.look(self.again_answers_poke);
+            self.again = None;
+            return self.look();
         }
         Poll::Pending
     }
@@ -238,10 +230,6 @@ mod tests {
         )
         .await;
         assert_eq!(woken, Ok(Some(())));
-        assert!(
-            sends.again.is_none(),
-            "the recheck is the last look: the next one needs a poke (or the interval)"
-        );
     }
 
     #[tokio::test]
@@ -262,9 +250,5 @@ mod tests {
         assert_eq!(woken, Ok(Some(())));
         assert!(looked.elapsed() >= GATHER);
         assert!(!ready(&mut sends).await, "the burst's pokes made one look");
-        assert!(
-            sends.again.is_some(),
-            "a look that answers pokes is rechecked"
-        );
     }
 }
