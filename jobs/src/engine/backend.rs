@@ -364,6 +364,7 @@ pub fn redis_config(prefix: &str, kind: &str) -> apalis_redis::Config {
 #[macro_export]
 macro_rules! with_storage {
     ($backend:expr, $queue:expr, $fetch:expr, $storage:ident => $body:expr) => {{
+        use ::apalis::prelude::BackendExt as _;
         use $crate::engine::backend::{HEARTBEAT, JobTask, MISSED_HEARTBEATS, Store};
         let queue: &str = $queue;
         let backend: &$crate::engine::JobBackend = $backend;
@@ -378,28 +379,32 @@ macro_rules! with_storage {
                             .lock_tasks(false)
                             .heartbeat_interval(HEARTBEAT)
                             .missed_heartbeats(MISSED_HEARTBEATS),
-                    );
-                let $storage = $crate::engine::intake::Intake::new($storage, polls);
+                    )
+                    .poll_with_strategy(polls);
+                let $storage = $crate::engine::intake::Intake::new($storage);
                 $body
             }
             Store::Sqlite(pool) => {
-                let $storage = ::apalis_sqlite::SqliteStorage::<JobTask>::new(pool).with_config(
-                    ::apalis_sqlite::Config::default()
-                        .queue(queue)
-                        .batch_size($fetch)
-                        .lock_tasks(false)
-                        .heartbeat_interval(HEARTBEAT)
-                        .missed_heartbeats(MISSED_HEARTBEATS),
-                );
-                let $storage = $crate::engine::intake::Intake::new($storage, polls);
+                let $storage = ::apalis_sqlite::SqliteStorage::<JobTask>::new(pool)
+                    .with_config(
+                        ::apalis_sqlite::Config::default()
+                            .queue(queue)
+                            .batch_size($fetch)
+                            .lock_tasks(false)
+                            .heartbeat_interval(HEARTBEAT)
+                            .missed_heartbeats(MISSED_HEARTBEATS),
+                    )
+                    .poll_with_strategy(polls);
+                let $storage = $crate::engine::intake::Intake::new($storage);
                 $body
             }
             Store::Redis { conn, prefix } => {
                 let $storage = ::apalis_redis::RedisStorage::<JobTask>::new(conn.clone())
                     .with_config(
                         $crate::engine::backend::redis_config(prefix, queue).batch_size($fetch),
-                    );
-                let $storage = $crate::engine::intake::Intake::new($storage, polls);
+                    )
+                    .poll_with_strategy(polls);
+                let $storage = $crate::engine::intake::Intake::new($storage);
                 $body
             }
         }

@@ -1,17 +1,15 @@
 //! What a worker takes from its job backend, and when: [`Intake`] wraps the apalis storage a
 //! worker is built on, for two things apalis 1.0 does not do by itself.
 //!
-//! **Looks are paced.** apalis's storage starts a fetch whenever its worker polls it with
-//! nothing buffered, and the worker polls it whenever anything wakes the worker, a task
-//! ending as well as a poke; apalis's `PollWith` polls the storage whatever its poll
-//! strategy answers. At 1,000 sends/s on PostgreSQL a worker fetched about 250 times a
-//! second, about one task each time, and with its acknowledgements and per-group statements
-//! kept PostgreSQL at 103–105 % of a core. An `Intake` drives the strategy
-//! ([`Wakeups::strategy`](super::wake::Wakeups::strategy): pokes, a recheck after each look,
-//! the fallback interval) itself. After a look that ended waiting, it looks again only when
-//! the strategy or the storage's own wake-up (a fetch under way that ended) asks, and not
-//! sooner than [`GATHER`] after that look. A fetch right after one that returned tasks is not
-//! held back, so a backlog drains at full speed.
+//! **Looks are paced.** apalis's storage starts a fetch whenever its worker polls it while it
+//! has nothing buffered, and the worker polls it whenever anything wakes the worker: a task
+//! ending as well as a poke. Its `PollWith` ignores the poll strategy's answer. At 1,000 sends/s
+//! on PostgreSQL a worker fetched about 250 times a second, about one task each time, and
+//! its fetches and acknowledgements took 45 % of a core of PostgreSQL. After a look that
+//! ended waiting, an `Intake` looks again only once something the storage waits on woke it
+//! (the fetch under way, a poke, the fallback interval), and not sooner than
+//! [`GATHER`] after that look. A fetch right after one that returned tasks is not held back,
+//! so a backlog drains at full speed.
 //!
 //! **Stopping settles what is under way.** Once a worker is stopping, apalis stops polling
 //! its storage until the tasks in flight have ended. A fetch, heartbeat or acknowledgement
@@ -35,7 +33,7 @@ use std::{
     time::Duration,
 };
 
-use apalis::prelude::{Backend, PollSnapshot, PollStrategy, Strategy, WorkerContext};
+use apalis::prelude::{Backend, WorkerContext};
 use apalis_core::backend::{BackendConfig, WireFormatBackend};
 use futures::task::AtomicWaker;
 use tokio::time::{Instant, Sleep};
@@ -62,10 +60,7 @@ struct Shared<B> {
     closed: bool,
     /// When the storage's last look ended waiting, if it did.
     waiting_since: Option<Instant>,
-    /// When the storage waits: pokes, the recheck after a look, the fallback interval.
-    strategy: Strategy,
-    /// What the storage waits on wakes this, not the worker directly; its flag also says
-    /// that the strategy asked for a look.
+    /// What the storage waits on wakes this, not the worker directly.
     woken: Arc<Woken>,
     /// Holds the next look back until [`GATHER`] after the previous one.
     pace: Option<Pin<Box<Sleep>>>,
@@ -101,7 +96,7 @@ where
     B::Config: Clone,
     B::Codec: Clone,
 {
-    pub fn new(backend: B, strategy: Strategy) -> Self {
+    pub fn new(backend: B) -> Self {
         Intake {
             config: backend.config().clone(),
             codec: backend.codec().clone(),
@@ -110,7 +105,6 @@ where
                 worker: None,
                 closed: false,
                 waiting_since: None,
-                strategy,
                 woken: Arc::default(),
                 pace: None,
             })),
@@ -160,26 +154,13 @@ impl<B: Backend> Closer<B> {
 }
 
 impl<B> Shared<B> {
-    /// Polls the strategy; a look it asks for is noted (and kept until it is taken).
-    fn wants_look(&mut self, cx: &mut Context<'_>) -> bool {
-        if self
-            .strategy
-            .poll_drive(cx, &PollSnapshot::default())
-            .is_ready()
-        {
-            self.woken.flag.store(true, Ordering::Release);
-        }
-        self.woken.flag.load(Ordering::Acquire)
-    }
-
-    /// Whether the storage may be looked at now. While it waits, only a wake of its own or
-    /// the strategy opens it, and then not before [`GATHER`] after the look that began the
-    /// wait. Every `false` leaves `cx` to be woken: by the storage, the strategy or the pace.
-    fn may_look(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Whether the storage may be looked at now. While it waits, only a wake of its own opens
+    /// it, and then not before [`GATHER`] after the look that began the wait.
+    fn may_look(&mut self, waker: &Waker) -> bool {
         let Some(since) = self.waiting_since else {
             return true;
         };
-        if !self.wants_look(cx) {
+        if !self.woken.flag.load(Ordering::Acquire) {
             return false;
         }
         let due = since + GATHER;
@@ -189,7 +170,9 @@ impl<B> Shared<B> {
         let pace = self
             .pace
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-        pace.as_mut().poll(cx).is_ready()
+        pace.as_mut()
+            .poll(&mut Context::from_waker(waker))
+            .is_ready()
     }
 }
 
@@ -222,25 +205,16 @@ impl<B: Backend + BackendConfig + WireFormatBackend> Backend for Intake<B> {
         }
         shared.worker.get_or_insert_with(|| worker.clone());
         shared.woken.worker.register(cx.waker());
-        if !shared.may_look(cx) {
+        let waker = Waker::from(shared.woken.clone());
+        if !shared.may_look(&waker) {
             return Poll::Pending;
         }
         shared.pace = None;
         shared.woken.flag.store(false, Ordering::Release);
-        let waker = Waker::from(shared.woken.clone());
         let answer = shared
             .backend
             .poll_next(&mut Context::from_waker(&waker), worker);
-        if answer.is_pending() {
-            shared.waiting_since = Some(Instant::now());
-            // Arms what the strategy waits on (the recheck a look sets, the interval); a
-            // look it asks for already is taken on the next poll, paced.
-            if shared.wants_look(cx) {
-                cx.waker().wake_by_ref();
-            }
-        } else {
-            shared.waiting_since = None;
-        }
+        shared.waiting_since = answer.is_pending().then(Instant::now);
         answer
     }
 

@@ -34,8 +34,8 @@ pub const FALLBACK: Duration = Duration::from_millis(500);
 /// after every poke.
 const RECHECK: Duration = Duration::from_millis(20);
 /// The shortest time between two looks of a worker that waits, so that the tasks of a burst
-/// are fetched together. [`Intake`](super::intake::Intake), which drives this strategy,
-/// enforces it for every look; here it only times the look a poke asks for.
+/// are fetched together. [`Intake`](super::intake::Intake) enforces it: apalis 1.0's storage
+/// fetches whenever its worker is polled, whatever this strategy answers.
 pub(crate) const GATHER: Duration = Duration::from_millis(10);
 /// The channel apalis-postgres notifies on for every task inserted.
 const CHANNEL: &str = "apalis::job::insert";
