@@ -357,9 +357,9 @@ pub fn redis_config(prefix: &str, kind: &str) -> apalis_redis::Config {
 /// backend `$backend` holds, fetching up to `$fetch` tasks at a time and polling when the
 /// queue is poked (see [`Wakeups`]). Tasks are not marked running one by one (`lock_tasks`):
 /// a fetched task is already held by its worker (rescued if the worker dies), and our own
-/// record says when its run started. The storage is wrapped in an
-/// [`Intake`](crate::engine::intake::Intake), which paces its looks and whose closer settles
-/// what is under way when the worker is to stop. The body is compiled once per storage type, so generic
+/// record says when its run started. The storage is wrapped in a
+/// [`Closing`](crate::engine::closing::Closing): its closer settles what is under way when the
+/// worker is to stop. The body is compiled once per storage type, so generic
 /// apalis code (a worker built on the storage) is written once for all three backends.
 #[macro_export]
 macro_rules! with_storage {
@@ -381,7 +381,7 @@ macro_rules! with_storage {
                             .missed_heartbeats(MISSED_HEARTBEATS),
                     )
                     .poll_with_strategy(polls);
-                let $storage = $crate::engine::intake::Intake::new($storage);
+                let $storage = $crate::engine::closing::Closing::new($storage);
                 $body
             }
             Store::Sqlite(pool) => {
@@ -395,7 +395,7 @@ macro_rules! with_storage {
                             .missed_heartbeats(MISSED_HEARTBEATS),
                     )
                     .poll_with_strategy(polls);
-                let $storage = $crate::engine::intake::Intake::new($storage);
+                let $storage = $crate::engine::closing::Closing::new($storage);
                 $body
             }
             Store::Redis { conn, prefix } => {
@@ -404,7 +404,7 @@ macro_rules! with_storage {
                         $crate::engine::backend::redis_config(prefix, queue).batch_size($fetch),
                     )
                     .poll_with_strategy(polls);
-                let $storage = $crate::engine::intake::Intake::new($storage);
+                let $storage = $crate::engine::closing::Closing::new($storage);
                 $body
             }
         }

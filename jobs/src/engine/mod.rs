@@ -4,8 +4,8 @@
 //!   the only module that writes that table.
 //! - [`backend`] — apalis on PostgreSQL, SQLite or Redis; enqueueing inside a transaction.
 //! - [`relay`] — the Redis backend's outbox relay service.
-//! - [`intake`] — what a worker takes from its storage, and when: looks paced, and what is
-//!   under way settled when it is asked to stop, so that its running jobs can still commit.
+//! - [`closing`] — settles a worker's fetch, heartbeat or acknowledgement under way when it
+//!   is asked to stop, so that its running jobs can still commit.
 //! - [`kind`] — the contract a job kind implements ([`JobKind`]).
 //! - [`execute`] — runs of a kind, alone or in groups: start, run, record, retry or give up.
 //! - [`wake`] — pokes a kind's idle worker when one of its jobs is stored.
@@ -13,9 +13,9 @@
 //! - [`processes`] — the processes seen alive (every role beats a row).
 
 pub mod backend;
+pub mod closing;
 pub mod execute;
 pub mod group;
-pub mod intake;
 pub mod kind;
 pub mod processes;
 pub mod record;

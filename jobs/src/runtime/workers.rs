@@ -229,7 +229,7 @@ async fn supervise<K: JobKind>(runner: KindRunner<K>, backend: JobBackend) -> an
                     stop.cancelled().await;
                     // The jobs under way see the same token; what the backend has under
                     // way is settled before apalis stops polling it, so that those jobs can
-                    // still commit (see `intake`).
+                    // still commit (see `closing`).
                     closer.close().await;
                     Ok::<(), std::io::Error>(())
                 })
