@@ -71,6 +71,20 @@ where
     }
 }
 
+impl<B: BackendConfig + WireFormatBackend> Closing<B> {
+    /// The backend, for a poll that may start work (a fetch, a heartbeat), noting the worker
+    /// that polls it; `None` once the closer ran: the worker is told to stop right after and
+    /// does not poll this again until then.
+    fn open(&self, worker: &WorkerContext) -> Option<MutexGuard<'_, Shared<B>>> {
+        let mut shared = lock(&self.shared);
+        if shared.closed {
+            return None;
+        }
+        shared.worker.get_or_insert_with(|| worker.clone());
+        Some(shared)
+    }
+}
+
 fn lock<B>(shared: &Mutex<Shared<B>>) -> MutexGuard<'_, Shared<B>> {
     // A panic while polling the backend leaves nothing half-written behind the lock.
     shared
@@ -115,13 +129,10 @@ impl<B: Backend + BackendConfig + WireFormatBackend> Backend for Closing<B> {
         cx: &mut Context<'_>,
         worker: &WorkerContext,
     ) -> Poll<Result<(), Self::Error>> {
-        let mut shared = lock(&self.shared);
-        if shared.closed {
-            // The worker is told to stop right after; it does not poll this again until then.
-            return Poll::Pending;
+        match self.open(worker) {
+            Some(mut shared) => shared.backend.poll_ready(cx, worker),
+            None => Poll::Pending,
         }
-        shared.worker.get_or_insert_with(|| worker.clone());
-        shared.backend.poll_ready(cx, worker)
     }
 
     fn poll_next(
@@ -129,12 +140,10 @@ impl<B: Backend + BackendConfig + WireFormatBackend> Backend for Closing<B> {
         cx: &mut Context<'_>,
         worker: &WorkerContext,
     ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
-        let mut shared = lock(&self.shared);
-        if shared.closed {
-            return Poll::Pending;
+        match self.open(worker) {
+            Some(mut shared) => shared.backend.poll_next(cx, worker),
+            None => Poll::Pending,
         }
-        shared.worker.get_or_insert_with(|| worker.clone());
-        shared.backend.poll_next(cx, worker)
     }
 
     fn poll_close(
