@@ -4,6 +4,7 @@
 
 FQ_CACHE="${FANQUEUE_CACHE:-$HOME/.cache/fanqueue}"
 MOTO_PORT="${MOTO_PORT:-5055}"
+FQ_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 export TEST_AWS_ENDPOINT_URL="${TEST_AWS_ENDPOINT_URL:-http://127.0.0.1:$MOTO_PORT}"
@@ -68,6 +69,7 @@ ensure_redis() {
 }
 
 moto_up() { curl -fsS -o /dev/null "http://127.0.0.1:$MOTO_PORT/moto-api/data.json"; }
+moto_down() { ! moto_up; }
 
 ensure_moto() {
   local venv="$FQ_CACHE/moto-venv"
@@ -79,9 +81,16 @@ ensure_moto() {
     "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]' boto3 >&2 \
       || die "pip install moto[server] failed"
   fi
+  # A moto_server started without the patch (by an older checkout) is replaced once.
+  if pkill -f "bin/moto_server -H 127.0.0.1 -p $MOTO_PORT"; then
+    say "replacing the unpatched moto_server on 127.0.0.1:$MOTO_PORT"
+    wait_for "the unpatched moto_server's exit" 30 moto_down
+  fi
   if ! moto_up; then
     say "starting moto_server on 127.0.0.1:$MOTO_PORT"
-    nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$FQ_CACHE/moto.log" 2>&1 &
+    # moto's own server, with its SQS deletes made safe against a concurrent send (see there).
+    nohup "$venv/bin/python" "$FQ_SCRIPTS/moto_server.py" -H 127.0.0.1 -p "$MOTO_PORT" \
+      >"$FQ_CACHE/moto.log" 2>&1 &
     wait_for moto_server 60 moto_up
   fi
 }
