@@ -566,6 +566,21 @@ async fn sqs_depth(queue: &str) -> (i64, i64) {
     )
 }
 
+/// The outbound messages not in their creator's schedule: id, status, on the queue since,
+/// error; for a failing assertion's message.
+async fn unparked(url: &str) -> Vec<(i64, String, Option<DateTime<Utc>>, Option<String>)> {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
+    sqlx::query_as(
+        "SELECT id, status, enqueued_at, error FROM messages
+         WHERE direction = 'out' AND ready_at IS NULL ORDER BY id LIMIT 20",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+}
+
 /// How many of the database's outbound messages are in their creator's schedule, or past it.
 async fn parked(url: &str) -> i64 {
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
@@ -620,9 +635,14 @@ async fn a_days_backlog_waits_off_the_queue_and_drains_with_nothing_in_the_dlq_w
         while parked(&d.url).await < (i * 100) as i64 {
             assert!(
                 std::time::Instant::now() < deadline,
-                "campaign {i}: {} of {} parked",
+                "campaign {i}: {} of {} parked; the dispatcher's warnings: {:#?}; the \
+                 worker's: {:#?}; on SQS (visible, in flight): {:?}; not parked: {:?}",
                 parked(&d.url).await,
-                i * 100
+                i * 100,
+                real_rate.warnings(),
+                d.worker_warnings(),
+                sqs_depth(d.queue_url()).await,
+                unparked(&d.url).await
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -635,7 +655,13 @@ async fn a_days_backlog_waits_off_the_queue_and_drains_with_nothing_in_the_dlq_w
     while sqs_depth(&queue_url).await != (0, 0) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(sqs_depth(&queue_url).await, (0, 0), "nothing left on SQS");
+    assert_eq!(
+        sqs_depth(&queue_url).await,
+        (0, 0),
+        "nothing left on SQS; the dispatcher's warnings: {:#?}; the worker's: {:#?}",
+        real_rate.warnings(),
+        d.worker_warnings()
+    );
 
     // A reply queued behind the day's backlog goes out within two slots (12 s), about when
     // its estimate said.

@@ -608,6 +608,17 @@ impl AppProcess {
         }
     }
 
+    /// The warnings and errors logged so far, for a failing assertion's message.
+    pub fn warnings(&self) -> Vec<Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["level"] == "WARN" || v["level"] == "ERROR")
+            .cloned()
+            .collect()
+    }
+
     /// The log lines so far whose message is `message`.
     pub fn logged(&self, message: &str) -> Vec<Value> {
         self.logs
@@ -1052,6 +1063,11 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// The worker process's warnings and errors so far, for a failing assertion's message.
+    pub fn worker_warnings(&self) -> Vec<Value> {
+        self._worker.warnings()
+    }
+
     /// On SQS, delivering to `platform` at `per_minute` per creator.
     pub async fn start(platform: &str, per_minute: u32, redis_url: &str) -> Deployment {
         Self::with(platform, per_minute, redis_url, Queue::Sqs, &[]).await
