@@ -714,19 +714,12 @@ async fn a_days_backlog_waits_off_the_queue_and_drains_with_nothing_in_the_dlq_w
     // log), not when the request arrived, so the request's transit does not count; LATE is
     // how late a lane may wake on a loaded machine.
     const LATE: chrono::TimeDelta = chrono::TimeDelta::milliseconds(500);
-    let started = {
-        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&d.url)
-            .await
-            .unwrap();
-        let (at,): (DateTime<Utc>,) = sqlx::query_as(
-            "SELECT started_at FROM delivery_attempts WHERE message_id = $1 AND outcome = 'delivered'",
-        )
-        .bind(reply.parse::<i64>().unwrap())
-        .fetch_one(&mut conn)
+    let reply_id: i64 = reply.parse().unwrap();
+    let started = attempts_with(&d.url, "delivered")
         .await
-        .unwrap();
-        at
-    };
+        .into_iter()
+        .find_map(|(message, at)| (message == reply_id).then_some(at))
+        .expect("the reply's delivery is in the attempt log");
     assert!(
         (started - estimate).abs() <= slot + LATE,
         "queued {queued}, estimated {estimate}: that slot or one next to it; its delivery \
