@@ -37,8 +37,9 @@ const RECHECK: Duration = Duration::from_millis(20);
 /// fetch a burst's tasks together. It bounds this strategy's own looks only: apalis 1.0's
 /// storage fetches whenever its worker is polled (its `PollWith` ignores the strategy's
 /// answer), and a poke wakes the worker at once. Measured at 1,000 sends/s on PostgreSQL:
-/// about 310 fetches a second with 10 ms, and no change with 25 ms. Gating the fetch itself
-/// would take a wrapper around the storage.
+/// about 310 fetches a second with 10 ms, and no change with 25 ms. Pacing the fetch itself
+/// takes a storage of our own: a wrapper cannot tell a fetch under way from an idle storage
+/// (apalis-postgres keeps that state private). BENCHMARKS.md has both attempts.
 const GATHER: Duration = Duration::from_millis(10);
 /// The channel apalis-postgres notifies on for every task inserted.
 const CHANNEL: &str = "apalis::job::insert";
