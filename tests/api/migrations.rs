@@ -50,6 +50,17 @@ async fn assert_fully_migrated(db: &Db, backend: Backend) {
         "Jobs"
     };
     assert!(table_exists(db, apalis).await, "{apalis} exists");
+    if let Db::Postgres(pool) = db {
+        // The job backend's start replaces apalis's SQL fetch with a PL/pgSQL one.
+        let (language,): (String,) = sqlx::query_as(
+            "SELECT l.lanname::text FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+             WHERE p.oid = 'apalis.get_jobs(text, text, integer)'::regprocedure",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(language, "plpgsql");
+    }
 }
 
 async fn fresh_database_migrates_twice(backend: Backend) {

@@ -101,6 +101,9 @@ BEGIN
     DROP INDEX IF EXISTS apalis.idx_apalis_jobs_lock_by, apalis.lidx;
 END $$";
 
+/// apalis's fetch with its plan kept per connection (see the file).
+pub(crate) const GET_JOBS: &str = include_str!("get_jobs.sql");
+
 /// A worker heartbeats this often; after [`MISSED_HEARTBEATS`] silent beats its tasks are
 /// handed to another worker. 10 s × 3 rescues a killed worker's job within 30-40 s.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -177,6 +180,10 @@ impl JobBackend {
                     .execute(pool)
                     .await
                     .context("indexing apalis's held tasks")?;
+                sqlx::query(GET_JOBS)
+                    .execute(pool)
+                    .await
+                    .context("installing apalis's fetch as PL/pgSQL")?;
             }
             Store::Sqlite(pool) => {
                 let mut migrator = SqliteStorage::<()>::migrations();
@@ -409,4 +416,37 @@ macro_rules! with_storage {
             }
         }
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The words of `text` between `from` and the first `to` after it.
+    fn words_between(text: &str, from: &str, to: &str) -> String {
+        let start = text.find(from).expect("the start marker") + from.len();
+        let end = start + text[start..].find(to).expect("the end marker");
+        text[start..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn our_get_jobs_runs_the_body_of_apalis_latest_one() {
+        let migrator = PostgresStorage::<()>::migrations();
+        let latest = migrator
+            .iter()
+            .filter(|m| m.sql.as_str().contains("FUNCTION apalis.get_jobs"))
+            .last()
+            .expect("apalis defines get_jobs");
+        let theirs = words_between(latest.sql.as_str(), "AS $$", "$$;");
+        let ours = words_between(GET_JOBS, "RETURN QUERY", "$body$;");
+        let ours = ours.strip_suffix(" END").expect("the PL/pgSQL block's end");
+        assert_eq!(
+            ours, theirs,
+            "apalis-postgres changed its fetch (migration {}): mirror it in get_jobs.sql",
+            latest.description
+        );
+    }
 }
