@@ -1,12 +1,14 @@
 //! Many callers, few round trips: items handed in by concurrent callers run together in
 //! groups, and each caller waits for its own answer. Nothing waits for a group to fill: the
 //! first item starts one at once, and the items that arrive while groups run make the next
-//! ones, so groups grow with the load and a lone item waits for nobody.
+//! ones, so groups grow with the load and a lone item waits for nobody. With a
+//! [`Limits::spacing`], groups start at most that often: under a steady stream the items of
+//! that span make one group instead of one each.
 //!
 //! The workers run the jobs of a batching kind this way, and the API stores concurrent sends
 //! this way (one transaction for many requests, each answered when it committed).
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::{
     sync::{Semaphore, mpsc, oneshot},
@@ -22,6 +24,9 @@ pub struct Limits {
     pub parallel: usize,
     /// Items waiting for a group at most; callers past it wait to hand theirs in.
     pub waiting: usize,
+    /// A group starts no sooner than this after the previous one started; an item that finds
+    /// no group started this recently starts one at once.
+    pub spacing: Duration,
 }
 
 /// The door callers hand items in at. Clones share the groups; they stop once every clone is
@@ -76,6 +81,7 @@ async fn gather<I, O, F, Fut>(
 {
     let slots = Arc::new(Semaphore::new(limits.parallel.max(1)));
     let mut running = JoinSet::new();
+    let mut started: Option<tokio::time::Instant> = None;
     loop {
         let slot = slots
             .clone()
@@ -85,6 +91,10 @@ async fn gather<I, O, F, Fut>(
         let Some(first) = waiting.recv().await else {
             break;
         };
+        if let Some(last) = started {
+            tokio::time::sleep_until(last + limits.spacing).await;
+        }
+        started = Some(tokio::time::Instant::now());
         let mut group = vec![first];
         while group.len() < limits.max.max(1) {
             match waiting.try_recv() {
@@ -122,6 +132,7 @@ mod tests {
                 max: 64,
                 parallel: 1,
                 waiting: 1000,
+                spacing: Duration::ZERO,
             },
             move |items: Vec<u32>| {
                 seen.lock().unwrap().push(items.len());
@@ -157,9 +168,61 @@ mod tests {
                 max: 64,
                 parallel: 2,
                 waiting: 10,
+                spacing: Duration::ZERO,
             },
             |items: Vec<&'static str>| async move { items },
         );
         assert_eq!(one.call("alone").await.unwrap(), "alone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_spacing_groups_start_at_most_that_often_and_carry_what_arrived_meanwhile() {
+        use tokio::time::{Instant, sleep, sleep_until};
+        let spacing = Duration::from_millis(20);
+        let log = Arc::new(Mutex::new(vec![]));
+        let seen = log.clone();
+        let echo = Grouped::start(
+            Limits {
+                max: 64,
+                parallel: 2,
+                waiting: 100,
+                spacing,
+            },
+            move |items: Vec<u32>| {
+                seen.lock().unwrap().push((Instant::now(), items.len()));
+                async move { items }
+            },
+        );
+        // An item every 2 ms for 100 ms.
+        let t0 = Instant::now();
+        let mut calls = JoinSet::new();
+        for i in 0..50u32 {
+            sleep_until(t0 + Duration::from_millis(2 * u64::from(i))).await;
+            let echo = echo.clone();
+            calls.spawn(async move { echo.call(i).await.unwrap() });
+        }
+        let mut answers = calls.join_all().await;
+        answers.sort_unstable();
+        assert_eq!(
+            answers,
+            (0..50).collect::<Vec<_>>(),
+            "every item answered once"
+        );
+        let starts = log.lock().unwrap().clone();
+        assert_eq!(starts[0], (t0, 1), "the first item waited for nobody");
+        for pair in starts.windows(2) {
+            assert!(
+                pair[1].0 - pair[0].0 >= spacing,
+                "groups too close: {starts:?}"
+            );
+        }
+        assert_eq!(starts.iter().map(|s| s.1).sum::<usize>(), 50);
+        assert_eq!(starts.len(), 6, "one group per 20 ms: {starts:?}");
+
+        // After a quiet spell, an item runs at once.
+        sleep(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        assert_eq!(echo.call(7).await.unwrap(), 7);
+        assert_eq!(log.lock().unwrap().last(), Some(&(now, 1)));
     }
 }

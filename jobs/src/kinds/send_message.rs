@@ -125,6 +125,7 @@ impl Sends {
         max: 128,
         parallel: 1,
         waiting: 4096,
+        spacing: Duration::ZERO,
     };
 
     /// Sends of a creator past `limit`'s backlog are refused (`BacklogFull`), storing nothing.
