@@ -33,14 +33,15 @@ pub const FALLBACK: Duration = Duration::from_millis(500);
 /// (its snapshot was taken before the job committed): the worker looks once more this soon
 /// after every poke.
 const RECHECK: Duration = Duration::from_millis(20);
-/// A poke within this long of the worker's previous look waits for the rest of it, meant to
-/// fetch a burst's tasks together. It bounds this strategy's own looks only: apalis 1.0's
-/// storage fetches whenever its worker is polled (its `PollWith` ignores the strategy's
-/// answer), and a poke wakes the worker at once. Measured at 1,000 sends/s on PostgreSQL:
-/// about 310 fetches a second with 10 ms, and no change with 25 ms. Pacing the fetch itself
-/// takes a storage of our own: a wrapper cannot tell a fetch under way from an idle storage
-/// (apalis-postgres keeps that state private). BENCHMARKS.md has both attempts.
-const GATHER: Duration = Duration::from_millis(10);
+/// A worker is woken by pokes at most once this often, and a poke within this long of the
+/// worker's previous look waits for the rest of it: the tasks of a burst are fetched together.
+/// The later pokes of a burst only leave their flag, which the look the first one caused, or
+/// that look's [`RECHECK`] (no shorter than this), finds. Waking is what costs: apalis 1.0's
+/// storage fetches whenever its worker is polled, whatever the strategy answers. At 1,000
+/// sends/s on PostgreSQL every insert notification woke the worker: 300 to 440 fetches a
+/// second, finding about one task each (BENCHMARKS.md).
+const GATHER: Duration = Duration::from_millis(20);
+const _: () = assert!(RECHECK.as_millis() >= GATHER.as_millis());
 /// The channel apalis-postgres notifies on for every task inserted.
 const CHANNEL: &str = "apalis::job::insert";
 
@@ -54,6 +55,8 @@ pub struct Wakeups {
 struct Signal {
     poked: AtomicBool,
     waker: AtomicWaker,
+    /// When a poke last woke the worker.
+    woke: Mutex<Option<Instant>>,
 }
 
 impl Wakeups {
@@ -65,10 +68,22 @@ impl Wakeups {
         queues.entry(queue.to_owned()).or_default().clone()
     }
 
-    /// A job of `queue` was stored: its worker in this process (if any) looks now.
+    /// A job of `queue` was stored: its worker in this process (if any) looks now, or within
+    /// [`GATHER`] when a poke woke it less than that ago.
     pub fn poke(&self, queue: &str) {
         let signal = self.signal(queue);
         signal.poked.store(true, Ordering::Release);
+        let now = Instant::now();
+        {
+            let mut woke = signal
+                .woke
+                .lock()
+                .expect("the wake-up time is never poisoned");
+            if woke.is_some_and(|w| now < w + GATHER) {
+                return;
+            }
+            *woke = Some(now);
+        }
         signal.waker.wake();
     }
 
@@ -254,5 +269,51 @@ mod tests {
         assert_eq!(woken, Ok(Some(())));
         assert!(looked.elapsed() >= GATHER);
         assert!(!ready(&mut sends).await, "the burst's pokes made one look");
+    }
+
+    /// Counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pokes_wake_the_worker_once_a_gather_and_the_others_are_looked_at_all_the_same() {
+        let wakeups = Wakeups::default();
+        let mut sends = OnPoke::new(wakeups.signal("send_message"));
+        let count = Arc::new(Count(Default::default()));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let snapshot = PollSnapshot::new();
+        let wakes = || count.0.load(Ordering::SeqCst);
+        assert!(
+            sends.poll_drive(&mut cx, &snapshot).is_pending(),
+            "nothing stored yet"
+        );
+
+        wakeups.poke("send_message");
+        assert_eq!(wakes(), 1, "the first poke wakes the worker");
+        assert!(
+            sends.poll_drive(&mut cx, &snapshot).is_ready(),
+            "and it looks"
+        );
+        let looked = Instant::now();
+        wakeups.poke("send_message");
+        wakeups.poke("send_message");
+        assert_eq!(wakes(), 1, "pokes right after a wake wake nobody");
+        assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
+
+        // The look's timer wakes the worker, and that look finds the pokes.
+        tokio::time::sleep(RECHECK).await;
+        assert_eq!(wakes(), 2, "the second look's timer");
+        assert!(sends.poll_drive(&mut cx, &snapshot).is_ready());
+        assert!(looked.elapsed() >= GATHER);
+
+        // Once GATHER has passed, a poke wakes the worker at once again.
+        wakeups.poke("send_message");
+        assert_eq!(wakes(), 3);
     }
 }
