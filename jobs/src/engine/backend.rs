@@ -437,8 +437,7 @@ mod tests {
         let migrator = PostgresStorage::<()>::migrations();
         let latest = migrator
             .iter()
-            .filter(|m| m.sql.as_str().contains("FUNCTION apalis.get_jobs"))
-            .last()
+            .rfind(|m| m.sql.as_str().contains("FUNCTION apalis.get_jobs"))
             .expect("apalis defines get_jobs");
         let theirs = words_between(latest.sql.as_str(), "AS $$", "$$;");
         let ours = words_between(GET_JOBS, "RETURN QUERY", "$body$;");
