@@ -71,6 +71,9 @@ struct Opts {
     only: Option<String>,
     /// The API step's routes (`fans`, `send`); all when not given.
     routes: Option<Vec<String>>,
+    /// `sslmode` of the processes' PostgreSQL connections; none given, sqlx's default
+    /// (`prefer`: TLS, even on loopback, when the server offers it).
+    db_sslmode: Option<String>,
 }
 
 #[tokio::main]
@@ -94,7 +97,7 @@ async fn main() {
             "usage: load [--backend postgres|sqlite|both] [--rates 200,500,1000] [--seconds 10]\n\
              \x20           [--latency-rate 200] [--latency-seconds 20] [--backlog N] [--load-rate R]\n\
              \x20           [--overload-rate 4000] [--only api|overload|latency|bulks|drain]\n\
-             \x20           [--routes fans,send]"
+             \x20           [--routes fans,send] [--db-sslmode disable|prefer|require]"
         );
         std::process::exit(2);
     }
@@ -117,6 +120,7 @@ async fn main() {
         overload_rate: opt("--overload-rate").map_or(4000.0, |v| v.parse().unwrap()),
         only: opt("--only"),
         routes: opt("--routes").map(|r| r.split(',').map(str::to_owned).collect()),
+        db_sslmode: opt("--db-sslmode"),
     };
     for backend in opts.backends.clone() {
         run(backend, &opts).await;
@@ -128,7 +132,7 @@ fn wants(opts: &Opts, step: &str) -> bool {
 }
 
 async fn run(backend: Backend, opts: &Opts) {
-    let mut d = Deployment::prepare(backend).await;
+    let mut d = Deployment::prepare(backend, opts.db_sslmode.as_deref()).await;
     let name = d.name();
     println!("\n# {name}\n");
     d.start();
@@ -682,7 +686,7 @@ struct DrainFigures {
 }
 
 impl Deployment {
-    async fn prepare(backend: Backend) -> Deployment {
+    async fn prepare(backend: Backend, sslmode: Option<&str>) -> Deployment {
         let dir = tempfile::tempdir().unwrap();
         let mut env: Vec<(String, String)> = vec![
             ("JWT_SECRET".into(), JWT_SECRET.into()),
@@ -703,7 +707,12 @@ impl Deployment {
         let (testdb, url) = match backend {
             Backend::Postgres => {
                 let (db, url) = TestDb::create(Backend::Postgres).await;
-                env.push(("DATABASE_URL".into(), url.clone()));
+                let served = match sslmode {
+                    Some(mode) if url.contains('?') => format!("{url}&sslmode={mode}"),
+                    Some(mode) => format!("{url}?sslmode={mode}"),
+                    None => url.clone(),
+                };
+                env.push(("DATABASE_URL".into(), served));
                 (Some(db), url)
             }
             Backend::Sqlite => (None, Db::embedded_url(&dir.path().join("data"))),

@@ -6,6 +6,7 @@
 #   benches/load.sh --backend postgres --rates 500,1000 --seconds 10
 #   benches/load.sh --backend sqlite --only drain --backlog 5000
 #   benches/load.sh --backend postgres --only api --routes send --rates 1000
+#   benches/load.sh --backend postgres --only api --routes send --rates 1000 --db-sslmode disable
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
