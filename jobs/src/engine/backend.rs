@@ -102,7 +102,7 @@ BEGIN
 END $$";
 
 /// apalis's fetch with its plan kept per connection (see the file).
-pub(crate) const GET_JOBS: &str = include_str!("get_jobs.sql");
+const GET_JOBS: &str = include_str!("get_jobs.sql");
 
 /// A worker heartbeats this often; after [`MISSED_HEARTBEATS`] silent beats its tasks are
 /// handed to another worker. 10 s × 3 rescues a killed worker's job within 30-40 s.
