@@ -24,6 +24,8 @@ pub const QUEUE_IN_FLIGHT: &str = "fanqueue_outbound_in_flight";
 pub const QUEUE_DLQ: &str = "fanqueue_outbound_dlq_messages";
 pub const JOBS: &str = "fanqueue_jobs_total";
 pub const JOB_DURATION: &str = "fanqueue_job_duration_seconds";
+pub const JOB_FETCHES: &str = "fanqueue_job_fetches_total";
+pub const JOB_FETCHED: &str = "fanqueue_job_fetched_tasks_total";
 pub const IMPORTED_ROWS: &str = "fanqueue_imported_rows_total";
 pub const CAMPAIGNS: &str = "fanqueue_campaigns_total";
 pub const CAMPAIGN_RECIPIENTS: &str = "fanqueue_campaign_recipients";
@@ -116,6 +118,16 @@ pub fn describe() {
         "Duration of each job run, by kind and the status it ended in."
     );
     describe_counter!(
+        JOB_FETCHES,
+        Unit::Count,
+        "Workers' fetches from the PostgreSQL job queue, by queue (paced: at most one per 20 ms while the last was not full)."
+    );
+    describe_counter!(
+        JOB_FETCHED,
+        Unit::Count,
+        "Tasks those fetches found, by queue."
+    );
+    describe_counter!(
         IMPORTED_ROWS,
         Unit::Count,
         "CSV rows imported, by outcome (created, updated, refused)."
@@ -160,6 +172,13 @@ pub fn queue_counts(counts: &QueueCounts) {
 /// A job of `kind` entered `status` (`queued`, `running`, `succeeded`, `failed`, `cancelled`).
 pub fn job(kind: &'static str, status: &'static str) {
     counter!(JOBS, "kind" => kind, "status" => status).increment(1);
+}
+
+/// A worker of `queue` fetched from PostgreSQL and found `tasks` tasks (apalis tasks: a task
+/// carries one job or several stored together).
+pub fn fetched(queue: &str, tasks: usize) {
+    counter!(JOB_FETCHES, "queue" => queue.to_owned()).increment(1);
+    counter!(JOB_FETCHED, "queue" => queue.to_owned()).increment(tasks as u64);
 }
 
 /// A run of a `kind` job ended in `status` after `took`.

@@ -362,7 +362,8 @@ pub fn redis_config(prefix: &str, kind: &str) -> apalis_redis::Config {
 
 /// Evaluates `$body` with `$storage` bound to the apalis storage of queue `$queue` on the
 /// backend `$backend` holds, fetching up to `$fetch` tasks at a time and polling when the
-/// queue is poked (see [`Wakeups`]). Tasks are not marked running one by one (`lock_tasks`):
+/// queue is poked (see [`Wakeups`]); on PostgreSQL fetches are paced
+/// ([`PacedStorage`](crate::engine::paced::PacedStorage)). Tasks are not marked running one by one (`lock_tasks`):
 /// a fetched task is already held by its worker (rescued if the worker dies), and our own
 /// record says when its run started. The storage is wrapped in a
 /// [`Closing`](crate::engine::closing::Closing): its closer settles what is under way when the
@@ -378,16 +379,16 @@ macro_rules! with_storage {
         let polls = backend.wakeups.strategy(queue);
         match &backend.store {
             Store::Postgres(pool) => {
-                let $storage = ::apalis_postgres::PostgresStorage::<JobTask>::new(pool)
-                    .with_config(
-                        ::apalis_postgres::Config::default()
-                            .queue(queue)
-                            .batch_size($fetch)
-                            .lock_tasks(false)
-                            .heartbeat_interval(HEARTBEAT)
-                            .missed_heartbeats(MISSED_HEARTBEATS),
-                    )
-                    .poll_with_strategy(polls);
+                let $storage = $crate::engine::paced::PacedStorage::new(
+                    pool,
+                    ::apalis_postgres::Config::default()
+                        .queue(queue)
+                        .batch_size($fetch)
+                        .lock_tasks(false)
+                        .heartbeat_interval(HEARTBEAT)
+                        .missed_heartbeats(MISSED_HEARTBEATS),
+                )
+                .poll_with_strategy(polls);
                 let $storage = $crate::engine::closing::Closing::new($storage);
                 $body
             }

@@ -4,6 +4,8 @@
 //!   the only module that writes that table.
 //! - [`backend`] — apalis on PostgreSQL, SQLite or Redis; enqueueing inside a transaction.
 //! - [`relay`] — the Redis backend's outbox relay service.
+//! - [`paced`] — apalis's PostgreSQL storage with its fetches paced (at most one per
+//!   [`wake`]'s gathering time while the last was not full).
 //! - [`closing`] — settles a worker's fetch, heartbeat or acknowledgement under way when it
 //!   is asked to stop, so that its running jobs can still commit.
 //! - [`kind`] — the contract a job kind implements ([`JobKind`]).
@@ -17,6 +19,7 @@ pub mod closing;
 pub mod execute;
 pub mod group;
 pub mod kind;
+pub mod paced;
 pub mod processes;
 pub mod record;
 pub mod relay;

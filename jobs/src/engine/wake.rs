@@ -40,7 +40,7 @@ const RECHECK: Duration = Duration::from_millis(20);
 /// storage fetches whenever its worker is polled, whatever the strategy answers. At 1,000
 /// sends/s on PostgreSQL every insert notification woke the worker: 300 to 440 fetches a
 /// second, finding about one task each (BENCHMARKS.md).
-const GATHER: Duration = Duration::from_millis(20);
+pub(crate) const GATHER: Duration = Duration::from_millis(20);
 const _: () = assert!(RECHECK.as_millis() >= GATHER.as_millis());
 /// The channel apalis-postgres notifies on for every task inserted.
 const CHANNEL: &str = "apalis::job::insert";
