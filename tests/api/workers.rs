@@ -1,5 +1,5 @@
-//! Worker processes as operators run them: several on one PostgreSQL, and one killed with
-//! SIGKILL in the middle of a job.
+//! Worker processes as operators run them: several on one PostgreSQL, one killed with SIGKILL
+//! in the middle of a job, and one under a steady stream of sends (how often it fetches).
 
 use std::time::Duration;
 
@@ -177,4 +177,101 @@ async fn a_worker_killed_between_send_batches_leaves_every_message_on_the_queue_
         "no message twice, none missing (killed at {done_at_kill})"
     );
     assert_eq!(ids.len(), 100);
+}
+
+/// The worker's fetch counters for queue `send_message`, from its `/metrics`: (fetches, tasks).
+async fn send_fetches(metrics: &str) -> (f64, f64) {
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{queue=\"send_message\"}} ")))
+            .map_or(0.0, |l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+    };
+    (
+        sample("fanqueue_job_fetches_total"),
+        sample("fanqueue_job_fetched_tasks_total"),
+    )
+}
+
+/// Under a steady stream of sends a worker fetches at most once every 20 ms, however fast the
+/// tasks come, and still puts every message on the queue. apalis alone fetched again as soon
+/// as a fetch found anything: about once per task, a transaction each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_fetches_at_most_once_every_20_ms() {
+    const SENDS: usize = 400;
+    const CLIENTS: usize = 4;
+    let (_db, url) = TestDb::create(Backend::Postgres).await;
+    let bucket = format!("fq-test-{}", uuid::Uuid::new_v4().simple());
+    let mut env = deployment_env(&url, &bucket);
+    env.push(("WRITE_LIMIT_PER_MINUTE".into(), "100000".into()));
+    env.push(("MAX_BACKLOG_PER_CREATOR".into(), "100000".into()));
+    let metrics = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let mut worker_env = env.clone();
+    worker_env.push(("METRICS_ADDR".into(), metrics.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let api = AppProcess::spawn(&["serve"], &as_refs(&env), dir.path());
+    let _worker = AppProcess::spawn_until(
+        &["worker"],
+        &as_refs(&worker_env),
+        dir.path(),
+        "workers running",
+    );
+    let mut fans = vec![];
+    for c in 0..CLIENTS {
+        let user = ApiClient::new(&api.address, 1 + c as i64);
+        let fan = json!({ "handle": format!("fan{c}") });
+        let fan = user.post("/api/crm/fans", &fan, StatusCode::CREATED).await;
+        fans.push((user, fan["id"].as_i64().unwrap()));
+    }
+
+    let started = std::time::Instant::now();
+    let before = send_fetches(&metrics).await;
+    let sends = fans.into_iter().map(|(user, fan)| async move {
+        for i in 0..SENDS / CLIENTS {
+            let body = json!({ "recipientId": fan, "content": format!("m{i}") });
+            user.post("/api/onlyfans/messages/send", &body, StatusCode::ACCEPTED)
+                .await;
+        }
+    });
+    futures::future::join_all(sends).await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (on_queue,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM messages WHERE direction = 'out' AND enqueued_at IS NOT NULL",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if on_queue == SENDS as i64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{on_queue} of {SENDS} messages on the queue after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = send_fetches(&metrics).await;
+    let elapsed = started.elapsed();
+
+    let (fetches, tasks) = (after.0 - before.0, after.1 - before.1);
+    let bound = (elapsed.as_millis() / 20 + 1) as f64;
+    assert!(tasks >= 1.0, "the worker's fetches found the sends' tasks");
+    assert!(
+        fetches <= bound,
+        "{fetches} fetches in {elapsed:?} (at most {bound}), finding {tasks} tasks"
+    );
 }
