@@ -11,6 +11,8 @@
 //! - the fetch and the acknowledgement are one statement each, without the transaction apalis
 //!   wraps around them (a single statement is atomic; the `BEGIN` and `COMMIT` were two more
 //!   round trips).
+//!
+//! apalis-postgres is pinned (`jobs/Cargo.toml`): an upgrade re-reads its `persistence.rs`.
 
 use std::{
     collections::HashSet,
