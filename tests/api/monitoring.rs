@@ -49,11 +49,7 @@ impl OwnPostgres {
             .args(["-R", "postgres"])
             .arg(dir.path())
             .status();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::helpers::free_port();
         let data = dir.path().join("data");
         as_postgres(
             &bin.join("initdb"),

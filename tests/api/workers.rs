@@ -8,7 +8,8 @@ use serde_json::json;
 use sqlx::Connection;
 
 use crate::helpers::{
-    ApiClient, AppProcess, Backend, JWT_SECRET, TestDb, aws_endpoint, generated_csv,
+    ApiClient, AppProcess, Backend, JWT_SECRET, TestDb, aws_endpoint, free_port, generated_csv,
+    samples,
 };
 
 /// The environment of a distributed deployment on `database_url`, with uploads on the S3
@@ -187,10 +188,12 @@ async fn send_fetches(metrics: &str) -> (f64, f64) {
         .text()
         .await
         .unwrap();
+    let samples = samples(&text);
     let sample = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(&format!("{name}{{queue=\"send_message\"}} ")))
-            .map_or(0.0, |l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+        samples
+            .get(&format!("{name}{{queue=\"send_message\"}}"))
+            .copied()
+            .unwrap_or(0.0)
     };
     (
         sample("fanqueue_job_fetches_total"),
@@ -210,14 +213,7 @@ async fn a_busy_worker_fetches_at_most_once_every_20_ms() {
     let mut env = deployment_env(&url, &bucket);
     env.push(("WRITE_LIMIT_PER_MINUTE".into(), "100000".into()));
     env.push(("MAX_BACKLOG_PER_CREATOR".into(), "100000".into()));
-    let metrics = format!(
-        "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let metrics = format!("127.0.0.1:{}", free_port());
     let mut worker_env = env.clone();
     worker_env.push(("METRICS_ADDR".into(), metrics.clone()));
     let dir = tempfile::tempdir().unwrap();
