@@ -39,7 +39,9 @@ const RECHECK: Duration = Duration::from_millis(20);
 /// that look's [`RECHECK`] (no shorter than this), finds. Waking is what costs: apalis 1.0's
 /// storage fetches whenever its worker is polled, whatever the strategy answers. At 1,000
 /// sends/s on PostgreSQL every insert notification woke the worker: 300 to 440 fetches a
-/// second, finding about one task each (BENCHMARKS.md).
+/// second, finding about one task each (BENCHMARKS.md). This bounds the wake-ups of a parked
+/// worker on every backend; a busy worker is never parked, and on PostgreSQL its fetches are
+/// paced by its storage ([`paced`](crate::engine::paced)) with this same span.
 pub(crate) const GATHER: Duration = Duration::from_millis(20);
 const _: () = assert!(RECHECK.as_millis() >= GATHER.as_millis());
 /// The channel apalis-postgres notifies on for every task inserted.
