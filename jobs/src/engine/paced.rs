@@ -6,7 +6,7 @@
 //! sends a second, 275 fetches a second finding 1.05 tasks each, every one a transaction of
 //! three round trips and 0.43 ms of PostgreSQL (BENCHMARKS.md). [`PacedStorage`] is apalis's
 //! storage (its queries, its `Persisted` state machine) with two differences:
-//! - a fetch starts at least [`GATHER`] after the previous one unless that one came back full
+//! - a fetch starts at least `GATHER` (`wake.rs`) after the previous one unless that one came back full
 //!   (a backlog is drained at full speed);
 //! - the fetch and the acknowledgement are one statement each, without the transaction apalis
 //!   wraps around them (a single statement is atomic; the `BEGIN` and `COMMIT` were two more
@@ -59,7 +59,7 @@ impl Pace {
     }
 }
 
-/// apalis's `SqlxPersistence`, with [`Pace`] (shared by the clones `Persisted` makes of it for
+/// apalis's `SqlxPersistence`, with a `Pace` (shared by the clones `Persisted` makes of it for
 /// each of its futures).
 #[derive(Debug, Clone)]
 pub struct Provider {

@@ -71,7 +71,7 @@ impl Wakeups {
     }
 
     /// A job of `queue` was stored: its worker in this process (if any) looks now, or within
-    /// [`GATHER`] when a poke woke it less than that ago.
+    /// `GATHER` when a poke woke it less than that ago.
     pub fn poke(&self, queue: &str) {
         let signal = self.signal(queue);
         signal.poked.store(true, Ordering::Release);
