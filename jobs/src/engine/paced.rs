@@ -6,8 +6,8 @@
 //! sends a second, 275 fetches a second finding 1.05 tasks each, every one a transaction of
 //! three round trips and 0.43 ms of PostgreSQL (BENCHMARKS.md). [`PacedStorage`] is apalis's
 //! storage (its queries, its `Persisted` state machine) with two differences:
-//! - a fetch starts at least `GATHER` (`wake.rs`) after the previous one unless that one came back full
-//!   (a backlog is drained at full speed);
+//! - a fetch starts at least `GATHER` (`wake.rs`) after the previous one, unless that one
+//!   came back full (a backlog is drained at full speed);
 //! - the fetch and the acknowledgement are one statement each, without the transaction apalis
 //!   wraps around them (a single statement is atomic; the `BEGIN` and `COMMIT` were two more
 //!   round trips).
