@@ -22,7 +22,7 @@ use sqlx::{PgPool, SqlitePool};
 
 use super::{
     record::{self, JobId, NewJob},
-    wake::Wakeups,
+    wake::{self, Wakeups},
 };
 use crate::{
     db::{Db, Tx, keyed_pool},
@@ -104,6 +104,9 @@ END $$";
 /// apalis's fetch with its plan kept per connection (see the file).
 const GET_JOBS: &str = include_str!("get_jobs.sql");
 
+/// apalis's insert trigger, quiet for the tasks a process announces itself (see the file).
+const NOTIFY_NEW_JOBS: &str = include_str!("notify_new_jobs.sql");
+
 /// A worker heartbeats this often; after [`MISSED_HEARTBEATS`] silent beats its tasks are
 /// handed to another worker. 10 s × 3 rescues a killed worker's job within 30-40 s.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -184,6 +187,10 @@ impl JobBackend {
                     .execute(pool)
                     .await
                     .context("installing apalis's fetch as PL/pgSQL")?;
+                sqlx::query(NOTIFY_NEW_JOBS)
+                    .execute(pool)
+                    .await
+                    .context("installing apalis's insert notification")?;
             }
             Store::Sqlite(pool) => {
                 let mut migrator = SqliteStorage::<()>::migrations();
@@ -233,6 +240,11 @@ impl JobBackend {
             let tasks = vec![task(&ids).map_err(EnqueueError::Backend)?];
             let pushed = match tx {
                 Tx::Postgres(conn) => {
+                    // after_commit_many announces them (Wakeups::announce).
+                    sqlx::query("SELECT set_config($1, 'on', true)")
+                        .bind(wake::ANNOUNCED)
+                        .execute(&mut **conn)
+                        .await?;
                     apalis_postgres::queries::push_tasks(&mut **conn, kind, tasks)
                         .await
                         .map_err(anyhow::Error::new)
@@ -247,8 +259,9 @@ impl JobBackend {
     }
 
     /// Right after the transaction that stored `job` committed: this process's worker of its
-    /// kind looks now; for Redis, the job is pushed now rather than waiting for the relay. A
-    /// failure here loses nothing (the outbox row stays).
+    /// kind looks now; on PostgreSQL, the workers of every process are told
+    /// ([`Wakeups::announce`]); for Redis, the job is pushed now rather than waiting for the
+    /// relay. A failure here loses nothing (the outbox row stays).
     pub async fn after_commit(&self, db: &Db, job: &NewJob) {
         self.after_commit_many(db, std::slice::from_ref(job)).await
     }
@@ -260,6 +273,9 @@ impl JobBackend {
         }
         for kind in kinds_of(jobs) {
             self.wakeups.poke(kind);
+            if let Store::Postgres(pool) = &self.store {
+                self.wakeups.announce(pool, kind);
+            }
         }
         if !self.uses_outbox() {
             return;
@@ -446,6 +462,30 @@ mod tests {
         assert_eq!(
             ours, theirs,
             "apalis-postgres changed its fetch (migration {}): mirror it in get_jobs.sql",
+            latest.description
+        );
+    }
+
+    #[test]
+    fn our_insert_trigger_notifies_as_apalis_latest_one_does() {
+        let migrator = PostgresStorage::<()>::migrations();
+        let latest = migrator
+            .iter()
+            .rfind(|m| m.sql.as_str().contains("FUNCTION apalis.notify_new_jobs"))
+            .expect("apalis defines notify_new_jobs");
+        let notify = |sql: &str| words_between(sql, "PERFORM pg_notify(", "RETURN NEW;");
+        assert_eq!(
+            notify(NOTIFY_NEW_JOBS),
+            notify(latest.sql.as_str()),
+            "apalis-postgres changed its notification (migration {}): mirror it in \
+             notify_new_jobs.sql",
+            latest.description
+        );
+        let when = |sql: &str| words_between(sql, "IF NEW.", "THEN");
+        assert!(
+            when(NOTIFY_NEW_JOBS).starts_with(&when(latest.sql.as_str())),
+            "apalis-postgres changed when it notifies (migration {}): mirror it in \
+             notify_new_jobs.sql",
             latest.description
         );
     }

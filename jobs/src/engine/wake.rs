@@ -3,9 +3,11 @@
 //! Within a process (the API and the workers of `fanqueue all`) the enqueue pokes the kind's
 //! worker directly. Across processes on PostgreSQL, apalis's trigger sends an
 //! `apalis::job::insert` notification for every task stored, and [`Wakeups::listen`] turns
-//! each into the same poke. A poke only makes the worker look now; the poll every
-//! [`FALLBACK`] stays, so a notification lost (a reconnect, another backend) costs latency,
-//! never a job.
+//! each into the same poke. A process that stores tasks announces them itself
+//! ([`Wakeups::announce`]), at most once per queue every [`GATHER`], and its transactions keep
+//! apalis's trigger quiet ([`ANNOUNCED`]). A poke only makes the worker look now; the poll
+//! every [`FALLBACK`] stays, so a notification lost (a reconnect, another backend) costs
+//! latency, never a job.
 
 use std::{
     collections::HashMap,
@@ -46,6 +48,9 @@ pub(crate) const GATHER: Duration = Duration::from_millis(20);
 const _: () = assert!(RECHECK.as_millis() >= GATHER.as_millis());
 /// The channel apalis-postgres notifies on for every task inserted.
 const CHANNEL: &str = "apalis::job::insert";
+/// The setting a transaction turns on, for itself only, when its process announces the tasks
+/// it stores: apalis's trigger, as `notify_new_jobs.sql` installs it, then stays quiet.
+pub(crate) const ANNOUNCED: &str = "fanqueue.announced";
 
 /// The process's wake-up signals, one per queue.
 #[derive(Debug, Default)]
@@ -59,6 +64,50 @@ struct Signal {
     waker: AtomicWaker,
     /// When a poke last woke the worker.
     woke: Mutex<Option<Instant>>,
+    /// Announcements to other processes' workers.
+    announced: Mutex<Announced>,
+}
+
+#[derive(Debug, Default)]
+struct Announced {
+    /// When the last one went out.
+    last: Option<Instant>,
+    /// One is due at the end of the current span: later tasks need no other.
+    due: bool,
+}
+
+impl Signal {
+    /// When to announce a task stored `now`: at once, at the end of the span the last
+    /// announcement opened, or not at all when one is already due then.
+    fn announcement(&self, now: Instant) -> Option<Instant> {
+        let mut a = self
+            .announced
+            .lock()
+            .expect("the announcements are never poisoned");
+        if a.due {
+            return None;
+        }
+        match a.last {
+            Some(last) if now < last + GATHER => {
+                a.due = true;
+                Some(last + GATHER)
+            }
+            _ => {
+                a.last = Some(now);
+                Some(now)
+            }
+        }
+    }
+
+    /// The announcement due at `at` goes out now: tasks stored from here on need another.
+    fn announcing(&self, at: Instant) {
+        let mut a = self
+            .announced
+            .lock()
+            .expect("the announcements are never poisoned");
+        a.due = false;
+        a.last = Some(at);
+    }
 }
 
 impl Wakeups {
@@ -87,6 +136,37 @@ impl Wakeups {
             *woke = Some(now);
         }
         signal.waker.wake();
+    }
+
+    /// Tasks of `queue` were stored by a transaction that set [`ANNOUNCED`] and committed:
+    /// tells the workers of every process, through the channel apalis's trigger uses, at
+    /// most once every [`GATHER`]. The first announcement of a span goes at once and the
+    /// tasks stored later in it share one at its end. Their workers look at most that often
+    /// anyway, where apalis's trigger notified once a task: at 1,000 sends a second, a
+    /// thousand wake-ups a second of the listening backend and of the worker (BENCHMARKS.md).
+    /// A lost announcement costs latency, never a job ([`FALLBACK`]).
+    pub fn announce(&self, pool: &PgPool, queue: &str) {
+        let signal = self.signal(queue);
+        let now = Instant::now();
+        let Some(at) = signal.announcement(now) else {
+            return;
+        };
+        let pool = pool.clone();
+        let payload = serde_json::json!({ "job_type": queue }).to_string();
+        tokio::spawn(async move {
+            if at > now {
+                tokio::time::sleep_until(at).await;
+                signal.announcing(at);
+            }
+            let sent = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(&payload)
+                .execute(&pool)
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "could not announce stored jobs; the workers' next poll finds them");
+            }
+        });
     }
 
     fn poke_all(&self) {
@@ -317,5 +397,46 @@ mod tests {
         // Once GATHER has passed, a poke wakes the worker at once again.
         wakeups.poke("send_message");
         assert_eq!(wakes(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tasks_stored_in_a_span_share_one_announcement_at_its_end() {
+        let signal = Signal::default();
+        let first = Instant::now();
+        assert_eq!(
+            signal.announcement(first),
+            Some(first),
+            "the first goes at once"
+        );
+        tokio::time::advance(GATHER / 4).await;
+        assert_eq!(
+            signal.announcement(Instant::now()),
+            Some(first + GATHER),
+            "a later one waits for the span's end"
+        );
+        tokio::time::advance(GATHER / 4).await;
+        assert_eq!(
+            signal.announcement(Instant::now()),
+            None,
+            "and covers every task stored before it goes"
+        );
+
+        tokio::time::advance(GATHER / 2).await;
+        signal.announcing(first + GATHER);
+        tokio::time::advance(GATHER / 4).await;
+        assert_eq!(
+            signal.announcement(Instant::now()),
+            Some(first + 2 * GATHER),
+            "once it went, the next waits a span from it"
+        );
+
+        signal.announcing(first + 2 * GATHER);
+        tokio::time::advance(5 * GATHER).await;
+        let quiet = Instant::now();
+        assert_eq!(
+            signal.announcement(quiet),
+            Some(quiet),
+            "after a quiet span one goes at once again"
+        );
     }
 }

@@ -70,6 +70,11 @@ rec AS (
            jsonb_build_object('messageIds', jsonb_build_array(id)), $11, $11, 1
     FROM msg
 ),
+-- engine::backend::enqueue_many: this transaction's tasks are announced by its process once
+-- it committed (engine::wake's ANNOUNCED), so apalis's trigger stays quiet for them.
+quiet AS (
+    SELECT set_config('fanqueue.announced', 'on', true)
+),
 -- engine::backend::enqueue_many: one apalis task (apalis-postgres's sink.sql) for the jobs
 -- stored together, named after the first, carrying a JobTask.
 jobs AS (
@@ -83,7 +88,7 @@ task AS (
     SELECT first, 'send_message',
            convert_to(json_build_object('job_id', first, 'with', rest)::text, 'UTF8'),
            'Pending', 0, 50, date_trunc('second', $11::timestamptz), 0, ''::hstore, first
-    FROM jobs WHERE first IS NOT NULL
+    FROM jobs, quiet WHERE first IS NOT NULL
 )
 -- messages::ahead_of_many (the statement's snapshot holds the older messages; the group's
 -- own are counted from msg) and deliveries::last_started_many
