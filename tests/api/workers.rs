@@ -1,5 +1,6 @@
 //! Worker processes as operators run them: several on one PostgreSQL, one killed with SIGKILL
-//! in the middle of a job, and one under a steady stream of sends (how often it fetches).
+//! in the middle of a job, one under a steady stream of sends (how often it fetches), and how
+//! an API tells them about the tasks it stores.
 
 use std::time::Duration;
 
@@ -269,5 +270,87 @@ async fn a_busy_worker_fetches_at_most_once_every_20_ms() {
     assert!(
         fetches <= bound,
         "{fetches} fetches in {elapsed:?} (at most {bound}), finding {tasks} tasks"
+    );
+}
+
+/// An API process tells the workers of other processes about the tasks it stores at most once
+/// every 20 ms, and every message still reaches the queue. apalis's trigger notified once per
+/// task: at 1,000 sends a second, a thousand wake-ups a second of the workers' listening
+/// backend and of the workers, which look at most every 20 ms anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_announces_stored_tasks_at_most_once_every_20_ms() {
+    const SENDS: usize = 400;
+    const CLIENTS: usize = 4;
+    let (_db, url) = TestDb::create(Backend::Postgres).await;
+    let bucket = format!("fq-test-{}", uuid::Uuid::new_v4().simple());
+    let mut env = deployment_env(&url, &bucket);
+    env.push(("WRITE_LIMIT_PER_MINUTE".into(), "100000".into()));
+    env.push(("MAX_BACKLOG_PER_CREATOR".into(), "100000".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let api = AppProcess::spawn(&["serve"], &as_refs(&env), dir.path());
+    let _worker =
+        AppProcess::spawn_until(&["worker"], &as_refs(&env), dir.path(), "workers running");
+    let mut fans = vec![];
+    for c in 0..CLIENTS {
+        let user = ApiClient::new(&api.address, 1 + c as i64);
+        let fan = json!({ "handle": format!("fan{c}") });
+        let fan = user.post("/api/crm/fans", &fan, StatusCode::CREATED).await;
+        fans.push((user, fan["id"].as_i64().unwrap()));
+    }
+    let mut listener = sqlx::postgres::PgListener::connect(&url).await.unwrap();
+    listener.listen("apalis::job::insert").await.unwrap();
+    let heard = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listening = tokio::spawn({
+        let heard = heard.clone();
+        async move {
+            while let Ok(n) = listener.recv().await {
+                let n: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
+                if n["job_type"] == "send_message" {
+                    heard.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+    });
+
+    let started = std::time::Instant::now();
+    let sends = fans.into_iter().map(|(user, fan)| async move {
+        for i in 0..SENDS / CLIENTS {
+            let body = json!({ "recipientId": fan, "content": format!("m{i}") });
+            user.post("/api/onlyfans/messages/send", &body, StatusCode::ACCEPTED)
+                .await;
+        }
+    });
+    futures::future::join_all(sends).await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (on_queue,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM messages WHERE direction = 'out' AND enqueued_at IS NOT NULL",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if on_queue == SENDS as i64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{on_queue} of {SENDS} messages on the queue after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed();
+    let (tasks,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM apalis.jobs WHERE job_type = 'send_message'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    listening.abort();
+    let heard = heard.load(std::sync::atomic::Ordering::SeqCst);
+    let bound = (elapsed.as_millis() / 20 + 1) as usize;
+    assert!(heard >= 1, "the sends were announced");
+    assert!(
+        heard <= bound,
+        "{heard} announcements of {tasks} tasks in {elapsed:?} (at most {bound})"
     );
 }
