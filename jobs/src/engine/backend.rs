@@ -80,8 +80,8 @@ pub enum Store {
 }
 
 /// The most connections apalis's storage opens in a worker process (the API stores its tasks
-/// in its own transactions and opens none): each kind's fetch and acknowledgement, the
-/// heartbeats and the listener that wakes the workers.
+/// in its own transactions, and opens one to announce them): each kind's fetch and
+/// acknowledgement, the heartbeats and the listener that wakes the workers.
 const TASK_CONNECTIONS: u32 = 20;
 
 /// apalis indexes every task's `lock_by` (twice: `lidx` and `idx_apalis_jobs_lock_by`),
