@@ -181,6 +181,53 @@ async fn a_worker_killed_between_send_batches_leaves_every_message_on_the_queue_
     assert_eq!(ids.len(), 100);
 }
 
+/// Creators 1 to `n`, each with a fan of its own.
+async fn creators_with_a_fan(api: &str, n: usize) -> Vec<(ApiClient, i64)> {
+    let mut fans = vec![];
+    for c in 0..n {
+        let user = ApiClient::new(api, 1 + c as i64);
+        let fan = json!({ "handle": format!("fan{c}") });
+        let fan = user.post("/api/crm/fans", &fan, StatusCode::CREATED).await;
+        fans.push((user, fan["id"].as_i64().unwrap()));
+    }
+    fans
+}
+
+/// `sends` single sends, shared out between the creators, each sending one after another
+/// and all of them at once.
+async fn send_all(fans: Vec<(ApiClient, i64)>, sends: usize) {
+    let each = sends / fans.len();
+    let sends = fans.into_iter().map(|(user, fan)| async move {
+        for i in 0..each {
+            let body = json!({ "recipientId": fan, "content": format!("m{i}") });
+            user.post("/api/onlyfans/messages/send", &body, StatusCode::ACCEPTED)
+                .await;
+        }
+    });
+    futures::future::join_all(sends).await;
+}
+
+/// Waits (at most 60 s) until `sends` outbound messages are on the outbound queue.
+async fn wait_on_queue(conn: &mut sqlx::PgConnection, sends: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (on_queue,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM messages WHERE direction = 'out' AND enqueued_at IS NOT NULL",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        if on_queue == sends as i64 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{on_queue} of {sends} messages on the queue after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The worker's fetch counters for queue `send_message`, from its `/metrics`: (fetches, tasks).
 async fn send_fetches(metrics: &str) -> (f64, f64) {
     let text = reqwest::get(format!("http://{metrics}/metrics"))
@@ -225,42 +272,13 @@ async fn a_busy_worker_fetches_at_most_once_every_20_ms() {
         dir.path(),
         "workers running",
     );
-    let mut fans = vec![];
-    for c in 0..CLIENTS {
-        let user = ApiClient::new(&api.address, 1 + c as i64);
-        let fan = json!({ "handle": format!("fan{c}") });
-        let fan = user.post("/api/crm/fans", &fan, StatusCode::CREATED).await;
-        fans.push((user, fan["id"].as_i64().unwrap()));
-    }
+    let fans = creators_with_a_fan(&api.address, CLIENTS).await;
 
     let started = std::time::Instant::now();
     let before = send_fetches(&metrics).await;
-    let sends = fans.into_iter().map(|(user, fan)| async move {
-        for i in 0..SENDS / CLIENTS {
-            let body = json!({ "recipientId": fan, "content": format!("m{i}") });
-            user.post("/api/onlyfans/messages/send", &body, StatusCode::ACCEPTED)
-                .await;
-        }
-    });
-    futures::future::join_all(sends).await;
+    send_all(fans, SENDS).await;
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (on_queue,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM messages WHERE direction = 'out' AND enqueued_at IS NOT NULL",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-        if on_queue == SENDS as i64 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{on_queue} of {SENDS} messages on the queue after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_on_queue(&mut conn, SENDS).await;
     let after = send_fetches(&metrics).await;
     let elapsed = started.elapsed();
 
@@ -290,13 +308,7 @@ async fn an_api_announces_stored_tasks_at_most_once_every_20_ms() {
     let api = AppProcess::spawn(&["serve"], &as_refs(&env), dir.path());
     let _worker =
         AppProcess::spawn_until(&["worker"], &as_refs(&env), dir.path(), "workers running");
-    let mut fans = vec![];
-    for c in 0..CLIENTS {
-        let user = ApiClient::new(&api.address, 1 + c as i64);
-        let fan = json!({ "handle": format!("fan{c}") });
-        let fan = user.post("/api/crm/fans", &fan, StatusCode::CREATED).await;
-        fans.push((user, fan["id"].as_i64().unwrap()));
-    }
+    let fans = creators_with_a_fan(&api.address, CLIENTS).await;
     let mut listener = sqlx::postgres::PgListener::connect(&url).await.unwrap();
     listener.listen("apalis::job::insert").await.unwrap();
     let heard = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -313,32 +325,9 @@ async fn an_api_announces_stored_tasks_at_most_once_every_20_ms() {
     });
 
     let started = std::time::Instant::now();
-    let sends = fans.into_iter().map(|(user, fan)| async move {
-        for i in 0..SENDS / CLIENTS {
-            let body = json!({ "recipientId": fan, "content": format!("m{i}") });
-            user.post("/api/onlyfans/messages/send", &body, StatusCode::ACCEPTED)
-                .await;
-        }
-    });
-    futures::future::join_all(sends).await;
+    send_all(fans, SENDS).await;
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (on_queue,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM messages WHERE direction = 'out' AND enqueued_at IS NOT NULL",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-        if on_queue == SENDS as i64 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{on_queue} of {SENDS} messages on the queue after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_on_queue(&mut conn, SENDS).await;
     let elapsed = started.elapsed();
     let (tasks,): (i64,) =
         sqlx::query_as("SELECT COUNT(*) FROM apalis.jobs WHERE job_type = 'send_message'")
