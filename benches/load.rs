@@ -96,7 +96,7 @@ async fn main() {
         eprintln!(
             "usage: load [--backend postgres|sqlite|both] [--rates 200,500,1000] [--seconds 10]\n\
              \x20           [--latency-rate 200] [--latency-seconds 20] [--backlog N] [--load-rate R]\n\
-             \x20           [--overload-rate 4000] [--only api|overload|latency|bulks|drain]\n\
+             \x20           [--overload-rate 8000] [--only api|overload|latency|bulks|drain]\n\
              \x20           [--routes fans,send] [--db-sslmode disable|prefer|require]"
         );
         std::process::exit(2);
@@ -117,7 +117,7 @@ async fn main() {
         latency_seconds: opt("--latency-seconds").map_or(20.0, |v| v.parse().unwrap()),
         backlog: opt("--backlog").map(|v| v.parse().unwrap()),
         load_rate: opt("--load-rate").map(|v| v.parse().unwrap()),
-        overload_rate: opt("--overload-rate").map_or(4000.0, |v| v.parse().unwrap()),
+        overload_rate: opt("--overload-rate").map_or(8000.0, |v| v.parse().unwrap()),
         only: opt("--only"),
         routes: opt("--routes").map(|r| r.split(',').map(str::to_owned).collect()),
         db_sslmode: opt("--db-sslmode"),
