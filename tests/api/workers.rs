@@ -181,6 +181,16 @@ async fn a_worker_killed_between_send_batches_leaves_every_message_on_the_queue_
     assert_eq!(ids.len(), 100);
 }
 
+/// A deployment's environment for a stream of sends: no write quota or backlog limit in the
+/// way.
+fn streaming_env(database_url: &str) -> Vec<(String, String)> {
+    let bucket = format!("fq-test-{}", uuid::Uuid::new_v4().simple());
+    let mut env = deployment_env(database_url, &bucket);
+    env.push(("WRITE_LIMIT_PER_MINUTE".into(), "100000".into()));
+    env.push(("MAX_BACKLOG_PER_CREATOR".into(), "100000".into()));
+    env
+}
+
 /// Creators 1 to `n`, each with a fan of its own.
 async fn creators_with_a_fan(api: &str, n: usize) -> Vec<(ApiClient, i64)> {
     let mut fans = vec![];
@@ -257,10 +267,7 @@ async fn a_busy_worker_fetches_at_most_once_every_20_ms() {
     const SENDS: usize = 400;
     const CLIENTS: usize = 4;
     let (_db, url) = TestDb::create(Backend::Postgres).await;
-    let bucket = format!("fq-test-{}", uuid::Uuid::new_v4().simple());
-    let mut env = deployment_env(&url, &bucket);
-    env.push(("WRITE_LIMIT_PER_MINUTE".into(), "100000".into()));
-    env.push(("MAX_BACKLOG_PER_CREATOR".into(), "100000".into()));
+    let env = streaming_env(&url);
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut worker_env = env.clone();
     worker_env.push(("METRICS_ADDR".into(), metrics.clone()));
@@ -300,10 +307,7 @@ async fn an_api_announces_stored_tasks_at_most_once_every_20_ms() {
     const SENDS: usize = 400;
     const CLIENTS: usize = 4;
     let (_db, url) = TestDb::create(Backend::Postgres).await;
-    let bucket = format!("fq-test-{}", uuid::Uuid::new_v4().simple());
-    let mut env = deployment_env(&url, &bucket);
-    env.push(("WRITE_LIMIT_PER_MINUTE".into(), "100000".into()));
-    env.push(("MAX_BACKLOG_PER_CREATOR".into(), "100000".into()));
+    let env = streaming_env(&url);
     let dir = tempfile::tempdir().unwrap();
     let api = AppProcess::spawn(&["serve"], &as_refs(&env), dir.path());
     let _worker =
