@@ -1,13 +1,12 @@
 //! Waking an idle worker the moment a job of its kind is stored, instead of at its next poll.
 //!
 //! Within a process (the API and the workers of `fanqueue all`) the enqueue pokes the kind's
-//! worker directly. Across processes on PostgreSQL, apalis's trigger sends an
-//! `apalis::job::insert` notification for every task stored, and [`Wakeups::listen`] turns
-//! each into the same poke. A process that stores tasks announces them itself
-//! ([`Wakeups::announce`]), at most once per queue every [`GATHER`], and its transactions keep
-//! apalis's trigger quiet ([`ANNOUNCED`]). A poke only makes the worker look now; the poll
-//! every [`FALLBACK`] stays, so a notification lost (a reconnect, another backend) costs
-//! latency, never a job.
+//! worker directly. Across processes on PostgreSQL, the process that stored tasks announces
+//! them on apalis's channel `apalis::job::insert` ([`Wakeups::announce`]), at most once per
+//! queue every `GATHER`, and its transactions keep apalis's trigger, which notifies once per
+//! task, quiet (`ANNOUNCED`); [`Wakeups::listen`] turns each notification into the same
+//! poke. A poke only makes the worker look now; the poll every [`FALLBACK`] stays, so a
+//! notification lost (a reconnect, another backend) costs latency, never a job.
 
 use std::{
     collections::HashMap,
@@ -138,9 +137,9 @@ impl Wakeups {
         signal.waker.wake();
     }
 
-    /// Tasks of `queue` were stored by a transaction that set [`ANNOUNCED`] and committed:
+    /// Tasks of `queue` were stored by a transaction that set `ANNOUNCED` and committed:
     /// tells the workers of every process, through the channel apalis's trigger uses, at
-    /// most once every [`GATHER`]. The first announcement of a span goes at once and the
+    /// most once every `GATHER` (20 ms). The first announcement of a span goes at once and the
     /// tasks stored later in it share one at its end. Their workers look at most that often
     /// anyway, where apalis's trigger notified once a task: at 1,000 sends a second, a
     /// thousand wake-ups a second of the listening backend and of the worker (BENCHMARKS.md).
