@@ -230,6 +230,16 @@ impl JobBackend {
             // Redis: the records are the outbox rows.
             return Ok(());
         }
+        if let Tx::Postgres(conn) = &mut *tx
+            && !jobs.is_empty()
+        {
+            // Once for the transaction: apalis's trigger stays quiet for its tasks, which
+            // after_commit_many announces (Wakeups::announce).
+            sqlx::query("SELECT set_config($1, 'on', true)")
+                .bind(wake::ANNOUNCED)
+                .execute(&mut **conn)
+                .await?;
+        }
         // One task for the jobs of each kind.
         for kind in kinds_of(jobs) {
             let ids: Vec<&JobId> = jobs
@@ -240,11 +250,6 @@ impl JobBackend {
             let tasks = vec![task(&ids).map_err(EnqueueError::Backend)?];
             let pushed = match tx {
                 Tx::Postgres(conn) => {
-                    // after_commit_many announces them (Wakeups::announce).
-                    sqlx::query("SELECT set_config($1, 'on', true)")
-                        .bind(wake::ANNOUNCED)
-                        .execute(&mut **conn)
-                        .await?;
                     apalis_postgres::queries::push_tasks(&mut **conn, kind, tasks)
                         .await
                         .map_err(anyhow::Error::new)
