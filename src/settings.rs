@@ -56,6 +56,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "undelivered messages per creator before sends get 429 backlog_full [1000]",
     ),
     (
+        "IDEMPOTENCY_LEASE_SECS",
+        "how long a keyed request holds its Idempotency-Key before a repeat may run it again, when it committed nothing [30]",
+    ),
+    (
         "LOG_FORMAT",
         "json or pretty [json]; RUST_LOG sets the level [info]",
     ),
@@ -192,6 +196,9 @@ pub struct ApiSettings {
     pub request_queue_ms: u64,
     /// A creator's undelivered messages past which a send or a campaign gets 429 `backlog_full`.
     pub max_backlog_per_creator: i64,
+    /// Seconds a request made with an `Idempotency-Key` holds it before a repeat may take it
+    /// over (only when the first attempt committed nothing: its process died, or it stalls).
+    pub idempotency_lease_secs: u64,
 }
 
 /// The job backend.

@@ -160,6 +160,7 @@ impl Application {
             ),
             sends: Sends::start(services.db.clone(), services.jobs.clone(), backpressure),
             backpressure,
+            idempotency_lease: Duration::from_secs(settings.api.idempotency_lease_secs.max(1)),
         });
         Ok(Application {
             port,

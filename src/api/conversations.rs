@@ -514,6 +514,7 @@ impl ConversationsApi {
         _idempotency_key: Header<Option<String>>,
         id: Path<i64>,
         body: JsonBody<OutboundIn>,
+        req: &poem::Request,
     ) -> Result<SendInConversationResponse, ApiError> {
         let b = body.0;
         let out = super::messages::outgoing(
@@ -524,6 +525,7 @@ impl ConversationsApi {
         )?;
         let queued = super::messages::queue_one(
             &self.state,
+            req,
             auth.user(),
             Recipient::Conversation(ConversationId(id.0)),
             out,

@@ -6,10 +6,18 @@
 //! good (a server fault, a 503, a quota's or another 429, a 409) are not kept: a repeat runs
 //! the request again. The references are the IETF draft "The Idempotency-Key HTTP Header
 //! Field" and Stripe's behaviour.
+//!
+//! Across a crash: a route that writes (a send, a reply, a campaign, an import, a fan, an
+//! inbound message) records its write on the key in the write's own transaction (see
+//! [`fanqueue_jobs::idempotency`]), from the [`Keyed`] this layer hands it. A repeat that finds
+//! such a write without a kept answer (the first attempt's process died in between) runs the
+//! route with the write named in [`Keyed::committed`], and the route answers for that write
+//! instead of writing again. A repeat that finds nothing committed takes the key over once the
+//! first attempt's lease lapsed; the first attempt can then no longer commit.
 
-use std::{fmt::Write as _, sync::Arc, time::Duration};
+use std::{fmt::Write as _, sync::Arc};
 
-use fanqueue_jobs::idempotency::{self, Claim, Kept};
+use fanqueue_jobs::idempotency::{self, Claim, Effect, Guard, Kept};
 use poem::{
     Body, Endpoint, IntoResponse, Request, Response,
     http::{HeaderName, HeaderValue, Method, StatusCode},
@@ -21,8 +29,30 @@ use super::{ApiError, State, body::MAX_BODY};
 pub const HEADER: &str = "idempotency-key";
 /// Says an answer is a kept one, given again.
 const REPLAYED: &str = "idempotent-replayed";
-/// A first request not answered within this (its process died) may be run again.
-const LEASE: Duration = Duration::from_secs(120);
+
+/// What this layer hands the route it runs with a key (a request extension, read with
+/// [`keyed`]): the key to record the route's write under, and the write an earlier attempt of
+/// the same request already committed, if one did.
+#[derive(Debug, Clone)]
+pub struct Keyed {
+    pub guard: Guard,
+    pub committed: Option<Effect>,
+}
+
+/// The key of the request being served, when it came with one.
+pub fn keyed(req: &Request) -> Option<&Keyed> {
+    req.extensions().get::<Keyed>()
+}
+
+/// The guard to record the request's write with, unless an earlier attempt already wrote.
+pub fn guard(req: &Request) -> Option<Guard> {
+    keyed(req).map(|k| k.guard.clone())
+}
+
+/// The write an earlier attempt of this request committed, if one did.
+pub fn committed(req: &Request) -> Option<&Effect> {
+    keyed(req).and_then(|k| k.committed.as_ref())
+}
 /// The headers of an answer kept with it.
 const KEPT_HEADERS: [&str; 3] = ["content-type", "retry-after", "location"];
 
@@ -119,50 +149,55 @@ pub async fn idempotent<E: Endpoint>(
         Err(_) => return Ok(ApiError::too_large(state.import_max_bytes).into_response()),
     };
     let fingerprint = fingerprint(&req, &body);
-    let claim = idempotency::claim(&state.db, user, &key, &fingerprint, LEASE).await;
-    match claim.map_err(ApiError::from) {
-        Err(e) => Ok(e.into_response()),
-        Ok(Claim::OtherRequest) => Ok(ApiError::key_reused().into_response()),
-        Ok(Claim::Running) => Ok(ApiError::key_in_use().into_response()),
-        Ok(Claim::Answered(answer)) => Ok(replay(answer)),
-        Ok(Claim::Run) => {
-            req.set_body(Body::from(body));
-            let resp = match ep.call(req).await {
-                Ok(resp) => resp.into_response(),
-                Err(e) => {
-                    release(&state, user, &key).await;
-                    return Err(e);
-                }
-            };
-            if !kept(resp.status()) {
-                release(&state, user, &key).await;
-                return Ok(resp);
-            }
-            let (parts, body) = resp.into_parts();
-            let bytes = body.into_vec().await.unwrap_or_default();
-            let headers: serde_json::Map<String, serde_json::Value> = KEPT_HEADERS
-                .iter()
-                .filter_map(|name| {
-                    let value = parts.headers.get(*name)?.to_str().ok()?;
-                    Some(((*name).to_owned(), value.into()))
-                })
-                .collect();
-            let answer = Kept {
-                status: parts.status.as_u16(),
-                headers: serde_json::Value::Object(headers).to_string(),
-                body: bytes,
-            };
-            if let Err(e) = idempotency::answer(&state.db, user, &key, &answer).await {
-                // The request's effect stands; a repeat runs it again once the claim lapses.
-                tracing::error!(error = %e, "could not keep the answer of an idempotent request");
-            }
-            Ok(Response::from_parts(parts, Body::from(answer.body)))
+    let claim =
+        idempotency::claim(&state.db, user, &key, &fingerprint, state.idempotency_lease).await;
+    let (guard, committed) = match claim.map_err(ApiError::from) {
+        Err(e) => return Ok(e.into_response()),
+        Ok(Claim::OtherRequest) => return Ok(ApiError::key_reused().into_response()),
+        Ok(Claim::Running) => return Ok(ApiError::key_in_use().into_response()),
+        Ok(Claim::Answered(answer)) => return Ok(replay(answer)),
+        Ok(Claim::Run(guard)) => (guard, None),
+        Ok(Claim::Committed(guard, effect)) => (guard, Some(effect)),
+    };
+    req.set_body(Body::from(body));
+    req.extensions_mut().insert(Keyed {
+        guard: guard.clone(),
+        committed,
+    });
+    let resp = match ep.call(req).await {
+        Ok(resp) => resp.into_response(),
+        Err(e) => {
+            release(&state, &guard).await;
+            return Err(e);
         }
+    };
+    if !kept(resp.status()) {
+        release(&state, &guard).await;
+        return Ok(resp);
     }
+    let (parts, body) = resp.into_parts();
+    let bytes = body.into_vec().await.unwrap_or_default();
+    let headers: serde_json::Map<String, serde_json::Value> = KEPT_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = parts.headers.get(*name)?.to_str().ok()?;
+            Some(((*name).to_owned(), value.into()))
+        })
+        .collect();
+    let answer = Kept {
+        status: parts.status.as_u16(),
+        headers: serde_json::Value::Object(headers).to_string(),
+        body: bytes,
+    };
+    if let Err(e) = idempotency::answer(&state.db, &guard, &answer).await {
+        // The write (if any) is recorded on the key: a repeat answers for it.
+        tracing::error!(error = %e, "could not keep the answer of an idempotent request");
+    }
+    Ok(Response::from_parts(parts, Body::from(answer.body)))
 }
 
-async fn release(state: &State, user: fanqueue_jobs::domain::UserId, key: &str) {
-    if let Err(e) = idempotency::release(&state.db, user, key).await {
+async fn release(state: &State, guard: &Guard) {
+    if let Err(e) = idempotency::release(&state.db, guard).await {
         tracing::warn!(error = %e, "could not release an idempotency key; it lapses by itself");
     }
 }

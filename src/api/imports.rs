@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use fanqueue_jobs::{
+    domain::UserId,
     engine::{JobId, JobStatus, record},
+    idempotency::Effect,
     kinds::import_csv::{self, ImportPayload},
 };
 use poem::{FromRequest, Request, RequestBody, web::Multipart};
@@ -17,7 +19,7 @@ use poem_openapi::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{ApiError, ApiTags, BearerAuth, State};
+use super::{ApiError, ApiTags, BearerAuth, State, idempotency};
 
 pub struct ImportsApi {
     state: State,
@@ -258,6 +260,7 @@ impl ImportsApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "60")))]
         wait: Query<Option<u64>>,
         upload: CsvUpload,
+        req: &Request,
     ) -> Result<ImportResponse, ApiError> {
         let user = auth.user();
         let wait = wait.0.unwrap_or(0);
@@ -267,28 +270,23 @@ impl ImportsApi {
                 format!("must be at most {MAX_WAIT} seconds"),
             ));
         }
-        super::charge(&self.state, self.state.quotas.imports, user).await?;
-        let id = JobId::generate();
-        let key = import_csv::blob_key(user, &id);
-        self.state
-            .blobs
-            .put_file(&key, upload.spool.path())
-            .await
-            .map_err(|e| ApiError::internal(e.context("storing the uploaded file")))?;
-        let payload = ImportPayload {
-            blob_key: key.clone(),
-            file_name: upload.file_name,
-            size_bytes: upload.size,
+        let (id, mut status) = match idempotency::committed(req) {
+            // The first attempt stored its job and died before answering: answer for it.
+            Some(Effect::Job(id)) => {
+                let job = record::get(&self.state.db, user, id).await?;
+                (id.clone(), job.status.to_string())
+            }
+            Some(other) => {
+                return Err(ApiError::internal(anyhow::anyhow!(
+                    "an import's Idempotency-Key names {other}, not a job"
+                )));
+            }
+            None => (
+                self.store(req, user, upload).await?,
+                JobStatus::Queued.to_string(),
+            ),
         };
-        if let Err(e) =
-            import_csv::submit(&self.state.db, &self.state.jobs, id.clone(), user, &payload).await
-        {
-            let _ = self.state.blobs.delete(&key).await;
-            return Err(e.into());
-        }
-        tracing::info!(job_id = %id, bytes = payload.size_bytes, "import accepted");
         let status_url = format!("/api/jobs/{id}");
-        let mut status = JobStatus::Queued.to_string();
         if wait > 0 {
             let job =
                 record::wait_final(&self.state.db, user, &id, Duration::from_secs(wait)).await?;
@@ -315,5 +313,45 @@ impl ImportsApi {
             status_url,
             status,
         })))
+    }
+}
+
+impl ImportsApi {
+    /// Stores the upload and its `import_csv` job (recorded on the request's key, if any);
+    /// returns the job's id. Counts against the user's import quota.
+    async fn store(
+        &self,
+        req: &Request,
+        user: UserId,
+        upload: CsvUpload,
+    ) -> Result<JobId, ApiError> {
+        super::charge(&self.state, self.state.quotas.imports, user).await?;
+        let id = JobId::generate();
+        let key = import_csv::blob_key(user, &id);
+        self.state
+            .blobs
+            .put_file(&key, upload.spool.path())
+            .await
+            .map_err(|e| ApiError::internal(e.context("storing the uploaded file")))?;
+        let payload = ImportPayload {
+            blob_key: key.clone(),
+            file_name: upload.file_name,
+            size_bytes: upload.size,
+        };
+        if let Err(e) = import_csv::submit(
+            &self.state.db,
+            &self.state.jobs,
+            id.clone(),
+            user,
+            &payload,
+            idempotency::guard(req).as_ref(),
+        )
+        .await
+        {
+            let _ = self.state.blobs.delete(&key).await;
+            return Err(super::messages::submit_error(e));
+        }
+        tracing::info!(job_id = %id, bytes = payload.size_bytes, "import accepted");
+        Ok(id)
     }
 }

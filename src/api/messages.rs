@@ -8,12 +8,14 @@ use fanqueue_jobs::{
         messages::{self, Message, NewAttachment, Outgoing, PRIORITY_DEFAULT},
     },
     domain::{Cents, FanId, HttpUrl, Line, MessageId, Text, UserId},
+    idempotency::Effect,
     kinds::{
         SubmitError, bulk_send,
         send_message::{self, NewSend, Recipient, Retried},
     },
     outbound::OutboundQueue,
 };
+use poem::Request;
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     param::{Header, Path, Query},
@@ -21,7 +23,7 @@ use poem_openapi::{
 };
 use serde::Deserialize;
 
-use super::{ApiError, ApiTags, BearerAuth, State, body::JsonBody, ids::IdIn, page};
+use super::{ApiError, ApiTags, BearerAuth, State, body::JsonBody, idempotency, ids::IdIn, page};
 
 pub struct MessagesApi {
     state: State,
@@ -308,6 +310,30 @@ pub async fn eta(state: &State, m: &Message) -> Result<DateTime<Utc>, ApiError> 
     Ok(state.pace.eta(m.created_at, last, ahead))
 }
 
+/// The answer to a bulk send whose first attempt created `effect`'s campaign (its process
+/// died before answering): the same campaign, counted from its stored messages.
+async fn bulk_answered(state: &State, user: UserId, effect: &Effect) -> Result<BulkOut, ApiError> {
+    let Effect::Campaign(id) = effect else {
+        return Err(ApiError::internal(anyhow::anyhow!(
+            "a bulk send's Idempotency-Key names {effect}, not a campaign"
+        )));
+    };
+    let campaign = campaigns::get(&state.db, user, *id).await?;
+    let counts = campaigns::counts(&state.db, campaign.id).await?;
+    let last = messages::last_of_campaign(&state.db, campaign.id).await?;
+    Ok(BulkOut {
+        campaign_id: campaign.id.0,
+        total_recipients: counts.total,
+        queued: counts.total,
+        failed: 0,
+        estimated_completion_time: match &last {
+            Some(m) => eta(state, m).await?,
+            None => Utc::now(),
+        },
+        status: "queued".into(),
+    })
+}
+
 /// A submission that stored nothing, as the client sees it.
 pub fn submit_error(e: SubmitError) -> ApiError {
     match e {
@@ -324,21 +350,40 @@ pub fn submit_error(e: SubmitError) -> ApiError {
             max,
             retry_after,
         } => ApiError::backlog_full(backlog, max, retry_after),
+        SubmitError::Superseded => ApiError::key_in_use(),
         SubmitError::Enqueue(e) => e.into(),
     }
 }
 
 /// Queues one message (with whatever other sends arrive at the same time: see
-/// [`Sends`](send_message::Sends)) and answers as the send routes do.
+/// [`Sends`](send_message::Sends)) and answers as the send routes do. A keyed request records
+/// its message on its key; a repeat whose first attempt already stored its message answers
+/// for that message instead.
 pub async fn queue_one(
     state: &State,
+    req: &Request,
     user: UserId,
     to: Recipient,
     out: Outgoing,
 ) -> Result<QueuedOut, ApiError> {
+    if let Some(effect) = idempotency::committed(req) {
+        let Effect::Message(id) = effect else {
+            return Err(ApiError::internal(anyhow::anyhow!(
+                "a send's Idempotency-Key names {effect}, not a message"
+            )));
+        };
+        let m = messages::get(&state.db, user, *id).await?;
+        return Ok(QueuedOut {
+            message_id: m.id.0,
+            status: m.status.to_string(),
+            queued_at: m.created_at,
+            estimated_send_time: eta(state, &m).await?,
+        });
+    }
+    let key = idempotency::guard(req);
     let stored = state
         .sends
-        .submit(NewSend { user, to, out })
+        .submit(NewSend { user, to, out, key })
         .await
         .map_err(submit_error)?;
     let m = stored.message;
@@ -375,6 +420,7 @@ impl MessagesApi {
         )]
         _idempotency_key: Header<Option<String>>,
         body: JsonBody<SendIn>,
+        req: &Request,
     ) -> Result<SendResponse, ApiError> {
         let b = body.0;
         let out = outgoing(
@@ -385,6 +431,7 @@ impl MessagesApi {
         )?;
         let queued = queue_one(
             &self.state,
+            req,
             auth.user(),
             Recipient::Fan(FanId(b.recipient_id.0)),
             out,
@@ -415,8 +462,14 @@ impl MessagesApi {
         )]
         _idempotency_key: Header<Option<String>>,
         body: JsonBody<BulkIn>,
+        req: &Request,
     ) -> Result<BulkResponse, ApiError> {
         let user = auth.user();
+        if let Some(effect) = idempotency::committed(req) {
+            return Ok(BulkResponse::Accepted(Json(
+                bulk_answered(&self.state, user, effect).await?,
+            )));
+        }
         let b = body.0;
         let mut recipients: Vec<FanId> = Vec::with_capacity(b.recipient_ids.len());
         for id in &b.recipient_ids {
@@ -460,6 +513,7 @@ impl MessagesApi {
                 recipients,
                 message,
             },
+            idempotency::guard(req).as_ref(),
         )
         .await
         .map_err(submit_error)?;

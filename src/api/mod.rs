@@ -73,6 +73,9 @@ pub struct AppState {
     pub sends: Sends,
     /// The backlog a creator may have before sends and campaigns are refused.
     pub backpressure: Backpressure,
+    /// How long a keyed request's claim holds before a repeat may take the key over (when
+    /// nothing was committed under it).
+    pub idempotency_lease: Duration,
 }
 
 /// The per-user quotas and where they are counted.

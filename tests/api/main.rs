@@ -53,6 +53,7 @@ mod outbound;
 mod overload;
 mod platform_sim;
 mod processes;
+mod safe_retries;
 mod seeds;
 mod shutdown;
 mod sweeps;

@@ -17,6 +17,7 @@ use crate::{
     engine::{
         JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome, RetryPolicy, RunContext,
     },
+    idempotency::{self, Effect, Guard},
     telemetry,
 };
 
@@ -77,6 +78,7 @@ pub async fn submit(
     limit: Backpressure,
     user: UserId,
     bulk: NewBulk,
+    key: Option<&Guard>,
 ) -> Result<Created, SubmitError> {
     let now = Timestamp::now();
     let job = JobId::generate();
@@ -121,6 +123,9 @@ pub async fn submit(
     )
     .with_total(message_ids.len() as i64);
     backend.enqueue(&mut tx, &new_job).await?;
+    if let Some(key) = key {
+        idempotency::record(&mut tx, key, &Effect::Campaign(campaign.id)).await?;
+    }
     tx.commit().await?;
     backend.after_commit(db, &new_job).await;
     telemetry::campaign_created(message_ids.len());

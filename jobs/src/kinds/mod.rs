@@ -114,8 +114,21 @@ pub enum SubmitError {
         /// When enough will have drained for this submission.
         retry_after: std::time::Duration,
     },
+    /// A repeat of the request took its `Idempotency-Key` over (this attempt outlived its
+    /// lease): nothing was stored by this attempt.
+    #[error("a newer attempt of this request holds its Idempotency-Key")]
+    Superseded,
     #[error(transparent)]
     Enqueue(#[from] EnqueueError),
+}
+
+impl From<crate::idempotency::RecordError> for SubmitError {
+    fn from(e: crate::idempotency::RecordError) -> Self {
+        match e {
+            crate::idempotency::RecordError::Superseded => SubmitError::Superseded,
+            crate::idempotency::RecordError::Sql(e) => SubmitError::Enqueue(EnqueueError::Sql(e)),
+        }
+    }
 }
 
 impl From<crate::db::StoreError> for SubmitError {

@@ -15,7 +15,7 @@ use crate::{
         conversations, deliveries,
         messages::{self, Message, MessageStatus, NewQueued, Outgoing, Requeue},
     },
-    db::Db,
+    db::{Db, Tx},
     domain::{ConversationId, FanId, MessageId, Timestamp, UserId},
     engine::{
         EnqueueError, JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome,
@@ -23,6 +23,7 @@ use crate::{
         backend::Store,
         group::{Grouped, Limits},
     },
+    idempotency::{self, Effect, Guard},
 };
 
 #[derive(Clone)]
@@ -71,12 +72,14 @@ pub enum Recipient {
     Conversation(ConversationId),
 }
 
-/// One message to store: who sends it, to whom, what.
+/// One message to store: who sends it, to whom, what, and the `Idempotency-Key` its stored
+/// message is recorded under (in the same transaction).
 #[derive(Debug, Clone)]
 pub struct NewSend {
     pub user: UserId,
     pub to: Recipient,
     pub out: Outgoing,
+    pub key: Option<Guard>,
 }
 
 /// A stored send, with what its delivery estimate needs: how many of the creator's waiting
@@ -100,6 +103,7 @@ pub async fn submit(
         user,
         to,
         out: out.clone(),
+        key: None,
     };
     let mut stored = store(db, backend, None, std::slice::from_ref(&send)).await?;
     stored
@@ -213,7 +217,14 @@ async fn store_pg(
         conversations.push(conversation);
     }
     let sql = |e| SubmitError::Enqueue(EnqueueError::Sql(e));
-    let rows = sqlx::query(include_str!("send_message.sql"))
+    let keyed = sends.iter().any(|s| s.key.is_some());
+    // Keyed sends record their messages on their keys in the statement's transaction.
+    let mut tx = if keyed {
+        Some(pool.begin().await.map_err(sql)?)
+    } else {
+        None
+    };
+    let query = sqlx::query(include_str!("send_message.sql"))
         .bind((1..).take(sends.len()).collect::<Vec<i32>>())
         .bind(sends.iter().map(|s| s.user.0).collect::<Vec<i64>>())
         .bind(fans)
@@ -239,10 +250,12 @@ async fn store_pg(
         .bind(sends.iter().map(|s| s.out.priority).collect::<Vec<i64>>())
         .bind(jobs.iter().map(|j| j.0.as_str()).collect::<Vec<_>>())
         .bind(limit.map(|l| l.max_backlog))
-        .bind(now)
-        .fetch_all(pool)
-        .await
-        .map_err(sql)?;
+        .bind(now);
+    let rows = match tx.as_mut() {
+        Some(tx) => query.fetch_all(&mut **tx).await,
+        None => query.fetch_all(pool).await,
+    }
+    .map_err(sql)?;
     let mut answers = Vec::with_capacity(sends.len());
     let mut new_jobs = vec![];
     for ((row, send), job) in rows.iter().zip(sends).zip(jobs) {
@@ -270,6 +283,18 @@ async fn store_pg(
         };
         answers.push(answer);
     }
+    if let Some(tx) = tx {
+        let mut tx = Tx::Postgres(tx);
+        idempotency::record_many(
+            &mut tx,
+            &recorded(
+                sends,
+                answers.iter().map(|a| a.as_ref().ok().map(|s| &s.message)),
+            ),
+        )
+        .await?;
+        tx.commit().await.map_err(sql)?;
+    }
     announce(
         db,
         backend,
@@ -278,6 +303,18 @@ async fn store_pg(
     )
     .await;
     Ok(answers)
+}
+
+/// The keys of `sends` with the messages they stored, to record in their transaction.
+fn recorded<'a>(
+    sends: &'a [NewSend],
+    stored: impl Iterator<Item = Option<&'a Message>>,
+) -> Vec<(&'a Guard, Effect)> {
+    sends
+        .iter()
+        .zip(stored)
+        .filter_map(|(send, message)| Some((send.key.as_ref()?, Effect::Message(message?.id))))
+        .collect()
 }
 
 /// Once the sends' transaction committed: their jobs' workers look now, and each stored
@@ -386,6 +423,11 @@ async fn store_all(
         answers.push(answer);
     }
     backend.enqueue_many(&mut tx, &new_jobs).await?;
+    idempotency::record_many(
+        &mut tx,
+        &recorded(sends, answers.iter().map(|a| a.as_ref().ok())),
+    )
+    .await?;
     tx.commit().await?;
     announce(db, backend, &new_jobs, answers.iter().flatten()).await;
     Ok(answers)

@@ -153,6 +153,28 @@ pub async fn list(
     })
 }
 
+/// One of `user`'s messages; `NotFound` when it is not theirs.
+pub async fn get(db: &Db, user: UserId, id: MessageId) -> StoreResult<Message> {
+    on_db!(db, pool => sqlx::query_as::<_, Message>(
+        "SELECT * FROM messages WHERE id = $1 AND user_id = $2",
+    )
+    .bind(id)
+    .bind(user)
+    .fetch_optional(pool)
+    .await)?
+    .ok_or(StoreError::NotFound("message"))
+}
+
+/// The last message stored for a campaign (the one its completion estimate follows).
+pub async fn last_of_campaign(db: &Db, campaign: CampaignId) -> StoreResult<Option<Message>> {
+    Ok(on_db!(db, pool => sqlx::query_as::<_, Message>(
+        "SELECT * FROM messages WHERE campaign_id = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(campaign)
+    .fetch_optional(pool)
+    .await)?)
+}
+
 /// A message of a campaign with its fan's handle and name: the campaign's recipients.
 #[derive(Debug, Clone)]
 pub struct Recipient {

@@ -18,7 +18,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::Deps;
+use super::{Deps, SubmitError};
 use crate::{
     blobs::BlobStore,
     crm::fans::{self, import::FanRow},
@@ -28,6 +28,7 @@ use crate::{
         EnqueueError, JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome,
         RetryPolicy, RunContext, record,
     },
+    idempotency::{self, Effect, Guard},
     telemetry,
 };
 use parse::{FanCsvReader, FileError};
@@ -159,7 +160,8 @@ pub async fn submit(
     id: JobId,
     user: UserId,
     payload: &ImportPayload,
-) -> Result<JobId, EnqueueError> {
+    key: Option<&Guard>,
+) -> Result<JobId, SubmitError> {
     let job = NewJob::of::<ImportCsv>(
         id,
         user,
@@ -167,7 +169,10 @@ pub async fn submit(
     );
     let mut tx = db.begin().await?;
     backend.enqueue(&mut tx, &job).await?;
-    tx.commit().await?;
+    if let Some(key) = key {
+        idempotency::record(&mut tx, key, &Effect::Job(job.id.clone())).await?;
+    }
+    tx.commit().await.map_err(EnqueueError::Sql)?;
     backend.after_commit(db, &job).await;
     Ok(job.id)
 }
