@@ -123,6 +123,15 @@ pub enum RecordError {
     Sql(#[from] sqlx::Error),
 }
 
+impl From<RecordError> for crate::db::StoreError {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::Superseded => crate::db::StoreError::Conflict(e.to_string()),
+            RecordError::Sql(e) => crate::db::StoreError::Sql(e),
+        }
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct Row {
     fingerprint: String,

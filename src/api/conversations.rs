@@ -10,6 +10,7 @@ use fanqueue_jobs::{
         messages::{self, Direction, Inbound, Message, MessageStatus, NewAttachment},
     },
     domain::{Cents, ConversationId, FanId, HttpUrl, MessageId, Text},
+    idempotency::Effect,
     kinds::send_message::Recipient,
 };
 use poem_openapi::{
@@ -555,11 +556,31 @@ impl ConversationsApi {
         _idempotency_key: Header<Option<String>>,
         id: Path<i64>,
         body: JsonBody<InboundIn>,
+        req: &poem::Request,
     ) -> Result<RecordInboundResponse, ApiError> {
         let inbound = body.0.parse()?;
-        let (message, created) =
-            messages::record_inbound(&self.state.db, auth.user(), ConversationId(id.0), inbound)
-                .await?;
+        let (message, created) = match super::idempotency::committed(req) {
+            // The first attempt recorded it and died before answering.
+            Some(Effect::Message(id)) => {
+                (messages::get(&self.state.db, auth.user(), *id).await?, true)
+            }
+            Some(other) => {
+                return Err(ApiError::internal(anyhow::anyhow!(
+                    "an inbound message's Idempotency-Key names {other}, not a message"
+                )));
+            }
+            None => {
+                let key = super::idempotency::guard(req);
+                messages::record_inbound(
+                    &self.state.db,
+                    auth.user(),
+                    ConversationId(id.0),
+                    inbound,
+                    key.as_ref(),
+                )
+                .await?
+            }
+        };
         Ok(if created {
             RecordInboundResponse::Recorded(Json(message.into()))
         } else {

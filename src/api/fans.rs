@@ -7,6 +7,7 @@ use fanqueue_jobs::{
         value_history::{self, ValueChange},
     },
     domain::{Cents, Email, FanId, Handle, HttpUrl, Line, ParseError, Platform, Tags, Text},
+    idempotency::Effect,
 };
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
@@ -20,7 +21,7 @@ use super::{
     ApiError, ApiTags, BearerAuth, State,
     body::{JsonBody, JsonOut, rfc3339},
     formats::EmailIn,
-    page,
+    idempotency, page,
 };
 
 pub struct FansApi {
@@ -447,8 +448,22 @@ impl FansApi {
         )]
         _idempotency_key: Header<Option<String>>,
         body: JsonBody<CreateFan>,
+        req: &poem::Request,
     ) -> Result<CreateFanResponse, ApiError> {
-        let fan = fans::create(&self.state.db, auth.user(), body.0.parse()?).await?;
+        let new = body.0.parse()?;
+        let fan = match idempotency::committed(req) {
+            // The first attempt created it and died before answering.
+            Some(Effect::Fan(id)) => fans::get(&self.state.db, auth.user(), *id).await?,
+            Some(other) => {
+                return Err(ApiError::internal(anyhow::anyhow!(
+                    "a fan's Idempotency-Key names {other}, not a fan"
+                )));
+            }
+            None => {
+                let key = idempotency::guard(req);
+                fans::create(&self.state.db, auth.user(), new, key.as_ref()).await?
+            }
+        };
         Ok(CreateFanResponse::Created(JsonOut(fan.into())))
     }
 

@@ -10,6 +10,7 @@ use crate::helpers::{Backend, TestApp, error_of, generated_csv, spawn_api_only, 
 both!(
     a_bulk_sent_twice_with_one_key_creates_one_campaign_and_answers_the_same_body_twice,
     a_repeat_while_the_first_runs_is_409_and_an_upload_repeated_gets_the_same_job,
+    a_repeat_after_a_crash_between_the_commit_and_the_answer_answers_for_the_committed_write,
 );
 
 async fn post(app: &TestApp, user: i64, path: &str, key: &str, body: &Value) -> reqwest::Response {
@@ -135,6 +136,130 @@ async fn a_repeat_while_the_first_runs_is_409_and_an_upload_repeated_gets_the_sa
     );
     let jobs = json_of_get(&app, 1, "/api/jobs?kind=import_csv").await;
     assert_eq!(jobs["total"], 1);
+}
+
+/// What a process killed right after its write committed leaves: the write recorded on its
+/// key, no answer kept, the claim's lease run out. Every route that writes then answers a
+/// repeat for that write, and writes nothing again.
+async fn a_repeat_after_a_crash_between_the_commit_and_the_answer_answers_for_the_committed_write(
+    backend: Backend,
+) {
+    let app = spawn_api_only(backend, |s| s.api.write_limit_per_minute = 1_000).await;
+    let fan = json!({ "handle": "crashed" });
+    let first_fan = post(&app, 1, "/api/crm/fans", "fan-1", &fan).await;
+    assert_eq!(first_fan.status(), StatusCode::CREATED);
+    let fan_id = first_fan.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let conversation = app.open_conversation(1, fan_id).await["id"]
+        .as_i64()
+        .unwrap();
+    let csv = |key: &'static str| {
+        let part = reqwest::multipart::Part::bytes(generated_csv(2)).file_name("fans.csv");
+        app.client
+            .post(app.url("/api/onlyfans/import/csv"))
+            .bearer_auth(app.token(1))
+            .header("Idempotency-Key", key)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+    };
+    let requests: Vec<(&str, String, Value, &str)> = vec![
+        ("fan-1", "/api/crm/fans".into(), fan.clone(), "id"),
+        (
+            "send-1",
+            "/api/onlyfans/messages/send".into(),
+            json!({ "recipientId": fan_id, "content": "Hi" }),
+            "messageId",
+        ),
+        (
+            "reply-1",
+            format!("/api/crm/conversations/{conversation}/messages"),
+            json!({ "text": "Thanks!" }),
+            "messageId",
+        ),
+        (
+            "inbound-1",
+            format!("/api/crm/conversations/{conversation}/inbound"),
+            json!({ "text": "Hello" }),
+            "id",
+        ),
+        (
+            "bulk-1",
+            "/api/messages/bulk".into(),
+            json!({ "recipientIds": [fan_id], "content": "Offer", "campaignName": "Once" }),
+            "campaignId",
+        ),
+    ];
+    let mut firsts = vec![first_fan_answer(&app, fan_id).await];
+    for (key, path, body, _) in &requests[1..] {
+        let resp = post(&app, 1, path, key, body).await;
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+        firsts.push(resp.json::<Value>().await.unwrap());
+    }
+    let import = csv("import-1").send().await.unwrap();
+    assert_eq!(import.status(), StatusCode::ACCEPTED);
+    let import = import.json::<Value>().await.unwrap();
+
+    crash_after_commit(&app.database_url).await;
+
+    for ((key, path, body, id), first) in requests.iter().zip(&firsts) {
+        let again = post(&app, 1, path, key, body).await;
+        assert!(again.status().is_success(), "{path}: {}", again.status());
+        let again = again.json::<Value>().await.unwrap();
+        assert_eq!(
+            again[*id], first[*id],
+            "{path} answers for the committed write: {again}"
+        );
+        // And that answer is now kept.
+        let kept = post(&app, 1, path, key, body).await;
+        assert_eq!(kept.headers()["idempotent-replayed"], "true", "{path}");
+        assert_eq!(kept.json::<Value>().await.unwrap(), again, "{path}");
+    }
+    let again = csv("import-1").send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        again.json::<Value>().await.unwrap()["jobId"],
+        import["jobId"]
+    );
+
+    // Nothing was written twice.
+    assert_eq!(json_of_get(&app, 1, "/api/crm/fans").await["total"], 1);
+    let messages = json_of_get(
+        &app,
+        1,
+        &format!("/api/crm/conversations/{conversation}/messages"),
+    )
+    .await;
+    assert_eq!(
+        messages["total"], 4,
+        "send, reply, inbound, campaign: {messages}"
+    );
+    assert_eq!(json_of_get(&app, 1, "/api/crm/campaigns").await["total"], 1);
+    assert_eq!(
+        json_of_get(&app, 1, "/api/jobs?kind=import_csv").await["total"],
+        1
+    );
+}
+
+/// The fan the first request created, as its answer named it.
+async fn first_fan_answer(app: &TestApp, id: i64) -> Value {
+    json_of_get(app, 1, &format!("/api/crm/fans/{id}")).await
+}
+
+/// Forgets every kept answer and runs every claim's lease out, as a process killed between
+/// its commit and its answer would have left them.
+async fn crash_after_commit(url: &str) {
+    let db = fanqueue_jobs::db::Db::connect(url).await.unwrap();
+    let past = chrono::Utc::now() - chrono::TimeDelta::minutes(5);
+    let forgot = fanqueue_jobs::on_db!(&db, pool => sqlx::query(
+        "UPDATE idempotency_keys SET status = NULL, headers = NULL, body = NULL, locked_until = $1",
+    )
+    .bind(fanqueue_jobs::domain::Timestamp(past))
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+    assert_eq!(forgot, 6, "one key per request");
+    db.close().await;
 }
 
 async fn json_of_get(app: &TestApp, user: i64, path: &str) -> Value {

@@ -13,6 +13,7 @@ use self::value_history::ValueSource;
 use crate::{
     db::{Db, Listed, Page, StoreError, StoreResult, Tx, is_unique_violation},
     domain::{Cents, Email, FanId, Handle, HttpUrl, Line, Platform, Tags, Text, Timestamp, UserId},
+    idempotency::{self, Effect, Guard},
     on_db, on_tx,
 };
 
@@ -89,7 +90,9 @@ fn holding(text: &str) -> String {
     p
 }
 
-pub async fn create(db: &Db, user: UserId, fan: NewFan) -> StoreResult<Fan> {
+/// Creates one of `user`'s fans; a keyed request records it on its key in the same
+/// transaction.
+pub async fn create(db: &Db, user: UserId, fan: NewFan, key: Option<&Guard>) -> StoreResult<Fan> {
     let now = Timestamp::now();
     let handle = fan.handle.as_str().to_owned();
     let platform = fan.platform;
@@ -124,6 +127,9 @@ pub async fn create(db: &Db, user: UserId, fan: NewFan) -> StoreResult<Fan> {
         }
     })?;
     blocks::add(&mut tx, user, &[created.id]).await?;
+    if let Some(key) = key {
+        idempotency::record(&mut tx, key, &Effect::Fan(created.id)).await?;
+    }
     tx.commit().await?;
     Ok(created)
 }

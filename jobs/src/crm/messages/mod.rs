@@ -19,6 +19,7 @@ use crate::{
         CampaignId, Cents, ConversationId, FanId, HttpUrl, MessageId, Text, Timestamp, UserId,
     },
     engine::JobId,
+    idempotency::{self, Effect, Guard},
     on_db, on_tx,
     outbound::{OutboundBody, OutboundEntry},
     telemetry::{self, FailedBecause},
@@ -247,6 +248,7 @@ pub async fn record_inbound(
     user: UserId,
     conversation: ConversationId,
     msg: Inbound,
+    key: Option<&Guard>,
 ) -> StoreResult<(Message, bool)> {
     let attachments = stored(&msg.attachments);
     let received = Timestamp(msg.received_at);
@@ -274,6 +276,9 @@ pub async fn record_inbound(
     let result = match inserted {
         Some(message) => {
             conversations::touch_for_inbound(&mut tx, conversation, received).await?;
+            if let Some(key) = key {
+                idempotency::record(&mut tx, key, &Effect::Message(message.id)).await?;
+            }
             (message, true)
         }
         None => {
