@@ -6,7 +6,9 @@ use fanqueue_jobs::{
         campaigns::{self, Campaign, CampaignStatus},
         messages,
     },
-    domain::CampaignId,
+    domain::{CampaignId, MessageId},
+    engine::record,
+    idempotency::Effect,
     kinds::bulk_send,
 };
 use poem_openapi::{
@@ -225,15 +227,35 @@ impl CampaignsApi {
         )]
         _idempotency_key: Header<Option<String>>,
         id: Path<i64>,
+        req: &poem::Request,
     ) -> Result<RetryFailedResponse, ApiError> {
-        let (job, ids) = bulk_send::retry_failed(
-            &self.state.db,
-            &self.state.jobs,
-            auth.user(),
-            CampaignId(id.0),
-        )
-        .await
-        .map_err(submit_error)?;
+        let (job, ids) = match super::idempotency::committed(req) {
+            // The first attempt queued them again and died before answering: its job names them.
+            Some(Effect::Job(job)) => {
+                let record = record::get(&self.state.db, auth.user(), job).await?;
+                let ids: Vec<MessageId> =
+                    serde_json::from_value(record.payload.0["messageIds"].clone())
+                        .map_err(|e| ApiError::internal(anyhow::Error::from(e)))?;
+                (Some(job.clone()), ids)
+            }
+            Some(other) => {
+                return Err(ApiError::internal(anyhow::anyhow!(
+                    "a campaign retry's Idempotency-Key names {other}, not a job"
+                )));
+            }
+            None => {
+                let key = super::idempotency::guard(req);
+                bulk_send::retry_failed(
+                    &self.state.db,
+                    &self.state.jobs,
+                    auth.user(),
+                    CampaignId(id.0),
+                    key.as_ref(),
+                )
+                .await
+                .map_err(submit_error)?
+            }
+        };
         Ok(RetryFailedResponse::Accepted(Json(RetryFailedOut {
             campaign_id: id.0,
             requeued: ids.len() as i64,

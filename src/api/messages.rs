@@ -701,12 +701,31 @@ impl MessagesApi {
         )]
         _idempotency_key: Header<Option<String>>,
         id: Path<i64>,
+        req: &Request,
     ) -> Result<RetryResponse, ApiError> {
         let id = MessageId(id.0);
-        match send_message::retry_failed(&self.state.db, &self.state.jobs, auth.user(), id)
-            .await
-            .map_err(submit_error)?
-        {
+        let retried = match idempotency::committed(req) {
+            // The first attempt queued it again and died before answering.
+            Some(Effect::Job(job)) => Retried::Queued(job.clone()),
+            Some(other) => {
+                return Err(ApiError::internal(anyhow::anyhow!(
+                    "a retry's Idempotency-Key names {other}, not a job"
+                )));
+            }
+            None => {
+                let key = idempotency::guard(req);
+                send_message::retry_failed(
+                    &self.state.db,
+                    &self.state.jobs,
+                    auth.user(),
+                    id,
+                    key.as_ref(),
+                )
+                .await
+                .map_err(submit_error)?
+            }
+        };
+        match retried {
             Retried::Queued(job) => Ok(RetryResponse::Accepted(Json(RetriedOut {
                 message_id: id.0,
                 status: "queued".into(),

@@ -150,6 +150,7 @@ pub async fn retry_failed(
     backend: &JobBackend,
     user: UserId,
     campaign: CampaignId,
+    key: Option<&Guard>,
 ) -> Result<(Option<JobId>, Vec<MessageId>), SubmitError> {
     let job = JobId::generate();
     let mut tx = db.begin().await?;
@@ -168,6 +169,9 @@ pub async fn retry_failed(
     )
     .with_total(moved.len() as i64);
     backend.enqueue(&mut tx, &new_job).await?;
+    if let Some(key) = key {
+        idempotency::record(&mut tx, key, &Effect::Job(new_job.id.clone())).await?;
+    }
     tx.commit().await?;
     backend.after_commit(db, &new_job).await;
     tracing::info!(job_id = %new_job.id, campaign_id = campaign.0, messages = moved.len(), "failed recipients queued again");

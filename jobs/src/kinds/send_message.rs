@@ -484,6 +484,7 @@ pub async fn retry_failed(
     backend: &JobBackend,
     user: UserId,
     id: MessageId,
+    key: Option<&Guard>,
 ) -> Result<Retried, SubmitError> {
     let job = JobId::generate();
     let mut tx = db.begin().await?;
@@ -506,6 +507,9 @@ pub async fn retry_failed(
     }
     let new_job = NewJob::of::<SendMessage>(job, user, payload).with_total(1);
     backend.enqueue(&mut tx, &new_job).await?;
+    if let Some(key) = key {
+        idempotency::record(&mut tx, key, &Effect::Job(new_job.id.clone())).await?;
+    }
     tx.commit().await?;
     backend.after_commit(db, &new_job).await;
     tracing::info!(job_id = %new_job.id, message_id = id.0, "failed message queued again");
