@@ -14,6 +14,8 @@ use figment::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::api::AllowedOrigins;
+
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// The environment variables fanqueue reads, each overriding the setting of the same name.
@@ -54,6 +56,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     (
         "MAX_BACKLOG_PER_CREATOR",
         "undelivered messages per creator before sends get 429 backlog_full [1000]",
+    ),
+    (
+        "CORS_ALLOWED_ORIGINS",
+        "origins whose web pages may call the API, comma-separated [unset: none]",
     ),
     (
         "LOG_FORMAT",
@@ -192,6 +198,9 @@ pub struct ApiSettings {
     pub request_queue_ms: u64,
     /// A creator's undelivered messages past which a send or a campaign gets 429 `backlog_full`.
     pub max_backlog_per_creator: i64,
+    /// Browser apps on these origins may call the API (CORS); empty: none, as browsers default to.
+    #[serde(default)]
+    pub cors_allowed_origins: AllowedOrigins,
 }
 
 /// The job backend.
@@ -365,6 +374,7 @@ mod tests {
             assert!(s.database_url().starts_with("sqlite://"));
             assert_eq!(s.telemetry.log_format, LogFormat::Json);
             assert_eq!(s.telemetry.metrics_addr, None);
+            assert!(s.api.cors_allowed_origins.is_empty());
             Ok(())
         });
     }
@@ -385,6 +395,10 @@ mod tests {
                 ("MAX_IN_FLIGHT_REQUESTS", "33"),
                 ("REQUEST_QUEUE_MS", "44"),
                 ("MAX_BACKLOG_PER_CREATOR", "55"),
+                (
+                    "CORS_ALLOWED_ORIGINS",
+                    "https://app.example.com,http://127.0.0.1:3000",
+                ),
                 ("LOG_FORMAT", "pretty"),
                 ("JOB_BACKEND", "redis"),
                 ("IMPORT_MAX_BYTES", "123"),
@@ -447,6 +461,10 @@ mod tests {
                     s.api.max_backlog_per_creator
                 ),
                 (33, 44, 55)
+            );
+            assert_eq!(
+                s.api.cors_allowed_origins.to_string(),
+                "https://app.example.com,http://127.0.0.1:3000"
             );
             assert_eq!(s.telemetry.log_format, LogFormat::Pretty);
             assert_eq!(
@@ -513,6 +531,49 @@ mod tests {
             let second = s.jwt_secret().unwrap();
             assert_eq!(first.expose_secret(), second.expose_secret());
             assert_eq!(first.expose_secret().len(), 64);
+            Ok(())
+        });
+    }
+
+    /// CORS origins come as a comma-separated variable or a config file's array, are kept in
+    /// the form browsers send, and a wrong one stops the start with the variable and the entry.
+    #[test]
+    fn cors_origins_are_parsed_and_a_malformed_one_is_a_startup_error() {
+        figment::Jail::expect_with(|jail| {
+            let origins = |s: Settings| {
+                s.api
+                    .cors_allowed_origins
+                    .iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            };
+            jail.set_env(
+                "CORS_ALLOWED_ORIGINS",
+                "http://127.0.0.1:3000, https://App.example.com/",
+            );
+            assert_eq!(
+                origins(Settings::load(None).unwrap()),
+                ["http://127.0.0.1:3000", "https://app.example.com"]
+            );
+            jail.set_env("CORS_ALLOWED_ORIGINS", "");
+            jail.create_file(
+                "fanqueue.toml",
+                r#"cors_allowed_origins = ["https://a.example.com", "http://localhost:8081"]"#,
+            )?;
+            let file = jail.directory().join("fanqueue.toml");
+            assert_eq!(
+                origins(Settings::load(Some(&file)).unwrap()),
+                ["https://a.example.com", "http://localhost:8081"]
+            );
+            jail.set_env(
+                "CORS_ALLOWED_ORIGINS",
+                "https://app.example.com,app.example.com/x",
+            );
+            let err = format!("{:#}", Settings::load(None).unwrap_err());
+            assert!(
+                err.contains("CORS_ALLOWED_ORIGINS: `app.example.com/x` is not an origin"),
+                "{err}"
+            );
             Ok(())
         });
     }
