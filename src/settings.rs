@@ -14,6 +14,8 @@ use figment::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::api::AllowedOrigins;
+
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// The environment variables fanqueue reads, each overriding the setting of the same name.
@@ -58,6 +60,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     (
         "IDEMPOTENCY_LEASE_SECS",
         "how long a keyed request holds its Idempotency-Key before a repeat may run it again, when it committed nothing [30]",
+    ),
+    (
+        "CORS_ALLOWED_ORIGINS",
+        "origins whose web pages may call the API, comma-separated [unset: none]",
     ),
     (
         "LOG_FORMAT",
@@ -199,6 +205,9 @@ pub struct ApiSettings {
     /// Seconds a request made with an `Idempotency-Key` holds it before a repeat may take it
     /// over (only when the first attempt committed nothing: its process died, or it stalls).
     pub idempotency_lease_secs: u64,
+    /// Browser apps on these origins may call the API (CORS); empty: none, as browsers default to.
+    #[serde(default)]
+    pub cors_allowed_origins: AllowedOrigins,
 }
 
 /// The job backend.
@@ -372,6 +381,7 @@ mod tests {
             assert!(s.database_url().starts_with("sqlite://"));
             assert_eq!(s.telemetry.log_format, LogFormat::Json);
             assert_eq!(s.telemetry.metrics_addr, None);
+            assert!(s.api.cors_allowed_origins.is_empty());
             Ok(())
         });
     }
@@ -392,6 +402,10 @@ mod tests {
                 ("MAX_IN_FLIGHT_REQUESTS", "33"),
                 ("REQUEST_QUEUE_MS", "44"),
                 ("MAX_BACKLOG_PER_CREATOR", "55"),
+                (
+                    "CORS_ALLOWED_ORIGINS",
+                    "https://app.example.com,http://127.0.0.1:3000",
+                ),
                 ("LOG_FORMAT", "pretty"),
                 ("JOB_BACKEND", "redis"),
                 ("IMPORT_MAX_BYTES", "123"),
@@ -454,6 +468,10 @@ mod tests {
                     s.api.max_backlog_per_creator
                 ),
                 (33, 44, 55)
+            );
+            assert_eq!(
+                s.api.cors_allowed_origins.to_string(),
+                "https://app.example.com,http://127.0.0.1:3000"
             );
             assert_eq!(s.telemetry.log_format, LogFormat::Pretty);
             assert_eq!(
@@ -520,6 +538,49 @@ mod tests {
             let second = s.jwt_secret().unwrap();
             assert_eq!(first.expose_secret(), second.expose_secret());
             assert_eq!(first.expose_secret().len(), 64);
+            Ok(())
+        });
+    }
+
+    /// CORS origins come as a comma-separated variable or a config file's array, are kept in
+    /// the form browsers send, and a wrong one stops the start with the variable and the entry.
+    #[test]
+    fn cors_origins_are_parsed_and_a_malformed_one_is_a_startup_error() {
+        figment::Jail::expect_with(|jail| {
+            let origins = |s: Settings| {
+                s.api
+                    .cors_allowed_origins
+                    .iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            };
+            jail.set_env(
+                "CORS_ALLOWED_ORIGINS",
+                "http://127.0.0.1:3000, https://App.example.com/",
+            );
+            assert_eq!(
+                origins(Settings::load(None).unwrap()),
+                ["http://127.0.0.1:3000", "https://app.example.com"]
+            );
+            jail.set_env("CORS_ALLOWED_ORIGINS", "");
+            jail.create_file(
+                "fanqueue.toml",
+                r#"cors_allowed_origins = ["https://a.example.com", "http://localhost:8081"]"#,
+            )?;
+            let file = jail.directory().join("fanqueue.toml");
+            assert_eq!(
+                origins(Settings::load(Some(&file)).unwrap()),
+                ["https://a.example.com", "http://localhost:8081"]
+            );
+            jail.set_env(
+                "CORS_ALLOWED_ORIGINS",
+                "https://app.example.com,app.example.com/x",
+            );
+            let err = format!("{:#}", Settings::load(None).unwrap_err());
+            assert!(
+                err.contains("CORS_ALLOWED_ORIGINS: `app.example.com/x` is not an origin"),
+                "{err}"
+            );
             Ok(())
         });
     }

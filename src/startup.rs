@@ -18,7 +18,7 @@ use fanqueue_jobs::{
 use poem::{Server, listener::TcpAcceptor};
 
 use crate::{
-    api::{self, AppState, Gate, Quotas, State},
+    api::{self, AllowedOrigins, AppState, Gate, Quotas, State},
     auth::JwtKeys,
     platform_sim::PlatformSim,
     quotas::{Limiter, Quota},
@@ -105,6 +105,7 @@ pub struct Application {
     port: u16,
     acceptor: TcpAcceptor,
     state: State,
+    cors: AllowedOrigins,
 }
 
 impl Application {
@@ -166,6 +167,7 @@ impl Application {
             port,
             acceptor,
             state,
+            cors: settings.api.cors_allowed_origins.clone(),
         })
     }
 
@@ -181,7 +183,11 @@ impl Application {
     ) -> anyhow::Result<()> {
         tracing::info!(port = self.port, "API listening; docs at /docs");
         Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(api::app(self.state), shutdown, Some(api::DRAIN_TIMEOUT))
+            .run_with_graceful_shutdown(
+                api::app(self.state, &self.cors),
+                shutdown,
+                Some(api::DRAIN_TIMEOUT),
+            )
             .await
             .context("serving HTTP")
     }

@@ -11,6 +11,7 @@ mod body;
 mod campaigns;
 mod contract;
 mod conversations;
+mod cors;
 mod error;
 mod events;
 mod fans;
@@ -36,8 +37,8 @@ use fanqueue_jobs::{
     outbound::Outbound,
 };
 use poem::{
-    Endpoint, EndpointExt, IntoEndpoint, IntoResponse, PathPattern, Request, Route,
-    endpoint::make_sync, http::Method, middleware::CatchPanic, web::Html,
+    Endpoint, EndpointExt, IntoResponse, PathPattern, Request, Route, endpoint::make_sync,
+    http::Method, middleware::CatchPanic, web::Html,
 };
 use poem_openapi::{OpenApiService, SecurityScheme, Tags, auth::Bearer};
 
@@ -46,6 +47,7 @@ use crate::{
     quotas::{Charge, Decision, Limiter, Quota},
     telemetry::{HTTP_DURATION, HTTP_REQUESTS, HTTP_SHED, Metrics},
 };
+pub use cors::AllowedOrigins;
 pub use error::ApiError;
 pub use gate::Gate;
 pub use monitoring::metrics_app;
@@ -251,8 +253,9 @@ pub fn openapi(state: &State) -> OpenApiService<Apis, ()> {
     )
 }
 
-/// The whole HTTP app: API, OpenAPI document, Swagger UI, health, the web app.
-pub fn app(state: State) -> impl Endpoint {
+/// The whole HTTP app: API, OpenAPI document, Swagger UI, health, the web app; open to the
+/// browser apps of `cors` origins.
+pub fn app(state: State, cors: &AllowedOrigins) -> impl Endpoint + use<> {
     let api = openapi(&state);
     let raw = api.spec();
     let document = contract::exact_document(&raw);
@@ -263,7 +266,7 @@ pub fn app(state: State) -> impl Endpoint {
     let keys_state = state.clone();
     let routes = Arc::new(RouteTemplates::of(&raw));
     let methods = Arc::new(contract::Methods::of(&raw));
-    Route::new()
+    let app = Route::new()
         .nest("/", api)
         .at(
             "/openapi.json",
@@ -293,8 +296,10 @@ pub fn app(state: State) -> impl Endpoint {
         })
         .around(move |ep, req| contract::allow(ep, req, methods.clone()))
         .around(move |ep, req| idempotency::idempotent(ep, req, keys_state.clone()))
-        .around(move |ep, req| track(ep, req, gate.clone(), limiter.clone(), routes.clone()))
-        .into_endpoint()
+        .around(move |ep, req| track(ep, req, gate.clone(), limiter.clone(), routes.clone()));
+    // Outermost: a preflight is answered before anything else, and every answer (a shed 503,
+    // a quota's 429) carries the headers a page on another origin needs to read it.
+    cors::layer(app, cors)
 }
 
 /// Serves one request inside a span and a quota ledger: sheds it when the server is full,

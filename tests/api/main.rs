@@ -30,6 +30,7 @@ mod bad_input;
 mod compose;
 mod concurrency;
 mod conversations;
+mod cors;
 mod delivery;
 mod dispatch;
 mod dispatcher_shutdown;

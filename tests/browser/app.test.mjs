@@ -3,12 +3,16 @@
 // message that reaches the platform stand-in, make one fail and retry it from the failed list,
 // compose a campaign, check the analytics against the API, the operator page; then screenshots
 // of every page at phone and desktop widths. Any console error on any page fails the test.
+// Last, CORS: a page on the listed origin calls the API; one on another origin is refused.
 import { mkdirSync, readFileSync } from 'node:fs';
+import { createServer, request } from 'node:http';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import { APP_URL, BASE, TOKEN, launch, watchErrors, api, exportCsv } from './lib.mjs';
 
 const SIM_URL = process.env.SIM_URL;
+const CORS_PAGE_PORT = Number(process.env.CORS_PAGE_PORT);
+const CORS_TOKEN = process.env.CORS_TOKEN;
 const OPERATOR_URL = process.env.OPERATOR_URL;
 const SHOTS = process.env.SCREENSHOTS || 'target/screenshots';
 const PHONE = { width: 375, height: 812 };
@@ -44,6 +48,57 @@ async function checkPage(page, where) {
     return out;
   });
   assert.deepEqual(problems, [], `${where}: ${problems.join('; ')}`);
+}
+
+/** A tiny page on 127.0.0.1:`port` (0: any free port), another origin than the API's. */
+function servePage(port) {
+  return new Promise((resolve, reject) => {
+    const server = createServer((req, res) => {
+      res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
+      res.end('<!doctype html><meta charset="utf-8"><title>Another origin</title><p>A page on another origin.</p>');
+    });
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => resolve({ server, origin: `http://127.0.0.1:${server.address().port}` }));
+  });
+}
+
+/** The preflight a browser sends before a JSON POST with a token, sent raw (Node's fetch would
+ * not send our Origin as given). */
+function rawPreflight(path, origin) {
+  return new Promise((resolve, reject) => {
+    const req = request(BASE + path, {
+      method: 'OPTIONS',
+      headers: { Origin: origin, 'Access-Control-Request-Method': 'POST', 'Access-Control-Request-Headers': 'authorization,content-type' },
+    }, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** In the page: a JSON request to the API with the bearer token, as a browser app sends it;
+ * what the page can read of the answer, or the error the fetch rejected with. */
+function callApi(page, path, { method = 'GET', body, key } = {}) {
+  return page.evaluate(async ({ url, token, method, body, key }) => {
+    const headers = { Authorization: `Bearer ${token}` };
+    if (body) headers['Content-Type'] = 'application/json';
+    if (key) headers['Idempotency-Key'] = key;
+    try {
+      const res = await fetch(url, { method, headers, body: body ? JSON.stringify(body) : undefined });
+      const text = await res.text();
+      return {
+        status: res.status,
+        body: text ? JSON.parse(text) : null,
+        retryAfter: res.headers.get('Retry-After'),
+        location: res.headers.get('Location'),
+        replayed: res.headers.get('Idempotent-Replayed'),
+      };
+    } catch (e) {
+      return { rejected: `${e.name}: ${e.message}` };
+    }
+  }, { url: BASE + path, token: CORS_TOKEN, method, body, key });
 }
 
 const browser = await launch();
@@ -307,6 +362,80 @@ try {
     await page.locator('#sign-in').waitFor();
     await page.screenshot({ path: join(SHOTS, 'sign-in-desktop.png') });
     console.log(`     screenshots in ${SHOTS}`);
+  });
+
+  await step('CORS: a page on the listed origin calls the API in Chromium; another origin is refused', async () => {
+    assert.ok(CORS_PAGE_PORT && CORS_TOKEN, 'CORS_PAGE_PORT and CORS_TOKEN come from scripts/browser-test');
+    const listed = await servePage(CORS_PAGE_PORT);
+    const other = await servePage(0);
+    const context = await browser.newContext();
+    try {
+      const ownFans = () => api('/api/crm/fans?limit=1', { token: CORS_TOKEN }).then((p) => p.total);
+      const mine = await context.newPage();
+      await mine.goto(`${listed.origin}/`);
+      assert.notEqual(new URL(mine.url()).origin, BASE, 'the page is on another origin than the API');
+
+      // A JSON POST with a bearer token needs a preflight: it passes, and so does the write.
+      const created = await callApi(mine, '/api/crm/fans', { method: 'POST', body: { handle: 'cors-fan' }, key: 'cors-1' });
+      assert.equal(created.status, 201, JSON.stringify(created));
+      assert.equal(created.body.handle, '@cors-fan');
+      // The same request again is a replay, and the page may read that it is one; Location
+      // (where the API sends it) reads the same as for a client without CORS.
+      const again = await callApi(mine, '/api/crm/fans', { method: 'POST', body: { handle: 'cors-fan' }, key: 'cors-1' });
+      assert.deepEqual([again.status, again.body.id, again.replayed], [201, created.body.id, 'true']);
+      const direct = await fetch(BASE + '/api/crm/fans', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${CORS_TOKEN}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'cors-1' },
+        body: JSON.stringify({ handle: 'cors-fan' }),
+      });
+      assert.equal(again.location, direct.headers.get('Location'));
+      // The API's other methods, each behind its own preflight.
+      const put = await callApi(mine, `/api/crm/fans/${created.body.id}`, { method: 'PUT', body: { notes: 'from another origin' } });
+      assert.equal(put.status, 200, JSON.stringify(put));
+      assert.equal((await callApi(mine, `/api/crm/fans/${created.body.id}`)).body.notes, 'from another origin');
+      assert.equal((await callApi(mine, `/api/crm/fans/${created.body.id}`, { method: 'DELETE' })).status, 204);
+
+      // Past the write quota the page reads the 429 and when to retry.
+      let limited;
+      for (let i = 0; i < 100 && !limited; i++) {
+        const r = await callApi(mine, '/api/crm/fans', { method: 'POST', body: { handle: `cors-${i}` } });
+        if (r.status === 429) limited = r;
+        else assert.equal(r.status, 201, JSON.stringify(r));
+      }
+      assert.ok(limited, 'the write quota ends in a 429');
+      assert.equal(limited.body.error.code, 'rate_limited');
+      assert.ok(Number(limited.retryAfter) >= 1, `Retry-After readable by the page: ${limited.retryAfter}`);
+
+      // From an origin not listed the browser refuses: the preflight fails, the fetch rejects
+      // and the POST itself is never sent.
+      const theirs = await context.newPage();
+      const blocked = [];
+      theirs.on('console', (msg) => { if (/CORS policy/.test(msg.text())) blocked.push(msg.text()); });
+      await theirs.goto(`${other.origin}/`);
+      const before = await ownFans();
+      const refused = await callApi(theirs, '/api/crm/fans', { method: 'POST', body: { handle: 'not-allowed' } });
+      assert.match(refused.rejected ?? JSON.stringify(refused), /^TypeError/);
+      assert.equal(await ownFans(), before, 'nothing was created');
+      // Chromium's console says why (the message may trail the rejection a little).
+      for (let i = 0; !blocked.some((m) => m.includes(other.origin)); i++) {
+        assert.ok(i < 50, `Chromium logs the CORS refusal: ${blocked.join(' | ')}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+
+      // The preflights themselves, as the browser sent them.
+      const yes = await rawPreflight('/api/crm/fans', listed.origin);
+      assert.equal(yes.status, 200);
+      assert.equal(yes.headers['access-control-allow-origin'], listed.origin);
+      const no = await rawPreflight('/api/crm/fans', other.origin);
+      assert.equal(no.status, 403);
+      assert.equal(no.headers['access-control-allow-origin'], undefined);
+    } finally {
+      await context.close();
+      for (const { server } of [listed, other]) {
+        server.closeAllConnections();
+        server.close();
+      }
+    }
   });
 
   await step('no console errors on any page', async () => {
