@@ -889,7 +889,7 @@ async fn a_dispatcher_stopped_90_s_right_after_a_claim_breaks_neither_the_rate_n
     .execute(&mut *gate)
     .await
     .unwrap();
-    let stopped = d.dispatcher();
+    let mut stopped = d.dispatcher();
     let mut watch = PgConnection::connect(&d.url).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -901,7 +901,10 @@ async fn a_dispatcher_stopped_90_s_right_after_a_claim_breaks_neither_the_rate_n
         .await
         .unwrap();
         if let [(query,)] = &blocked[..] {
-            assert!(query.starts_with("WITH pick AS"), "the claim waits: {query}");
+            assert!(
+                query.starts_with("WITH pick AS"),
+                "the claim waits: {query}"
+            );
             break;
         }
         assert!(blocked.is_empty(), "only the claim waits: {blocked:?}");
@@ -926,8 +929,14 @@ async fn a_dispatcher_stopped_90_s_right_after_a_claim_breaks_neither_the_rate_n
             assert_eq!(attempts, 1);
             break id;
         }
-        assert!(rows.is_empty(), "only the stopped dispatcher runs: {rows:?}");
-        assert!(std::time::Instant::now() < deadline, "the claim never committed");
+        assert!(
+            rows.is_empty(),
+            "only the stopped dispatcher runs: {rows:?}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the claim never committed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
 
@@ -940,9 +949,20 @@ async fn a_dispatcher_stopped_90_s_right_after_a_claim_breaks_neither_the_rate_n
         .fetch_one(&mut watch)
         .await
         .unwrap();
-    assert_eq!(status, "sent", "the stopped dispatcher's message was taken over");
+    assert_eq!(
+        status, "sent",
+        "the stopped dispatcher's message was taken over"
+    );
     let left = n - sim.deliveries().await.len();
-    assert!(left >= 5, "backlog still delivering when it resumes: {left} left");
+    assert!(
+        left >= 5,
+        "backlog still delivering when it resumes: {left} left"
+    );
+    assert!(
+        stopped.child.try_wait().unwrap().is_none(),
+        "the stopped dispatcher is still there (run the tests in the foreground: a stopped \
+         process in an orphaned process group gets SIGHUP)"
+    );
     stopped.signal("CONT");
     d.all_sent(n, Duration::from_secs(120)).await;
 
@@ -954,7 +974,10 @@ async fn a_dispatcher_stopped_90_s_right_after_a_claim_breaks_neither_the_rate_n
     assert_eq!(stats["totalViolations"], 0, "{seen}");
     exactly_once(&deliveries, n);
     assert_eq!(
-        (stats["requests"].as_u64(), stats["duplicatesReplayed"].as_u64()),
+        (
+            stats["requests"].as_u64(),
+            stats["duplicatesReplayed"].as_u64()
+        ),
         (Some(n as u64), Some(0)),
         "no message sent twice, not even as a replayed request: {seen}"
     );
