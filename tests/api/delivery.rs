@@ -20,6 +20,7 @@ both!(
     a_campaign_completes_with_its_counts_once_every_message_is_delivered,
     a_timeout_is_retried_under_the_same_key_and_delivered_once,
     a_dispatcher_dead_between_the_platforms_2xx_and_its_record_is_covered_by_the_key,
+    a_lapsed_claim_is_fenced_out_given_back_unsent_and_cannot_record_over_its_successor,
 );
 
 /// 600 a minute: a slot every 100 ms, so tests do not wait long between deliveries.
@@ -448,4 +449,121 @@ async fn attempt_log(app: &TestApp, id: i64) -> Vec<(String, chrono::DateTime<ch
         .fetch_all(pool)
         .await
         .unwrap())
+}
+
+/// The fence a dispatcher passes right before its request, as a stalled dispatcher meets it
+/// when it resumes: its claim's lease ran out (it is given back, uncharged), or another
+/// dispatcher took the message over meanwhile (it is left to that one, and the stalled one can
+/// record nothing over it).
+async fn a_lapsed_claim_is_fenced_out_given_back_unsent_and_cannot_record_over_its_successor(
+    backend: Backend,
+) {
+    use fanqueue_jobs::{
+        crm::messages::{self, Settled},
+        domain::{MessageId, UserId},
+    };
+    let (sim, app, dispatcher) = setup(backend, |_| {}).await;
+    let (_, conv) = app.fan_with_conversation(1, "@stalled").await;
+    let id = reply(&app, 1, conv, "are you there?").await;
+    jobs_done(&app, 1).await;
+    let db = app.services().await.db;
+    assert_eq!(messages::park(&db, &[MessageId(id)]).await.unwrap(), 1);
+    let now = chrono::Utc::now;
+    let second = chrono::TimeDelta::seconds(1);
+
+    // A claim whose lease ran out while its dispatcher stalled, no one else around.
+    let lapsed = messages::claim_next(&db, UserId(1), now() - second)
+        .await
+        .unwrap()
+        .expect("the message is due");
+    assert!(!messages::holds(&db, &lapsed, now() + second).await.unwrap());
+    assert!(messages::give_back(&db, &lapsed).await.unwrap());
+    let m = message(&app, 1, conv, id).await;
+    assert_eq!(
+        (m["status"].as_str(), m["attempts"].as_i64()),
+        (Some("queued"), Some(0)),
+        "{m}"
+    );
+    assert_eq!(
+        attempts_logged(&app, id).await,
+        0,
+        "an attempt never sent is not logged"
+    );
+
+    // Again, and this time another dispatcher takes the message over meanwhile.
+    let stalled = messages::claim_next(&db, UserId(1), now() - second)
+        .await
+        .unwrap()
+        .expect("the message is due again");
+    let successor = messages::claim_next(&db, UserId(1), now() + second * 60)
+        .await
+        .unwrap()
+        .expect("a lapsed claim is taken over");
+    assert_eq!(successor.message.id, stalled.message.id);
+    assert_eq!((stalled.attempt, successor.attempt), (1, 2));
+    assert!(
+        !messages::holds(&db, &stalled, now() + second)
+            .await
+            .unwrap()
+    );
+    assert!(
+        messages::holds(&db, &successor, now() + second)
+            .await
+            .unwrap()
+    );
+    // Asked for a request longer than the lease left, the successor's claim does not hold.
+    assert!(
+        !messages::holds(&db, &successor, now() + second * 61)
+            .await
+            .unwrap()
+    );
+    // The stalled one resumes: it can neither give the message back nor record an outcome.
+    assert!(!messages::give_back(&db, &stalled).await.unwrap());
+    let late = Settled::Delivered {
+        http_status: 200,
+        platform_id: None,
+    };
+    assert!(!messages::settle(&db, &stalled, late).await.unwrap());
+    let m = message(&app, 1, conv, id).await;
+    assert_eq!(
+        (m["status"].as_str(), m["attempts"].as_i64()),
+        (Some("sending"), Some(2)),
+        "{m}"
+    );
+    assert_eq!(
+        attempts_logged(&app, id).await,
+        1,
+        "only the successor's attempt is logged"
+    );
+
+    // The successor gives it back too; a dispatcher then delivers it once.
+    assert!(messages::give_back(&db, &successor).await.unwrap());
+    until(&dispatcher, "the message is sent", || {
+        status_is(&app, 1, conv, id, "sent")
+    })
+    .await;
+    let stats = sim.stats().await;
+    assert_eq!(
+        (stats["requests"].as_u64(), stats["deliveries"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+    let log = attempt_log(&app, id).await;
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].0, "delivered");
+    // The stalled claim that was taken over stays charged (its dispatcher could not give it
+    // back); the successor's given-back claim does not.
+    assert_eq!(message(&app, 1, conv, id).await["attempts"], 2);
+}
+
+/// How many attempts of message `id` the attempt log holds, finished or not.
+async fn attempts_logged(app: &TestApp, id: i64) -> i64 {
+    let services = app.services().await;
+    let sql = "SELECT COUNT(*) FROM delivery_attempts WHERE message_id = $1";
+    let (n,): (i64,) = fanqueue_jobs::on_db!(&services.db, pool => sqlx::query_as(sql)
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap());
+    n
 }

@@ -852,3 +852,142 @@ async fn a_dispatcher_cut_off_from_sqs_backs_off_and_resumes_losing_nothing() {
         "the dispatcher kept running throughout"
     );
 }
+
+/// Issue 24, must-show 2: a dispatcher stopped (SIGSTOP) for 90 s right after it claimed a
+/// message, then continued, next to two others delivering the same creator's backlog at the
+/// full rate. The pause outlasts the claim's lease (the platform timeout, 1 s, plus 5 s) and
+/// the limiter's memory of the stopped dispatcher's slot (a minute after that). The platform
+/// stand-in must see no 60-second window over the rate and no message twice, not even as a
+/// request it answers from its stored reply.
+///
+/// The stop lands right after the claim without touching the dispatcher: the claim is one
+/// statement that also logs the attempt, and the test holds, uncommitted, a log row under the
+/// id the attempt will get, so the dispatcher's first claim (it runs alone then) waits inside
+/// PostgreSQL on that row while it executes. It is stopped while waiting, the test's row is
+/// rolled back, the claim commits, and the process is frozen before it can read the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_stopped_90_s_right_after_a_claim_breaks_neither_the_rate_nor_exactly_once() {
+    use sqlx::{Connection, PgConnection};
+    const RATE: u32 = 30;
+    const PAUSE: Duration = Duration::from_secs(90);
+    let sim = Sim::start(RATE).await;
+    let d = Deployment::start(&sim.messages_url(), RATE, &crate::helpers::redis_url()).await;
+    let n = d.campaign(1, 60).await;
+
+    let mut admin = PgConnection::connect(&d.url).await.unwrap();
+    let mut gate = admin.begin().await.unwrap();
+    let (gate_pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+        .fetch_one(&mut *gate)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO delivery_attempts (id, message_id, user_id, attempt, started_at)
+         SELECT CASE WHEN s.is_called THEN s.last_value + 1 ELSE s.last_value END, m.id, 1, 1,
+                now()
+         FROM delivery_attempts_id_seq s, (SELECT MIN(id) AS id FROM messages) m",
+    )
+    .execute(&mut *gate)
+    .await
+    .unwrap();
+    let mut stopped = d.dispatcher();
+    let mut watch = PgConnection::connect(&d.url).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let blocked: Vec<(String,)> = sqlx::query_as(
+            "SELECT query FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(gate_pid)
+        .fetch_all(&mut watch)
+        .await
+        .unwrap();
+        if let [(query,)] = &blocked[..] {
+            assert!(
+                query.starts_with("WITH pick AS"),
+                "the claim waits: {query}"
+            );
+            break;
+        }
+        assert!(blocked.is_empty(), "only the claim waits: {blocked:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dispatcher never claimed: {:?}",
+            stopped.warnings()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped_at = stopped.signal("STOP");
+    gate.rollback().await.unwrap();
+    // Its claim commits while it is stopped: one message `sending`, attempt 1.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let claimed: i64 = loop {
+        let rows: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT id, attempts FROM messages WHERE status = 'sending'")
+                .fetch_all(&mut watch)
+                .await
+                .unwrap();
+        if let [(id, attempts)] = rows[..] {
+            assert_eq!(attempts, 1);
+            break id;
+        }
+        assert!(
+            rows.is_empty(),
+            "only the stopped dispatcher runs: {rows:?}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the claim never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let _b = d.dispatcher();
+    let _c = d.dispatcher();
+    tokio::time::sleep(PAUSE.saturating_sub(stopped_at.elapsed())).await;
+    // Meanwhile its lease ran out and another dispatcher delivered the message it holds.
+    let (status,): (String,) = sqlx::query_as("SELECT status FROM messages WHERE id = $1")
+        .bind(claimed)
+        .fetch_one(&mut watch)
+        .await
+        .unwrap();
+    assert_eq!(
+        status, "sent",
+        "the stopped dispatcher's message was taken over"
+    );
+    let left = n - sim.deliveries().await.len();
+    assert!(
+        left >= 5,
+        "backlog still delivering when it resumes: {left} left"
+    );
+    assert!(
+        stopped.child.try_wait().unwrap().is_none(),
+        "the stopped dispatcher is still there (run the tests in the foreground: a stopped \
+         process in an orphaned process group gets SIGHUP)"
+    );
+    stopped.signal("CONT");
+    d.all_sent(n, Duration::from_secs(120)).await;
+
+    let deliveries = sim.deliveries().await;
+    let stats = sim.stats().await;
+    let busiest = busiest_minute(&arrivals(&deliveries, 1));
+    let seen = format!("busiest 60 s: {busiest}; stand-in: {stats}");
+    assert!(busiest <= RATE as usize, "over the rate: {seen}");
+    assert_eq!(stats["totalViolations"], 0, "{seen}");
+    exactly_once(&deliveries, n);
+    assert_eq!(
+        (
+            stats["requests"].as_u64(),
+            stats["duplicatesReplayed"].as_u64()
+        ),
+        (Some(n as u64), Some(0)),
+        "no message sent twice, not even as a replayed request: {seen}"
+    );
+    // The stopped dispatcher resumed, found its claim lapsed, and sent nothing with it.
+    assert_eq!(
+        stopped
+            .logged("the claim lapsed before its request (a stall outlasted its lease); nothing sent, message given back")
+            .len(),
+        1,
+        "{:?}",
+        stopped.warnings()
+    );
+}

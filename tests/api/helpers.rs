@@ -674,11 +674,16 @@ impl AppProcess {
 
     /// Sends SIGTERM; returns when.
     pub fn sigterm(&self) -> std::time::Instant {
+        self.signal("TERM")
+    }
+
+    /// Sends the signal named `name` (`TERM`, `STOP`, `CONT`…); returns when.
+    pub fn signal(&self, name: &str) -> std::time::Instant {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("running kill");
-        assert!(status.success(), "kill -TERM failed");
+        assert!(status.success(), "kill -{name} failed");
         std::time::Instant::now()
     }
 

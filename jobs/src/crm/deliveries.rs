@@ -75,6 +75,17 @@ pub(super) async fn finish(
     Ok(())
 }
 
+/// Drops the log row of attempt `id`, whose request was never sent (its claim was given
+/// back): the platform never saw it, so the limiter must not count it.
+pub(super) async fn discard(tx: &mut Tx, id: i64) -> sqlx::Result<()> {
+    on_tx!(tx, conn => sqlx::query("DELETE FROM delivery_attempts WHERE id = $1")
+        .bind(id)
+        .execute(&mut **conn)
+        .await
+        .map(|_| ()))?;
+    Ok(())
+}
+
 /// The creator's attempts started since `since`, for seeding the limiter.
 pub async fn started_since(
     db: &Db,

@@ -12,6 +12,13 @@
 //!   network delays, retries or replicas (a late delivery followed by an on-time one cannot
 //!   squeeze an extra one in, as plain spacing would allow).
 //!
+//! A slot is taken before its message is claimed, and the request leaves after both. Right
+//! before the request, [`DeliveryLimiter::confirm`] checks that the slot is still one the
+//! limiter counts and moves its latest arrival to `now + max_flight`: a dispatcher paused
+//! between its slot and its request (SIGSTOP, a stall) for longer than the limiter remembers
+//! the slot gets `false` and sends nothing with it, and one paused for less has its delivery
+//! counted from when its request really leaves, not from when its slot was taken.
+//!
 //! The state lives in Redis when replicas share it (one Lua script per operation, on Redis's
 //! own clock, keys per creator) or in this process on the embedded default. Either can lose it
 //! (a Redis restart, a process restart): a creator without state answers [`Slot::Unknown`], and
@@ -212,6 +219,25 @@ end
 return 1
 "#;
 
+/// KEYS: log, seeded. ARGV: entry, window (µs), flight (µs), ttl (ms). The request leaves
+/// now: 1 when the entry still counts (its latest arrival is within the last window), which
+/// then counts as arriving at `now + flight` at the latest; 0 (and the entry dropped) when it
+/// no longer counts or was lost.
+const CONFIRM_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) <= now - tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 0
+end
+local latest = math.max(tonumber(score), now + tonumber(ARGV[3]))
+redis.call('ZADD', KEYS[1], 'XX', string.format('%.0f', latest), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1
+"#;
+
 /// KEYS: pause. ARGV: wait (µs). Pauses until now + wait, never shortening a longer pause.
 const PAUSE_LUA: &str = r#"
 local t = redis.call('TIME')
@@ -300,6 +326,36 @@ impl DeliveryLimiter {
                     1 => Slot::Wait(wait_of(value)),
                     _ => Slot::Unknown,
                 })
+            }
+        }
+    }
+
+    /// The delivery's request leaves now: `true` when its slot still counts in the window (it
+    /// then counts as arriving up to `max_flight` from now), `false` when the limiter no
+    /// longer counts it (the slot was taken longer ago than the limiter remembers, or its
+    /// state was lost). On `false` nothing may be sent with this slot.
+    pub async fn confirm(&self, ticket: &Ticket) -> anyhow::Result<bool> {
+        match self {
+            DeliveryLimiter::Local { lanes, pace } => {
+                let now = now_micros();
+                let mut lanes = lanes.lock().expect("limiter lock poisoned");
+                Ok(lanes
+                    .get_mut(&ticket.creator)
+                    .is_some_and(|lane| lane.confirm(&ticket.entry, now, pace)))
+            }
+            DeliveryLimiter::Redis { conn, prefix, pace } => {
+                let [log, _, _, seeded] = keys(prefix, ticket.creator);
+                let counted: i64 = redis::Script::new(CONFIRM_LUA)
+                    .key(log)
+                    .key(seeded)
+                    .arg(&ticket.entry)
+                    .arg(Pace::micros(WINDOW))
+                    .arg(Pace::micros(pace.max_flight))
+                    .arg(pace.idle_ttl().as_millis() as u64)
+                    .invoke_async(&mut conn.clone())
+                    .await
+                    .context("confirming a delivery slot on Redis")?;
+                Ok(counted == 1)
             }
         }
     }
@@ -454,6 +510,25 @@ impl Lane {
         })
     }
 
+    /// See [`DeliveryLimiter::confirm`]: whether the entry still counts at `now`; if so it
+    /// counts as arriving `max_flight` from now at the latest, if not it is dropped.
+    fn confirm(&mut self, entry: &str, now: i64, pace: &Pace) -> bool {
+        let window = Pace::micros(WINDOW);
+        let Ok(entry) = entry.parse::<u64>() else {
+            return false;
+        };
+        let Some(i) = self.log.iter().position(|(_, e)| *e == entry) else {
+            return false;
+        };
+        let (arrival, _) = &mut self.log[i];
+        if *arrival <= now - window {
+            self.log.swap_remove(i);
+            return false;
+        }
+        *arrival = (*arrival).max(now + Pace::micros(pace.max_flight));
+        true
+    }
+
     /// Sets the entry's arrival to `arrived`, or drops it when `None`.
     fn settle(&mut self, entry: &str, arrived: Option<i64>) {
         let Ok(entry) = entry.parse::<u64>() else {
@@ -592,6 +667,54 @@ mod tests {
         go(lane.reserve(UserId(1), 60 * S, &p));
     }
 
+    #[test]
+    fn a_confirmed_slot_counts_from_when_its_request_leaves() {
+        // One a minute, 15 s of flight. A slot taken at 0 whose request leaves at 10 s (its
+        // dispatcher stalled) may arrive as late as 25 s: the next slot waits until 85 s, not
+        // the 75 s its start alone would give.
+        let p = pace(1, 15);
+        let mut lane = Lane::default();
+        let ticket = go(lane.reserve(UserId(1), 0, &p));
+        assert!(lane.confirm(&ticket.entry, 10 * S, &p));
+        assert_eq!(
+            wait(lane.reserve(UserId(1), 76 * S, &p)),
+            Duration::from_secs(9)
+        );
+    }
+
+    #[test]
+    fn a_slot_the_window_no_longer_counts_is_refused_and_frees_nothing_twice() {
+        // Taken at 0, may arrive until 15 s, so counted until 75 s: a request leaving at 90 s
+        // (a 90-second stall) must not go out with it.
+        let p = pace(1, 15);
+        let mut lane = Lane::default();
+        let stalled = go(lane.reserve(UserId(1), 0, &p));
+        assert!(!lane.confirm(&stalled.entry, 75 * S, &p));
+        assert!(
+            !lane.confirm(&stalled.entry, 90 * S, &p),
+            "dropped for good"
+        );
+        // Another replica's slot, taken once the window forgot the first, is unaffected.
+        let other = go(lane.reserve(UserId(1), 90 * S, &p));
+        assert!(lane.confirm(&other.entry, 90 * S, &p));
+        assert!(matches!(lane.reserve(UserId(1), 91 * S, &p), Slot::Wait(_)));
+    }
+
+    #[tokio::test]
+    async fn in_process_a_cancelled_or_unknown_slot_is_not_confirmed() {
+        let limiter = DeliveryLimiter::local(pace(60, 15));
+        limiter.seed(UserId(1), &[]).await.unwrap();
+        let ticket = go(limiter.reserve(UserId(1)).await.unwrap());
+        assert!(limiter.confirm(&ticket).await.unwrap());
+        limiter.cancel(&ticket).await.unwrap();
+        assert!(!limiter.confirm(&ticket).await.unwrap());
+        let stranger = Ticket {
+            creator: UserId(2),
+            entry: "1".into(),
+        };
+        assert!(!limiter.confirm(&stranger).await.unwrap());
+    }
+
     #[tokio::test]
     async fn an_unknown_creator_is_seeded_from_the_log_and_keeps_the_window() {
         let limiter = DeliveryLimiter::local(pace(1, 15));
@@ -714,6 +837,52 @@ mod tests {
             d > Duration::from_secs(34) && d <= Duration::from_secs(35),
             "{d:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn on_redis_a_slot_is_confirmed_while_counted_and_refused_once_forgotten() {
+        let limiter = redis_limiter(pace(60, 15)).await;
+        let DeliveryLimiter::Redis { conn, prefix, .. } = &limiter else {
+            unreachable!("a Redis limiter")
+        };
+        let mut conn = conn.clone();
+        let [log, ..] = keys(prefix, UserId(5));
+        async fn score(conn: &mut ConnectionManager, log: &str, entry: &str) -> Option<f64> {
+            redis::cmd("ZSCORE")
+                .arg(log)
+                .arg(entry)
+                .query_async(conn)
+                .await
+                .unwrap()
+        }
+        limiter.seed(UserId(5), &[]).await.unwrap();
+        // Counted: confirmed, and from now on it may arrive up to 15 s from now.
+        let ticket = go(limiter.reserve(UserId(5)).await.unwrap());
+        assert!(limiter.confirm(&ticket).await.unwrap());
+        let latest = score(&mut conn, &log, &ticket.entry).await.unwrap() as i64;
+        let now = now_micros();
+        assert!(
+            latest > now + 14 * S && latest <= now + 16 * S,
+            "latest arrival {latest}, now {now}"
+        );
+        // A slot whose latest arrival left the window (taken 80 s ago with 15 s of flight,
+        // its dispatcher stalled since): refused, and no longer counted.
+        let stalled = Ticket {
+            creator: UserId(5),
+            entry: "stalled".into(),
+        };
+        let _: i64 = redis::cmd("ZADD")
+            .arg(&log)
+            .arg(now - 65 * S)
+            .arg("stalled")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!limiter.confirm(&stalled).await.unwrap());
+        assert_eq!(score(&mut conn, &log, "stalled").await, None);
+        // A slot given back, or lost with the creator's state, is refused too.
+        limiter.cancel(&ticket).await.unwrap();
+        assert!(!limiter.confirm(&ticket).await.unwrap());
     }
 
     #[tokio::test]

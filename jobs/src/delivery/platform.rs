@@ -64,6 +64,7 @@ const REASON_MAX: usize = 500;
 pub struct Platform {
     client: reqwest::Client,
     url: String,
+    timeout: Duration,
 }
 
 impl Platform {
@@ -78,11 +79,17 @@ impl Platform {
         Ok(Platform {
             client,
             url: url.to_owned(),
+            timeout,
         })
     }
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The longest one attempt's request can be out.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Posts `body` (JSON) under `key`.

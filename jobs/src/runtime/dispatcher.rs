@@ -17,6 +17,13 @@
 //! lease runs out and another takes it over with the same idempotency key, so the platform
 //! applies it once. A `sent` message that comes off the queue again (a redelivery, a
 //! standard-queue duplicate) is deleted without a send.
+//!
+//! A dispatcher that stalls between its slot and its request (SIGSTOP, a long pause) must not
+//! send on a claim or a slot that has lapsed meanwhile: right before each request it checks
+//! that its claim still holds for the whole request (fenced on the attempt, one read) and that
+//! the limiter still counts its slot (one limiter call, which also counts the delivery from
+//! now). If either has lapsed it sends nothing, gives the message back to the schedule
+//! uncharged and takes a new slot. Recording the outcome is fenced on the attempt too.
 
 use std::{
     collections::HashSet,
@@ -40,7 +47,7 @@ use crate::{
     },
     db::Db,
     delivery::{
-        limiter::{DeliveryLimiter, Slot, WINDOW},
+        limiter::{DeliveryLimiter, Slot, Ticket, WINDOW},
         platform::{Attempt, Platform},
     },
     domain::UserId,
@@ -103,6 +110,8 @@ struct Totals {
     parked: AtomicU64,
     attempts: AtomicU64,
     delivered: AtomicU64,
+    /// Claims given back unsent: their claim or slot lapsed before the request.
+    given_back: AtomicU64,
 }
 
 /// What one lane step did.
@@ -110,6 +119,9 @@ struct Totals {
 pub enum Step {
     /// An attempt was made and recorded.
     Attempted,
+    /// A message was claimed, but its claim or its slot had lapsed before the request (the
+    /// dispatcher stalled): nothing was sent and the message is back in the schedule.
+    GaveBack,
     /// The creator has no free slot for this long.
     Wait(Duration),
     /// Nothing is due for the creator; the next thing comes due then (or never).
@@ -214,6 +226,7 @@ impl Dispatcher {
             parked = t.parked.load(Relaxed),
             attempts = t.attempts.load(Relaxed),
             delivered = t.delivered.load(Relaxed),
+            given_back = t.given_back.load(Relaxed),
             "dispatcher stopped"
         );
         Ok(())
@@ -324,7 +337,7 @@ impl Dispatcher {
         while !cancel.is_cancelled() {
             let wait = match self.step(creator, &cancel).await {
                 Ok(Step::Stopped) => return,
-                Ok(Step::Attempted) => {
+                Ok(Step::Attempted | Step::GaveBack) => {
                     failures = 0;
                     continue;
                 }
@@ -359,6 +372,11 @@ impl Dispatcher {
     /// otherwise send one more message per lane after it).
     pub async fn step(&self, creator: UserId, stop: &CancellationToken) -> anyhow::Result<Step> {
         let _permit = self.permits.acquire().await?;
+        // The lease counts from before the slot is taken, so a claim never outlives the
+        // latest arrival the limiter logs for its slot (`max_flight` after it), and the
+        // limiter remembers that slot for a whole window more: no valid claim has a forgotten
+        // slot.
+        let lease = Utc::now() + self.limiter.pace().max_flight;
         let slot = match self.limiter.reserve(creator).await? {
             Slot::Unknown => {
                 self.seed(creator).await?;
@@ -381,7 +399,6 @@ impl Dispatcher {
             }
             return Ok(Step::Stopped);
         }
-        let lease = Utc::now() + self.limiter.pace().max_flight;
         let claim = match messages::claim_next(&self.db, creator, lease).await {
             Ok(Some(claim)) => claim,
             Ok(None) => {
@@ -402,6 +419,14 @@ impl Dispatcher {
             attempt = claim.attempt,
         );
         let body = serde_json::to_string(&claim.message.body())?;
+        if !self
+            .still_holds(&claim, &ticket)
+            .instrument(span.clone())
+            .await?
+        {
+            self.totals.given_back.fetch_add(1, Relaxed);
+            return Ok(Step::GaveBack);
+        }
         let called = std::time::Instant::now();
         let attempt = self
             .platform
@@ -424,6 +449,51 @@ impl Dispatcher {
             .instrument(span)
             .await?;
         Ok(Step::Attempted)
+    }
+
+    /// The fence, right before the request: whether the claim still holds for the whole
+    /// request and the limiter still counts the slot. When not, nothing may be sent: the
+    /// slot and the message are given back (the message only if this attempt still holds it)
+    /// and `false` is returned. The limiter is asked last, since confirming the slot counts
+    /// the delivery as leaving now.
+    async fn still_holds(&self, claim: &Claim, ticket: &Ticket) -> anyhow::Result<bool> {
+        let until = Utc::now() + self.platform.timeout();
+        let held = match messages::holds(&self.db, claim, until).await {
+            Ok(held) => held,
+            Err(e) => {
+                // Unknown: nothing is sent; the lease runs out and the message is taken over.
+                if let Err(undo) = self.limiter.cancel(ticket).await {
+                    tracing::warn!(error = format!("{undo:#}"), "could not give a slot back");
+                }
+                return Err(e.into());
+            }
+        };
+        if !held {
+            tracing::warn!(
+                "the claim lapsed before its request (a stall outlasted its lease); nothing sent, message given back"
+            );
+            if let Err(e) = self.limiter.cancel(ticket).await {
+                tracing::warn!(error = format!("{e:#}"), "could not give a slot back");
+            }
+            messages::give_back(&self.db, claim).await?;
+            return Ok(false);
+        }
+        let counted = match self.limiter.confirm(ticket).await {
+            Ok(counted) => counted,
+            Err(e) => {
+                // Unknown whether the slot counts: nothing is sent.
+                messages::give_back(&self.db, claim).await?;
+                return Err(e);
+            }
+        };
+        if !counted {
+            tracing::warn!(
+                "the delivery slot lapsed before its request (a stall outlasted the limiter's memory of it); nothing sent, message given back"
+            );
+            messages::give_back(&self.db, claim).await?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Gives the limiter the creator's recent attempts, as the database logged them.

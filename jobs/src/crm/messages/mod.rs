@@ -871,6 +871,64 @@ pub async fn settle(db: &Db, claim: &Claim, settled: Settled<'_>) -> StoreResult
     Ok(moved == 1)
 }
 
+/// Whether the claim still holds for a request that may take until `until`: the message is
+/// still `sending` under this attempt (no other dispatcher took it over) and its lease runs
+/// past `until`, so no one can take it over while the request is out. Asked right before the
+/// request; one read, by primary key.
+pub async fn holds(db: &Db, claim: &Claim, until: DateTime<Utc>) -> StoreResult<bool> {
+    let (held,): (i64,) = on_db!(db, pool => sqlx::query_as(
+        "SELECT COUNT(*) FROM messages
+         WHERE id = $1 AND status = 'sending' AND attempts = $2 AND lease_until > $3",
+    )
+    .bind(claim.message.id)
+    .bind(claim.attempt)
+    .bind(Timestamp(until))
+    .fetch_one(pool)
+    .await)?;
+    Ok(held == 1)
+}
+
+/// `sending` → back in the schedule, due at once, for a claim whose request was never sent
+/// (it no longer held, or its slot did not): the attempt is not charged and its log row goes,
+/// since the platform never saw it. Fenced like [`settle`]: `false` (the message left as it
+/// is) when another attempt holds it now. The log row goes either way.
+pub async fn give_back(db: &Db, claim: &Claim) -> StoreResult<bool> {
+    const GIVE_BACK: &str = "UPDATE messages SET status = 'queued', attempts = attempts - 1,
+            lease_until = NULL, next_attempt_at = NULL
+        WHERE id = $1 AND status = 'sending' AND attempts = $2";
+    let (id, attempt) = (claim.message.id, claim.attempt);
+    let moved = match db {
+        Db::Postgres(pool) => {
+            let sql = format!(
+                "WITH moved AS ({GIVE_BACK} RETURNING id), dropped AS (
+                     DELETE FROM delivery_attempts WHERE id = $3 RETURNING id
+                 )
+                 SELECT (SELECT COUNT(*) FROM moved), (SELECT COUNT(*) FROM dropped)"
+            );
+            let (moved, _dropped): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .bind(attempt)
+                .bind(claim.attempt_id)
+                .fetch_one(pool)
+                .await?;
+            moved as u64
+        }
+        Db::Sqlite(_) => {
+            let mut tx = db.begin().await?;
+            let moved = on_tx!(&mut tx, conn => sqlx::query(GIVE_BACK)
+                .bind(id)
+                .bind(attempt)
+                .execute(&mut **conn)
+                .await
+                .map(|r| r.rows_affected()))?;
+            deliveries::discard(&mut tx, claim.attempt_id).await?;
+            tx.commit().await?;
+            moved
+        }
+    };
+    Ok(moved == 1)
+}
+
 /// Whether `campaign` still has messages on their way (queued or sending). Asked after a
 /// message's final outcome has committed, so the last of several dispatchers to finish one
 /// campaign's messages always sees none left.
