@@ -1127,6 +1127,9 @@ impl Deployment {
             ("CAMPAIGNS_PER_HOUR".into(), "100000".into()),
             // Tests queue a day's backlog for one creator.
             ("MAX_BACKLOG_PER_CREATOR".into(), "1000000".into()),
+            // The delivery bench creates its fans and campaigns all at once: they wait for a
+            // slot at the door instead of being shed (503) while the backlog is set up.
+            ("REQUEST_QUEUE_MS".into(), "60000".into()),
         ];
         let mut dlq = String::new();
         if queue == Queue::Sqs {
