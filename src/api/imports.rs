@@ -17,7 +17,12 @@ use poem_openapi::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{ApiError, ApiTags, BearerAuth, State};
+use super::{
+    ApiError, ApiTags, BearerAuth, State,
+    jobs::ImportSummary,
+    rules::{IdempotencyKey, In},
+    words::Word,
+};
 
 pub struct ImportsApi {
     state: State,
@@ -208,7 +213,7 @@ pub struct ImportAccepted {
     /// Poll this for progress and the summary.
     pub status_url: String,
     /// queued, or the job's status when `wait` saw it finish.
-    pub status: String,
+    pub status: Word<JobStatus>,
 }
 
 #[derive(Debug, Object)]
@@ -216,9 +221,8 @@ pub struct ImportAccepted {
 pub struct ImportFinished {
     pub job_id: String,
     pub status_url: String,
-    pub status: String,
-    /// totalRows, successfulInserts, updated, skipped, errors[{row, error}], …
-    pub summary: serde_json::Value,
+    pub status: Word<JobStatus>,
+    pub summary: ImportSummary,
 }
 
 #[derive(ApiResponse)]
@@ -249,11 +253,8 @@ impl ImportsApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(
-            name = "Idempotency-Key",
-            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
-        )]
-        _idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         /// Seconds to wait for the import to finish before answering, at most 60.
         #[oai(validator(minimum(value = "0"), maximum(value = "60")))]
         wait: Query<Option<u64>>,
@@ -288,7 +289,7 @@ impl ImportsApi {
         }
         tracing::info!(job_id = %id, bytes = payload.size_bytes, "import accepted");
         let status_url = format!("/api/jobs/{id}");
-        let mut status = JobStatus::Queued.to_string();
+        let mut status = JobStatus::Queued;
         if wait > 0 {
             let job =
                 record::wait_final(&self.state.db, user, &id, Duration::from_secs(wait)).await?;
@@ -303,17 +304,17 @@ impl ImportsApi {
                     return Ok(ImportResponse::Finished(Json(ImportFinished {
                         job_id: id.0,
                         status_url,
-                        status: status.to_string(),
-                        summary: result.0.get("summary").cloned().unwrap_or_default(),
+                        status: Word(status),
+                        summary: super::jobs::import_summary(result.0)?,
                     })));
                 }
-                (other, _) => status = other.to_string(),
+                (other, _) => status = other,
             }
         }
         Ok(ImportResponse::Accepted(Json(ImportAccepted {
             job_id: id.0,
             status_url,
-            status,
+            status: Word(status),
         })))
     }
 }
