@@ -62,6 +62,21 @@ pub struct UnknownValue {
     pub expected: String,
 }
 
+/// A closed set of words (statuses, kinds, platforms), as a schema or a client sees it: the
+/// API publishes [`Words::all`] as an enum and reads a value with [`Words::from_word`], so the
+/// list is written once, here, and never again at the edge (this crate knows nothing of the
+/// API's schema library).
+pub trait Words: Copy + Send + Sync + 'static {
+    /// The set's name in a schema (`MessageStatus`).
+    const NAME: &'static str;
+    /// Every value, in the order the set declares them.
+    fn all() -> &'static [Self];
+    /// The value's word on the wire and in the database.
+    fn word(self) -> &'static str;
+    /// The value of a word; any other word is an error naming the set and the words.
+    fn from_word(raw: &str) -> Result<Self, UnknownValue>;
+}
+
 /// A closed set of words stored as text (statuses, kinds, platforms): `as_str` writes it,
 /// `parse` reads it back exactly, and decoding a row holding any other word is an error that
 /// names the type and the word.
@@ -101,6 +116,22 @@ macro_rules! text_enum {
         impl ::std::fmt::Display for $name {
             fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
+            }
+        }
+
+        impl $crate::domain::Words for $name {
+            const NAME: &'static str = stringify!($name);
+
+            fn all() -> &'static [Self] {
+                Self::ALL
+            }
+
+            fn word(self) -> &'static str {
+                self.as_str()
+            }
+
+            fn from_word(raw: &str) -> Result<Self, $crate::domain::UnknownValue> {
+                Self::parse(raw)
             }
         }
 

@@ -130,7 +130,7 @@ pub fn describe() {
     describe_counter!(
         IMPORTED_ROWS,
         Unit::Count,
-        "CSV rows imported, by outcome (created, updated, refused)."
+        "CSV rows imported, by outcome (created, updated, unchanged, refused, skipped)."
     );
     describe_counter!(CAMPAIGNS, Unit::Count, "Bulk campaigns created.");
     describe_histogram!(
@@ -188,7 +188,7 @@ pub fn job_run(kind: &'static str, status: &'static str, took: Duration) {
         .record(took.as_secs_f64());
 }
 
-/// Rows of an import by outcome: `created`, `updated`, `refused`.
+/// Rows of an import by outcome: `created`, `updated`, `unchanged`, `refused`, `skipped`.
 pub fn rows_imported(outcome: &'static str, n: u64) {
     if n > 0 {
         counter!(IMPORTED_ROWS, "outcome" => outcome).increment(n);

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use fanqueue_jobs::{
     crm::{
-        campaigns::{self, Campaign, CampaignStatus},
+        campaigns::{self, Campaign, CampaignStatus, CampaignType},
         messages,
     },
     domain::{CampaignId, MessageId},
@@ -18,7 +18,11 @@ use poem_openapi::{
 };
 
 use super::{
-    ApiError, ApiTags, BearerAuth, State, conversations::MessageOut, messages::submit_error, page,
+    ApiError, ApiTags, BearerAuth, State,
+    conversations::MessageOut,
+    messages::submit_error,
+    rules::{IdempotencyKey, In, Limit, Offset, page},
+    words::Word,
 };
 
 pub struct CampaignsApi {
@@ -51,11 +55,10 @@ pub struct CampaignMetrics {
 pub struct CampaignOut {
     pub id: i64,
     pub name: String,
-    /// bulk_message, welcome, re-engagement, ppv or custom.
     #[oai(rename = "type")]
-    pub kind: String,
-    /// draft, scheduled, active, paused or completed (every message sent or failed).
-    pub status: String,
+    pub kind: Word<CampaignType>,
+    /// `completed`: every message sent or failed.
+    pub status: Word<CampaignStatus>,
     /// `{content, mediaUrls, priceCents}`.
     pub template: serde_json::Value,
     /// `{recipientIds}`.
@@ -105,8 +108,8 @@ async fn with_metrics(state: &State, c: Campaign) -> Result<CampaignOut, ApiErro
     Ok(CampaignOut {
         id: c.id.0,
         name: c.name.clone(),
-        kind: c.kind.to_string(),
-        status: status.to_string(),
+        kind: Word(c.kind),
+        status: Word(status),
         template: c.template.0.clone(),
         target_audience: c.target_audience.0.clone(),
         metrics: CampaignMetrics {
@@ -135,13 +138,11 @@ impl CampaignsApi {
         &self,
         auth: BearerAuth,
         /// Items per page, 1 to 200 (default 50).
-        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
-        limit: Query<Option<i64>>,
+        limit: Query<Option<Limit>>,
         /// Items to skip (default 0).
-        #[oai(validator(minimum(value = "0")))]
-        offset: Query<Option<i64>>,
+        offset: Query<Option<Offset>>,
     ) -> Result<ListCampaignsResponse, ApiError> {
-        let page = page(limit.0, offset.0)?;
+        let page = page(limit.0, offset.0);
         let listed = campaigns::list(&self.state.db, auth.user(), page).await?;
         let mut items = Vec::with_capacity(listed.items.len());
         for c in listed.items {
@@ -181,13 +182,11 @@ impl CampaignsApi {
         auth: BearerAuth,
         id: Path<i64>,
         /// Recipients per page, 1 to 200 (default 50).
-        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
-        limit: Query<Option<i64>>,
+        limit: Query<Option<Limit>>,
         /// Recipients to skip (default 0).
-        #[oai(validator(minimum(value = "0")))]
-        offset: Query<Option<i64>>,
+        offset: Query<Option<Offset>>,
     ) -> Result<ListRecipientsResponse, ApiError> {
-        let page = page(limit.0, offset.0)?;
+        let page = page(limit.0, offset.0);
         let listed =
             messages::of_campaign(&self.state.db, auth.user(), CampaignId(id.0), page).await?;
         Ok(ListRecipientsResponse::Ok(Json(RecipientPage {
@@ -221,11 +220,8 @@ impl CampaignsApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(
-            name = "Idempotency-Key",
-            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
-        )]
-        _idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         id: Path<i64>,
         req: &poem::Request,
     ) -> Result<RetryFailedResponse, ApiError> {

@@ -9,7 +9,7 @@ use fanqueue_jobs::{
         deliveries,
         messages::{self, Direction, Inbound, Message, MessageStatus, NewAttachment},
     },
-    domain::{Cents, ConversationId, FanId, HttpUrl, MessageId, Text},
+    domain::{Cents, ConversationId, FanId, MessageId, Platform},
     idempotency::Effect,
     kinds::send_message::Recipient,
 };
@@ -20,7 +20,13 @@ use poem_openapi::{
 };
 use serde::Deserialize;
 
-use super::{ApiError, ApiTags, BearerAuth, State, body::JsonBody, ids::IdIn, page};
+use super::{
+    ApiError, ApiTags, BearerAuth, State,
+    body::JsonBody,
+    ids::IdIn,
+    rules::{IdempotencyKey, In, Limit, MediaUrl, MessageText, Offset, page},
+    words::Word,
+};
 
 pub struct ConversationsApi {
     state: State,
@@ -49,7 +55,7 @@ pub struct ConversationFan {
 pub struct ConversationOut {
     pub id: i64,
     pub fan_id: i64,
-    pub platform: String,
+    pub platform: Word<Platform>,
     #[oai(nullable)]
     pub last_message_at: Option<DateTime<Utc>>,
     /// Inbound messages since the creator last marked the thread read.
@@ -63,7 +69,7 @@ impl From<Conversation> for ConversationOut {
         ConversationOut {
             id: c.id.0,
             fan_id: c.fan_id.0,
-            platform: c.platform.to_string(),
+            platform: Word(c.platform),
             last_message_at: c.last_message_at,
             unread_count: c.unread_count,
             created_at: c.created_at,
@@ -108,10 +114,7 @@ pub struct AttachmentIn {
     #[serde(rename = "type")]
     pub kind: String,
     /// An absolute http(s) URL with a host, no spaces, at most 2048 bytes.
-    #[oai(validator(
-        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*https?://[^/?#\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]*[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-    ))]
-    pub url: String,
+    pub url: In<MediaUrl>,
 }
 
 #[derive(Debug, Object)]
@@ -127,11 +130,7 @@ pub struct AttachmentOut {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InboundIn {
     /// Not blank, at most 5,000 characters, no control characters but line breaks and tabs.
-    #[oai(validator(
-        max_length = 5000,
-        pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*$"
-    ))]
-    pub text: String,
+    pub text: In<MessageText>,
     /// Price of paid content the fan unlocked, in cents.
     #[oai(
         nullable,
@@ -162,11 +161,7 @@ pub struct InboundIn {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutboundIn {
     /// Not blank, at most 5,000 characters, no control characters but line breaks and tabs.
-    #[oai(validator(
-        max_length = 5000,
-        pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*$"
-    ))]
-    pub text: String,
+    pub text: In<MessageText>,
     /// Price of paid content, in cents.
     #[oai(
         nullable,
@@ -192,12 +187,11 @@ pub struct MessageOut {
     pub conversation_id: i64,
     pub fan_id: i64,
     /// `in` (from the fan) or `out` (to the fan).
-    pub direction: String,
+    pub direction: Word<Direction>,
     pub text: String,
     pub price_cents: i64,
     pub attachments: Vec<AttachmentOut>,
-    /// queued, sending, sent or failed.
-    pub status: String,
+    pub status: Word<MessageStatus>,
     /// Why delivery failed, when it did.
     #[oai(nullable)]
     pub error: Option<String>,
@@ -229,7 +223,7 @@ impl From<Message> for MessageOut {
             id: m.id.0,
             conversation_id: m.conversation_id.0,
             fan_id: m.fan_id.0,
-            direction: m.direction.to_string(),
+            direction: Word(m.direction),
             text: m.text,
             price_cents: m.price_cents,
             attachments: m
@@ -241,7 +235,7 @@ impl From<Message> for MessageOut {
                     url: a.url,
                 })
                 .collect(),
-            status: m.status.to_string(),
+            status: Word(m.status),
             error: m.error,
             attempts: m.attempts,
             campaign_id: m.campaign_id.map(|c| c.0),
@@ -335,9 +329,10 @@ fn parse_attachments(raw: Option<Vec<AttachmentIn>>) -> Result<Vec<NewAttachment
                     "must be a short word such as image, video, audio or file",
                 ));
             }
-            let url = HttpUrl::parse(&a.url)
-                .map_err(|e| ApiError::invalid(&format!("attachments[{i}].url"), e))?;
-            Ok(NewAttachment { kind, url })
+            Ok(NewAttachment {
+                kind,
+                url: a.url.into_inner(),
+            })
         })
         .collect()
 }
@@ -362,8 +357,7 @@ impl InboundIn {
             other => other,
         };
         Ok(Inbound {
-            text: Text::parse(&self.text, messages::TEXT_MAX)
-                .map_err(|e| ApiError::invalid("text", e))?,
+            text: self.text.into_inner(),
             price_cents: Cents::new(self.price_cents.unwrap_or(0))
                 .map_err(|e| ApiError::invalid("priceCents", e))?,
             attachments,
@@ -384,13 +378,11 @@ impl ConversationsApi {
         &self,
         auth: BearerAuth,
         /// Items per page, 1 to 200 (default 50).
-        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
-        limit: Query<Option<i64>>,
+        limit: Query<Option<Limit>>,
         /// Items to skip (default 0).
-        #[oai(validator(minimum(value = "0")))]
-        offset: Query<Option<i64>>,
+        offset: Query<Option<Offset>>,
     ) -> Result<ListConversationsResponse, ApiError> {
-        let page = page(limit.0, offset.0)?;
+        let page = page(limit.0, offset.0);
         let listed = conversations::list(&self.state.db, auth.user(), page).await?;
         Ok(ListConversationsResponse::Ok(Json(ConversationPage {
             items: listed.items.into_iter().map(Into::into).collect(),
@@ -409,11 +401,8 @@ impl ConversationsApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(
-            name = "Idempotency-Key",
-            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
-        )]
-        _idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         body: JsonBody<OpenConversation>,
     ) -> Result<OpenConversationResponse, ApiError> {
         let (conversation, created) =
@@ -446,13 +435,11 @@ impl ConversationsApi {
         auth: BearerAuth,
         id: Path<i64>,
         /// Items per page, 1 to 200 (default 50).
-        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
-        limit: Query<Option<i64>>,
+        limit: Query<Option<Limit>>,
         /// Items to skip (default 0).
-        #[oai(validator(minimum(value = "0")))]
-        offset: Query<Option<i64>>,
+        offset: Query<Option<Offset>>,
     ) -> Result<ListMessagesResponse, ApiError> {
-        let page = page(limit.0, offset.0)?;
+        let page = page(limit.0, offset.0);
         let listed =
             messages::list(&self.state.db, auth.user(), ConversationId(id.0), page).await?;
         // Outbound messages still waiting get the time they should go, as the send answered.
@@ -508,18 +495,15 @@ impl ConversationsApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(
-            name = "Idempotency-Key",
-            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
-        )]
-        _idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         id: Path<i64>,
         body: JsonBody<OutboundIn>,
         req: &poem::Request,
     ) -> Result<SendInConversationResponse, ApiError> {
         let b = body.0;
         let out = super::messages::outgoing(
-            ("text", &b.text),
+            b.text.into_inner(),
             b.price_cents,
             parse_attachments(b.attachments)?,
             Some(messages::PRIORITY_REPLY),
@@ -549,11 +533,8 @@ impl ConversationsApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(
-            name = "Idempotency-Key",
-            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
-        )]
-        _idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         id: Path<i64>,
         body: JsonBody<InboundIn>,
         req: &poem::Request,
@@ -601,11 +582,8 @@ impl ConversationsApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(
-            name = "Idempotency-Key",
-            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
-        )]
-        _idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         id: Path<i64>,
     ) -> Result<MarkReadResponse, ApiError> {
         let c = conversations::mark_read(&self.state.db, auth.user(), ConversationId(id.0)).await?;

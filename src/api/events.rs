@@ -7,12 +7,17 @@ use fanqueue_jobs::{
         events::{self, EventKind, ID_MAX, MAX_BATCH, MessageRef, Outcome, PlatformEvent},
         fans::FanRef,
     },
-    domain::{Cents, FanId, Handle, MessageId},
+    domain::{Cents, FanId, MessageId},
 };
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Header, payload::Json};
 use serde::Deserialize;
 
-use super::{ApiError, ApiTags, BearerAuth, State, body::JsonBody, ids::IdIn};
+use super::{
+    ApiError, ApiTags, BearerAuth, State,
+    body::JsonBody,
+    ids::IdIn,
+    rules::{FanHandle, IdempotencyKey, In},
+};
 
 pub struct EventsApi {
     state: State,
@@ -72,10 +77,7 @@ pub struct EventIn {
     pub fan_id: Option<IdIn>,
     /// The fan's handle on OnlyFans (`@name` or `name`, 1 to 64 letters, digits, `_`, `.` or
     /// `-`), matched without case.
-    #[oai(validator(
-        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*@*[\w.-]{1,64}[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-    ))]
-    pub fan_handle: Option<String>,
+    pub fan_handle: Option<In<FanHandle>>,
     /// Our id of the outbound message (a number, or a string of digits).
     pub message_id: Option<IdIn>,
     /// The platform's id of the outbound message, as its answer to the delivery gave it (1 to
@@ -98,13 +100,23 @@ pub struct EventsIn {
 }
 
 /// What became of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum EventStatus {
+    /// Recorded.
+    Applied,
+    /// Its id was applied before: nothing changed.
+    Duplicate,
+    /// It names no fan or message of yours: nothing changed, and it may be sent again.
+    Rejected,
+}
+
+/// What became of one event.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct EventResultOut {
     pub id: String,
-    /// `applied`; `duplicate` (its id was applied before: nothing changed); `rejected` (it
-    /// names no fan or message of yours: nothing changed, and it may be sent again).
-    pub status: String,
+    pub status: EventStatus,
     /// Why it was rejected.
     #[oai(skip_serializing_if_is_none)]
     pub error: Option<String>,
@@ -151,9 +163,7 @@ fn parse(i: usize, e: EventIn, now: DateTime<Utc>) -> Result<PlatformEvent, ApiE
     let fan = match (e.fan_id, e.fan_handle) {
         // An id that names no fan (0, say) is that event's rejection, not the batch's.
         (Some(IdIn(id)), None) => FanRef::Id(FanId(id)),
-        (None, Some(h)) => FanRef::Handle(
-            Handle::parse(&h).map_err(|err| ApiError::invalid(&field("fanHandle"), err))?,
-        ),
+        (None, Some(h)) => FanRef::Handle(h.into_inner()),
         _ => {
             return Err(ApiError::invalid(
                 &field("fanId"),
@@ -228,8 +238,8 @@ impl EventsApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
-        _idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         body: JsonBody<EventsIn>,
     ) -> Result<EventsResponse, ApiError> {
         let batch = body.0.events;
@@ -256,20 +266,20 @@ impl EventsApi {
             let (status, error) = match outcome {
                 Outcome::Applied => {
                     out.applied += 1;
-                    ("applied", None)
+                    (EventStatus::Applied, None)
                 }
                 Outcome::Duplicate => {
                     out.duplicates += 1;
-                    ("duplicate", None)
+                    (EventStatus::Duplicate, None)
                 }
                 Outcome::Rejected(why) => {
                     out.rejected += 1;
-                    ("rejected", Some(why))
+                    (EventStatus::Rejected, Some(why))
                 }
             };
             out.results.push(EventResultOut {
                 id: e.id,
-                status: status.to_owned(),
+                status,
                 error,
             });
         }

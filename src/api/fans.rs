@@ -4,9 +4,9 @@ use chrono::{DateTime, Utc};
 use fanqueue_jobs::{
     crm::fans::{
         self, Fan, FanFilter, FanPatch, NewFan,
-        value_history::{self, ValueChange},
+        value_history::{self, ValueChange, ValueSource},
     },
-    domain::{Cents, Email, FanId, Handle, HttpUrl, Line, ParseError, Platform, Tags, Text},
+    domain::{Cents, Email, FanId, Line, ParseError, Platform, Tags, Text},
     idempotency::Effect,
 };
 use poem_openapi::{
@@ -21,7 +21,9 @@ use super::{
     ApiError, ApiTags, BearerAuth, State,
     body::{JsonBody, JsonOut, rfc3339},
     formats::EmailIn,
-    idempotency, page,
+    idempotency,
+    rules::{FanHandle, IdempotencyKey, In, Limit, MediaUrl, Offset, page},
+    words::Word,
 };
 
 pub struct FansApi {
@@ -40,8 +42,7 @@ impl FansApi {
 #[serde(rename_all = "camelCase")]
 pub struct FanOut {
     pub id: i64,
-    /// onlyfans, fansly or other.
-    pub platform: String,
+    pub platform: Word<Platform>,
     /// `@` + the platform username, lower case.
     pub handle: String,
     #[oai(nullable)]
@@ -68,7 +69,7 @@ impl From<Fan> for FanOut {
     fn from(f: Fan) -> Self {
         FanOut {
             id: f.id.0,
-            platform: f.platform.to_string(),
+            platform: Word(f.platform),
             handle: f.handle,
             name: f.name,
             email: f.email,
@@ -109,10 +110,7 @@ pub struct CreateFan {
     pub platform: Option<String>,
     /// Platform username, with or without `@` (1 to 64 letters, digits, `_`, `.` or `-`);
     /// matched without case.
-    #[oai(validator(
-        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*@*[\w.-]{1,64}[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-    ))]
-    pub handle: String,
+    pub handle: In<FanHandle>,
     /// Display name: one line of at most 200 characters (trimmed), no control characters.
     #[oai(
         nullable,
@@ -124,13 +122,8 @@ pub struct CreateFan {
     #[oai(nullable)]
     pub email: Option<EmailIn>,
     /// An absolute http(s) URL with a host, no spaces, at most 2048 bytes.
-    #[oai(
-        nullable,
-        validator(
-            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*https?://[^/?#\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]*[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-        )
-    )]
-    pub avatar_url: Option<String>,
+    #[oai(nullable)]
+    pub avatar_url: Option<In<MediaUrl>>,
     /// At most 50 distinct tags (duplicates, compared without case, are dropped), each one
     /// line of at most 50 characters.
     #[oai(
@@ -178,13 +171,8 @@ pub struct UpdateFan {
     #[oai(nullable)]
     pub email: MaybeUndefined<EmailIn>,
     #[serde(default)]
-    #[oai(
-        nullable,
-        validator(
-            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*https?://[^/?#\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]*[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-        )
-    )]
-    pub avatar_url: MaybeUndefined<String>,
+    #[oai(nullable)]
+    pub avatar_url: MaybeUndefined<In<MediaUrl>>,
     /// Replaces the fan's tags (as for a new fan); null leaves them.
     #[oai(
         nullable,
@@ -236,8 +224,8 @@ pub struct ValueChangeOut {
     pub value_cents: i64,
     /// How much it moved (negative when lowered by an edit or an import).
     pub delta_cents: i64,
-    /// created, edit, import, purchased, tip or subscription.
-    pub source: String,
+    /// What moved it.
+    pub source: Word<ValueSource>,
 }
 
 impl From<ValueChange> for ValueChangeOut {
@@ -246,7 +234,7 @@ impl From<ValueChange> for ValueChangeOut {
             at: c.at,
             value_cents: c.value_cents,
             delta_cents: c.delta_cents,
-            source: c.source.to_string(),
+            source: Word(c.source),
         }
     }
 }
@@ -332,12 +320,12 @@ impl CreateFan {
         Ok(NewFan {
             platform: optional("platform", self.platform.as_deref(), Platform::parse_input)?
                 .unwrap_or(Platform::Onlyfans),
-            handle: field("handle", Handle::parse(&self.handle))?,
+            handle: self.handle.into_inner(),
             name: optional("name", self.name.as_deref(), |v| {
                 Line::parse(v, fans::NAME_MAX)
             })?,
             email: optional("email", self.email.as_deref(), Email::parse)?,
-            avatar_url: optional("avatarUrl", self.avatar_url.as_deref(), HttpUrl::parse)?,
+            avatar_url: self.avatar_url.map(In::into_inner),
             tags: field("tags", Tags::parse(&self.tags.unwrap_or_default()))?,
             notes: optional("notes", self.notes.as_deref(), |v| {
                 Text::parse(v, fans::NOTES_MAX)
@@ -353,7 +341,11 @@ impl UpdateFan {
         Ok(FanPatch {
             name: patch("name", &self.name, |v| Line::parse(v, fans::NAME_MAX))?,
             email: patch("email", &self.email, Email::parse)?,
-            avatar_url: patch("avatarUrl", &self.avatar_url, HttpUrl::parse)?,
+            avatar_url: match self.avatar_url {
+                MaybeUndefined::Undefined => None,
+                MaybeUndefined::Null => Some(None),
+                MaybeUndefined::Value(u) => Some(Some(u.into_inner())),
+            },
             tags: self
                 .tags
                 .map(|t| field("tags", Tags::parse(&t)))
@@ -400,13 +392,11 @@ impl FansApi {
         )]
         min_value_cents: Query<Option<i64>>,
         /// Fans per page, 1 to 200 (default 50).
-        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
-        limit: Query<Option<i64>>,
+        limit: Query<Option<Limit>>,
         /// Fans to skip (default 0).
-        #[oai(validator(minimum(value = "0")))]
-        offset: Query<Option<i64>>,
+        offset: Query<Option<Offset>>,
     ) -> Result<ListFansResponse, ApiError> {
-        let page = page(limit.0, offset.0)?;
+        let page = page(limit.0, offset.0);
         let filter = FanFilter {
             tag: optional("tag", tag.0.as_deref(), |v| Line::parse(v, Tags::MAX_LEN))?
                 .map(|t| t.as_str().to_owned()),
@@ -442,11 +432,8 @@ impl FansApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(
-            name = "Idempotency-Key",
-            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
-        )]
-        _idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         body: JsonBody<CreateFan>,
         req: &poem::Request,
     ) -> Result<CreateFanResponse, ApiError> {
@@ -494,13 +481,11 @@ impl FansApi {
         auth: BearerAuth,
         id: Path<i64>,
         /// Changes per page, 1 to 200 (default 50).
-        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
-        limit: Query<Option<i64>>,
+        limit: Query<Option<Limit>>,
         /// Changes to skip (default 0).
-        #[oai(validator(minimum(value = "0")))]
-        offset: Query<Option<i64>>,
+        offset: Query<Option<Offset>>,
     ) -> Result<ValueHistoryResponse, ApiError> {
-        let page = page(limit.0, offset.0)?;
+        let page = page(limit.0, offset.0);
         let listed = value_history::list(&self.state.db, auth.user(), FanId(id.0), page).await?;
         Ok(ValueHistoryResponse::Ok(Json(ValueHistoryPage {
             items: listed.items.into_iter().map(ValueChangeOut::from).collect(),

@@ -24,7 +24,11 @@ use poem::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{ApiError, State, body::MAX_BODY};
+use super::{
+    ApiError, State,
+    body::MAX_BODY,
+    rules::{IdempotencyKey, In},
+};
 
 pub const HEADER: &str = "idempotency-key";
 /// Says an answer is a kept one, given again.
@@ -61,17 +65,12 @@ fn key_of(req: &Request) -> Result<Option<String>, ApiError> {
     let Some(raw) = req.headers().get(HEADER) else {
         return Ok(None);
     };
-    match raw.to_str() {
-        Ok(key)
-            if (1..=255).contains(&key.len()) && key.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
-        {
-            Ok(Some(key.to_owned()))
-        }
-        _ => Err(ApiError::invalid(
-            "Idempotency-Key",
-            "must be 1 to 255 printable ASCII characters",
-        )),
-    }
+    let key = raw
+        .to_str()
+        .map_err(|_| ApiError::invalid("Idempotency-Key", "must be printable ASCII characters"))?;
+    In::<IdempotencyKey>::parse(key)
+        .map(|k| Some(k.into_inner()))
+        .map_err(|reason| ApiError::invalid("Idempotency-Key", reason))
 }
 
 /// What makes two requests the same: method, path and query, and body. A multipart body's

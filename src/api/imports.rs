@@ -19,7 +19,12 @@ use poem_openapi::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{ApiError, ApiTags, BearerAuth, State, idempotency};
+use super::{
+    ApiError, ApiTags, BearerAuth, State, idempotency,
+    jobs::ImportSummary,
+    rules::{IdempotencyKey, In},
+    words::Word,
+};
 
 pub struct ImportsApi {
     state: State,
@@ -210,7 +215,7 @@ pub struct ImportAccepted {
     /// Poll this for progress and the summary.
     pub status_url: String,
     /// queued, or the job's status when `wait` saw it finish.
-    pub status: String,
+    pub status: Word<JobStatus>,
 }
 
 #[derive(Debug, Object)]
@@ -218,9 +223,8 @@ pub struct ImportAccepted {
 pub struct ImportFinished {
     pub job_id: String,
     pub status_url: String,
-    pub status: String,
-    /// totalRows, successfulInserts, updated, skipped, errors[{row, error}], …
-    pub summary: serde_json::Value,
+    pub status: Word<JobStatus>,
+    pub summary: ImportSummary,
 }
 
 #[derive(ApiResponse)]
@@ -251,11 +255,8 @@ impl ImportsApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(
-            name = "Idempotency-Key",
-            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
-        )]
-        _idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         /// Seconds to wait for the import to finish before answering, at most 60.
         #[oai(validator(minimum(value = "0"), maximum(value = "60")))]
         wait: Query<Option<u64>>,
@@ -274,17 +275,14 @@ impl ImportsApi {
             // The first attempt stored its job and died before answering: answer for it.
             Some(Effect::Job(id)) => {
                 let job = record::get(&self.state.db, user, id).await?;
-                (id.clone(), job.status.to_string())
+                (id.clone(), job.status)
             }
             Some(other) => {
                 return Err(ApiError::internal(anyhow::anyhow!(
                     "an import's Idempotency-Key names {other}, not a job"
                 )));
             }
-            None => (
-                self.store(req, user, upload).await?,
-                JobStatus::Queued.to_string(),
-            ),
+            None => (self.store(req, user, upload).await?, JobStatus::Queued),
         };
         let status_url = format!("/api/jobs/{id}");
         if wait > 0 {
@@ -301,17 +299,17 @@ impl ImportsApi {
                     return Ok(ImportResponse::Finished(Json(ImportFinished {
                         job_id: id.0,
                         status_url,
-                        status: status.to_string(),
-                        summary: result.0.get("summary").cloned().unwrap_or_default(),
+                        status: Word(status),
+                        summary: super::jobs::import_summary(result.0)?,
                     })));
                 }
-                (other, _) => status = other.to_string(),
+                (other, _) => status = other,
             }
         }
         Ok(ImportResponse::Accepted(Json(ImportAccepted {
             job_id: id.0,
             status_url,
-            status,
+            status: Word(status),
         })))
     }
 }

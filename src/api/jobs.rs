@@ -6,15 +6,25 @@ use fanqueue_jobs::{
         JobFilter, JobId, JobRecord, JobStatus,
         record::{self, CancelError, Readers},
     },
+    kinds::{
+        fan_out::SendResult,
+        import_csv::{RowError, Summary},
+        sweep::SweepReport,
+    },
     runtime::Kind,
 };
 use poem_openapi::{
-    ApiResponse, Object, OpenApi,
+    ApiResponse, Object, OpenApi, Union,
     param::{Path, Query},
     payload::Json,
 };
+use serde::Deserialize;
 
-use super::{ApiError, ApiTags, BearerAuth, State, page};
+use super::{
+    ApiError, ApiTags, BearerAuth, State,
+    rules::{Limit, Offset, page},
+    words::Word,
+};
 
 pub struct JobsApi {
     state: State,
@@ -40,16 +50,14 @@ pub struct Progress {
 #[oai(rename_all = "camelCase")]
 pub struct JobOut {
     pub id: String,
-    /// import_csv, …
-    pub kind: String,
-    /// queued, running, succeeded, failed or cancelled.
-    pub status: String,
+    pub kind: Word<Kind>,
+    pub status: Word<JobStatus>,
     /// Runs started so far, including one cut short by a crash.
     pub attempts: i64,
     pub progress: Progress,
-    /// The job's result once it has one (for imports: `{"summary": …}`).
+    /// The job's result once it has one: its shape follows `kind`.
     #[oai(nullable)]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<JobResult>,
     /// Why it failed, or why its last run failed when it will be retried.
     #[oai(nullable)]
     pub error: Option<String>,
@@ -62,24 +70,260 @@ pub struct JobOut {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-impl From<JobRecord> for JobOut {
-    fn from(j: JobRecord) -> Self {
-        JobOut {
+/// What a job ended with, by its kind: `import_csv` an `ImportResult`, `send_message` and
+/// `bulk_send` a `SendResultOut`, `sweep` a `SweepResultOut`. The three have no required
+/// field in common, so a value matches exactly one of them.
+#[derive(Debug, Union)]
+#[oai(one_of)]
+pub enum JobResult {
+    Import(ImportResult),
+    Send(SendResultOut),
+    Sweep(SweepResultOut),
+}
+
+/// An import's result: `{"summary": …}`.
+#[derive(Debug, Object)]
+pub struct ImportResult {
+    pub summary: ImportSummary,
+}
+
+/// A bad or skipped row: its spreadsheet row number (the header is row 1) and why.
+#[derive(Debug, Object)]
+pub struct RowErrorOut {
+    pub row: u64,
+    pub error: String,
+}
+
+/// What an import did with each data row; every row is counted once:
+/// `successfulInserts + updated + unchanged + skipped + errorCount = totalRows`.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ImportSummary {
+    /// Data records in the file.
+    pub total_rows: u64,
+    /// Fans that did not exist and now do.
+    pub successful_inserts: u64,
+    /// Fans that existed and that the file changed.
+    pub updated: u64,
+    /// Fans that existed and that the file left as they were (a file imported again).
+    pub unchanged: u64,
+    /// Rows superseded by a later row of the same handle.
+    pub skipped: u64,
+    /// Bad rows, at most 1,000.
+    pub errors: Vec<RowErrorOut>,
+    /// All bad rows, listed or not.
+    pub error_count: u64,
+    /// Bad rows not listed.
+    pub errors_omitted: u64,
+    /// The skipped rows and why (`duplicate of row N`), at most 1,000.
+    pub skipped_rows: Vec<RowErrorOut>,
+    /// The import was cancelled: rows after `stoppedAtRow` were not read.
+    pub cancelled: bool,
+    /// When cancelled: the last row whose batch committed.
+    #[oai(nullable)]
+    pub stopped_at_row: Option<u64>,
+}
+
+/// A send's or a campaign's result: its messages as they stood when the job had put the last
+/// of them on the outbound queue.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct SendResultOut {
+    /// On the outbound queue (or being delivered).
+    pub queued: i64,
+    /// Already delivered.
+    pub sent: i64,
+    /// Failed.
+    pub failed: i64,
+    /// Entries the queue refused during the job's last run.
+    pub refused_this_run: u64,
+    /// `SendMessageBatch` calls the job's last run made.
+    pub send_message_batch_calls: u32,
+}
+
+/// What one sweep did.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct SweepResultOut {
+    /// DLQ copies read.
+    pub dlq_read: u64,
+    /// Messages recorded `failed` (or given their reason) from the DLQ.
+    pub dlq_recorded: u64,
+    /// DLQ copies of messages already final, deleted.
+    pub dlq_already_final: u64,
+    /// DLQ copies put back on the queue.
+    pub dlq_redriven: u64,
+    /// DLQ copies that are not a message of ours, left for an operator.
+    pub dlq_unreadable: u64,
+    /// Messages stuck on the queue, sent to it again.
+    pub stuck_requeued: u64,
+    /// Messages stuck on the queue past their re-drives, failed.
+    pub stuck_failed: u64,
+    /// `sending` messages whose lease ran out long ago, back in their schedule.
+    pub leases_reclaimed: u64,
+    pub pruned_jobs: u64,
+    pub pruned_tasks: u64,
+    pub pruned_attempts: u64,
+    pub pruned_processes: u64,
+    /// Idempotency keys past their 24 hours.
+    pub pruned_idempotency_keys: u64,
+}
+
+impl From<RowError> for RowErrorOut {
+    fn from(RowError { row, error }: RowError) -> Self {
+        RowErrorOut { row, error }
+    }
+}
+
+impl From<Summary> for ImportSummary {
+    fn from(s: Summary) -> Self {
+        // Destructured whole: a field added to the engine's summary must be added here.
+        let Summary {
+            total_rows,
+            successful_inserts,
+            updated,
+            unchanged,
+            skipped,
+            errors,
+            error_count,
+            errors_omitted,
+            skipped_rows,
+            cancelled,
+            stopped_at_row,
+        } = s;
+        ImportSummary {
+            total_rows,
+            successful_inserts,
+            updated,
+            unchanged,
+            skipped,
+            errors: errors.into_iter().map(Into::into).collect(),
+            error_count,
+            errors_omitted,
+            skipped_rows: skipped_rows.into_iter().map(Into::into).collect(),
+            cancelled,
+            stopped_at_row,
+        }
+    }
+}
+
+impl From<SendResult> for SendResultOut {
+    fn from(r: SendResult) -> Self {
+        let SendResult {
+            queued,
+            sent,
+            failed,
+            refused_this_run,
+            send_message_batch_calls,
+        } = r;
+        SendResultOut {
+            queued,
+            sent,
+            failed,
+            refused_this_run,
+            send_message_batch_calls,
+        }
+    }
+}
+
+impl From<SweepReport> for SweepResultOut {
+    fn from(r: SweepReport) -> Self {
+        let SweepReport {
+            dlq_read,
+            dlq_recorded,
+            dlq_already_final,
+            dlq_redriven,
+            dlq_unreadable,
+            stuck_requeued,
+            stuck_failed,
+            leases_reclaimed,
+            pruned_jobs,
+            pruned_tasks,
+            pruned_attempts,
+            pruned_processes,
+            pruned_idempotency_keys,
+        } = r;
+        SweepResultOut {
+            dlq_read,
+            dlq_recorded,
+            dlq_already_final,
+            dlq_redriven,
+            dlq_unreadable,
+            stuck_requeued,
+            stuck_failed,
+            leases_reclaimed,
+            pruned_jobs,
+            pruned_tasks,
+            pruned_attempts,
+            pruned_processes,
+            pruned_idempotency_keys,
+        }
+    }
+}
+
+/// The engine's form of an import's result.
+#[derive(Deserialize)]
+struct StoredImport {
+    summary: Summary,
+}
+
+/// An import's summary as stored in its result (`{"summary": …}`).
+pub fn import_summary(result: serde_json::Value) -> Result<ImportSummary, ApiError> {
+    serde_json::from_value::<StoredImport>(result)
+        .map(|r| r.summary.into())
+        .map_err(|e| {
+            ApiError::internal(anyhow::Error::new(e).context("reading an import's summary"))
+        })
+}
+
+impl JobResult {
+    /// Reads a stored result by the job's kind. Every result is written by its kind from the
+    /// types read here, so a result that does not read is a bug worth a 500, not a guess.
+    fn of(kind: Kind, result: serde_json::Value) -> Result<JobResult, ApiError> {
+        let unreadable = |e: serde_json::Error| {
+            ApiError::internal(
+                anyhow::Error::new(e).context(format!("reading a {kind} job's result")),
+            )
+        };
+        Ok(match kind {
+            Kind::ImportCsv => JobResult::Import(ImportResult {
+                summary: import_summary(result)?,
+            }),
+            Kind::SendMessage | Kind::BulkSend => JobResult::Send(
+                serde_json::from_value::<SendResult>(result)
+                    .map_err(unreadable)?
+                    .into(),
+            ),
+            Kind::Sweep => JobResult::Sweep(
+                serde_json::from_value::<SweepReport>(result)
+                    .map_err(unreadable)?
+                    .into(),
+            ),
+        })
+    }
+}
+
+impl TryFrom<JobRecord> for JobOut {
+    type Error = ApiError;
+
+    fn try_from(j: JobRecord) -> Result<Self, ApiError> {
+        let kind = Kind::parse(&j.kind).map_err(|e| ApiError::internal(e.into()))?;
+        Ok(JobOut {
             id: j.id.0,
-            kind: j.kind,
-            status: j.status.to_string(),
+            kind: Word(kind),
+            status: Word(j.status),
             attempts: j.attempts,
             progress: Progress {
                 done: j.progress_done,
                 total: j.progress_total,
             },
-            result: j.result.map(|r| r.0),
+            result: j.result.map(|r| JobResult::of(kind, r.0)).transpose()?,
             error: j.error,
             cancel_requested: j.cancel_requested,
             created_at: j.created_at,
             started_at: j.started_at,
             finished_at: j.finished_at,
-        }
+        })
     }
 }
 
@@ -130,7 +374,7 @@ impl JobsApi {
         id: Path<String>,
     ) -> Result<GetJobResponse, ApiError> {
         let job = record::get(&self.state.db, readers(&auth), &job_id(&id.0)?).await?;
-        Ok(GetJobResponse::Ok(Json(job.into())))
+        Ok(GetJobResponse::Ok(Json(job.try_into()?)))
     }
 
     /// List jobs
@@ -140,44 +384,27 @@ impl JobsApi {
     async fn list(
         &self,
         auth: BearerAuth,
-        /// import_csv, send_message, bulk_send or sweep.
-        #[oai(validator(pattern = r"^(?:import_csv|send_message|bulk_send|sweep)$"))]
-        kind: Query<Option<String>>,
-        /// queued, running, succeeded, failed or cancelled.
-        #[oai(validator(pattern = r"^(?:queued|running|succeeded|failed|cancelled)$"))]
-        status: Query<Option<String>>,
+        /// Only jobs of this kind.
+        kind: Query<Option<Word<Kind>>>,
+        /// Only jobs in this status.
+        status: Query<Option<Word<JobStatus>>>,
         /// Items per page, 1 to 200 (default 50).
-        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
-        limit: Query<Option<i64>>,
+        limit: Query<Option<Limit>>,
         /// Items to skip (default 0).
-        #[oai(validator(minimum(value = "0")))]
-        offset: Query<Option<i64>>,
+        offset: Query<Option<Offset>>,
     ) -> Result<ListJobsResponse, ApiError> {
-        let page = page(limit.0, offset.0)?;
+        let page = page(limit.0, offset.0);
         let filter = JobFilter {
-            kind: kind
-                .0
-                .map(|k| {
-                    Kind::parse(&k)
-                        .map(Kind::name)
-                        .map_err(|_| ApiError::invalid("kind", "is not a job kind"))
-                })
-                .transpose()?,
-            status: status
-                .0
-                .map(|s| {
-                    JobStatus::parse(&s).map_err(|_| {
-                        ApiError::invalid(
-                            "status",
-                            "must be queued, running, succeeded, failed or cancelled",
-                        )
-                    })
-                })
-                .transpose()?,
+            kind: kind.0.map(|k| k.0.name()),
+            status: status.0.map(|s| s.0),
         };
         let listed = record::list(&self.state.db, readers(&auth), &filter, page).await?;
         Ok(ListJobsResponse::Ok(Json(JobPage {
-            items: listed.items.into_iter().map(Into::into).collect(),
+            items: listed
+                .items
+                .into_iter()
+                .map(JobOut::try_from)
+                .collect::<Result<_, _>>()?,
             total: listed.total,
             limit: page.limit,
             offset: page.offset,
@@ -198,7 +425,7 @@ impl JobsApi {
         id: Path<String>,
     ) -> Result<CancelJobResponse, ApiError> {
         match record::cancel(&self.state.db, auth.user(), &job_id(&id.0)?).await {
-            Ok(job) => Ok(CancelJobResponse::Accepted(Json(job.into()))),
+            Ok(job) => Ok(CancelJobResponse::Accepted(Json(job.try_into()?))),
             Err(CancelError::Finished(status)) => Err(ApiError::conflict(format!(
                 "the job has already finished ({status}); nothing to cancel"
             ))),

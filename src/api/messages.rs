@@ -5,9 +5,9 @@ use fanqueue_jobs::{
     crm::{
         campaigns::{self, NewBulk},
         deliveries,
-        messages::{self, Message, NewAttachment, Outgoing, PRIORITY_DEFAULT},
+        messages::{self, Message, MessageStatus, NewAttachment, Outgoing, PRIORITY_DEFAULT},
     },
-    domain::{Cents, FanId, HttpUrl, Line, MessageId, Text, UserId},
+    domain::{Cents, FanId, Line, MessageId, Text, UserId},
     idempotency::Effect,
     kinds::{
         SubmitError, bulk_send,
@@ -17,13 +17,20 @@ use fanqueue_jobs::{
 };
 use poem::Request;
 use poem_openapi::{
-    ApiResponse, Object, OpenApi,
+    ApiResponse, Enum, Object, OpenApi,
     param::{Header, Path, Query},
     payload::Json,
 };
 use serde::Deserialize;
 
-use super::{ApiError, ApiTags, BearerAuth, State, body::JsonBody, idempotency, ids::IdIn, page};
+use super::{
+    ApiError, ApiTags, BearerAuth, State,
+    body::JsonBody,
+    idempotency,
+    ids::IdIn,
+    rules::{IdempotencyKey, In, Limit, MediaUrl, MessageText, Offset, page},
+    words::Word,
+};
 
 pub struct MessagesApi {
     state: State,
@@ -47,20 +54,10 @@ pub struct SendIn {
     pub recipient_id: IdIn,
     /// The text: not blank, at most 5,000 characters, no control characters but line breaks
     /// and tabs.
-    #[oai(validator(
-        max_length = 5000,
-        pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*$"
-    ))]
-    pub content: String,
+    pub content: In<MessageText>,
     /// http(s) URLs of media to attach, at most 20.
-    #[oai(
-        nullable,
-        validator(
-            max_items = 20,
-            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*https?://[^/?#\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]*[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-        )
-    )]
-    pub media_urls: Option<Vec<String>>,
+    #[oai(nullable, validator(max_items = 20))]
+    pub media_urls: Option<Vec<In<MediaUrl>>>,
     /// 1 (lowest) to 10; default 5.
     #[oai(validator(minimum(value = "1"), maximum(value = "10")))]
     #[oai(nullable)]
@@ -77,19 +74,9 @@ pub struct BulkIn {
     #[oai(validator(min_items = 1, max_items = 100))]
     pub recipient_ids: Vec<IdIn>,
     /// As for a single send.
-    #[oai(validator(
-        max_length = 5000,
-        pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*$"
-    ))]
-    pub content: String,
-    #[oai(
-        nullable,
-        validator(
-            max_items = 20,
-            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*https?://[^/?#\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]*[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-        )
-    )]
-    pub media_urls: Option<Vec<String>>,
+    pub content: In<MessageText>,
+    #[oai(nullable, validator(max_items = 20))]
+    pub media_urls: Option<Vec<In<MediaUrl>>>,
     /// One line of at most 200 characters (trimmed), no control characters.
     #[oai(validator(
         pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff](?:[^\x00-\x1f\x7f-\x9f\ufffe\uffff]{0,198}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
@@ -106,7 +93,7 @@ pub struct BulkIn {
 pub struct QueuedOut {
     pub message_id: i64,
     /// `queued`: stored, and its job will put it on the outbound queue.
-    pub status: String,
+    pub status: Word<MessageStatus>,
     pub queued_at: DateTime<Utc>,
     /// When the platform should get it: the creator's next free slot, then one slot per
     /// message ahead of it (higher priority, or as high and older).
@@ -121,7 +108,18 @@ pub struct BulkOut {
     pub queued: i64,
     pub failed: i64,
     pub estimated_completion_time: DateTime<Utc>,
-    pub status: String,
+    /// `queued`: the campaign's messages are stored, and its job puts them on the queue.
+    pub status: Word<MessageStatus>,
+}
+
+/// Whose messages [`QueueStatusOut`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum QueueScope {
+    /// The caller's own messages.
+    Creator,
+    /// The whole outbound queue (an operator's token).
+    Queue,
 }
 
 /// The delivery backlog the caller may see: a creator's own, or (operators) the whole queue.
@@ -130,7 +128,7 @@ pub struct BulkOut {
 pub struct QueueStatusOut {
     /// `creator`: the counts are the caller's own messages; `queue`: the whole outbound queue
     /// (an operator's token).
-    pub scope: String,
+    pub scope: QueueScope,
     /// Creator: their messages waiting for delivery. Queue: messages waiting on the outbound
     /// queue (null when it cannot be reached).
     #[oai(nullable)]
@@ -195,7 +193,7 @@ pub struct FailedPage {
 pub struct RetriedOut {
     pub message_id: i64,
     /// `queued`.
-    pub status: String,
+    pub status: Word<MessageStatus>,
     /// The job that puts it on the outbound queue again.
     pub job_id: String,
 }
@@ -264,7 +262,7 @@ enum StatusResponse {
 
 /// Parses what makes an outbound message; field names are the request's.
 pub fn outgoing(
-    text: (&str, &str),
+    text: Text,
     price_cents: Option<i64>,
     attachments: Vec<NewAttachment>,
     priority: Option<i64>,
@@ -274,7 +272,7 @@ pub fn outgoing(
         return Err(ApiError::invalid("priority", "must be between 1 and 10"));
     }
     Ok(Outgoing {
-        text: Text::parse(text.1, messages::TEXT_MAX).map_err(|e| ApiError::invalid(text.0, e))?,
+        text,
         price_cents: Cents::new(price_cents.unwrap_or(0))
             .map_err(|e| ApiError::invalid("priceCents", e))?,
         attachments,
@@ -282,7 +280,7 @@ pub fn outgoing(
     })
 }
 
-fn media(urls: Option<Vec<String>>) -> Result<Vec<NewAttachment>, ApiError> {
+fn media(urls: Option<Vec<In<MediaUrl>>>) -> Result<Vec<NewAttachment>, ApiError> {
     let urls = urls.unwrap_or_default();
     if urls.len() > MAX_MEDIA {
         return Err(ApiError::invalid(
@@ -290,16 +288,13 @@ fn media(urls: Option<Vec<String>>) -> Result<Vec<NewAttachment>, ApiError> {
             format!("must hold at most {MAX_MEDIA} URLs"),
         ));
     }
-    urls.iter()
-        .enumerate()
-        .map(|(i, u)| {
-            Ok(NewAttachment {
-                kind: "media".into(),
-                url: HttpUrl::parse(u)
-                    .map_err(|e| ApiError::invalid(&format!("mediaUrls[{i}]"), e))?,
-            })
+    Ok(urls
+        .into_iter()
+        .map(|u| NewAttachment {
+            kind: "media".into(),
+            url: u.into_inner(),
         })
-        .collect()
+        .collect())
 }
 
 /// When `m` should reach the platform: the dispatcher's schedule for its creator (see
@@ -330,7 +325,7 @@ async fn bulk_answered(state: &State, user: UserId, effect: &Effect) -> Result<B
             Some(m) => eta(state, m).await?,
             None => Utc::now(),
         },
-        status: "queued".into(),
+        status: Word(MessageStatus::Queued),
     })
 }
 
@@ -375,7 +370,7 @@ pub async fn queue_one(
         let m = messages::get(&state.db, user, *id).await?;
         return Ok(QueuedOut {
             message_id: m.id.0,
-            status: m.status.to_string(),
+            status: Word(m.status),
             queued_at: m.created_at,
             estimated_send_time: eta(state, &m).await?,
         });
@@ -389,7 +384,7 @@ pub async fn queue_one(
     let m = stored.message;
     Ok(QueuedOut {
         message_id: m.id.0,
-        status: m.status.to_string(),
+        status: Word(m.status),
         queued_at: m.created_at,
         estimated_send_time: state
             .pace
@@ -414,17 +409,14 @@ impl MessagesApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(
-            name = "Idempotency-Key",
-            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
-        )]
-        _idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         body: JsonBody<SendIn>,
         req: &Request,
     ) -> Result<SendResponse, ApiError> {
         let b = body.0;
         let out = outgoing(
-            ("content", &b.content),
+            b.content.into_inner(),
             None,
             media(b.media_urls)?,
             b.priority,
@@ -456,11 +448,8 @@ impl MessagesApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(
-            name = "Idempotency-Key",
-            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
-        )]
-        _idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         body: JsonBody<BulkIn>,
         req: &Request,
     ) -> Result<BulkResponse, ApiError> {
@@ -497,7 +486,7 @@ impl MessagesApi {
         let name = Line::parse(&b.campaign_name, campaigns::NAME_MAX)
             .map_err(|e| ApiError::invalid("campaignName", e))?;
         let message = outgoing(
-            ("content", &b.content),
+            b.content.into_inner(),
             None,
             media(b.media_urls)?,
             b.priority,
@@ -524,7 +513,7 @@ impl MessagesApi {
             queued: n,
             failed: 0,
             estimated_completion_time: eta(&self.state, &created.last).await?,
-            status: "queued".into(),
+            status: Word(MessageStatus::Queued),
         })))
     }
 
@@ -543,14 +532,12 @@ impl MessagesApi {
         &self,
         auth: BearerAuth,
         /// Creators per page, 1 to 200 (default 50).
-        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
-        limit: Query<Option<i64>>,
+        limit: Query<Option<Limit>>,
         /// Creators to skip (default 0).
-        #[oai(validator(minimum(value = "0")))]
-        offset: Query<Option<i64>>,
+        offset: Query<Option<Offset>>,
     ) -> Result<BacklogsResponse, ApiError> {
         auth.operator()?;
-        let page = page(limit.0, offset.0)?;
+        let page = page(limit.0, offset.0);
         let listed = messages::backlogs(&self.state.db, page).await?;
         let users: Vec<UserId> = listed.items.iter().map(|b| b.user_id).collect();
         let last = deliveries::last_started_many(&self.state.db, &users).await?;
@@ -597,7 +584,7 @@ impl MessagesApi {
                 None
             };
             return Ok(StatusResponse::Ok(Json(QueueStatusOut {
-                scope: "creator".into(),
+                scope: QueueScope::Creator,
                 queue_depth: Some(c.queued as u64),
                 messages_in_flight: Some(c.sending as u64),
                 dlq_count: None,
@@ -608,7 +595,7 @@ impl MessagesApi {
             })));
         }
         let mut out = QueueStatusOut {
-            scope: "queue".into(),
+            scope: QueueScope::Queue,
             queue_depth: None,
             messages_in_flight: None,
             dlq_count: None,
@@ -648,13 +635,11 @@ impl MessagesApi {
         #[oai(name = "userId", validator(minimum(value = "1")))]
         user_id: Query<Option<i64>>,
         /// Items per page, 1 to 200 (default 50).
-        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
-        limit: Query<Option<i64>>,
+        limit: Query<Option<Limit>>,
         /// Items to skip (default 0).
-        #[oai(validator(minimum(value = "0")))]
-        offset: Query<Option<i64>>,
+        offset: Query<Option<Offset>>,
     ) -> Result<FailedResponse, ApiError> {
-        let page = page(limit.0, offset.0)?;
+        let page = page(limit.0, offset.0);
         let scope = auth.scope(user_id.0)?;
         let listed = messages::list_failed(&self.state.db, scope, page).await?;
         Ok(FailedResponse::Ok(Json(FailedPage {
@@ -695,11 +680,8 @@ impl MessagesApi {
         auth: BearerAuth,
         /// Makes a retry safe: a repeat of the request with this key gets the first answer
         /// again and does nothing (24 hours, per user; see the README).
-        #[oai(
-            name = "Idempotency-Key",
-            validator(pattern = r"^[!-~](?:[ -~]{0,253}[!-~])?$")
-        )]
-        _idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         id: Path<i64>,
         req: &Request,
     ) -> Result<RetryResponse, ApiError> {
@@ -728,7 +710,7 @@ impl MessagesApi {
         match retried {
             Retried::Queued(job) => Ok(RetryResponse::Accepted(Json(RetriedOut {
                 message_id: id.0,
-                status: "queued".into(),
+                status: Word(MessageStatus::Queued),
                 job_id: job.0,
             }))),
             Retried::NotFailed(status) => Err(ApiError::conflict(format!(

@@ -24,12 +24,14 @@ mod imports;
 mod jobs;
 mod messages;
 mod monitoring;
+mod rules;
+mod words;
 
 use std::{cell::RefCell, sync::Arc, time::Duration};
 
 use fanqueue_jobs::{
     blobs::BlobStore,
-    db::{Db, Page},
+    db::Db,
     delivery::limiter::Pace,
     domain::UserId,
     engine::JobBackend,
@@ -197,26 +199,6 @@ pub async fn charge(state: &AppState, quota: Quota, user: UserId) -> Result<(), 
             Ok(())
         }
     }
-}
-
-/// Bounds of list endpoints.
-pub const DEFAULT_PAGE: i64 = 50;
-pub const MAX_PAGE: i64 = 200;
-
-/// Turns `limit`/`offset` query parameters into a bounded [`Page`].
-pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<Page, ApiError> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid(
-            "limit",
-            format!("must be between 1 and {MAX_PAGE}"),
-        ));
-    }
-    let offset = offset.unwrap_or(0);
-    if offset < 0 {
-        return Err(ApiError::invalid("offset", "must not be negative"));
-    }
-    Ok(Page { limit, offset })
 }
 
 type Apis = (

@@ -8,17 +8,18 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use fanqueue_jobs::{
     crm::messages,
+    db::Db,
     engine::processes,
     outbound::{Outbound, OutboundQueue},
 };
 use poem::{EndpointExt, handler, http::StatusCode, web::Data};
 use poem_openapi::{
-    ApiResponse, Object, OpenApi,
+    ApiResponse, Enum, Object, OpenApi,
     payload::{Json, PlainText},
 };
 
 use super::{ApiError, ApiTags, BearerAuth, State};
-use crate::telemetry::Metrics;
+use crate::{quotas::Limiter, telemetry::Metrics};
 
 /// How long a dependency gets to answer before it counts as down.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,15 +38,73 @@ impl MonitoringApi {
     }
 }
 
+/// How a component, or the whole system, is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Healthy,
+    /// Working, but something needs an operator's eye.
+    Degraded,
+    /// Down.
+    Unhealthy,
+}
+
+/// The database fanqueue runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum DatabaseBackend {
+    Postgres,
+    Sqlite,
+}
+
+/// Where outbound messages wait for the dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum QueueKind {
+    Sqs,
+    Embedded,
+}
+
+/// Where quotas and the delivery rate are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum LimiterBackend {
+    Redis,
+    #[oai(rename = "in-process")]
+    InProcess,
+}
+
+/// What a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum ProcessRole {
+    Serve,
+    Worker,
+    Dispatch,
+    Sweep,
+}
+
+impl ProcessRole {
+    fn of(role: &str) -> Option<Self> {
+        match role {
+            "serve" => Some(ProcessRole::Serve),
+            "worker" => Some(ProcessRole::Worker),
+            "dispatch" => Some(ProcessRole::Dispatch),
+            "sweep" => Some(ProcessRole::Sweep),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct DatabaseHealth {
     /// `healthy` or `unhealthy`.
-    pub status: String,
+    pub status: HealthStatus,
     /// How long `SELECT 1` took (null when it failed).
     #[oai(nullable)]
     pub latency_ms: Option<f64>,
-    pub backend: String,
+    pub backend: DatabaseBackend,
     #[oai(skip_serializing_if_is_none)]
     pub error: Option<String>,
 }
@@ -54,9 +113,8 @@ pub struct DatabaseHealth {
 #[oai(rename_all = "camelCase")]
 pub struct QueueHealth {
     /// `healthy`, `degraded` (DLQ above 10) or `unhealthy` (unreachable).
-    pub status: String,
-    /// `sqs` or `embedded`.
-    pub kind: String,
+    pub status: HealthStatus,
+    pub kind: QueueKind,
     #[oai(nullable)]
     pub queue_depth: Option<u64>,
     #[oai(nullable)]
@@ -72,10 +130,9 @@ pub struct QueueHealth {
 pub struct LimiterHealth {
     /// `healthy`, or `degraded` when Redis does not answer (quotas then let writes through,
     /// and deliveries pause).
-    pub status: String,
+    pub status: HealthStatus,
     pub enabled: bool,
-    /// `redis` or `in-process`.
-    pub backend: String,
+    pub backend: LimiterBackend,
     pub reachable: bool,
 }
 
@@ -84,7 +141,7 @@ pub struct LimiterHealth {
 pub struct BacklogHealth {
     /// `healthy`, or `degraded` when the oldest waiting message is older than the largest
     /// creator backlog should take to drain at the platform's rate.
-    pub status: String,
+    pub status: HealthStatus,
     #[oai(nullable)]
     pub oldest_queued_age_secs: Option<f64>,
     pub largest_creator_backlog: i64,
@@ -94,7 +151,7 @@ pub struct BacklogHealth {
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct ProcessOut {
-    pub role: String,
+    pub role: ProcessRole,
     pub host: String,
     pub pid: i64,
     pub started_at: DateTime<Utc>,
@@ -114,7 +171,7 @@ pub struct Components {
 #[oai(rename_all = "camelCase")]
 pub struct HealthOut {
     /// `healthy`, `degraded` or `unhealthy` (the database is down: 503).
-    pub status: String,
+    pub status: HealthStatus,
     pub timestamp: DateTime<Utc>,
     pub components: Components,
     /// Dispatchers, workers, sweepers and API processes seen alive (heartbeats).
@@ -162,29 +219,39 @@ impl MonitoringApi {
         let started = Instant::now();
         let db = probe(s.db.ping()).await;
         let database = DatabaseHealth {
-            status: if db.is_ok() { "healthy" } else { "unhealthy" }.into(),
+            status: if db.is_ok() {
+                HealthStatus::Healthy
+            } else {
+                HealthStatus::Unhealthy
+            },
             latency_ms: db.is_ok().then(|| started.elapsed().as_secs_f64() * 1000.0),
-            backend: s.db.backend_name().into(),
+            backend: match s.db {
+                Db::Postgres(_) => DatabaseBackend::Postgres,
+                Db::Sqlite(_) => DatabaseBackend::Sqlite,
+            },
             error: db.clone().err(),
         };
         let counts = probe(s.outbound.counts()).await;
+        let kind = match s.outbound {
+            Outbound::Sqs(_) => QueueKind::Sqs,
+            Outbound::Embedded(_) => QueueKind::Embedded,
+        };
         let sqs = match &counts {
             Ok(c) => QueueHealth {
                 status: if c.dlq > DLQ_DEGRADED {
-                    "degraded"
+                    HealthStatus::Degraded
                 } else {
-                    "healthy"
-                }
-                .into(),
-                kind: s.outbound.name().into(),
+                    HealthStatus::Healthy
+                },
+                kind,
                 queue_depth: Some(c.depth),
                 messages_in_flight: Some(c.in_flight),
                 dlq_count: Some(c.dlq),
                 error: None,
             },
             Err(e) => QueueHealth {
-                status: "unhealthy".into(),
-                kind: s.outbound.name().into(),
+                status: HealthStatus::Unhealthy,
+                kind,
                 queue_depth: None,
                 messages_in_flight: None,
                 dlq_count: None,
@@ -193,9 +260,16 @@ impl MonitoringApi {
         };
         let reachable = probe(s.quotas.limiter.ping()).await.is_ok();
         let rate_limiter = LimiterHealth {
-            status: if reachable { "healthy" } else { "degraded" }.into(),
+            status: if reachable {
+                HealthStatus::Healthy
+            } else {
+                HealthStatus::Degraded
+            },
             enabled: s.rate_limiter_enabled,
-            backend: s.quotas.limiter.backend_name().into(),
+            backend: match s.quotas.limiter {
+                Limiter::Local(_) => LimiterBackend::InProcess,
+                Limiter::Redis { .. } => LimiterBackend::Redis,
+            },
             reachable,
         };
         let (oldest, largest) = if db.is_ok() {
@@ -209,11 +283,10 @@ impl MonitoringApi {
         let age = oldest.map(|o| (Utc::now() - o).as_seconds_f64().max(0.0));
         let backlog = BacklogHealth {
             status: if age.is_some_and(|a| a > expected) {
-                "degraded"
+                HealthStatus::Degraded
             } else {
-                "healthy"
-            }
-            .into(),
+                HealthStatus::Healthy
+            },
             oldest_queued_age_secs: age,
             largest_creator_backlog: largest,
             expected_drain_secs: expected,
@@ -224,27 +297,31 @@ impl MonitoringApi {
             vec![]
         };
         let count = |role: &str| alive.iter().filter(|p| p.role == role).count() as i64;
-        let degraded = sqs.status != "healthy"
-            || rate_limiter.status != "healthy"
-            || backlog.status != "healthy";
+        let degraded = [sqs.status, rate_limiter.status, backlog.status]
+            .iter()
+            .any(|s| *s != HealthStatus::Healthy);
         let status = match (db.is_ok(), degraded) {
-            (false, _) => "unhealthy",
-            (true, true) => "degraded",
-            (true, false) => "healthy",
+            (false, _) => HealthStatus::Unhealthy,
+            (true, true) => HealthStatus::Degraded,
+            (true, false) => HealthStatus::Healthy,
         };
         let out = HealthOut {
-            status: status.into(),
+            status,
             timestamp: Utc::now(),
             dispatchers_alive: count("dispatch"),
             workers_alive: count("worker"),
             processes: alive
                 .into_iter()
-                .map(|p| ProcessOut {
-                    role: p.role,
-                    host: p.host,
-                    pid: p.pid,
-                    started_at: p.started_at,
-                    seen_at: p.seen_at,
+                // Every role beats under one of these names; a row of another (a newer
+                // release's) is left out rather than shown under a wrong one.
+                .filter_map(|p| {
+                    Some(ProcessOut {
+                        role: ProcessRole::of(&p.role)?,
+                        host: p.host,
+                        pid: p.pid,
+                        started_at: p.started_at,
+                        seen_at: p.seen_at,
+                    })
                 })
                 .collect(),
             components: Components {

@@ -359,3 +359,152 @@ async fn a_405_names_the_methods_the_path_has_in_allow() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+/// The schema a property points to, whether poem writes the `$ref` bare or (with a
+/// description or `nullable`) under `allOf`.
+fn referenced(property: &Value) -> Option<&str> {
+    property["$ref"]
+        .as_str()
+        .or_else(|| property["allOf"][0]["$ref"].as_str())
+        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+}
+
+#[tokio::test]
+async fn statuses_kinds_platforms_and_directions_are_enums_and_job_results_have_schemas() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let doc = document(&app).await;
+    let schemas = &doc["components"]["schemas"];
+    let words = |values: &[&str]| serde_json::json!({ "type": "string", "enum": values });
+    for (name, values) in [
+        (
+            "JobKind",
+            &["import_csv", "send_message", "bulk_send", "sweep"][..],
+        ),
+        (
+            "JobStatus",
+            &["queued", "running", "succeeded", "failed", "cancelled"],
+        ),
+        ("MessageStatus", &["queued", "sending", "sent", "failed"]),
+        (
+            "CampaignStatus",
+            &["draft", "scheduled", "active", "paused", "completed"],
+        ),
+        (
+            "CampaignType",
+            &["bulk_message", "welcome", "re-engagement", "ppv", "custom"],
+        ),
+        ("Platform", &["onlyfans", "fansly", "other"]),
+        ("Direction", &["in", "out"]),
+        (
+            "ValueSource",
+            &[
+                "created",
+                "edit",
+                "import",
+                "purchased",
+                "tip",
+                "subscription",
+            ],
+        ),
+        ("HealthStatus", &["healthy", "degraded", "unhealthy"]),
+        ("EventStatus", &["applied", "duplicate", "rejected"]),
+        ("QueueScope", &["creator", "queue"]),
+    ] {
+        let schema = &schemas[name];
+        assert_eq!(
+            serde_json::json!({ "type": schema["type"], "enum": schema["enum"] }),
+            words(values),
+            "{name}: {schema}"
+        );
+    }
+    for (schema, field, words) in [
+        ("JobOut", "kind", "JobKind"),
+        ("JobOut", "status", "JobStatus"),
+        ("ImportAccepted", "status", "JobStatus"),
+        ("ImportFinished", "status", "JobStatus"),
+        ("MessageOut", "status", "MessageStatus"),
+        ("MessageOut", "direction", "Direction"),
+        ("QueuedOut", "status", "MessageStatus"),
+        ("BulkOut", "status", "MessageStatus"),
+        ("RetriedOut", "status", "MessageStatus"),
+        ("CampaignOut", "status", "CampaignStatus"),
+        ("CampaignOut", "type", "CampaignType"),
+        ("FanOut", "platform", "Platform"),
+        ("ConversationOut", "platform", "Platform"),
+        ("ValueChangeOut", "source", "ValueSource"),
+        ("HealthOut", "status", "HealthStatus"),
+        ("DatabaseHealth", "status", "HealthStatus"),
+        ("QueueHealth", "status", "HealthStatus"),
+        ("EventResultOut", "status", "EventStatus"),
+        ("QueueStatusOut", "scope", "QueueScope"),
+    ] {
+        let property = &schemas[schema]["properties"][field];
+        assert_eq!(
+            referenced(property),
+            Some(words),
+            "{schema}.{field}: {property}"
+        );
+    }
+    // GET /api/jobs filters by the same kinds and statuses.
+    let params = doc["paths"]["/api/jobs"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    for (name, words) in [("kind", "JobKind"), ("status", "JobStatus")] {
+        let p = params.iter().find(|p| p["name"] == name).unwrap();
+        assert_eq!(referenced(&p["schema"]), Some(words), "{p}");
+    }
+
+    // A job's result is one of the kinds' results, and an import's summary is spelled out.
+    let result = &schemas["JobOut"]["properties"]["result"];
+    assert_eq!(result["nullable"], true, "{result}");
+    assert_eq!(referenced(result), Some("JobResult"), "{result}");
+    let one_of: Vec<&str> = schemas["JobResult"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(referenced)
+        .collect();
+    assert_eq!(
+        one_of,
+        ["ImportResult", "SendResultOut", "SweepResultOut"],
+        "{}",
+        schemas["JobResult"]
+    );
+    assert_eq!(
+        referenced(&schemas["ImportResult"]["properties"]["summary"]),
+        Some("ImportSummary")
+    );
+    let summary = &schemas["ImportSummary"];
+    let mut required: Vec<&str> = summary["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    required.sort_unstable();
+    assert_eq!(
+        required,
+        [
+            "cancelled",
+            "errorCount",
+            "errors",
+            "errorsOmitted",
+            "skipped",
+            "skippedRows",
+            "stoppedAtRow",
+            "successfulInserts",
+            "totalRows",
+            "unchanged",
+            "updated",
+        ]
+    );
+    let row_error = referenced(&summary["properties"]["errors"]["items"]).unwrap();
+    assert_eq!(
+        schemas[row_error]["properties"]["row"]["type"], "integer",
+        "{row_error}"
+    );
+    assert_eq!(
+        referenced(&schemas["ImportFinished"]["properties"]["summary"]),
+        Some("ImportSummary")
+    );
+}

@@ -39,9 +39,10 @@ async fn the_sample_export_imports_and_importing_it_again_adds_no_fan(app: TestA
             s["totalRows"].as_u64(),
             s["successfulInserts"].as_u64(),
             s["updated"].as_u64(),
+            s["unchanged"].as_u64(),
             s["skipped"].as_u64()
         ),
-        (Some(2), Some(2), Some(0), Some(0))
+        (Some(2), Some(2), Some(0), Some(0), Some(0))
     );
     assert_eq!(s["errors"], json!([]));
 
@@ -72,8 +73,15 @@ async fn the_sample_export_imports_and_importing_it_again_adds_no_fan(app: TestA
         .await;
     let s = summary(&again);
     assert_eq!(
-        (s["successfulInserts"].as_u64(), s["updated"].as_u64()),
-        (Some(0), Some(2))
+        (
+            s["totalRows"].as_u64(),
+            s["successfulInserts"].as_u64(),
+            s["updated"].as_u64(),
+            s["unchanged"].as_u64(),
+            s["skipped"].as_u64()
+        ),
+        (Some(2), Some(0), Some(0), Some(2), Some(0)),
+        "the same rows again match both fans and change nothing: {s}"
     );
     let after = json_of(app.get(1, "/api/crm/fans").await, StatusCode::OK).await;
     assert_eq!(
@@ -107,6 +115,7 @@ async fn a_messy_export_is_read_and_every_row_is_accounted_for(app: TestApp) {
         "alice (her last row) and carol: {s}"
     );
     assert_eq!(s["updated"], 1, "existing: {s}");
+    assert_eq!(s["unchanged"], 0, "{s}");
     assert_eq!(s["skipped"], 1, "alice's first row: {s}");
     assert_eq!(
         s["skippedRows"],
@@ -125,10 +134,16 @@ async fn a_messy_export_is_read_and_every_row_is_accounted_for(app: TestApp) {
     assert_eq!(errors[1]["row"], 7);
     assert!(errors[1]["error"].as_str().unwrap().contains("lots"), "{s}");
     assert_eq!(s["errorCount"], 2);
-    let accounted: u64 = ["successfulInserts", "updated", "skipped", "errorCount"]
-        .iter()
-        .map(|k| s[k].as_u64().unwrap())
-        .sum();
+    let accounted: u64 = [
+        "successfulInserts",
+        "updated",
+        "unchanged",
+        "skipped",
+        "errorCount",
+    ]
+    .iter()
+    .map(|k| s[k].as_u64().unwrap())
+    .sum();
     assert_eq!(accounted, 6, "every row is counted exactly once: {s}");
 
     let fans = json_of(app.get(1, "/api/crm/fans").await, StatusCode::OK).await;

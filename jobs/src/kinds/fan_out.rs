@@ -14,8 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::Deps;
@@ -86,14 +85,32 @@ impl Run {
     }
 
     fn result(&self) -> serde_json::Value {
-        json!({
-            "queued": self.queued,
-            "sent": self.sent,
-            "failed": self.failed,
-            "refusedThisRun": self.refused,
-            "sendMessageBatchCalls": self.calls,
+        serde_json::to_value(SendResult {
+            queued: self.queued,
+            sent: self.sent,
+            failed: self.failed,
+            refused_this_run: self.refused as u64,
+            send_message_batch_calls: self.calls,
         })
+        .expect("the result serializes")
     }
+}
+
+/// The result of a `send_message` or `bulk_send` job: its messages as they stood when it put
+/// the last of them on the outbound queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SendResult {
+    /// On the outbound queue (or being delivered).
+    pub queued: i64,
+    /// Already delivered.
+    pub sent: i64,
+    /// Failed (refused by the queue, or earlier).
+    pub failed: i64,
+    /// Entries the queue refused during this run.
+    pub refused_this_run: u64,
+    /// `SendMessageBatch` calls this run made.
+    pub send_message_batch_calls: u32,
 }
 
 /// Up to [`MAX_BATCH`] entries for one call, and the jobs (indexes) they belong to.

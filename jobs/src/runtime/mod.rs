@@ -13,7 +13,7 @@ pub use sweeper::{Sweeper, schedule};
 pub use workers::Workers;
 
 use crate::{
-    domain::UnknownValue,
+    domain::{UnknownValue, Words},
     engine::JobKind,
     kinds::{bulk_send::BulkSend, import_csv::ImportCsv, send_message::SendMessage, sweep::Sweep},
 };
@@ -72,6 +72,22 @@ impl Kind {
                     .collect::<Vec<_>>()
                     .join(", "),
             })
+    }
+}
+
+impl Words for Kind {
+    const NAME: &'static str = "JobKind";
+
+    fn all() -> &'static [Self] {
+        Kind::ALL
+    }
+
+    fn word(self) -> &'static str {
+        self.name()
+    }
+
+    fn from_word(raw: &str) -> Result<Self, UnknownValue> {
+        Kind::parse(raw)
     }
 }
 

@@ -79,6 +79,7 @@ function summary(job) {
       <div class="figure"><div class="value" data-figure="totalRows">${num(s.totalRows)}</div><div class="label">rows</div></div>
       <div class="figure"><div class="value" data-figure="successfulInserts">${num(s.successfulInserts)}</div><div class="label">new fans</div></div>
       <div class="figure"><div class="value" data-figure="updated">${num(s.updated)}</div><div class="label">updated</div></div>
+      <div class="figure"><div class="value" data-figure="unchanged">${num(s.unchanged ?? 0)}</div><div class="label">unchanged</div></div>
       <div class="figure"><div class="value" data-figure="skipped">${num(s.skipped)}</div><div class="label">skipped</div></div>
       <div class="figure"><div class="value" data-figure="errorCount">${num(s.errorCount)}</div><div class="label">errors</div></div>
     </div>

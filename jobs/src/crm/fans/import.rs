@@ -99,13 +99,25 @@ macro_rules! sqlite_upsert_tail {
 /// SQLite allows 32,766 bound values a statement; 10 a row keeps well below.
 const SQLITE_ROWS_PER_STATEMENT: usize = 2_000;
 
+/// What a batch's upsert did to its rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Upserted {
+    /// Fans that did not exist.
+    pub inserted: u64,
+    /// Existing fans the file changed.
+    pub updated: u64,
+    /// Existing fans the file matched and left as they were.
+    pub unchanged: u64,
+}
+
 /// Upserts `rows` (one handle each) for `user` in `tx` and counts the new fans into the list's
-/// page index; returns how many fans were new. On SQLite `tx` must hold the write lock
-/// ([`Db::begin`](crate::db::Db::begin) takes it), so that the existence count and the upsert
-/// see the same fans.
-pub async fn upsert_batch(tx: &mut Tx, user: UserId, rows: &[FanRow]) -> sqlx::Result<u64> {
+/// page index; says which rows were new, changed or left alone (a row whose upsert's `WHERE`
+/// found nothing different writes nothing, and the database reports no change for it). On
+/// SQLite `tx` must hold the write lock ([`Db::begin`](crate::db::Db::begin) takes it), so that
+/// the existence count and the upsert see the same fans.
+pub async fn upsert_batch(tx: &mut Tx, user: UserId, rows: &[FanRow]) -> sqlx::Result<Upserted> {
     let now = Timestamp::now();
-    let new = match tx {
+    let (new, written) = match tx {
         Tx::Postgres(conn) => upsert_pg(conn, user, rows, now).await?,
         Tx::Sqlite(conn) => {
             // One writer at a time, and ids only grow: the new fans are those above the
@@ -113,32 +125,43 @@ pub async fn upsert_batch(tx: &mut Tx, user: UserId, rows: &[FanRow]) -> sqlx::R
             let (highest,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM fans")
                 .fetch_one(&mut **conn)
                 .await?;
+            let mut written = 0;
             for chunk in rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
-                upsert_sqlite(conn, user, chunk, now).await?;
+                written += upsert_sqlite(conn, user, chunk, now).await?;
             }
-            sqlx::query_as::<_, (FanId,)>("SELECT id FROM fans WHERE user_id = $1 AND id > $2")
-                .bind(user)
-                .bind(highest)
-                .fetch_all(&mut **conn)
-                .await?
-                .into_iter()
-                .map(|(id,)| id)
-                .collect()
+            let new =
+                sqlx::query_as::<_, (FanId,)>("SELECT id FROM fans WHERE user_id = $1 AND id > $2")
+                    .bind(user)
+                    .bind(highest)
+                    .fetch_all(&mut **conn)
+                    .await?
+                    .into_iter()
+                    .map(|(id,)| id)
+                    .collect::<Vec<_>>();
+            (new, written)
         }
     };
     blocks::add(tx, user, &new).await?;
-    Ok(new.len() as u64)
+    let inserted = new.len() as u64;
+    let updated = written.saturating_sub(inserted);
+    Ok(Upserted {
+        inserted,
+        updated,
+        unchanged: (rows.len() as u64).saturating_sub(inserted + updated),
+    })
 }
 
 /// Upserts with one statement per kind of row (with or without an amount); returns the new
-/// fans' ids.
+/// fans' ids and how many rows were written (inserted or changed: `RETURNING` gives no row for
+/// a fan left as it was).
 async fn upsert_pg(
     tx: &mut PgConnection,
     user: UserId,
     rows: &[FanRow],
     now: Timestamp,
-) -> sqlx::Result<Vec<FanId>> {
+) -> sqlx::Result<(Vec<FanId>, u64)> {
     let mut inserted = vec![];
+    let mut written = 0;
     for with_value in [true, false] {
         let part: Vec<&FanRow> = rows
             .iter()
@@ -179,17 +202,21 @@ async fn upsert_pg(
             .bind(part.iter().map(|r| r.last_seen_at).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await?;
+        written += flags.len() as u64;
         inserted.extend(flags.into_iter().filter(|(_, new)| *new).map(|(id, _)| id));
     }
-    Ok(inserted)
+    Ok((inserted, written))
 }
 
+/// Returns how many rows were written (inserted or changed): SQLite counts no change for an
+/// upsert whose `WHERE` kept the row as it was.
 async fn upsert_sqlite(
     tx: &mut SqliteConnection,
     user: UserId,
     rows: &[FanRow],
     now: Timestamp,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<u64> {
+    let mut written = 0;
     for with_value in [true, false] {
         let part: Vec<&FanRow> = rows
             .iter()
@@ -225,7 +252,7 @@ async fn upsert_sqlite(
         } else {
             sqlite_upsert_tail!("f.value_cents")
         });
-        q.build().execute(&mut *tx).await?;
+        written += q.build().execute(&mut *tx).await?.rows_affected();
     }
-    Ok(())
+    Ok(written)
 }

@@ -107,8 +107,12 @@ pub struct Summary {
     pub total_rows: u64,
     /// Fans that did not exist and now do.
     pub successful_inserts: u64,
-    /// Fans that existed and were matched (and updated where the file differs).
+    /// Fans that existed and that the file changed.
     pub updated: u64,
+    /// Fans that existed and that the file matched without changing anything (a file
+    /// imported again). A checkpoint written before this count existed reads it as 0.
+    #[serde(default)]
+    pub unchanged: u64,
     /// Rows superseded by a later row of the same handle.
     pub skipped: u64,
     /// Bad rows, at most [`MAX_LISTED_ERRORS`].
@@ -311,6 +315,7 @@ impl ImportCsv {
                 ctx.check_shutdown()?;
                 cp.summary.successful_inserts = written.summary.successful_inserts;
                 cp.summary.updated = written.summary.updated;
+                cp.summary.unchanged = written.summary.unchanged;
             }
             let rows = std::mem::replace(&mut batch, Vec::with_capacity(self.batch_rows));
             *writing = Some(tokio::spawn(commit_batch(
@@ -347,13 +352,15 @@ async fn commit_batch(
     mut cp: Checkpoint,
 ) -> Result<(Checkpoint, bool), JobError> {
     let mut tx = db.begin().await?;
-    let inserted = fans::import::upsert_batch(&mut tx, user, &rows).await?;
-    cp.summary.successful_inserts += inserted;
-    cp.summary.updated += rows.len() as u64 - inserted;
+    let done = fans::import::upsert_batch(&mut tx, user, &rows).await?;
+    cp.summary.successful_inserts += done.inserted;
+    cp.summary.updated += done.updated;
+    cp.summary.unchanged += done.unchanged;
     let cancel = record::save_checkpoint(&mut tx, &job, cp.records_done as i64, &cp).await?;
     tx.commit().await?;
-    telemetry::rows_imported("created", inserted);
-    telemetry::rows_imported("updated", rows.len() as u64 - inserted);
+    telemetry::rows_imported("created", done.inserted);
+    telemetry::rows_imported("updated", done.updated);
+    telemetry::rows_imported("unchanged", done.unchanged);
     Ok((cp, cancel))
 }
 

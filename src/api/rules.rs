@@ -1,0 +1,430 @@
+//! Request rules as types. Each rule's schema (the `pattern`, `maxLength`, bounds a client and
+//! the contract run read in `/openapi.json`) and the parser the server holds requests to are
+//! written side by side, once, here; every body field, header and query parameter under the
+//! rule uses the type, so the document and the server cannot drift apart field by field. A
+//! value that reaches a handler is already parsed (a [`Text`], an [`HttpUrl`], a [`Handle`]).
+//!
+//! The patterns are ECMA regexes (what JSON Schema uses) for exactly what the parsers accept:
+//! `\s` there is not Rust's `char::is_whitespace` (what `str::trim` strips), so whitespace is
+//! spelled out (`\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000`), and "a
+//! control character" is `\x00-\x1f\x7f-\x9f`. The tests hold each pattern to its parser.
+
+use std::{borrow::Cow, fmt, marker::PhantomData};
+
+use fanqueue_jobs::{
+    crm::messages,
+    db::Page,
+    domain::{Handle, HttpUrl, Text},
+};
+use poem_openapi::{
+    registry::{MetaSchema, MetaSchemaRef},
+    types::{ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON, Type},
+};
+use serde::{Deserialize, Deserializer, de};
+use serde_json::Value;
+
+/// One rule over a string: its schema and its parser.
+pub trait Rule: 'static {
+    /// What it parses to.
+    type Value: Clone + fmt::Debug + Send + Sync;
+    /// A name for the type in poem's registry (inline schemas; never a component).
+    const NAME: &'static str;
+    /// The schema of the raw string.
+    fn schema() -> MetaSchema;
+    /// The only way in: the value, or why the raw string breaks the rule.
+    fn parse(raw: &str) -> Result<Self::Value, String>;
+    /// The value written back (for poem's `ToJSON`, which request types must have).
+    fn write(value: &Self::Value) -> &str;
+}
+
+/// A string in a request held to the rule `R`, parsed when the request is read: from a JSON
+/// body (serde, so that a 400 names the field's path) or a header or query parameter (poem).
+pub struct In<R: Rule>(pub R::Value, PhantomData<R>);
+
+impl<R: Rule> In<R> {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        R::parse(raw).map(|v| In(v, PhantomData))
+    }
+
+    pub fn into_inner(self) -> R::Value {
+        self.0
+    }
+}
+
+impl<R: Rule> Clone for In<R> {
+    fn clone(&self) -> Self {
+        In(self.0.clone(), PhantomData)
+    }
+}
+
+impl<R: Rule> fmt::Debug for In<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de, R: Rule> Deserialize<'de> for In<R> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        In::parse(&raw).map_err(de::Error::custom)
+    }
+}
+
+impl<R: Rule + Send + Sync> Type for In<R> {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        R::NAME.into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(R::schema()))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl<R: Rule + Send + Sync> ParseFromJSON for In<R> {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::String(s)) => In::parse(&s).map_err(ParseError::custom),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
+    }
+}
+
+impl<R: Rule + Send + Sync> ParseFromParameter for In<R> {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        In::parse(value).map_err(ParseError::custom)
+    }
+}
+
+impl<R: Rule + Send + Sync> ToJSON for In<R> {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::from(R::write(&self.0)))
+    }
+}
+
+/// A message's text (sends, campaigns, conversation messages): not blank, at most 5,000
+/// characters, no control characters but line breaks and tabs, no U+FFFE/U+FFFF.
+pub struct MessageText;
+
+impl Rule for MessageText {
+    type Value = Text;
+    const NAME: &'static str = "string(message text)";
+
+    fn schema() -> MetaSchema {
+        MetaSchema {
+            description: Some(
+                "Not blank, at most 5,000 characters, no control characters but line breaks and tabs.",
+            ),
+            max_length: Some(messages::TEXT_MAX),
+            pattern: Some(
+                r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*$"
+                    .to_owned(),
+            ),
+            ..MetaSchema::new("string")
+        }
+    }
+
+    fn parse(raw: &str) -> Result<Text, String> {
+        Text::parse(raw, messages::TEXT_MAX).map_err(|e| e.to_string())
+    }
+
+    fn write(value: &Text) -> &str {
+        value.as_str()
+    }
+}
+
+/// A media or attachment URL (and an avatar): an absolute http(s) URL with a host and no
+/// spaces, surrounding whitespace ignored.
+pub struct MediaUrl;
+
+impl Rule for MediaUrl {
+    type Value = HttpUrl;
+    const NAME: &'static str = "string(http url)";
+
+    fn schema() -> MetaSchema {
+        MetaSchema {
+            description: Some("An absolute http(s) URL with a host, no spaces, at most 2048 bytes."),
+            pattern: Some(
+                r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*https?://[^/?#\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]*[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+                    .to_owned(),
+            ),
+            ..MetaSchema::new("string")
+        }
+    }
+
+    fn parse(raw: &str) -> Result<HttpUrl, String> {
+        HttpUrl::parse(raw).map_err(|e| e.to_string())
+    }
+
+    fn write(value: &HttpUrl) -> &str {
+        value.as_str()
+    }
+}
+
+/// A fan's handle on the platform: `@name` or `name`, 1 to 64 letters, digits, `_`, `.` or
+/// `-`, matched without case (surrounding whitespace ignored).
+pub struct FanHandle;
+
+impl Rule for FanHandle {
+    type Value = Handle;
+    const NAME: &'static str = "string(handle)";
+
+    fn schema() -> MetaSchema {
+        MetaSchema {
+            description: Some(
+                "`@name` or `name`: 1 to 64 letters, digits, `_`, `.` or `-`, matched without case.",
+            ),
+            pattern: Some(
+                r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*@*[\w.-]{1,64}[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+                    .to_owned(),
+            ),
+            ..MetaSchema::new("string")
+        }
+    }
+
+    fn parse(raw: &str) -> Result<Handle, String> {
+        Handle::parse(raw).map_err(|e| e.to_string())
+    }
+
+    fn write(value: &Handle) -> &str {
+        value.as_str()
+    }
+}
+
+/// `Idempotency-Key`: 1 to 255 printable ASCII characters, not starting or ending with a space
+/// (HTTP strips those from a header value anyway).
+pub struct IdempotencyKey;
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 255;
+}
+
+impl Rule for IdempotencyKey {
+    type Value = String;
+    const NAME: &'static str = "string(idempotency key)";
+
+    fn schema() -> MetaSchema {
+        MetaSchema {
+            pattern: Some(r"^[!-~](?:[ -~]{0,253}[!-~])?$".to_owned()),
+            ..MetaSchema::new("string")
+        }
+    }
+
+    fn parse(raw: &str) -> Result<String, String> {
+        let printable = |b: &u8| (0x20..0x7f).contains(b);
+        let bytes = raw.as_bytes();
+        if (1..=Self::MAX_LEN).contains(&bytes.len())
+            && bytes.iter().all(printable)
+            && bytes.first() != Some(&b' ')
+            && bytes.last() != Some(&b' ')
+        {
+            Ok(raw.to_owned())
+        } else {
+            Err("must be 1 to 255 printable ASCII characters".to_owned())
+        }
+    }
+
+    fn write(value: &String) -> &str {
+        value
+    }
+}
+
+/// Bounds of list endpoints.
+pub const DEFAULT_PAGE: i64 = 50;
+pub const MAX_PAGE: i64 = 200;
+
+/// A page's `limit` query parameter: 1 to [`MAX_PAGE`] items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit(pub i64);
+
+/// A page's `offset` query parameter: items to skip, not negative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offset(pub i64);
+
+impl Limit {
+    fn parse(n: i64) -> Result<Self, String> {
+        if (1..=MAX_PAGE).contains(&n) {
+            Ok(Limit(n))
+        } else {
+            Err(format!("must be between 1 and {MAX_PAGE}"))
+        }
+    }
+}
+
+impl Offset {
+    fn parse(n: i64) -> Result<Self, String> {
+        if n >= 0 {
+            Ok(Offset(n))
+        } else {
+            Err("must not be negative".to_owned())
+        }
+    }
+}
+
+/// The page `limit` and `offset` ask for, with the defaults.
+pub fn page(limit: Option<Limit>, offset: Option<Offset>) -> Page {
+    Page {
+        limit: limit.map_or(DEFAULT_PAGE, |l| l.0),
+        offset: offset.map_or(0, |o| o.0),
+    }
+}
+
+/// `Limit` and `Offset` as poem types: an integer schema with the parser's bounds.
+macro_rules! page_param {
+    ($ty:ident, $name:literal, $min:expr, $max:expr) => {
+        impl Type for $ty {
+            const IS_REQUIRED: bool = true;
+            type RawValueType = Self;
+            type RawElementValueType = Self;
+
+            fn name() -> Cow<'static, str> {
+                $name.into()
+            }
+
+            fn schema_ref() -> MetaSchemaRef {
+                MetaSchemaRef::Inline(Box::new(MetaSchema {
+                    minimum: $min,
+                    maximum: $max,
+                    ..MetaSchema::new_with_format("integer", "int64")
+                }))
+            }
+
+            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+                Some(self)
+            }
+
+            fn raw_element_iter<'a>(
+                &'a self,
+            ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+                Box::new(self.as_raw_value().into_iter())
+            }
+        }
+
+        impl ParseFromParameter for $ty {
+            fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+                let n: i64 = value
+                    .parse()
+                    .map_err(|_| ParseError::custom("must be a whole number"))?;
+                $ty::parse(n).map_err(ParseError::custom)
+            }
+        }
+
+        impl ParseFromJSON for $ty {
+            fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+                let n = i64::parse_from_json(value).map_err(ParseError::propagate)?;
+                $ty::parse(n).map_err(ParseError::custom)
+            }
+        }
+
+        impl ToJSON for $ty {
+            fn to_json(&self) -> Option<Value> {
+                Some(Value::from(self.0))
+            }
+        }
+    };
+}
+
+page_param!(Limit, "integer(limit)", Some(1.0), Some(MAX_PAGE as f64));
+page_param!(Offset, "integer(offset)", Some(0.0), None);
+
+#[cfg(test)]
+mod tests {
+    use regex::Regex;
+
+    use super::*;
+
+    /// The schema's pattern and the parser agree on every sample: what one accepts the other
+    /// does. (The `regex` crate reads these ECMA patterns as a client does, but for `\w`,
+    /// which is Unicode there and ASCII in ECMA: samples stay ASCII where `\w` is used.)
+    fn agree<R: Rule>(samples: &[&str]) {
+        let schema = R::schema();
+        let pattern = Regex::new(schema.pattern.as_deref().unwrap()).unwrap();
+        for s in samples {
+            let by_schema =
+                pattern.is_match(s) && schema.max_length.is_none_or(|max| s.chars().count() <= max);
+            assert_eq!(
+                by_schema,
+                R::parse(s).is_ok(),
+                "{}: {s:?} (schema says {by_schema})",
+                R::NAME
+            );
+        }
+    }
+
+    #[test]
+    fn each_rule_s_schema_and_parser_accept_the_same_strings() {
+        let long = "x".repeat(5000);
+        let too_long = "x".repeat(5001);
+        agree::<MessageText>(&[
+            "Hello!",
+            " hi ",
+            "a\nb",
+            "\t",
+            "",
+            " ",
+            "a\u{0}b",
+            "a\u{7f}",
+            "a\u{fffe}",
+            &long,
+            &too_long,
+            "\u{3000}x",
+        ]);
+        agree::<MediaUrl>(&[
+            "https://cdn.example.com/a.jpg",
+            " http://x ",
+            "ftp://x/y",
+            "javascript:alert(1)",
+            "https://",
+            "https:///path",
+            "https://a b",
+            "https://a\u{85}b",
+        ]);
+        agree::<FanHandle>(&[
+            "johndoe",
+            "@JohnDoe",
+            " @x ",
+            "two words",
+            "",
+            "@",
+            "a!",
+            "@@x",
+            "a.b-c_d",
+        ]);
+        agree::<IdempotencyKey>(&[
+            "k",
+            "key-1",
+            "a b",
+            " a",
+            "a ",
+            "",
+            "é",
+            &"k".repeat(255),
+            &"k".repeat(256),
+        ]);
+    }
+
+    #[test]
+    fn pages_are_bounded_and_default_to_50_from_0() {
+        let default = page(None, None);
+        assert_eq!((default.limit, default.offset), (50, 0));
+        assert!(Limit::parse_from_parameter("0").is_err());
+        assert!(Limit::parse_from_parameter("201").is_err());
+        assert!(Limit::parse_from_parameter("x").is_err());
+        assert_eq!(Limit::parse_from_parameter("200").unwrap(), Limit(200));
+        assert!(Offset::parse_from_parameter("-1").is_err());
+        assert_eq!(Offset::parse_from_parameter("0").unwrap(), Offset(0));
+    }
+}
