@@ -402,6 +402,7 @@ mod tests {
                 ("MAX_IN_FLIGHT_REQUESTS", "33"),
                 ("REQUEST_QUEUE_MS", "44"),
                 ("MAX_BACKLOG_PER_CREATOR", "55"),
+                ("IDEMPOTENCY_LEASE_SECS", "12"),
                 (
                     "CORS_ALLOWED_ORIGINS",
                     "https://app.example.com,http://127.0.0.1:3000",
@@ -469,6 +470,7 @@ mod tests {
                 ),
                 (33, 44, 55)
             );
+            assert_eq!(s.api.idempotency_lease_secs, 12);
             assert_eq!(
                 s.api.cors_allowed_origins.to_string(),
                 "https://app.example.com,http://127.0.0.1:3000"
