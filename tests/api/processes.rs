@@ -46,12 +46,12 @@ async fn with_nothing_configured_the_binary_serves_sqlite_and_its_token_works() 
     assert_eq!(page["items"], serde_json::json!([]));
 
     // `fanqueue import` uploads the SPEC's sample, follows the job and prints the summary;
-    // the same file again adds no fan.
+    // the same file again adds no fan and changes none (its rows count as unchanged).
     let fixture = format!(
         "{}/tests/fixtures/onlyfans_export.csv",
         env!("CARGO_MANIFEST_DIR")
     );
-    for (inserted, updated) in [(2, 0), (0, 2)] {
+    for (inserted, updated, unchanged) in [(2, 0, 0), (0, 0, 2)] {
         let out = fanqueue(
             dir.path(),
             &["import", &fixture],
@@ -64,8 +64,12 @@ async fn with_nothing_configured_the_binary_serves_sqlite_and_its_token_works() 
         let s = &result["summary"];
         assert_eq!(s["totalRows"], 2);
         assert_eq!(
-            (s["successfulInserts"].as_u64(), s["updated"].as_u64()),
-            (Some(inserted), Some(updated))
+            (
+                s["successfulInserts"].as_u64(),
+                s["updated"].as_u64(),
+                s["unchanged"].as_u64()
+            ),
+            (Some(inserted), Some(updated), Some(unchanged))
         );
     }
     let page: serde_json::Value = reqwest::Client::new()
