@@ -2,7 +2,8 @@
 //! creator CRMs. The work itself lives in the `fanqueue_jobs` crate.
 //!
 //! # Layout
-//! - [`settings`] — defaults file, optional config file, environment variables.
+//! - [`settings`] — defaults file, optional config file, environment variables; [`origins`],
+//!   the CORS origins setting, parsed once.
 //! - [`auth`] — HS256 bearer tokens.
 //! - [`api`] — poem-openapi resources, one file each, and the one API error type.
 //! - [`quotas`] — per-user request quotas, in-process or shared through Redis.
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod origins;
 pub mod platform_sim;
 pub mod quotas;
 pub mod settings;

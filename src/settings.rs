@@ -14,7 +14,7 @@ use figment::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::api::AllowedOrigins;
+use crate::origins::AllowedOrigins;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 

@@ -44,12 +44,12 @@ use poem::{
 };
 use poem_openapi::{OpenApiService, SecurityScheme, Tags, auth::Bearer};
 
+pub use crate::origins::AllowedOrigins;
 use crate::{
     auth::{Caller, JwtKeys, Role},
     quotas::{Charge, Decision, Limiter, Quota},
     telemetry::{HTTP_DURATION, HTTP_REQUESTS, HTTP_SHED, Metrics},
 };
-pub use cors::AllowedOrigins;
 pub use error::ApiError;
 pub use gate::Gate;
 pub use monitoring::metrics_app;
