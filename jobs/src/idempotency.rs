@@ -63,6 +63,36 @@ pub enum Effect {
     Fan(FanId),
 }
 
+impl Effect {
+    pub fn message(&self) -> Option<MessageId> {
+        match self {
+            Effect::Message(id) => Some(*id),
+            _ => None,
+        }
+    }
+
+    pub fn campaign(&self) -> Option<CampaignId> {
+        match self {
+            Effect::Campaign(id) => Some(*id),
+            _ => None,
+        }
+    }
+
+    pub fn job(&self) -> Option<JobId> {
+        match self {
+            Effect::Job(id) => Some(id.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn fan(&self) -> Option<FanId> {
+        match self {
+            Effect::Fan(id) => Some(*id),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Effect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

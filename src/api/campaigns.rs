@@ -225,19 +225,14 @@ impl CampaignsApi {
         id: Path<i64>,
         req: &poem::Request,
     ) -> Result<RetryFailedResponse, ApiError> {
-        let (job, ids) = match super::idempotency::committed(req) {
+        let (job, ids) = match super::idempotency::committed_as(req, Effect::job)? {
             // The first attempt queued them again and died before answering: its job names them.
-            Some(Effect::Job(job)) => {
-                let record = record::get(&self.state.db, auth.user(), job).await?;
+            Some(job) => {
+                let record = record::get(&self.state.db, auth.user(), &job).await?;
                 let ids: Vec<MessageId> =
                     serde_json::from_value(record.payload.0["messageIds"].clone())
                         .map_err(|e| ApiError::internal(anyhow::Error::from(e)))?;
-                (Some(job.clone()), ids)
-            }
-            Some(other) => {
-                return Err(ApiError::internal(anyhow::anyhow!(
-                    "a campaign retry's Idempotency-Key names {other}, not a job"
-                )));
+                (Some(job), ids)
             }
             None => {
                 let key = super::idempotency::guard(req);

@@ -540,16 +540,9 @@ impl ConversationsApi {
         req: &poem::Request,
     ) -> Result<RecordInboundResponse, ApiError> {
         let inbound = body.0.parse()?;
-        let (message, created) = match super::idempotency::committed(req) {
+        let (message, created) = match super::idempotency::committed_as(req, Effect::message)? {
             // The first attempt recorded it and died before answering.
-            Some(Effect::Message(id)) => {
-                (messages::get(&self.state.db, auth.user(), *id).await?, true)
-            }
-            Some(other) => {
-                return Err(ApiError::internal(anyhow::anyhow!(
-                    "an inbound message's Idempotency-Key names {other}, not a message"
-                )));
-            }
+            Some(id) => (messages::get(&self.state.db, auth.user(), id).await?, true),
             None => {
                 let key = super::idempotency::guard(req);
                 messages::record_inbound(

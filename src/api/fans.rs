@@ -438,14 +438,9 @@ impl FansApi {
         req: &poem::Request,
     ) -> Result<CreateFanResponse, ApiError> {
         let new = body.0.parse()?;
-        let fan = match idempotency::committed(req) {
+        let fan = match idempotency::committed_as(req, Effect::fan)? {
             // The first attempt created it and died before answering.
-            Some(Effect::Fan(id)) => fans::get(&self.state.db, auth.user(), *id).await?,
-            Some(other) => {
-                return Err(ApiError::internal(anyhow::anyhow!(
-                    "a fan's Idempotency-Key names {other}, not a fan"
-                )));
-            }
+            Some(id) => fans::get(&self.state.db, auth.user(), id).await?,
             None => {
                 let key = idempotency::guard(req);
                 fans::create(&self.state.db, auth.user(), new, key.as_ref()).await?

@@ -53,9 +53,21 @@ pub fn guard(req: &Request) -> Option<Guard> {
     keyed(req).map(|k| k.guard.clone())
 }
 
-/// The write an earlier attempt of this request committed, if one did.
-pub fn committed(req: &Request) -> Option<&Effect> {
-    keyed(req).and_then(|k| k.committed.as_ref())
+/// The write an earlier attempt of this request committed, if one did, as the kind of write
+/// the route makes (`pick`, e.g. [`Effect::message`]); a key naming another kind of write is a
+/// server fault (the key's fingerprint includes the route).
+pub fn committed_as<T>(
+    req: &Request,
+    pick: impl FnOnce(&Effect) -> Option<T>,
+) -> Result<Option<T>, ApiError> {
+    match keyed(req).and_then(|k| k.committed.as_ref()) {
+        None => Ok(None),
+        Some(effect) => pick(effect).map(Some).ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!(
+                "an Idempotency-Key names {effect}, which this route does not write"
+            ))
+        }),
+    }
 }
 /// The headers of an answer kept with it.
 const KEPT_HEADERS: [&str; 3] = ["content-type", "retry-after", "location"];

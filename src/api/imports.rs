@@ -271,16 +271,11 @@ impl ImportsApi {
                 format!("must be at most {MAX_WAIT} seconds"),
             ));
         }
-        let (id, mut status) = match idempotency::committed(req) {
+        let (id, mut status) = match idempotency::committed_as(req, Effect::job)? {
             // The first attempt stored its job and died before answering: answer for it.
-            Some(Effect::Job(id)) => {
-                let job = record::get(&self.state.db, user, id).await?;
-                (id.clone(), job.status)
-            }
-            Some(other) => {
-                return Err(ApiError::internal(anyhow::anyhow!(
-                    "an import's Idempotency-Key names {other}, not a job"
-                )));
+            Some(id) => {
+                let job = record::get(&self.state.db, user, &id).await?;
+                (id, job.status)
             }
             None => (self.store(req, user, upload).await?, JobStatus::Queued),
         };

@@ -7,7 +7,7 @@ use fanqueue_jobs::{
         deliveries,
         messages::{self, Message, MessageStatus, NewAttachment, Outgoing, PRIORITY_DEFAULT},
     },
-    domain::{Cents, FanId, Line, MessageId, Text, UserId},
+    domain::{CampaignId, Cents, FanId, Line, MessageId, Text, UserId},
     idempotency::Effect,
     kinds::{
         SubmitError, bulk_send,
@@ -305,15 +305,10 @@ pub async fn eta(state: &State, m: &Message) -> Result<DateTime<Utc>, ApiError> 
     Ok(state.pace.eta(m.created_at, last, ahead))
 }
 
-/// The answer to a bulk send whose first attempt created `effect`'s campaign (its process
+/// The answer to a bulk send whose first attempt created campaign `id` (its process
 /// died before answering): the same campaign, counted from its stored messages.
-async fn bulk_answered(state: &State, user: UserId, effect: &Effect) -> Result<BulkOut, ApiError> {
-    let Effect::Campaign(id) = effect else {
-        return Err(ApiError::internal(anyhow::anyhow!(
-            "a bulk send's Idempotency-Key names {effect}, not a campaign"
-        )));
-    };
-    let campaign = campaigns::get(&state.db, user, *id).await?;
+async fn bulk_answered(state: &State, user: UserId, id: CampaignId) -> Result<BulkOut, ApiError> {
+    let campaign = campaigns::get(&state.db, user, id).await?;
     let counts = campaigns::counts(&state.db, campaign.id).await?;
     let last = messages::last_of_campaign(&state.db, campaign.id).await?;
     Ok(BulkOut {
@@ -361,13 +356,8 @@ pub async fn queue_one(
     to: Recipient,
     out: Outgoing,
 ) -> Result<QueuedOut, ApiError> {
-    if let Some(effect) = idempotency::committed(req) {
-        let Effect::Message(id) = effect else {
-            return Err(ApiError::internal(anyhow::anyhow!(
-                "a send's Idempotency-Key names {effect}, not a message"
-            )));
-        };
-        let m = messages::get(&state.db, user, *id).await?;
+    if let Some(id) = idempotency::committed_as(req, Effect::message)? {
+        let m = messages::get(&state.db, user, id).await?;
         return Ok(QueuedOut {
             message_id: m.id.0,
             status: Word(m.status),
@@ -454,9 +444,9 @@ impl MessagesApi {
         req: &Request,
     ) -> Result<BulkResponse, ApiError> {
         let user = auth.user();
-        if let Some(effect) = idempotency::committed(req) {
+        if let Some(id) = idempotency::committed_as(req, Effect::campaign)? {
             return Ok(BulkResponse::Accepted(Json(
-                bulk_answered(&self.state, user, effect).await?,
+                bulk_answered(&self.state, user, id).await?,
             )));
         }
         let b = body.0;
@@ -686,14 +676,9 @@ impl MessagesApi {
         req: &Request,
     ) -> Result<RetryResponse, ApiError> {
         let id = MessageId(id.0);
-        let retried = match idempotency::committed(req) {
+        let retried = match idempotency::committed_as(req, Effect::job)? {
             // The first attempt queued it again and died before answering.
-            Some(Effect::Job(job)) => Retried::Queued(job.clone()),
-            Some(other) => {
-                return Err(ApiError::internal(anyhow::anyhow!(
-                    "a retry's Idempotency-Key names {other}, not a job"
-                )));
-            }
+            Some(job) => Retried::Queued(job),
             None => {
                 let key = idempotency::guard(req);
                 send_message::retry_failed(
