@@ -347,6 +347,14 @@ pub fn keyed_pool(pool: &PgPool, connections: u32) -> PgPool {
     pool_with(pool, connections, KEYED)
 }
 
+/// A pool of `connections` of its own on `pool`'s database, for work that runs a long series
+/// of the same statements (an import's batches): the shared pool hands its idle connections
+/// out in turn, so each batch met a connection that had not prepared its statement yet (or
+/// had to open one), about 50 ms a time on a 5,000-row batch of 55 ms.
+pub fn own_pool(pool: &PgPool, connections: u32) -> PgPool {
+    pool_with(pool, connections, &[])
+}
+
 const KEYED: &[(&str, &str)] = &[
     ("enable_seqscan", "off"),
     ("enable_hashjoin", "off"),

@@ -27,12 +27,16 @@ pub struct FanRow {
     pub last_seen_at: Option<DateTime<Utc>>,
 }
 
-/// The fan's tags after the import: the tier is added when not already there (without case).
+/// The fan's tags after the import, with `$new` the row bringing the file's tags (`EXCLUDED`
+/// in an upsert): the tier is added when not already there (without case).
 macro_rules! merged_tags {
-    (pg) => {
-        "CASE WHEN EXCLUDED.tags = '[]'::jsonb OR EXISTS (
-             SELECT 1 FROM jsonb_array_elements_text(f.tags) t WHERE lower(t) = lower(EXCLUDED.tags->>0))
-         THEN f.tags ELSE f.tags || EXCLUDED.tags END"
+    (pg, $new:ident) => {
+        concat!(
+            "CASE WHEN ", stringify!($new), ".tags = '[]'::jsonb OR EXISTS (
+                 SELECT 1 FROM jsonb_array_elements_text(f.tags) t WHERE lower(t) = lower(",
+            stringify!($new), ".tags->>0))
+             THEN f.tags ELSE f.tags || ", stringify!($new), ".tags END"
+        )
     };
     (sqlite) => {
         "CASE WHEN excluded.tags = '[]' OR EXISTS (
@@ -41,31 +45,83 @@ macro_rules! merged_tags {
     };
 }
 
-/// The PostgreSQL upsert of a batch, with `$value` the new `value_cents` of a matched fan
-/// (the file's, or the fan's own when the file has no amount for it).
+/// What an existing fan `f` becomes when row `$new` of the file matches it, with `$value`
+/// its new `value_cents` (the file's, or the fan's own when the file has no amount for it).
+macro_rules! pg_merged {
+    ($new:ident, $value:literal) => {
+        concat!(
+            "(COALESCE(",
+            stringify!($new),
+            ".name, f.name), COALESCE(",
+            stringify!($new),
+            ".email, f.email), ",
+            merged_tags!(pg, $new),
+            ", ",
+            $value,
+            ", COALESCE(",
+            stringify!($new),
+            ".last_seen_at, f.last_seen_at))"
+        )
+    };
+}
+
+/// The rows of a PostgreSQL batch, as `u`, from the statement's arrays.
+macro_rules! pg_rows {
+    () => {
+        "u AS (
+             SELECT handle, name, email, last_seen_at, value_cents,
+                    CASE WHEN tier IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(tier) END AS tags
+             FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::timestamptz[])
+                  AS u(handle, name, email, tier, value_cents, last_seen_at)
+         )"
+    };
+}
+
+/// The PostgreSQL upsert of the rows of `$from`, with `$value` the new `value_cents` of a
+/// matched fan (the file's, or the fan's own when the file has no amount for it). Its `WHERE`
+/// leaves a fan as it was when nothing differs.
 macro_rules! pg_upsert {
-    ($value:literal) => {
+    ($from:literal, $value:literal) => {
         concat!(
             "INSERT INTO fans AS f (user_id, platform, handle, name, email, tags, value_cents,
                                     value_source, value_at, last_seen_at, created_at, updated_at)
-             SELECT $1, 'onlyfans', u.handle, u.name, u.email,
-                    CASE WHEN u.tier IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(u.tier) END,
-                    u.value_cents, 'import', $2, u.last_seen_at, $2, $2
-             FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::timestamptz[])
-                  AS u(handle, name, email, tier, value_cents, last_seen_at)
+             SELECT $1, 'onlyfans', handle, name, email, tags, value_cents, 'import', $2,
+                    last_seen_at, $2, $2
+             FROM ", $from, "
              ON CONFLICT (user_id, platform, handle) DO UPDATE SET
                  name = COALESCE(EXCLUDED.name, f.name),
                  email = COALESCE(EXCLUDED.email, f.email),
-                 tags = ", merged_tags!(pg), ",
+                 tags = ", merged_tags!(pg, EXCLUDED), ",
                  value_cents = ", $value, ",
                  value_source = 'import',
                  value_at = EXCLUDED.value_at,
                  last_seen_at = COALESCE(EXCLUDED.last_seen_at, f.last_seen_at),
                  updated_at = EXCLUDED.updated_at
-             WHERE (f.name, f.email, f.tags, f.value_cents, f.last_seen_at) IS DISTINCT FROM
-                   (COALESCE(EXCLUDED.name, f.name), COALESCE(EXCLUDED.email, f.email), ",
-            merged_tags!(pg), ", ", $value, ", COALESCE(EXCLUDED.last_seen_at, f.last_seen_at))
+             WHERE (f.name, f.email, f.tags, f.value_cents, f.last_seen_at) IS DISTINCT FROM ",
+            pg_merged!(EXCLUDED, $value), "
              RETURNING id, (xmax = 0) AS inserted"
+        )
+    };
+}
+
+/// A batch's upsert that first leaves out the rows that would change nothing, with
+/// `$file_value` the new value as the file's row `u` gives it: a fan the file matches without
+/// a difference is not even locked (the upsert alone locks it), so importing a file again
+/// writes nothing. Each row looks its fan up by the unique key (the `LIMIT 1` keeps the
+/// planner from hashing all of the creator's fans for every batch).
+macro_rules! pg_upsert_changed {
+    ($value:literal, $file_value:literal) => {
+        concat!(
+            "WITH ", pg_rows!(), ", todo AS (
+                 SELECT u.* FROM u
+                 LEFT JOIN LATERAL (
+                     SELECT * FROM fans f
+                     WHERE f.user_id = $1 AND f.platform = 'onlyfans' AND f.handle = u.handle LIMIT 1
+                 ) f ON true
+                 WHERE f.id IS NULL OR (f.name, f.email, f.tags, f.value_cents, f.last_seen_at)
+                       IS DISTINCT FROM ", pg_merged!(u, $file_value), "
+             ) ",
+            pg_upsert!("todo", $value)
         )
     };
 }
@@ -115,10 +171,19 @@ pub struct Upserted {
 /// found nothing different writes nothing, and the database reports no change for it). On
 /// SQLite `tx` must hold the write lock ([`Db::begin`](crate::db::Db::begin) takes it), so that
 /// the existence count and the upsert see the same fans.
-pub async fn upsert_batch(tx: &mut Tx, user: UserId, rows: &[FanRow]) -> sqlx::Result<Upserted> {
+///
+/// `look_first`: on PostgreSQL, match the rows with existing fans before the upsert, so that
+/// unchanged fans are not locked either. It costs a lookup a row (about a fifth of a batch
+/// of new fans), so an import asks for it only while its file meets fans that exist.
+pub async fn upsert_batch(
+    tx: &mut Tx,
+    user: UserId,
+    rows: &[FanRow],
+    look_first: bool,
+) -> sqlx::Result<Upserted> {
     let now = Timestamp::now();
     let (new, written) = match tx {
-        Tx::Postgres(conn) => upsert_pg(conn, user, rows, now).await?,
+        Tx::Postgres(conn) => upsert_pg(conn, user, rows, now, look_first).await?,
         Tx::Sqlite(conn) => {
             // One writer at a time, and ids only grow: the new fans are those above the
             // highest id before the batch.
@@ -159,6 +224,7 @@ async fn upsert_pg(
     user: UserId,
     rows: &[FanRow],
     now: Timestamp,
+    look_first: bool,
 ) -> sqlx::Result<(Vec<FanId>, u64)> {
     let mut inserted = vec![];
     let mut written = 0;
@@ -170,10 +236,16 @@ async fn upsert_pg(
         if part.is_empty() {
             continue;
         }
-        let sql = if with_value {
-            pg_upsert!("EXCLUDED.value_cents")
-        } else {
-            pg_upsert!("f.value_cents")
+        let sql = match (with_value, look_first) {
+            (true, true) => pg_upsert_changed!("EXCLUDED.value_cents", "u.value_cents"),
+            (false, true) => pg_upsert_changed!("f.value_cents", "f.value_cents"),
+            (true, false) => concat!(
+                "WITH ",
+                pg_rows!(),
+                " ",
+                pg_upsert!("u", "EXCLUDED.value_cents")
+            ),
+            (false, false) => concat!("WITH ", pg_rows!(), " ", pg_upsert!("u", "f.value_cents")),
         };
         let flags: Vec<(FanId, bool)> = sqlx::query_as(sql)
             .bind(user)
