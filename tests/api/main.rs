@@ -40,6 +40,7 @@ mod events;
 mod fans;
 mod helpers;
 mod idempotency;
+mod import_bookkeeping;
 mod imports;
 mod isolation;
 mod jobs;
