@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Import benchmark: fanqueue's CSV import on PostgreSQL against plain COPY, same rows, same run.
+# Import benchmark: fanqueue's CSV import on PostgreSQL (and on the embedded SQLite default)
+# against what the database itself does with the same rows, in the same run.
 #
-#   benches/import.sh              # a 10 MB file (~150k rows) and a 1M-row file
+#   benches/import.sh              # a 10 MB file (~132k rows) and a 1M-row file
 #   ROWS="20000" benches/import.sh # other sizes
 #
-# Prints, per file: rows, fanqueue rows/s (job start to finish, as GET /api/jobs reports),
-# COPY rows/s into an unindexed scratch table (the raw ceiling) and into a scratch table with
-# a unique key like fans' (what any importer of fans pays for the key), the ratios of
-# fanqueue to each, the database's own ceiling for fanqueue's semantics (one INSERT … SELECT …
-# ON CONFLICT from the COPY'd rows into the real, indexed fans table, run inside PostgreSQL),
-# and the worker's peak RSS (VmHWM of a worker started fresh per file).
+# Prints, per file:
+#   fanqueue r/s    the import, job start to finish as GET /api/jobs reports it
+#   again r/s       the same file imported again (every row unchanged), and `again x`, how
+#                   many times faster than the first; `hist+` is the value-history rows the
+#                   second import wrote (it must write none)
+#   upsert r/s      PostgreSQL's own ceiling for the import's work: one INSERT … SELECT … ON
+#                   CONFLICT from the COPY'd file into the real fans table, every trigger and
+#                   index on, with the file's amounts and the page index in the same transaction
+#   bare r/s        the same statement with the bookkeeping off (the value-history and revenue
+#                   triggers disabled, no page index): `fq/ups` and `ups/bare` are the ratios
+#   COPY r/s        COPY into an unindexed scratch table (the raw ceiling)
+#   RSS MB          the worker's peak (VmHWM of a worker started fresh per file, both imports)
+#   SQLite r/s      the same file imported by `fanqueue all` on the embedded SQLite default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
@@ -50,7 +58,73 @@ with open(path, "w") as f:
 PY
 }
 
-printf '\n%-8s %8s %6s %12s %12s %6s %14s %6s %14s %10s\n' file rows MB "fanqueue r/s" "COPY r/s" ratio "COPY+key r/s" ratio "SQL upsert r/s" "RSS MB"
+# upsert_in_db USER BOOKKEEPING: the import's statement run inside PostgreSQL on the COPY'd
+# rows for a fresh creator; prints its rows/s. BOOKKEEPING=off disables fans' own triggers
+# (value history, revenue, deletes) and leaves the page index out.
+upsert_in_db() {
+  local user=$1 on=$2 sql t0 t1
+  sql="INSERT INTO fans AS f (user_id, platform, handle, name, email, tags, value_cents, value_source,
+                              value_at, last_seen_at, created_at, updated_at)
+       SELECT $user, 'onlyfans', '@' || lower(username), NULLIF(display_name, ''), NULLIF(email, ''),
+              jsonb_build_array(tier), round(replace(replace(spent, '\$', ''), ',', '')::numeric * 100)::int8,
+              'import', now(), last_seen::date::timestamptz, now(), now()
+       FROM copy_scratch
+       ON CONFLICT (user_id, platform, handle) DO UPDATE SET name = EXCLUDED.name, value_cents = EXCLUDED.value_cents
+       RETURNING id, (xmax = 0) AS inserted"
+  if [ "$on" = on ]; then
+    sql="BEGIN; WITH up AS ($sql)
+         INSERT INTO fan_blocks (user_id, first_id, fans)
+         SELECT $user, MIN(id), COUNT(*)
+         FROM (SELECT id, (ROW_NUMBER() OVER (ORDER BY id) - 1) / 1000 AS block FROM up WHERE inserted) n
+         GROUP BY block; COMMIT;"
+  else
+    sql="BEGIN; ALTER TABLE fans DISABLE TRIGGER USER; WITH up AS ($sql) SELECT count(*) FROM up;
+         ALTER TABLE fans ENABLE TRIGGER USER; COMMIT;"
+  fi
+  t0=$(date +%s.%N)
+  psql "$URL" -v ON_ERROR_STOP=1 -qc "$sql" >/dev/null
+  t1=$(date +%s.%N)
+  awk -v n="$rows" -v a="$t0" -v b="$t1" 'BEGIN { printf "%d", n / (b - a) }'
+}
+
+# import_job PORT USER FILE: uploads FILE as USER, waits for the job; prints its rows/s.
+import_job() {
+  local port=$1 user=$2 file=$3 token job out status
+  token=$("$BIN" token --user-id "$user")
+  job=$(curl -fsS -H "Authorization: Bearer $token" -F "file=@$file" "http://127.0.0.1:$port/api/onlyfans/import/csv" \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobId"])')
+  while :; do
+    out=$(curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/jobs/$job")
+    status=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])' <<<"$out")
+    case "$status" in succeeded) break ;; failed|cancelled) echo "import $status: $out" >&2; exit 1 ;; esac
+    sleep 0.2
+  done
+  python3 -c '
+import json, sys
+from datetime import datetime
+j = json.loads(sys.argv[1]); s = j["result"]["summary"]
+n = int(sys.argv[2])
+assert s["successfulInserts"] + s["updated"] + s["unchanged"] == n and s["errorCount"] == 0, s
+t = lambda v: datetime.fromisoformat(v.replace("Z", "+00:00"))
+print(int(n / (t(j["finishedAt"]) - t(j["startedAt"])).total_seconds()))' "$out" "$rows"
+}
+
+# settle: no vacuum or checkpoint left over from the previous step runs during the next one.
+settle() {
+  psql "$URL" -q -c "VACUUM ANALYZE" -c "CHECKPOINT" >/dev/null
+}
+
+history_rows() {
+  psql "$URL" -tAc "SELECT count(*) FROM fan_value_changes WHERE user_id = $1"
+}
+
+# The embedded default, for the SQLite column: `all` on a fresh data directory.
+SQLITE_PORT=$((PORT + 1))
+(unset DATABASE_URL; DATA_DIR="$WORK/sqlite" LISTEN_ADDR="127.0.0.1:$SQLITE_PORT" exec "$BIN" all 2>"$WORK/sqlite.log") & pids+=($!)
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$SQLITE_PORT/healthz" >/dev/null && break; sleep 0.1; done
+
+printf '\n%-6s %8s %5s %9s %9s %7s %5s %9s %9s %6s %8s %9s %6s %9s\n' file rows MB "fq r/s" "again r/s" "again x" hist+ \
+  "upsert r/s" "bare r/s" fq/ups ups/bare "COPY r/s" "RSS MB" "SQLite r/s"
 user=0
 specs="${ROWS:-10mb 1000000}"
 for spec in $specs; do
@@ -63,49 +137,32 @@ for spec in $specs; do
   fi
   mb=$(awk -v b="$(stat -c %s "$file")" 'BEGIN { printf "%.1f", b / 1048576 }')
 
-  # COPY into an unindexed scratch table: the practical ceiling.
+  # COPY into an unindexed scratch table: the raw ceiling, and the rows the upserts read.
   psql "$URL" -qc "SET client_min_messages = warning; DROP TABLE IF EXISTS copy_scratch; CREATE TABLE copy_scratch (username text, display_name text, email text, tier text, spent text, last_seen text)" >/dev/null
   t0=$(date +%s.%N)
   psql "$URL" -qc "\\copy copy_scratch FROM '$file' WITH (FORMAT csv, HEADER true)" >/dev/null
   t1=$(date +%s.%N)
   copy_rps=$(awk -v n="$rows" -v a="$t0" -v b="$t1" 'BEGIN { printf "%d", n / (b - a) }')
-  psql "$URL" -qc "DROP TABLE IF EXISTS copy_keyed; CREATE TABLE copy_keyed (username text, display_name text, email text, tier text, spent text, last_seen text); CREATE UNIQUE INDEX ON copy_keyed (username)" >/dev/null
-  t0=$(date +%s.%N)
-  psql "$URL" -qc "\\copy copy_keyed FROM '$file' WITH (FORMAT csv, HEADER true)" >/dev/null
-  t1=$(date +%s.%N)
-  keyed_rps=$(awk -v n="$rows" -v a="$t0" -v b="$t1" 'BEGIN { printf "%d", n / (b - a) }')
-  t0=$(date +%s.%N)
-  psql "$URL" -qc "INSERT INTO fans AS f (user_id, platform, handle, name, email, tags, value_cents, created_at, updated_at)
-                   SELECT 0, 'onlyfans', '@' || lower(username), display_name, email, jsonb_build_array(tier), 0, now(), now()
-                   FROM copy_scratch
-                   ON CONFLICT (user_id, platform, handle) DO UPDATE SET name = EXCLUDED.name" >/dev/null
-  t1=$(date +%s.%N)
-  upsert_rps=$(awk -v n="$rows" -v a="$t0" -v b="$t1" 'BEGIN { printf "%d", n / (b - a) }')
-  psql "$URL" -qc "DELETE FROM fans WHERE user_id = 0" >/dev/null
+  settle; user=$((user + 1)); bare_rps=$(upsert_in_db "$user" off)
+  settle; user=$((user + 1)); upsert_rps=$(upsert_in_db "$user" on)
+  psql "$URL" -q -c "DELETE FROM fans" -c "DELETE FROM fan_blocks" >/dev/null
+  settle
 
-  # fanqueue: a fresh worker process per file, so its VmHWM is this import's peak.
+  # fanqueue: a fresh worker process per file, so its VmHWM is this file's peak.
   "$BIN" worker 2>"$WORK/worker_$rows.log" & wpid=$!; pids+=($wpid)
   for _ in $(seq 100); do grep -q '"workers running"' "$WORK/worker_$rows.log" && break; sleep 0.1; done
   user=$((user + 1))
-  token=$("$BIN" token --user-id "$user")
-  job=$(curl -fsS -H "Authorization: Bearer $token" -F "file=@$file" "http://127.0.0.1:$PORT/api/onlyfans/import/csv" \
-        | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobId"])')
-  while :; do
-    out=$(curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$PORT/api/jobs/$job")
-    status=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])' <<<"$out")
-    case "$status" in succeeded) break ;; failed|cancelled) echo "import $status: $out" >&2; exit 1 ;; esac
-    sleep 0.2
-  done
+  fq_rps=$(import_job "$PORT" "$user" "$file")
+  before=$(history_rows "$user")
+  settle
+  again_rps=$(import_job "$PORT" "$user" "$file")
+  written=$(( $(history_rows "$user") - before ))
   rss_kb=$(awk '/VmHWM/ { print $2 }' "/proc/$wpid/status")
   kill "$wpid"; wait "$wpid" 2>/dev/null || true
-  fq_rps=$(python3 -c '
-import json, sys
-from datetime import datetime
-j = json.loads(sys.argv[1]); s = j["result"]["summary"]
-assert s["successfulInserts"] == int(sys.argv[2]), s
-t = lambda v: datetime.fromisoformat(v.replace("Z", "+00:00"))
-print(int(int(sys.argv[2]) / (t(j["finishedAt"]) - t(j["startedAt"])).total_seconds()))' "$out" "$rows")
-  ratio=$(awk -v a="$fq_rps" -v b="$copy_rps" 'BEGIN { printf "%.2f", a / b }')
-  keyed_ratio=$(awk -v a="$fq_rps" -v b="$keyed_rps" 'BEGIN { printf "%.2f", a / b }')
-  printf '%-8s %8d %6s %12d %12d %6s %14d %6s %14d %10d\n' "$spec" "$rows" "$mb" "$fq_rps" "$copy_rps" "$ratio" "$keyed_rps" "$keyed_ratio" "$upsert_rps" $((rss_kb / 1024))
+  sqlite_rps=$(import_job "$SQLITE_PORT" "$user" "$file")
+
+  printf '%-6s %8d %5s %9d %9d %7s %5d %9d %9d %6s %8s %9d %6d %9d\n' "$spec" "$rows" "$mb" "$fq_rps" "$again_rps" \
+    "$(awk -v a="$again_rps" -v b="$fq_rps" 'BEGIN { printf "%.1f", a / b }')" "$written" "$upsert_rps" "$bare_rps" \
+    "$(awk -v a="$fq_rps" -v b="$upsert_rps" 'BEGIN { printf "%.2f", a / b }')" \
+    "$(awk -v a="$upsert_rps" -v b="$bare_rps" 'BEGIN { printf "%.2f", a / b }')" "$copy_rps" $((rss_kb / 1024)) "$sqlite_rps"
 done
