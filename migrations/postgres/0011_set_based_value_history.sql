@@ -12,38 +12,29 @@ DROP TRIGGER fans_value_inserted ON fans;
 DROP TRIGGER fans_value_updated ON fans;
 DROP FUNCTION fans_record_value_change();
 
-CREATE FUNCTION fans_record_inserted_values() RETURNS trigger LANGUAGE plpgsql AS $$
+-- One function for both triggers: the statement's changed fans (new ones with a value, or
+-- updated ones whose value moved) become their history rows, then each (creator, day)'s total
+-- is added once. The changed fans' query is the only part that differs, so it is put into the
+-- statement for the trigger at hand (a plan a statement: under 1 ms, where the rows cost tens).
+CREATE FUNCTION fans_record_values() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    WITH changed AS (
-        SELECT user_id, id, COALESCE(value_at, updated_at) AS at, value_cents,
-               value_cents AS delta, value_source
-        FROM new_fans WHERE value_cents <> 0
-    ), logged AS (
-        INSERT INTO fan_value_changes (user_id, fan_id, at, value_cents, delta_cents, source)
-        SELECT user_id, id, at, value_cents, delta, value_source FROM changed ORDER BY id
-    )
-    INSERT INTO revenue_days AS r (user_id, day, revenue_cents)
-    SELECT user_id, (at AT TIME ZONE 'UTC')::date, SUM(delta) FROM changed
-    GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (user_id, day) DO UPDATE SET revenue_cents = r.revenue_cents + EXCLUDED.revenue_cents;
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION fans_record_updated_values() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    WITH changed AS (
-        SELECT n.user_id, n.id, COALESCE(n.value_at, n.updated_at) AS at, n.value_cents,
-               n.value_cents - o.value_cents AS delta, n.value_source
-        FROM new_fans n JOIN old_fans o ON o.id = n.id
-        WHERE n.value_cents <> o.value_cents
-    ), logged AS (
-        INSERT INTO fan_value_changes (user_id, fan_id, at, value_cents, delta_cents, source)
-        SELECT user_id, id, at, value_cents, delta, value_source FROM changed ORDER BY id
-    )
-    INSERT INTO revenue_days AS r (user_id, day, revenue_cents)
-    SELECT user_id, (at AT TIME ZONE 'UTC')::date, SUM(delta) FROM changed
-    GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (user_id, day) DO UPDATE SET revenue_cents = r.revenue_cents + EXCLUDED.revenue_cents;
+    EXECUTE format($q$
+        WITH changed AS (%s), logged AS (
+            INSERT INTO fan_value_changes (user_id, fan_id, at, value_cents, delta_cents, source)
+            SELECT user_id, id, at, value_cents, delta, value_source FROM changed ORDER BY id
+        )
+        INSERT INTO revenue_days AS r (user_id, day, revenue_cents)
+        SELECT user_id, (at AT TIME ZONE 'UTC')::date, SUM(delta) FROM changed
+        GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (user_id, day) DO UPDATE SET revenue_cents = r.revenue_cents + EXCLUDED.revenue_cents
+    $q$, CASE TG_OP
+        WHEN 'INSERT' THEN 'SELECT user_id, id, COALESCE(value_at, updated_at) AS at, value_cents,
+                                  value_cents AS delta, value_source
+                           FROM new_fans WHERE value_cents <> 0'
+        ELSE 'SELECT n.user_id, n.id, COALESCE(n.value_at, n.updated_at) AS at, n.value_cents,
+                     n.value_cents - o.value_cents AS delta, n.value_source
+              FROM new_fans n JOIN old_fans o ON o.id = n.id WHERE n.value_cents <> o.value_cents'
+    END);
     RETURN NULL;
 END $$;
 
@@ -69,10 +60,10 @@ END $$;
 -- nothing.
 CREATE TRIGGER fans_values_inserted AFTER INSERT ON fans
     REFERENCING NEW TABLE AS new_fans
-    FOR EACH STATEMENT EXECUTE FUNCTION fans_record_inserted_values();
+    FOR EACH STATEMENT EXECUTE FUNCTION fans_record_values();
 CREATE TRIGGER fans_values_updated AFTER UPDATE ON fans
     REFERENCING OLD TABLE AS old_fans NEW TABLE AS new_fans
-    FOR EACH STATEMENT EXECUTE FUNCTION fans_record_updated_values();
+    FOR EACH STATEMENT EXECUTE FUNCTION fans_record_values();
 CREATE TRIGGER fans_values_deleted AFTER DELETE ON fans
     REFERENCING OLD TABLE AS old_fans
     FOR EACH STATEMENT EXECUTE FUNCTION fans_forget_values();
