@@ -286,8 +286,8 @@ impl ImportCsv {
         let mut batch = Vec::with_capacity(self.batch_rows);
         let mut pending = 0usize;
         // Whether the next batch looks its rows up before upserting (see `upsert_batch`): at
-        // first, and after a batch that met fans already there.
-        let mut look_first = true;
+        // first when the creator has fans, then after a batch that met fans already there.
+        let mut look_first = fans::import::any_fans(&self.db, job.user_id).await?;
         let mut existing = cp.summary.updated + cp.summary.unchanged;
         loop {
             let item = reader.next_row().await.map_err(file_error)?;
