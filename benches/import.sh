@@ -4,6 +4,7 @@
 #
 #   benches/import.sh              # a 10 MB file (~132k rows) and a 1M-row file
 #   ROWS="20000" benches/import.sh # other sizes
+#   RUNS=5 benches/import.sh       # timed steps repeated (default 3), medians printed
 #
 # Prints, per file:
 #   fanqueue r/s    the import, job start to finish as GET /api/jobs reports it
@@ -16,7 +17,7 @@
 #   bare r/s        the same statement with the bookkeeping off (the value-history and revenue
 #                   triggers disabled, no page index): `fq/ups` and `ups/bare` are the ratios
 #   COPY r/s        COPY into an unindexed scratch table (the raw ceiling)
-#   RSS MB          the worker's peak (VmHWM of a worker started fresh per file, both imports)
+#   RSS MB          the worker's peak (VmHWM of a worker started fresh per file, every import)
 #   SQLite r/s      the same file imported by `fanqueue all` on the embedded SQLite default
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -114,6 +115,11 @@ settle() {
   psql "$URL" -q -c "VACUUM ANALYZE" -c "CHECKPOINT" >/dev/null
 }
 
+# median N...: the middle value (the lower of the two middle ones for an even count).
+median() {
+  printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
 history_rows() {
   psql "$URL" -tAc "SELECT count(*) FROM fan_value_changes WHERE user_id = $1"
 }
@@ -127,6 +133,7 @@ printf '\n%-6s %8s %5s %9s %9s %7s %5s %9s %9s %6s %8s %9s %6s %9s\n' file rows 
   "upsert r/s" "bare r/s" fq/ups ups/bare "COPY r/s" "RSS MB" "SQLite r/s"
 user=0
 specs="${ROWS:-10mb 1000000}"
+RUNS="${RUNS:-3}"
 for spec in $specs; do
   if [ "$spec" = 10mb ]; then rows=150000; else rows=$spec; fi
   file="$WORK/fans_$rows.csv"
@@ -143,16 +150,26 @@ for spec in $specs; do
   psql "$URL" -qc "\\copy copy_scratch FROM '$file' WITH (FORMAT csv, HEADER true)" >/dev/null
   t1=$(date +%s.%N)
   copy_rps=$(awk -v n="$rows" -v a="$t0" -v b="$t1" 'BEGIN { printf "%d", n / (b - a) }')
-  settle; user=$((user + 1)); bare_rps=$(upsert_in_db "$user" off)
-  settle; user=$((user + 1)); upsert_rps=$(upsert_in_db "$user" on)
-  psql "$URL" -q -c "DELETE FROM fans" -c "DELETE FROM fan_blocks" >/dev/null
-  settle
+  # Each timed step RUNS times (the median is printed): on a 2-core machine one run of the
+  # 10 MB file moves by 10 % from the next.
+  bare=(); ups=(); fq=()
+  for _ in $(seq "$RUNS"); do
+    settle; user=$((user + 1)); bare+=("$(upsert_in_db "$user" off)")
+    settle; user=$((user + 1)); ups+=("$(upsert_in_db "$user" on)")
+    psql "$URL" -q -c "DELETE FROM fans" -c "DELETE FROM fan_blocks" >/dev/null
+  done
+  bare_rps=$(median "${bare[@]}"); upsert_rps=$(median "${ups[@]}")
 
-  # fanqueue: a fresh worker process per file, so its VmHWM is this file's peak.
+  # fanqueue: a fresh worker process per file, so its VmHWM is this file's peak. Each run is
+  # a first import for a creator of its own on an emptied table; the last one's file is then
+  # imported again.
   "$BIN" worker 2>"$WORK/worker_$rows.log" & wpid=$!; pids+=($wpid)
   for _ in $(seq 100); do grep -q '"workers running"' "$WORK/worker_$rows.log" && break; sleep 0.1; done
-  user=$((user + 1))
-  fq_rps=$(import_job "$PORT" "$user" "$file")
+  for _ in $(seq "$RUNS"); do
+    psql "$URL" -q -c "DELETE FROM fans" -c "DELETE FROM fan_blocks" >/dev/null
+    settle; user=$((user + 1)); fq+=("$(import_job "$PORT" "$user" "$file")")
+  done
+  fq_rps=$(median "${fq[@]}")
   before=$(history_rows "$user")
   settle
   again_rps=$(import_job "$PORT" "$user" "$file")
@@ -160,6 +177,7 @@ for spec in $specs; do
   rss_kb=$(awk '/VmHWM/ { print $2 }' "/proc/$wpid/status")
   kill "$wpid"; wait "$wpid" 2>/dev/null || true
   sqlite_rps=$(import_job "$SQLITE_PORT" "$user" "$file")
+  echo "runs: fanqueue ${fq[*]}; upsert ${ups[*]}; bare ${bare[*]}" >&2
 
   printf '%-6s %8d %5s %9d %9d %7s %5d %9d %9d %6s %8s %9d %6d %9d\n' "$spec" "$rows" "$mb" "$fq_rps" "$again_rps" \
     "$(awk -v a="$again_rps" -v b="$fq_rps" 'BEGIN { printf "%.1f", a / b }')" "$written" "$upsert_rps" "$bare_rps" \
