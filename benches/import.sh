@@ -17,7 +17,8 @@
 #   bare r/s        the same statement with the bookkeeping off (the value-history and revenue
 #                   triggers disabled, no page index): `fq/ups` and `ups/bare` are the ratios
 #   COPY r/s        COPY into an unindexed scratch table (the raw ceiling)
-#   RSS MB          the worker's peak (VmHWM of a worker started fresh per file, every import)
+#   RSS MB          the worker's peak for one import of the file (VmHWM of a worker started
+#                   fresh per file, after its first import; the peak over all is printed too)
 #   SQLite r/s      the same file imported by `fanqueue all` on the embedded SQLite default
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -152,7 +153,7 @@ for spec in $specs; do
   copy_rps=$(awk -v n="$rows" -v a="$t0" -v b="$t1" 'BEGIN { printf "%d", n / (b - a) }')
   # Each timed step RUNS times (the median is printed): on a 2-core machine one run of the
   # 10 MB file moves by 10 % from the next.
-  bare=(); ups=(); fq=()
+  bare=(); ups=(); fq=(); rss_kb=
   for _ in $(seq "$RUNS"); do
     settle; user=$((user + 1)); bare+=("$(upsert_in_db "$user" off)")
     settle; user=$((user + 1)); ups+=("$(upsert_in_db "$user" on)")
@@ -168,16 +169,17 @@ for spec in $specs; do
   for _ in $(seq "$RUNS"); do
     psql "$URL" -q -c "DELETE FROM fans" -c "DELETE FROM fan_blocks" >/dev/null
     settle; user=$((user + 1)); fq+=("$(import_job "$PORT" "$user" "$file")")
+    [ -n "${rss_kb:-}" ] || rss_kb=$(awk '/VmHWM/ { print $2 }' "/proc/$wpid/status")
   done
   fq_rps=$(median "${fq[@]}")
   before=$(history_rows "$user")
   settle
   again_rps=$(import_job "$PORT" "$user" "$file")
   written=$(( $(history_rows "$user") - before ))
-  rss_kb=$(awk '/VmHWM/ { print $2 }' "/proc/$wpid/status")
+  rss_all_kb=$(awk '/VmHWM/ { print $2 }' "/proc/$wpid/status")
   kill "$wpid"; wait "$wpid" 2>/dev/null || true
   sqlite_rps=$(import_job "$SQLITE_PORT" "$user" "$file")
-  echo "runs: fanqueue ${fq[*]}; upsert ${ups[*]}; bare ${bare[*]}" >&2
+  echo "runs: fanqueue ${fq[*]}; upsert ${ups[*]}; bare ${bare[*]}; worker peak over all $((RUNS + 1)) imports $((rss_all_kb / 1024)) MB" >&2
 
   printf '%-6s %8d %5s %9d %9d %7s %5d %9d %9d %6s %8s %9d %6d %9d\n' "$spec" "$rows" "$mb" "$fq_rps" "$again_rps" \
     "$(awk -v a="$again_rps" -v b="$fq_rps" 'BEGIN { printf "%.1f", a / b }')" "$written" "$upsert_rps" "$bare_rps" \
