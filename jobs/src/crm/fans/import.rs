@@ -127,6 +127,14 @@ macro_rules! pg_upsert_changed {
     };
 }
 
+/// A batch's upsert of every row of the file (the upsert's `WHERE` still leaves unchanged
+/// fans as they were, but locks them).
+macro_rules! pg_upsert_all {
+    ($value:literal) => {
+        concat!("WITH ", pg_rows!(), " ", pg_upsert!("u", $value))
+    };
+}
+
 macro_rules! sqlite_upsert_tail {
     ($value:literal) => {
         concat!(
@@ -252,13 +260,8 @@ fn pg_sql(with_value: bool, look_first: bool) -> &'static str {
     match (with_value, look_first) {
         (true, true) => pg_upsert_changed!("EXCLUDED.value_cents", "u.value_cents"),
         (false, true) => pg_upsert_changed!("f.value_cents", "f.value_cents"),
-        (true, false) => concat!(
-            "WITH ",
-            pg_rows!(),
-            " ",
-            pg_upsert!("u", "EXCLUDED.value_cents")
-        ),
-        (false, false) => concat!("WITH ", pg_rows!(), " ", pg_upsert!("u", "f.value_cents")),
+        (true, false) => pg_upsert_all!("EXCLUDED.value_cents"),
+        (false, false) => pg_upsert_all!("f.value_cents"),
     }
 }
 

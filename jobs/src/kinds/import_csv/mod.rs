@@ -22,7 +22,7 @@ use super::{Deps, SubmitError};
 use crate::{
     blobs::BlobStore,
     crm::fans::{self, import::FanRow},
-    db::{self, Db, Tx},
+    db::{self, Db},
     domain::UserId,
     engine::{
         EnqueueError, JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome,
@@ -44,10 +44,10 @@ pub struct ImportCsv {
 
 impl ImportCsv {
     pub fn new(deps: &Deps) -> Self {
-        // On PostgreSQL, a connection per import this process runs at once: the batches
-        // reuse it with its statements prepared (db::own_pool says why).
+        // On PostgreSQL, a connection per import this process runs at once, for its batches
+        // (db::batch_pool says why).
         let db = match &deps.db {
-            Db::Postgres(pool) => Db::Postgres(db::own_pool(pool, Self::CONCURRENCY as u32)),
+            Db::Postgres(pool) => Db::Postgres(db::batch_pool(pool, Self::CONCURRENCY as u32)),
             sqlite => sqlite.clone(),
         };
         ImportCsv {
@@ -367,14 +367,6 @@ async fn commit_batch(
     look_first: bool,
 ) -> Result<(Checkpoint, bool), JobError> {
     let mut tx = db.begin().await?;
-    if let Tx::Postgres(conn) = &mut tx {
-        // The batch's rows and its checkpoint commit together, so a batch a database crash
-        // loses is written again from the checkpoint before it: its commit need not wait
-        // for the disk. The job's last state commits as usual, flushing every batch before.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut **conn)
-            .await?;
-    }
     let done = fans::import::upsert_batch(&mut tx, user, &rows, look_first).await?;
     cp.summary.successful_inserts += done.inserted;
     cp.summary.updated += done.updated;
