@@ -28,8 +28,9 @@ use sqlx::{PgPool, postgres::PgListener};
 use tokio_util::sync::CancellationToken;
 
 /// How often an idle worker looks for tasks even when nothing woke it: backed-off retries,
-/// the tasks of dead workers handed back, and any notification that was lost.
-pub const FALLBACK: Duration = Duration::from_millis(500);
+/// the tasks of dead workers handed back, and any notification that was lost. Once a second,
+/// as River polls: an idle worker's queues cost a statement a second each.
+pub const FALLBACK: Duration = Duration::from_secs(1);
 /// A poke that lands while the worker is already fetching may come too late for that fetch
 /// (its snapshot was taken before the job committed): the worker looks once more this soon
 /// after every poke.
@@ -244,12 +245,15 @@ impl Wakeups {
 }
 
 /// Ready when the queue was poked (at most once every [`GATHER`]), and once more
-/// [`RECHECK`] later.
+/// [`RECHECK`] after each look a poke caused. A second look causes no third: an idle worker
+/// is then woken by its [`FALLBACK`] interval alone.
 struct OnPoke {
     signal: Arc<Signal>,
     again: Option<Pin<Box<tokio::time::Sleep>>>,
     /// When it was last ready.
     looked: Option<Instant>,
+    /// A poke came too soon after the last look and waits for `again`.
+    deferred: bool,
 }
 
 impl OnPoke {
@@ -258,13 +262,16 @@ impl OnPoke {
             signal,
             again: None,
             looked: None,
+            deferred: false,
         }
     }
 
-    fn look(&mut self) -> Poll<Option<()>> {
+    /// Ready now; when a poke caused this look, once more [`RECHECK`] later.
+    fn look(&mut self, poked: bool) -> Poll<Option<()>> {
         let now = Instant::now();
         self.looked = Some(now);
-        self.again = Some(Box::pin(tokio::time::sleep_until(now + RECHECK)));
+        self.deferred = false;
+        self.again = poked.then(|| Box::pin(tokio::time::sleep_until(now + RECHECK)));
         Poll::Ready(Some(()))
     }
 }
@@ -276,19 +283,20 @@ impl PollStrategy for OnPoke {
             match self.looked.map(|l| l + GATHER) {
                 Some(due) if due > Instant::now() => {
                     // The next look is at `due`, or sooner if one was due sooner.
+                    self.deferred = true;
                     let sooner = self.again.as_ref().is_some_and(|a| a.deadline() <= due);
                     if !sooner {
                         self.again = Some(Box::pin(tokio::time::sleep_until(due)));
                     }
                 }
-                _ => return self.look(),
+                _ => return self.look(true),
             }
         }
         if let Some(again) = &mut self.again
             && again.as_mut().poll(cx).is_ready()
         {
             self.again = None;
-            return self.look();
+            return self.look(self.deferred);
         }
         Poll::Pending
     }
@@ -396,6 +404,64 @@ mod tests {
         // Once GATHER has passed, a poke wakes the worker at once again.
         wakeups.poke("send_message");
         assert_eq!(wakes(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poke_causes_two_looks_and_then_the_worker_is_left_alone() {
+        let wakeups = Wakeups::default();
+        let mut sends = OnPoke::new(wakeups.signal("send_message"));
+        let count = Arc::new(Count(Default::default()));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let snapshot = PollSnapshot::new();
+        let wakes = || count.0.load(Ordering::SeqCst);
+        assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
+
+        wakeups.poke("send_message");
+        assert!(
+            sends.poll_drive(&mut cx, &snapshot).is_ready(),
+            "the poke's look"
+        );
+        assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
+        tokio::time::sleep(RECHECK).await;
+        assert_eq!(wakes(), 2, "the poke, then the second look's timer");
+        assert!(
+            sends.poll_drive(&mut cx, &snapshot).is_ready(),
+            "the second look"
+        );
+
+        // Nothing more happens: no timer wakes the worker again (the apalis interval, not this
+        // strategy, looks once a FALLBACK).
+        assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
+        tokio::time::sleep(FALLBACK * 10).await;
+        assert_eq!(
+            wakes(),
+            2,
+            "an idle worker is not woken by pokes it did not get"
+        );
+        assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poke_deferred_into_the_second_look_gets_a_third() {
+        let wakeups = Wakeups::default();
+        let mut sends = OnPoke::new(wakeups.signal("send_message"));
+        let count = Arc::new(Count(Default::default()));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let snapshot = PollSnapshot::new();
+        wakeups.poke("send_message");
+        assert!(sends.poll_drive(&mut cx, &snapshot).is_ready());
+        // A poke while that look's fetch runs: deferred to the second look...
+        wakeups.poke("send_message");
+        assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
+        tokio::time::sleep(RECHECK).await;
+        assert!(sends.poll_drive(&mut cx, &snapshot).is_ready());
+        // ...which the poke's job may have missed too: one more look follows it.
+        tokio::time::sleep(RECHECK).await;
+        assert!(sends.poll_drive(&mut cx, &snapshot).is_ready());
+        tokio::time::sleep(FALLBACK).await;
+        assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
     }
 
     #[tokio::test(start_paused = true)]
