@@ -372,9 +372,6 @@ pub enum Role {
     All,
 }
 
-/// The kinds the `worker` role runs: all but the sweeps, which the `sweep` role runs.
-pub const CLIENT_KINDS: &[Kind] = &[Kind::ImportCsv, Kind::SendMessage, Kind::BulkSend];
-
 /// Runs `role` until `shutdown` (SIGTERM, Ctrl-C) or until one of its services fails; with
 /// `platform_sim`, that stand-in is served beside them.
 pub async fn run(
@@ -396,8 +393,8 @@ pub async fn run(
         roles.push("serve");
     }
     match role {
-        Role::Worker => start_workers(&mut sup, settings, &services, CLIENT_KINDS),
-        Role::Sweep => start_workers(&mut sup, settings, &services, &[Kind::Sweep]),
+        Role::Worker => start_workers(&mut sup, settings, &services, &Kind::for_clients()),
+        Role::Sweep => start_workers(&mut sup, settings, &services, &Kind::scheduled()),
         Role::All => start_workers(&mut sup, settings, &services, Kind::ALL),
         Role::Serve | Role::Dispatch => {}
     }

@@ -12,7 +12,7 @@ use fanqueue::{
     startup::{self, Application, Services},
     supervisor::Supervisor,
 };
-use fanqueue_jobs::domain::UserId;
+use fanqueue_jobs::{domain::UserId, runtime::Kind};
 use reqwest::{Response, StatusCode};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -278,7 +278,7 @@ async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Settings), workers: boo
 /// ends. A service that stops on its own fails the test loudly.
 fn start_workers(settings: &Settings, services: Services) {
     let mut sup = Supervisor::default();
-    startup::start_workers(&mut sup, settings, &services, startup::CLIENT_KINDS);
+    startup::start_workers(&mut sup, settings, &services, &Kind::for_clients());
     tokio::spawn(async move {
         if let Err(e) = sup.run(std::future::pending()).await {
             panic!("the worker role stopped: {e:#}");

@@ -44,6 +44,7 @@ mod import_bookkeeping;
 mod imports;
 mod isolation;
 mod jobs;
+mod kinds;
 mod limits;
 mod messages;
 mod metrics;

@@ -26,6 +26,9 @@ pub trait JobKind: Clone + Send + Sync + 'static {
     /// instead of a few thousand; its [`run_batch`](JobKind::run_batch) does the group's
     /// work at once.
     const BATCH: usize = 1;
+    /// Who stores jobs of this kind, and so which role runs them: clients (the `worker` role)
+    /// or the sweeper's schedule (the `sweep` role).
+    const STORED_BY: StoredBy = StoredBy::Clients;
 
     /// Runs (or resumes, from the record's checkpoint) one job.
     fn run(
@@ -75,6 +78,15 @@ impl NewJob {
             total: None,
         }
     }
+}
+
+/// Who stores a kind's jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredBy {
+    /// The API, for a client: the `worker` role runs them.
+    Clients,
+    /// The sweeper, on its schedule: the `sweep` role runs them, beside the sweeper.
+    Schedule,
 }
 
 /// How often a job runs before it is failed, and how long it waits between runs.

@@ -26,5 +26,5 @@ pub mod relay;
 pub mod wake;
 
 pub use backend::{EnqueueError, JobBackend};
-pub use kind::{JobError, JobKind, Outcome, RetryPolicy, RunContext};
+pub use kind::{JobError, JobKind, Outcome, RetryPolicy, RunContext, StoredBy};
 pub use record::{JobFilter, JobId, JobRecord, JobStatus, NewJob};

@@ -14,7 +14,7 @@ pub use workers::Workers;
 
 use crate::{
     domain::{UnknownValue, Words},
-    engine::JobKind,
+    engine::{JobKind, StoredBy},
     kinds::{bulk_send::BulkSend, import_csv::ImportCsv, send_message::SendMessage, sweep::Sweep},
 };
 
@@ -35,6 +35,13 @@ macro_rules! job_kinds {
             pub fn name(self) -> &'static str {
                 match self {
                     $(Kind::$kind => <$kind as JobKind>::NAME),+
+                }
+            }
+
+            /// Who stores the kind's jobs ([`JobKind::STORED_BY`]).
+            pub fn stored_by(self) -> StoredBy {
+                match self {
+                    $(Kind::$kind => <$kind as JobKind>::STORED_BY),+
                 }
             }
         }
@@ -75,6 +82,26 @@ impl Kind {
     }
 }
 
+impl Kind {
+    /// The kinds the `worker` role runs: those clients store.
+    pub fn for_clients() -> Vec<Kind> {
+        Kind::stored_by_all(StoredBy::Clients)
+    }
+
+    /// The kinds the `sweep` role runs: those the sweeper's schedule stores.
+    pub fn scheduled() -> Vec<Kind> {
+        Kind::stored_by_all(StoredBy::Schedule)
+    }
+
+    fn stored_by_all(by: StoredBy) -> Vec<Kind> {
+        Kind::ALL
+            .iter()
+            .copied()
+            .filter(|k| k.stored_by() == by)
+            .collect()
+    }
+}
+
 impl Words for Kind {
     const NAME: &'static str = "JobKind";
 
@@ -108,6 +135,10 @@ mod tests {
         for kind in Kind::ALL {
             assert_eq!(Kind::parse(kind.name()), Ok(*kind));
         }
+        let mut roles = Kind::for_clients();
+        roles.extend(Kind::scheduled());
+        assert_eq!(roles.len(), Kind::ALL.len(), "every kind has one role");
+        assert_eq!(Kind::scheduled(), [Kind::Sweep]);
         let err = Kind::parse("mystery").unwrap_err();
         assert_eq!(
             err.to_string(),
