@@ -446,3 +446,68 @@ mod tests {
         );
     }
 }
+
+/// Rows one prune statement deletes at most: a sweep holds a table's row locks (on SQLite, the
+/// one write lock) for one batch at a time, whatever built up since the last sweep.
+pub const PRUNE_BATCH: i64 = 5_000;
+
+/// Runs `delete(limit)`, one statement deleting at most `limit` rows, until one deletes fewer
+/// or `deadline` has passed (what is left goes at the next sweep). Returns how many went.
+pub async fn prune_in_batches<E, F, Fut>(
+    deadline: std::time::Instant,
+    mut delete: F,
+) -> Result<u64, E>
+where
+    F: FnMut(i64) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, E>>,
+{
+    let mut total = 0;
+    loop {
+        let deleted = delete(PRUNE_BATCH).await?;
+        total += deleted;
+        if deleted < PRUNE_BATCH as u64 || std::time::Instant::now() >= deadline {
+            return Ok(total);
+        }
+    }
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// `rows` to delete, a batch a call: how many calls it took and what they deleted.
+    async fn prune(rows: u64, deadline: Instant) -> (u64, u64) {
+        let mut left = rows;
+        let mut calls = 0;
+        let total = prune_in_batches(deadline, |limit| {
+            calls += 1;
+            let deleted = left.min(limit as u64);
+            left -= deleted;
+            async move { Ok::<_, std::convert::Infallible>(deleted) }
+        })
+        .await
+        .unwrap();
+        (calls, total)
+    }
+
+    #[tokio::test]
+    async fn a_prune_deletes_a_batch_a_statement_until_one_comes_back_short() {
+        let later = Instant::now() + Duration::from_secs(60);
+        let batch = PRUNE_BATCH as u64;
+        assert_eq!(prune(0, later).await, (1, 0));
+        assert_eq!(prune(2 * batch + 1, later).await, (3, 2 * batch + 1));
+        assert_eq!(
+            prune(2 * batch, later).await,
+            (3, 2 * batch),
+            "an empty last one"
+        );
+    }
+
+    #[tokio::test]
+    async fn past_its_deadline_a_prune_leaves_the_rest_for_the_next_sweep() {
+        let batch = PRUNE_BATCH as u64;
+        assert_eq!(prune(5 * batch, Instant::now()).await, (1, batch));
+    }
+}

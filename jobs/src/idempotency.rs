@@ -383,15 +383,25 @@ pub async fn release(db: &Db, guard: &Guard) -> StoreResult<()> {
     Ok(())
 }
 
-/// Deletes keys claimed before `before` (past their retention). Returns how many went.
-pub async fn prune(db: &Db, before: DateTime<Utc>) -> StoreResult<u64> {
-    Ok(
-        on_db!(db, pool => sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+/// Deletes keys claimed before `before` (past their retention), in batches until `deadline`.
+/// Returns how many went.
+pub async fn prune(
+    db: &Db,
+    before: DateTime<Utc>,
+    deadline: std::time::Instant,
+) -> StoreResult<u64> {
+    Ok(crate::db::prune_in_batches(deadline, |limit| async move {
+        on_db!(db, pool => sqlx::query(
+            "DELETE FROM idempotency_keys WHERE (user_id, key) IN (
+                 SELECT user_id, key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
+        )
         .bind(Timestamp(before))
+        .bind(limit)
         .execute(pool)
         .await
-        .map(|r| r.rows_affected()))?,
-    )
+        .map(|r| r.rows_affected()))
+    })
+    .await?)
 }
 
 #[cfg(test)]

@@ -427,3 +427,63 @@ async fn a_creator_sees_only_their_own_backlog_and_an_operator_the_whole_queue(b
     )
     .await;
 }
+
+mod prune {
+    use chrono::{TimeDelta, Utc};
+    use fanqueue_jobs::{db::PRUNE_BATCH, domain::Timestamp, on_db};
+
+    use crate::helpers::TestApp;
+
+    crate::on_both_backends!(a_sweep_prunes_more_than_a_batch_and_keeps_what_is_recent,);
+
+    /// A sweep after a backlog of old records (more than two batches) deletes them all, a
+    /// batch a statement, and keeps the recent ones.
+    async fn a_sweep_prunes_more_than_a_batch_and_keeps_what_is_recent(app: TestApp) {
+        let db = app.services().await.db;
+        let old = Timestamp(Utc::now() - TimeDelta::days(30));
+        let recent = Timestamp(Utc::now());
+        let n = 2 * PRUNE_BATCH + 1;
+        // Seeded around the owners: a month of finished jobs and of idempotency keys, and one
+        // of each from now.
+        for (from, rows, at) in [("old", n, old), ("recent", 1, recent)] {
+            on_db!(&db, pool => sqlx::query(
+                "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < $1)
+                 INSERT INTO job_records (id, user_id, kind, status, payload, created_at, finished_at)
+                 SELECT $2 || i, 1, 'send_message', 'succeeded', '{}', $3, $3 FROM s",
+            )
+            .bind(rows)
+            .bind(from)
+            .bind(at)
+            .execute(pool)
+            .await
+            .map(|_| ())
+            .unwrap());
+            on_db!(&db, pool => sqlx::query(
+                "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < $1)
+                 INSERT INTO idempotency_keys (user_id, key, fingerprint, locked_until, created_at)
+                 SELECT 1, $2 || i, 'f', $3, $3 FROM s",
+            )
+            .bind(rows)
+            .bind(from)
+            .bind(at)
+            .execute(pool)
+            .await
+            .map(|_| ())
+            .unwrap());
+        }
+
+        let report = app.sweeper().await.run_once().await.unwrap();
+        assert_eq!(report.pruned_jobs, n as u64, "{report:?}");
+        assert_eq!(report.pruned_idempotency_keys, n as u64, "{report:?}");
+        let left: (i64, i64) = on_db!(&db, pool => sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM job_records WHERE id LIKE 'old%' OR id LIKE 'recent%'),
+                    (SELECT COUNT(*) FROM idempotency_keys)",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap());
+        assert_eq!(left, (1, 1), "only the recent record and key are left");
+        let again = app.sweeper().await.run_once().await.unwrap();
+        assert_eq!((again.pruned_jobs, again.pruned_idempotency_keys), (0, 0));
+    }
+}

@@ -131,13 +131,22 @@ pub async fn last_started_many(
 }
 
 /// Deletes attempts started before `before` (the limiter reads only the last minute; the rest
-/// is history past its retention). Returns how many went.
-pub async fn prune(db: &Db, before: DateTime<Utc>) -> StoreResult<u64> {
-    Ok(
-        on_db!(db, pool => sqlx::query("DELETE FROM delivery_attempts WHERE started_at < $1")
+/// is history past its retention), in batches until `deadline`. Returns how many went.
+pub async fn prune(
+    db: &Db,
+    before: DateTime<Utc>,
+    deadline: std::time::Instant,
+) -> StoreResult<u64> {
+    Ok(crate::db::prune_in_batches(deadline, |limit| async move {
+        on_db!(db, pool => sqlx::query(
+            "DELETE FROM delivery_attempts WHERE id IN (
+                 SELECT id FROM delivery_attempts WHERE started_at < $1 LIMIT $2)",
+        )
         .bind(Timestamp(before))
+        .bind(limit)
         .execute(pool)
         .await
-        .map(|r| r.rows_affected()))?,
-    )
+        .map(|r| r.rows_affected()))
+    })
+    .await?)
 }

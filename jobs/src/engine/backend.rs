@@ -311,37 +311,54 @@ impl JobBackend {
     }
 
     /// Deletes the apalis tasks that finished (`Done`, or `Killed` once the engine recorded
-    /// their final failure) before `before`; the sweep calls it. Returns how many. apalis
-    /// keeps every task it ran, and the job records (what `GET /api/jobs` shows) outlive
-    /// their tasks, so without this the task table only grew.
-    pub async fn prune_finished(&self, before: DateTime<Utc>) -> sqlx::Result<u64> {
-        let done = match &self.store {
+    /// their final failure) before `before`, in batches until `deadline`; the sweep calls it.
+    /// Returns how many. apalis keeps every task it ran, and the job records (what
+    /// `GET /api/jobs` shows) outlive their tasks, so without this the task table only grew.
+    pub async fn prune_finished(
+        &self,
+        before: DateTime<Utc>,
+        deadline: std::time::Instant,
+    ) -> sqlx::Result<u64> {
+        match &self.store {
             Store::Postgres(pool) => {
-                // The one statement on tasks that reads them all: scans are its best plan.
-                let mut tx = pool.begin().await?;
-                sqlx::query("SET LOCAL enable_seqscan = on")
+                crate::db::prune_in_batches(deadline, |limit| async move {
+                    // The one statement on tasks that reads them all: scans are its best plan.
+                    let mut tx = pool.begin().await?;
+                    sqlx::query("SET LOCAL enable_seqscan = on")
+                        .execute(&mut *tx)
+                        .await?;
+                    let done = sqlx::query(
+                        "DELETE FROM apalis.jobs WHERE id IN (
+                             SELECT id FROM apalis.jobs
+                             WHERE status IN ('Done', 'Killed') AND done_at < $1 LIMIT $2)",
+                    )
+                    .bind(before)
+                    .bind(limit)
                     .execute(&mut *tx)
-                    .await?;
-                let done = sqlx::query(
-                    "DELETE FROM apalis.jobs WHERE status IN ('Done', 'Killed') AND done_at < $1",
-                )
-                .bind(before)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                done
+                    .await?
+                    .rows_affected();
+                    tx.commit().await?;
+                    Ok(done)
+                })
+                .await
             }
             Store::Sqlite(pool) => {
-                sqlx::query("DELETE FROM Jobs WHERE status IN ('Done', 'Killed') AND done_at < ?1")
+                crate::db::prune_in_batches(deadline, |limit| async move {
+                    Ok(sqlx::query(
+                        "DELETE FROM Jobs WHERE id IN (
+                             SELECT id FROM Jobs
+                             WHERE status IN ('Done', 'Killed') AND done_at < ?1 LIMIT ?2)",
+                    )
                     .bind(before.timestamp())
+                    .bind(limit)
                     .execute(pool)
                     .await?
-                    .rows_affected()
+                    .rows_affected())
+                })
+                .await
             }
-            Store::Redis { .. } => 0,
-        };
-        Ok(done)
+            Store::Redis { .. } => Ok(0),
+        }
     }
 }
 

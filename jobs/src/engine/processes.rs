@@ -130,13 +130,22 @@ pub async fn dispatcher_running_since(db: &Db, since: DateTime<Utc>) -> StoreRes
     Ok(yes)
 }
 
-/// Forgets processes not seen since `before`.
-pub async fn prune(db: &Db, before: DateTime<Utc>) -> StoreResult<u64> {
-    Ok(
-        on_db!(db, pool => sqlx::query("DELETE FROM processes WHERE seen_at < $1")
+/// Forgets processes not seen since `before`, in batches until `deadline`.
+pub async fn prune(
+    db: &Db,
+    before: DateTime<Utc>,
+    deadline: std::time::Instant,
+) -> StoreResult<u64> {
+    Ok(crate::db::prune_in_batches(deadline, |limit| async move {
+        on_db!(db, pool => sqlx::query(
+            "DELETE FROM processes WHERE id IN (
+                 SELECT id FROM processes WHERE seen_at < $1 LIMIT $2)",
+        )
         .bind(Timestamp(before))
+        .bind(limit)
         .execute(pool)
         .await
-        .map(|r| r.rows_affected()))?,
-    )
+        .map(|r| r.rows_affected()))
+    })
+    .await?)
 }

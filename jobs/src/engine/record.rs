@@ -497,14 +497,24 @@ pub(super) async fn mark_dispatched(db: &Db, id: &JobId) -> StoreResult<()> {
 }
 
 /// Deletes final records (and Redis outbox rows, which are records) that ended before
-/// `before`. Returns how many went.
-pub async fn prune_final(db: &Db, before: DateTime<Utc>) -> StoreResult<u64> {
-    Ok(on_db!(db, pool => sqlx::query(
-        "DELETE FROM job_records
-         WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < $1",
-    )
-    .bind(Timestamp(before))
-    .execute(pool)
-    .await
-    .map(|r| r.rows_affected()))?)
+/// `before`, in batches until `deadline`. Returns how many went.
+pub async fn prune_final(
+    db: &Db,
+    before: DateTime<Utc>,
+    deadline: std::time::Instant,
+) -> StoreResult<u64> {
+    Ok(crate::db::prune_in_batches(deadline, |limit| async move {
+        on_db!(db, pool => sqlx::query(
+            "DELETE FROM job_records WHERE id IN (
+                 SELECT id FROM job_records
+                 WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < $1
+                 LIMIT $2)",
+        )
+        .bind(Timestamp(before))
+        .bind(limit)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+    })
+    .await?)
 }

@@ -15,8 +15,10 @@
 //!   sent to the queue again (up to `max_redrives`, then failed); a `sending` message whose
 //!   lease ran out that long ago goes back to its creator's schedule (its next attempt carries
 //!   the same idempotency key).
-//! - **Prune**: final job records, delivery attempts and dead processes older than the
-//!   retention.
+//! - **Prune**: final job records, finished apalis tasks, delivery attempts, dead processes
+//!   and expired idempotency keys, older than the retention, in batches of
+//!   `db::PRUNE_BATCH` rows (no statement holds its locks long) for at most `PRUNE_WITHIN`
+//!   per table.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -34,7 +36,7 @@ use crate::{
     domain::{CampaignId, MessageId, UserId},
     engine::{
         EnqueueError, JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome,
-        RetryPolicy, RunContext, processes, record,
+        RetryPolicy, RunContext, StoredBy, processes, record,
     },
     idempotency,
     outbound::{MAX_BATCH, Outbound, OutboundEntry, OutboundQueue, addressed},
@@ -67,6 +69,9 @@ const DLQ_PER_SWEEP: usize = 10_000;
 const DLQ_VISIBILITY: Duration = Duration::from_secs(120);
 /// Stuck messages handled per sweep at most.
 const STUCK_PER_SWEEP: i64 = 10_000;
+/// How long one sweep prunes one table (in batches of `db::PRUNE_BATCH` rows); what is left
+/// goes at the next sweep.
+const PRUNE_WITHIN: Duration = Duration::from_secs(20);
 
 /// What one sweep did: the job's result.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,17 +144,19 @@ impl Sweep {
             }
         }
         let before = Utc::now() - self.config.retention;
-        report.pruned_jobs = record::prune_final(&self.db, before).await?;
+        // Each table in batches, within its own share of the sweep's time.
+        let deadline = || std::time::Instant::now() + PRUNE_WITHIN;
+        report.pruned_jobs = record::prune_final(&self.db, before, deadline()).await?;
         report.pruned_tasks = self
             .jobs
-            .prune_finished(before)
+            .prune_finished(before, deadline())
             .await
             .map_err(|e| JobError::Transient(e.into()))?;
-        report.pruned_attempts = deliveries::prune(&self.db, before).await?;
-        report.pruned_processes =
-            processes::prune(&self.db, Utc::now() - chrono::TimeDelta::days(1)).await?;
-        report.pruned_idempotency_keys =
-            idempotency::prune(&self.db, Utc::now() - idempotency::RETENTION).await?;
+        report.pruned_attempts = deliveries::prune(&self.db, before, deadline()).await?;
+        let gone = Utc::now() - chrono::TimeDelta::days(1);
+        report.pruned_processes = processes::prune(&self.db, gone, deadline()).await?;
+        let expired = Utc::now() - idempotency::RETENTION;
+        report.pruned_idempotency_keys = idempotency::prune(&self.db, expired, deadline()).await?;
         Ok(report)
     }
 
@@ -299,6 +306,7 @@ impl JobKind for Sweep {
         max_backoff: Duration::from_secs(10),
     };
     const CONCURRENCY: usize = 1;
+    const STORED_BY: StoredBy = StoredBy::Schedule;
 
     async fn run(&self, job: &JobRecord, ctx: &RunContext) -> Result<Outcome, JobError> {
         let report = self.sweep(ctx).await?;
