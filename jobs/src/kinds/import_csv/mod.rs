@@ -7,7 +7,10 @@
 //! done, counters, errors). A run that dies mid-file resumes after the last committed batch
 //! and ends with the summary an uninterrupted run would have given.
 
+mod dates;
+mod money;
 pub mod parse;
+mod text;
 
 use std::{
     collections::HashMap,
