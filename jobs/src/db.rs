@@ -139,9 +139,9 @@ impl Db {
                     .with_context(|| format!("creating the data directory {}", dir.display()))?;
             }
             // SQLite has one writer. A connection more than one writing and one reading only
-            // adds a writer that waits for the lock: with 8 connections, sends at 200/s
-            // reached the outbound queue after 9 s (p99), with 4 after 1 s, with 2 within
-            // 0.1 s (BENCHMARKS.md). The wait itself is `wait_for_the_writer`.
+            // adds a writer that waits for the lock, and sends reached the outbound queue
+            // seconds later the more there were (BENCHMARKS.md, the load bench). The wait
+            // itself is `wait_for_the_writer`.
             let pool = SqlitePoolOptions::new()
                 .max_connections(2)
                 .after_connect(|conn, _| {
@@ -314,9 +314,9 @@ thread_local! {
 
 /// SQLite's busy handler, in place of the one `busy_timeout` installs: that one sleeps 1, 2,
 /// 5, 10, 15, 20, 25, 25, 25, 50, 50 then 100 ms between looks, so a writer queued behind
-/// another that held the lock for a millisecond could sleep on for up to 100 ms more, and
-/// the embedded default's 202 → outbound queue p99 at 200 sends/s was 120–160 ms. This one
-/// looks every 0.2 ms, for up to [`SQLITE_BUSY_WAIT`]. `tries` is 0 at a wait's first call.
+/// another that held the lock for a millisecond could sleep on for up to 100 ms more
+/// (BENCHMARKS.md, the load bench's 202 → queue on SQLite). This one looks every 0.2 ms, for
+/// up to [`SQLITE_BUSY_WAIT`]. `tries` is 0 at a wait's first call.
 extern "C" fn wait_for_the_writer(
     _: *mut std::ffi::c_void,
     tries: std::ffi::c_int,
@@ -340,9 +340,9 @@ extern "C" fn wait_for_the_writer(
 /// nested loops over index lookups. PostgreSQL plans a statement it has prepared for the
 /// table sizes it sees then, and guesses 100 rows for a list passed as a parameter; a plan
 /// made while a table was small (a fresh install, a benchmark's first second) reads the
-/// whole table on every run once it has grown, until the table is next analyzed. Measured
-/// for the sends' statement: 1.2 ms a run growing to 10.5 ms after 12,000 messages; for
-/// apalis's acknowledgement of 8 tasks, 3.5 ms reading all 5,756 tasks twice.
+/// whole table on every run once it has grown, until the table is next analyzed: the sends'
+/// statement and apalis's acknowledgement slowed as their tables grew (BENCHMARKS.md, the
+/// load bench).
 pub fn keyed_pool(pool: &PgPool, connections: u32) -> PgPool {
     pool_with(pool, connections, KEYED)
 }
@@ -351,7 +351,8 @@ pub fn keyed_pool(pool: &PgPool, connections: u32) -> PgPool {
 /// series of batches, each with the checkpoint it resumes from (an import):
 /// - its own connections keep the batch statements prepared, where the shared pool hands its
 ///   idle connections out in turn, so each batch met a connection that had not prepared its
-///   statement yet (or had to open one), about 50 ms a time on a 5,000-row batch of 55 ms;
+///   statement yet (or had to open one), which cost about as much as the batch itself
+///   (BENCHMARKS.md, the import);
 /// - its commits do not wait for the disk (`synchronous_commit = off`): a batch a database
 ///   crash loses goes with its checkpoint and is written again from the one before. The job's
 ///   final state is committed through the shared pool, which flushes every batch before it.

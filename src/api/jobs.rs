@@ -7,8 +7,8 @@ use fanqueue_jobs::{
         record::{self, CancelError, Readers},
     },
     kinds::{
-        fan_out::SendResult,
         import_csv::{RowError, Summary},
+        outbound_batches::SendResult,
         sweep::SweepReport,
     },
     runtime::Kind,

@@ -59,7 +59,7 @@ impl JobTask {
 #[derive(Clone)]
 pub struct JobBackend {
     pub store: Store,
-    /// Pokes this process's workers when a job is stored (see [`Wakeups`]).
+    /// Wakes this process's workers when a job is stored (see [`Wakeups`]).
     pub wakeups: Arc<Wakeups>,
 }
 
@@ -86,10 +86,11 @@ const TASK_CONNECTIONS: u32 = 20;
 
 /// apalis indexes every task's `lock_by` (twice: `lidx` and `idx_apalis_jobs_lock_by`),
 /// finished or not, and its acknowledgement then reads every task its worker ever held
-/// (1.3 ms after 2,300 tasks, and growing until the sweep prunes them). Indexing only held
+/// (growing until the sweep prunes them; BENCHMARKS.md, the load bench). Indexing only held
 /// tasks keeps that index for the rescue of a dead worker's tasks (which asks for exactly
-/// these) and leaves the acknowledgement its tasks' ids. Run at every start after apalis's migrations; replicas starting together take
-/// turns, and the table is locked only the first time.
+/// these) and leaves the acknowledgement its tasks' ids. Run at every start after apalis's
+/// migrations; replicas starting together take turns, and the table is locked only the first
+/// time.
 const HELD_TASKS_INDEX: &str = "
 DO $$
 BEGIN
@@ -106,6 +107,11 @@ const GET_JOBS: &str = include_str!("get_jobs.sql");
 
 /// apalis's insert trigger, quiet for the tasks a process announces itself (see the file).
 const NOTIFY_NEW_JOBS: &str = include_str!("notify_new_jobs.sql");
+
+/// apalis's own attempt count on every task. It never decides: the kind's `RetryPolicy` does
+/// (`execute.rs` records the final failure after its last run and stops the task). Only a
+/// task that would otherwise run forever meets it.
+const ATTEMPTS_BACKSTOP: usize = 50;
 
 /// A worker heartbeats this often; after [`MISSED_HEARTBEATS`] silent beats its tasks are
 /// handed to another worker. 10 s × 3 rescues a killed worker's job within 30-40 s.
@@ -277,7 +283,7 @@ impl JobBackend {
             telemetry::job(job.kind, "queued");
         }
         for kind in kinds_of(jobs) {
-            self.wakeups.poke(kind);
+            self.wakeups.job_stored(kind);
             if let Store::Postgres(pool) = &self.store {
                 self.wakeups.announce(pool, kind);
             }
@@ -384,9 +390,7 @@ fn task(jobs: &[&JobId]) -> anyhow::Result<apalis::prelude::Task<Vec<u8>>> {
     Ok(TaskBuilder::new(args)
         .task_id(TaskId::from_ulid(ulid))
         .idempotency_key(&job.0)
-        // A backstop only: the engine records the final failure itself after
-        // `RetryPolicy::max_attempts` runs and then stops the task.
-        .max_attempts(50)
+        .max_attempts(ATTEMPTS_BACKSTOP)
         .build())
 }
 
@@ -400,7 +404,7 @@ pub fn redis_config(prefix: &str, kind: &str) -> apalis_redis::Config {
 
 /// Evaluates `$body` with `$storage` bound to the apalis storage of queue `$queue` on the
 /// backend `$backend` holds, fetching up to `$fetch` tasks at a time and polling when the
-/// queue is poked (see [`Wakeups`]); on PostgreSQL fetches are paced
+/// queue is woken (see [`Wakeups`]); on PostgreSQL fetches are paced
 /// ([`PacedStorage`](crate::engine::paced::PacedStorage)). Tasks are not marked running one by one (`lock_tasks`):
 /// a fetched task is already held by its worker (rescued if the worker dies), and our own
 /// record says when its run started. The storage is wrapped in a

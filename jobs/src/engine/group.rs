@@ -29,16 +29,16 @@ pub struct Limits {
     pub spacing: Duration,
 }
 
-/// The door callers hand items in at. Clones share the groups; they stop once every clone is
+/// Where callers hand their items in. Clones share the groups; they stop once every clone is
 /// gone and the groups running are answered.
 pub struct Grouped<I, O> {
-    door: mpsc::Sender<(I, oneshot::Sender<O>)>,
+    intake: mpsc::Sender<(I, oneshot::Sender<O>)>,
 }
 
 impl<I, O> Clone for Grouped<I, O> {
     fn clone(&self) -> Self {
         Grouped {
-            door: self.door.clone(),
+            intake: self.intake.clone(),
         }
     }
 }
@@ -56,15 +56,15 @@ impl<I: Send + 'static, O: Send + 'static> Grouped<I, O> {
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<O>> + Send + 'static,
     {
-        let (door, waiting) = mpsc::channel(limits.waiting.max(1));
+        let (intake, waiting) = mpsc::channel(limits.waiting.max(1));
         tokio::spawn(gather(limits, waiting, run));
-        Grouped { door }
+        Grouped { intake }
     }
 
     /// Hands `item` in and waits for its answer.
     pub async fn call(&self, item: I) -> Result<O, Stopped> {
         let (reply, answer) = oneshot::channel();
-        self.door.send((item, reply)).await.map_err(|_| Stopped)?;
+        self.intake.send((item, reply)).await.map_err(|_| Stopped)?;
         answer.await.map_err(|_| Stopped)
     }
 }

@@ -10,7 +10,7 @@
 //!   is asked to stop, so that its running jobs can still commit.
 //! - [`kind`] — the contract a job kind implements ([`JobKind`]).
 //! - [`execute`] — runs of a kind, alone or in groups: start, run, record, retry or give up.
-//! - [`wake`] — pokes a kind's idle worker when one of its jobs is stored.
+//! - [`wake`] — wakes a kind's idle worker when one of its jobs is stored.
 //! - [`group`] — runs items handed in by concurrent callers together (jobs, sends).
 //! - [`processes`] — the processes seen alive (every role beats a row).
 

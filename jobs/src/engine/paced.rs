@@ -2,11 +2,10 @@
 //!
 //! apalis 1.0 fetches again as soon as the tasks of its last fetch are handed out, and parks
 //! only after a fetch that found nothing. Under a steady stream a worker therefore fetches back
-//! to back, each fetch finding the one or two tasks stored since the one before: at 1,000
-//! sends a second, 275 fetches a second finding 1.05 tasks each, every one a transaction of
-//! three round trips and 0.43 ms of PostgreSQL (BENCHMARKS.md). [`PacedStorage`] is apalis's
+//! to back, each fetch finding the one or two tasks stored since the one before, every one a
+//! transaction of three round trips (BENCHMARKS.md, the load bench). [`PacedStorage`] is apalis's
 //! storage (its queries, its `Persisted` state machine) with two differences:
-//! - a fetch starts at least `GATHER` (`wake.rs`) after the previous one, unless that one
+//! - a fetch starts at least `WAKE_SPACING` (`wake.rs`) after the previous one, unless that one
 //!   came back full (a backlog is drained at full speed);
 //! - the fetch and the acknowledgement are one statement each, without the transaction apalis
 //!   wraps around them (a single statement is atomic; the `BEGIN` and `COMMIT` were two more
@@ -34,21 +33,21 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use ulid::Ulid;
 
-use super::{backend::JobTask, wake::GATHER};
+use super::{backend::JobTask, wake::WAKE_SPACING};
 use crate::telemetry;
 
 /// When the next fetch may start, given how the last one went.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Pace {
+pub(crate) struct FetchSpacing {
     /// When the last fetch started, and whether it came back full.
     last: Option<(Instant, bool)>,
 }
 
-impl Pace {
+impl FetchSpacing {
     /// The earliest start of the next fetch; `None`: at once.
     pub(crate) fn next_fetch(&self) -> Option<Instant> {
         match self.last {
-            Some((started, false)) => Some(started + GATHER),
+            Some((started, false)) => Some(started + WAKE_SPACING),
             _ => None,
         }
     }
@@ -59,18 +58,18 @@ impl Pace {
     }
 }
 
-/// apalis's `SqlxPersistence`, with a `Pace` (shared by the clones `Persisted` makes of it for
+/// apalis's `SqlxPersistence`, with a `FetchSpacing` (shared by the clones `Persisted` makes of it for
 /// each of its futures).
 #[derive(Debug, Clone)]
 pub struct Provider {
     pool: PgPool,
     config: Config,
-    pace: Arc<Mutex<Pace>>,
+    pace: Arc<Mutex<FetchSpacing>>,
 }
 
 impl Provider {
-    fn pace(&self) -> std::sync::MutexGuard<'_, Pace> {
-        // A panic while holding it leaves a valid `Pace` behind.
+    fn pace(&self) -> std::sync::MutexGuard<'_, FetchSpacing> {
+        // A panic while holding it leaves a valid `FetchSpacing` behind.
         self.pace.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -282,12 +281,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_fetch_waits_for_the_rest_of_gather_unless_the_last_came_back_full() {
-        let mut pace = Pace::default();
+        let mut pace = FetchSpacing::default();
         assert_eq!(pace.next_fetch(), None, "the first fetch starts at once");
 
         let t0 = Instant::now();
         pace.fetched(t0, 3, 256);
-        assert_eq!(pace.next_fetch(), Some(t0 + GATHER));
+        assert_eq!(pace.next_fetch(), Some(t0 + WAKE_SPACING));
 
         tokio::time::advance(Duration::from_millis(5)).await;
         pace.fetched(Instant::now(), 256, 256);
@@ -296,7 +295,7 @@ mod tests {
         pace.fetched(Instant::now(), 0, 256);
         assert_eq!(
             pace.next_fetch(),
-            Some(t0 + Duration::from_millis(5) + GATHER)
+            Some(t0 + Duration::from_millis(5) + WAKE_SPACING)
         );
     }
 }

@@ -1,11 +1,11 @@
 //! Waking an idle worker the moment a job of its kind is stored, instead of at its next poll.
 //!
-//! Within a process (the API and the workers of `fanqueue all`) the enqueue pokes the kind's
+//! Within a process (the API and the workers of `fanqueue all`) the enqueue wakes the kind's
 //! worker directly. Across processes on PostgreSQL, the process that stored tasks announces
 //! them on apalis's channel `apalis::job::insert` ([`Wakeups::announce`]), at most once per
-//! queue every `GATHER`, and its transactions keep apalis's trigger, which notifies once per
+//! queue every `WAKE_SPACING`, and its transactions keep apalis's trigger, which notifies once per
 //! task, quiet (`ANNOUNCED`); [`Wakeups::listen`] turns each notification into the same
-//! poke. A poke only makes the worker look now; the poll every [`FALLBACK`] stays, so a
+//! wake-up. A wake-up only makes the worker fetch now; the poll every [`FALLBACK`] stays, so a
 //! notification lost (a reconnect, another backend) costs latency, never a job.
 
 use std::{
@@ -27,25 +27,25 @@ use serde::Deserialize;
 use sqlx::{PgPool, postgres::PgListener};
 use tokio_util::sync::CancellationToken;
 
-/// How often an idle worker looks for tasks even when nothing woke it: backed-off retries,
+/// How often an idle worker fetches tasks even when nothing woke it: backed-off retries,
 /// the tasks of dead workers handed back, and any notification that was lost. Once a second,
-/// as River polls: an idle worker's queues cost a statement a second each.
+/// as River polls: an idle worker's queues cost a statement a second each (`benches/idle.sh`).
 pub const FALLBACK: Duration = Duration::from_secs(1);
-/// A poke that lands while the worker is already fetching may come too late for that fetch
-/// (its snapshot was taken before the job committed): the worker looks once more this soon
-/// after every poke.
+/// A wake-up that lands while the worker is already fetching may come too late for that fetch
+/// (its snapshot was taken before the job committed): the worker fetches once more this soon
+/// after every wake-up.
 const RECHECK: Duration = Duration::from_millis(20);
-/// A worker is woken by pokes at most once this often, and a poke within this long of the
-/// worker's previous look waits for the rest of it: the tasks of a burst are fetched together.
-/// The later pokes of a burst only leave their flag, which the look the first one caused, or
-/// that look's [`RECHECK`] (no shorter than this), finds. Waking is what costs: apalis 1.0's
-/// storage fetches whenever its worker is polled, whatever the strategy answers. At 1,000
-/// sends/s on PostgreSQL every insert notification woke the worker: 300 to 440 fetches a
-/// second, finding about one task each (BENCHMARKS.md). This bounds the wake-ups of a parked
+/// A worker is woken by stored jobs at most once this often, and a wake-up within this long of the
+/// worker's previous fetch waits for the rest of it: the tasks of a burst are fetched together.
+/// The later wake-ups of a burst only leave their flag, which the fetch the first one caused, or
+/// that fetch's [`RECHECK`] (no shorter than this), finds. Waking is what costs: apalis 1.0's
+/// storage fetches whenever its worker is polled, whatever the strategy answers, and under a
+/// stream of sends every insert notification woke the worker for a fetch finding about one
+/// task (BENCHMARKS.md, the load bench). This bounds the wake-ups of a parked
 /// worker on every backend; a busy worker is never parked, and on PostgreSQL its fetches are
 /// paced by its storage ([`paced`](crate::engine::paced)) with this same span.
-pub(crate) const GATHER: Duration = Duration::from_millis(20);
-const _: () = assert!(RECHECK.as_millis() >= GATHER.as_millis());
+pub(crate) const WAKE_SPACING: Duration = Duration::from_millis(20);
+const _: () = assert!(RECHECK.as_millis() >= WAKE_SPACING.as_millis());
 /// The channel apalis-postgres notifies on for every task inserted.
 const CHANNEL: &str = "apalis::job::insert";
 /// The setting a transaction turns on, for itself only, when its process announces the tasks
@@ -60,9 +60,9 @@ pub struct Wakeups {
 
 #[derive(Debug, Default)]
 struct Signal {
-    poked: AtomicBool,
+    stored: AtomicBool,
     waker: AtomicWaker,
-    /// When a poke last woke the worker.
+    /// When a wake-up last woke the worker.
     woke: Mutex<Option<Instant>>,
     /// Announcements to other processes' workers.
     announced: Mutex<Announced>,
@@ -88,9 +88,9 @@ impl Signal {
             return None;
         }
         match a.last {
-            Some(last) if now < last + GATHER => {
+            Some(last) if now < last + WAKE_SPACING => {
                 a.due = true;
-                Some(last + GATHER)
+                Some(last + WAKE_SPACING)
             }
             _ => {
                 a.last = Some(now);
@@ -119,18 +119,18 @@ impl Wakeups {
         queues.entry(queue.to_owned()).or_default().clone()
     }
 
-    /// A job of `queue` was stored: its worker in this process (if any) looks now, or within
-    /// `GATHER` when a poke woke it less than that ago.
-    pub fn poke(&self, queue: &str) {
+    /// A job of `queue` was stored: its worker in this process (if any) fetches now, or within
+    /// `WAKE_SPACING` when a stored job woke it less than that ago.
+    pub fn job_stored(&self, queue: &str) {
         let signal = self.signal(queue);
-        signal.poked.store(true, Ordering::Release);
+        signal.stored.store(true, Ordering::Release);
         let now = Instant::now();
         {
             let mut woke = signal
                 .woke
                 .lock()
                 .expect("the wake-up time is never poisoned");
-            if woke.is_some_and(|w| now < w + GATHER) {
+            if woke.is_some_and(|w| now < w + WAKE_SPACING) {
                 return;
             }
             *woke = Some(now);
@@ -140,10 +140,10 @@ impl Wakeups {
 
     /// Tasks of `queue` were stored by a transaction that set `ANNOUNCED` and committed:
     /// tells the workers of every process, through the channel apalis's trigger uses, at
-    /// most once every `GATHER` (20 ms). The first announcement of a span goes at once and the
-    /// tasks stored later in it share one at its end. Their workers look at most that often
-    /// anyway, where apalis's trigger notified once a task: at 1,000 sends a second, a
-    /// thousand wake-ups a second of the listening backend and of the worker (BENCHMARKS.md).
+    /// most once every `WAKE_SPACING` (20 ms). The first announcement of a span goes at once and the
+    /// tasks stored later in it share one at its end. Their workers fetch at most that often
+    /// anyway, where apalis's trigger notified once a task: a wake-up of the listening backend
+    /// and of the worker per task stored (BENCHMARKS.md, the load bench).
     /// A lost announcement costs latency, never a job ([`FALLBACK`]).
     pub fn announce(&self, pool: &PgPool, queue: &str) {
         let signal = self.signal(queue);
@@ -169,7 +169,7 @@ impl Wakeups {
         });
     }
 
-    fn poke_all(&self) {
+    fn wake_all(&self) {
         let queues: Vec<Arc<Signal>> = self
             .queues
             .lock()
@@ -178,20 +178,20 @@ impl Wakeups {
             .cloned()
             .collect();
         for signal in queues {
-            signal.poked.store(true, Ordering::Release);
+            signal.stored.store(true, Ordering::Release);
             signal.waker.wake();
         }
     }
 
-    /// When the worker of `queue` polls: on a poke, and every [`FALLBACK`] otherwise.
+    /// When the worker of `queue` polls: on a wake-up, and every [`FALLBACK`] otherwise.
     pub fn strategy(&self, queue: &str) -> Strategy {
         Strategy::new()
-            .apply(OnPoke::new(self.signal(queue)))
+            .apply(OnStored::new(self.signal(queue)))
             .interval(FALLBACK)
     }
 
-    /// Turns PostgreSQL's task notifications into pokes until `cancel`. A lost connection is
-    /// made again after a backoff, and every queue is poked once it is back (what was stored
+    /// Turns PostgreSQL's task notifications into wake-ups until `cancel`. A lost connection is
+    /// made again after a backoff, and every queue is woken once it is back (what was stored
     /// meanwhile was not announced).
     pub async fn listen(self: Arc<Self>, pool: PgPool, cancel: CancellationToken) {
         #[derive(Deserialize)]
@@ -221,18 +221,18 @@ impl Wakeups {
                 },
             };
             wait = Duration::from_millis(500);
-            self.poke_all();
+            self.wake_all();
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     n = listener.try_recv() => match n {
                         Ok(Some(n)) => {
                             if let Ok(ev) = serde_json::from_str::<Inserted>(n.payload()) {
-                                self.poke(&ev.job_type);
+                                self.job_stored(&ev.job_type);
                             }
                         }
                         // The connection was lost: notifications sent meanwhile are gone.
-                        Ok(None) => self.poke_all(),
+                        Ok(None) => self.wake_all(),
                         Err(e) => {
                             tracing::warn!(error = %e, "lost the job notifications; listening again");
                             break;
@@ -244,59 +244,59 @@ impl Wakeups {
     }
 }
 
-/// Ready when the queue was poked (at most once every [`GATHER`]), and once more
-/// [`RECHECK`] after each look a poke caused. A second look causes no third: an idle worker
+/// Ready when the queue was woken (at most once every [`WAKE_SPACING`]), and once more
+/// [`RECHECK`] after each fetch a wake-up caused. A second fetch causes no third: an idle worker
 /// is then woken by its [`FALLBACK`] interval alone.
-struct OnPoke {
+struct OnStored {
     signal: Arc<Signal>,
     again: Option<Pin<Box<tokio::time::Sleep>>>,
     /// When it was last ready.
-    looked: Option<Instant>,
-    /// A poke came too soon after the last look and waits for `again`.
+    fetched: Option<Instant>,
+    /// A wake-up came too soon after the last fetch and waits for `again`.
     deferred: bool,
 }
 
-impl OnPoke {
+impl OnStored {
     fn new(signal: Arc<Signal>) -> Self {
-        OnPoke {
+        OnStored {
             signal,
             again: None,
-            looked: None,
+            fetched: None,
             deferred: false,
         }
     }
 
-    /// Ready now; when a poke caused this look, once more [`RECHECK`] later.
-    fn look(&mut self, poked: bool) -> Poll<Option<()>> {
+    /// Ready now; when a wake-up caused this fetch, once more [`RECHECK`] later.
+    fn fetch_now(&mut self, stored: bool) -> Poll<Option<()>> {
         let now = Instant::now();
-        self.looked = Some(now);
+        self.fetched = Some(now);
         self.deferred = false;
-        self.again = poked.then(|| Box::pin(tokio::time::sleep_until(now + RECHECK)));
+        self.again = stored.then(|| Box::pin(tokio::time::sleep_until(now + RECHECK)));
         Poll::Ready(Some(()))
     }
 }
 
-impl PollStrategy for OnPoke {
+impl PollStrategy for OnStored {
     fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
         self.signal.waker.register(cx.waker());
-        if self.signal.poked.swap(false, Ordering::AcqRel) {
-            match self.looked.map(|l| l + GATHER) {
+        if self.signal.stored.swap(false, Ordering::AcqRel) {
+            match self.fetched.map(|l| l + WAKE_SPACING) {
                 Some(due) if due > Instant::now() => {
-                    // The next look is at `due`, or sooner if one was due sooner.
+                    // The next fetch is at `due`, or sooner if one was due sooner.
                     self.deferred = true;
                     let sooner = self.again.as_ref().is_some_and(|a| a.deadline() <= due);
                     if !sooner {
                         self.again = Some(Box::pin(tokio::time::sleep_until(due)));
                     }
                 }
-                _ => return self.look(true),
+                _ => return self.fetch_now(true),
             }
         }
         if let Some(again) = &mut self.again
             && again.as_mut().poll(cx).is_ready()
         {
             self.again = None;
-            return self.look(self.deferred);
+            return self.fetch_now(self.deferred);
         }
         Poll::Pending
     }
@@ -309,29 +309,29 @@ mod tests {
     use super::*;
 
     /// Polls `strategy` once, as a worker does when it looks for work.
-    async fn ready(strategy: &mut OnPoke) -> bool {
+    async fn ready(strategy: &mut OnStored) -> bool {
         poll_fn(|cx| Poll::Ready(strategy.poll_drive(cx, &PollSnapshot::new()).is_ready())).await
     }
 
     #[tokio::test]
-    async fn a_poke_wakes_the_queues_worker_and_no_other() {
+    async fn a_stored_job_wakes_its_queues_worker_and_no_other() {
         let wakeups = Wakeups::default();
-        let mut sends = OnPoke::new(wakeups.signal("send_message"));
-        let mut imports = OnPoke::new(wakeups.signal("import_csv"));
+        let mut sends = OnStored::new(wakeups.signal("send_message"));
+        let mut imports = OnStored::new(wakeups.signal("import_csv"));
         assert!(!ready(&mut sends).await, "nothing stored yet");
-        wakeups.poke("send_message");
+        wakeups.job_stored("send_message");
         assert!(ready(&mut sends).await);
         assert!(!ready(&mut imports).await);
-        assert!(!ready(&mut sends).await, "one poke, one look");
+        assert!(!ready(&mut sends).await, "one wake-up, one fetch");
     }
 
     #[tokio::test]
-    async fn a_poke_is_followed_by_a_second_look() {
+    async fn a_wake_up_is_followed_by_a_second_fetch() {
         let wakeups = Wakeups::default();
-        let mut sends = OnPoke::new(wakeups.signal("send_message"));
-        wakeups.poke("send_message");
+        let mut sends = OnStored::new(wakeups.signal("send_message"));
+        wakeups.job_stored("send_message");
         assert!(ready(&mut sends).await);
-        // The second look is due once RECHECK has passed; the timer wakes the worker then.
+        // The second fetch is due once RECHECK has passed; the timer wakes the worker then.
         let woken = tokio::time::timeout(
             Duration::from_secs(5),
             poll_fn(|cx| sends.poll_drive(cx, &PollSnapshot::new())),
@@ -341,23 +341,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn pokes_in_a_burst_are_gathered_into_one_look() {
+    async fn wake_ups_in_a_burst_are_gathered_into_one_fetch() {
         let wakeups = Wakeups::default();
-        let mut sends = OnPoke::new(wakeups.signal("send_message"));
-        wakeups.poke("send_message");
+        let mut sends = OnStored::new(wakeups.signal("send_message"));
+        wakeups.job_stored("send_message");
         assert!(ready(&mut sends).await);
-        let looked = Instant::now();
-        wakeups.poke("send_message");
-        assert!(!ready(&mut sends).await, "too soon after the last look");
-        wakeups.poke("send_message");
+        let fetched = Instant::now();
+        wakeups.job_stored("send_message");
+        assert!(!ready(&mut sends).await, "too soon after the last fetch");
+        wakeups.job_stored("send_message");
         let woken = tokio::time::timeout(
             Duration::from_secs(5),
             poll_fn(|cx| sends.poll_drive(cx, &PollSnapshot::new())),
         )
         .await;
         assert_eq!(woken, Ok(Some(())));
-        assert!(looked.elapsed() >= GATHER);
-        assert!(!ready(&mut sends).await, "the burst's pokes made one look");
+        assert!(fetched.elapsed() >= WAKE_SPACING);
+        assert!(
+            !ready(&mut sends).await,
+            "the burst's wake-ups made one fetch"
+        );
     }
 
     /// Counts its wake-ups.
@@ -370,9 +373,9 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn pokes_wake_the_worker_once_a_gather_and_the_others_are_looked_at_all_the_same() {
+    async fn wake_ups_wake_the_worker_once_a_spacing_and_the_others_are_fetched_all_the_same() {
         let wakeups = Wakeups::default();
-        let mut sends = OnPoke::new(wakeups.signal("send_message"));
+        let mut sends = OnStored::new(wakeups.signal("send_message"));
         let count = Arc::new(Count(Default::default()));
         let waker = std::task::Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
@@ -383,33 +386,33 @@ mod tests {
             "nothing stored yet"
         );
 
-        wakeups.poke("send_message");
-        assert_eq!(wakes(), 1, "the first poke wakes the worker");
+        wakeups.job_stored("send_message");
+        assert_eq!(wakes(), 1, "the first wake-up wakes the worker");
         assert!(
             sends.poll_drive(&mut cx, &snapshot).is_ready(),
-            "and it looks"
+            "and it fetches"
         );
-        let looked = Instant::now();
-        wakeups.poke("send_message");
-        wakeups.poke("send_message");
-        assert_eq!(wakes(), 1, "pokes right after a wake wake nobody");
+        let fetched = Instant::now();
+        wakeups.job_stored("send_message");
+        wakeups.job_stored("send_message");
+        assert_eq!(wakes(), 1, "wake-ups right after a wake wake nobody");
         assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
 
-        // The look's timer wakes the worker, and that look finds the pokes.
+        // The fetch's timer wakes the worker, and that fetch finds the wake-ups.
         tokio::time::sleep(RECHECK).await;
-        assert_eq!(wakes(), 2, "the second look's timer");
+        assert_eq!(wakes(), 2, "the second fetch's timer");
         assert!(sends.poll_drive(&mut cx, &snapshot).is_ready());
-        assert!(looked.elapsed() >= GATHER);
+        assert!(fetched.elapsed() >= WAKE_SPACING);
 
-        // Once GATHER has passed, a poke wakes the worker at once again.
-        wakeups.poke("send_message");
+        // Once WAKE_SPACING has passed, a wake-up wakes the worker at once again.
+        wakeups.job_stored("send_message");
         assert_eq!(wakes(), 3);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_poke_causes_two_looks_and_then_the_worker_is_left_alone() {
+    async fn a_wake_up_causes_two_fetches_and_then_the_worker_is_left_alone() {
         let wakeups = Wakeups::default();
-        let mut sends = OnPoke::new(wakeups.signal("send_message"));
+        let mut sends = OnStored::new(wakeups.signal("send_message"));
         let count = Arc::new(Count(Default::default()));
         let waker = std::task::Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
@@ -417,47 +420,47 @@ mod tests {
         let wakes = || count.0.load(Ordering::SeqCst);
         assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
 
-        wakeups.poke("send_message");
+        wakeups.job_stored("send_message");
         assert!(
             sends.poll_drive(&mut cx, &snapshot).is_ready(),
-            "the poke's look"
+            "the wake-up's fetch"
         );
         assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
         tokio::time::sleep(RECHECK).await;
-        assert_eq!(wakes(), 2, "the poke, then the second look's timer");
+        assert_eq!(wakes(), 2, "the wake-up, then the second fetch's timer");
         assert!(
             sends.poll_drive(&mut cx, &snapshot).is_ready(),
-            "the second look"
+            "the second fetch"
         );
 
         // Nothing more happens: no timer wakes the worker again (the apalis interval, not this
-        // strategy, looks once a FALLBACK).
+        // strategy, fetches once a FALLBACK).
         assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
         tokio::time::sleep(FALLBACK * 10).await;
         assert_eq!(
             wakes(),
             2,
-            "an idle worker is not woken by pokes it did not get"
+            "an idle worker is not woken by wake-ups it did not get"
         );
         assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_poke_deferred_into_the_second_look_gets_a_third() {
+    async fn a_wake_up_deferred_into_the_second_fetch_gets_a_third() {
         let wakeups = Wakeups::default();
-        let mut sends = OnPoke::new(wakeups.signal("send_message"));
+        let mut sends = OnStored::new(wakeups.signal("send_message"));
         let count = Arc::new(Count(Default::default()));
         let waker = std::task::Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         let snapshot = PollSnapshot::new();
-        wakeups.poke("send_message");
+        wakeups.job_stored("send_message");
         assert!(sends.poll_drive(&mut cx, &snapshot).is_ready());
-        // A poke while that look's fetch runs: deferred to the second look...
-        wakeups.poke("send_message");
+        // A wake-up while that fetch's fetch runs: deferred to the second fetch...
+        wakeups.job_stored("send_message");
         assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
         tokio::time::sleep(RECHECK).await;
         assert!(sends.poll_drive(&mut cx, &snapshot).is_ready());
-        // ...which the poke's job may have missed too: one more look follows it.
+        // ...which the wake-up's job may have missed too: one more fetch follows it.
         tokio::time::sleep(RECHECK).await;
         assert!(sends.poll_drive(&mut cx, &snapshot).is_ready());
         tokio::time::sleep(FALLBACK).await;
@@ -473,30 +476,30 @@ mod tests {
             Some(first),
             "the first goes at once"
         );
-        tokio::time::advance(GATHER / 4).await;
+        tokio::time::advance(WAKE_SPACING / 4).await;
         assert_eq!(
             signal.announcement(Instant::now()),
-            Some(first + GATHER),
+            Some(first + WAKE_SPACING),
             "a later one waits for the span's end"
         );
-        tokio::time::advance(GATHER / 4).await;
+        tokio::time::advance(WAKE_SPACING / 4).await;
         assert_eq!(
             signal.announcement(Instant::now()),
             None,
             "and covers every task stored before it goes"
         );
 
-        tokio::time::advance(GATHER / 2).await;
-        signal.announcing(first + GATHER);
-        tokio::time::advance(GATHER / 4).await;
+        tokio::time::advance(WAKE_SPACING / 2).await;
+        signal.announcing(first + WAKE_SPACING);
+        tokio::time::advance(WAKE_SPACING / 4).await;
         assert_eq!(
             signal.announcement(Instant::now()),
-            Some(first + 2 * GATHER),
+            Some(first + 2 * WAKE_SPACING),
             "once it went, the next waits a span from it"
         );
 
-        signal.announcing(first + 2 * GATHER);
-        tokio::time::advance(5 * GATHER).await;
+        signal.announcing(first + 2 * WAKE_SPACING);
+        tokio::time::advance(5 * WAKE_SPACING).await;
         let quiet = Instant::now();
         assert_eq!(
             signal.announcement(quiet),

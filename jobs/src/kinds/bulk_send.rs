@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Backpressure, Deps, SubmitError, fan_out::FanOut};
+use super::{Backpressure, Deps, SubmitError, outbound_batches::OutboundBatches};
 use crate::{
     crm::{
         campaigns::{self, Campaign, NewBulk},
@@ -22,11 +22,11 @@ use crate::{
 };
 
 #[derive(Clone)]
-pub struct BulkSend(FanOut);
+pub struct BulkSend(OutboundBatches);
 
 impl BulkSend {
     pub fn new(deps: &Deps) -> Self {
-        BulkSend(FanOut::new(deps))
+        BulkSend(OutboundBatches::new(deps))
     }
 }
 

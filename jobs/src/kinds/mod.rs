@@ -5,13 +5,13 @@
 //! - [`send_message`] — one message to the outbound queue.
 //! - [`bulk_send`] — a campaign's messages to the outbound queue.
 //! - [`sweep`] — the scheduled reconciliation of the DLQ, stuck messages and old records.
-//! - [`fan_out`] — what both send kinds do: batches of 10 to the outbound queue.
+//! - [`outbound_batches`] — what both send kinds do: batches of 10 to the outbound queue.
 //!
 //! [`JobKind`]: crate::engine::JobKind
 
 pub mod bulk_send;
-pub mod fan_out;
 pub mod import_csv;
+pub mod outbound_batches;
 pub mod send_message;
 pub mod sweep;
 

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::{FromRow, PgPool, Row};
 
-use super::{Backpressure, Deps, SubmitError, fan_out::FanOut};
+use super::{Backpressure, Deps, SubmitError, outbound_batches::OutboundBatches};
 use crate::{
     crm::{
         conversations, deliveries,
@@ -27,11 +27,11 @@ use crate::{
 };
 
 #[derive(Clone)]
-pub struct SendMessage(FanOut);
+pub struct SendMessage(OutboundBatches);
 
 impl SendMessage {
     pub fn new(deps: &Deps) -> Self {
-        SendMessage(FanOut::new(deps))
+        SendMessage(OutboundBatches::new(deps))
     }
 }
 
@@ -112,7 +112,7 @@ pub async fn submit(
         .map(|s| s.message)
 }
 
-/// The API's door for sends: requests arriving together are stored together, each message
+/// The API's intake for sends: requests arriving together are stored together, each message
 /// with its own `send_message` job, in one transaction, and each request is answered once
 /// that transaction committed. A thousand sends a second cost tens of transactions instead of
 /// a thousand.
@@ -123,8 +123,8 @@ pub struct Sends {
 
 impl Sends {
     /// Sends stored in one transaction at most, one transaction at a time: while it commits,
-    /// the next group gathers. More in flight only split the same load into smaller groups
-    /// (at 1,000 sends/s on PostgreSQL: 104 % of a core with one, 119–126 % with two to four).
+    /// the next group gathers. More in flight only split the same load into smaller groups and
+    /// cost more CPU (BENCHMARKS.md, the load bench).
     const GROUP: Limits = Limits {
         max: 128,
         parallel: 1,
@@ -133,7 +133,7 @@ impl Sends {
     };
 
     /// Sends of a creator past `limit`'s backlog are refused (`BacklogFull`), storing nothing.
-    /// The door stores on connections of its own that run `send_message.sql` on its generic
+    /// The intake stores on connections of its own that run `send_message.sql` on its generic
     /// plan ([`Db::generic_plans`]): planning that statement cost more than running it.
     pub fn start(db: Db, backend: JobBackend, limit: Backpressure) -> Self {
         let db = db.generic_plans(Self::GROUP.parallel.try_into().unwrap_or(1));

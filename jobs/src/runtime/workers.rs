@@ -43,9 +43,9 @@ const RESTART_RESET: Duration = Duration::from_secs(60);
 const PARALLEL_GROUPS: usize = 2;
 /// A batching kind's groups start at most this often. Under a steady stream of jobs each group
 /// then carries what arrived in the span, and the group's statements (and apalis's
-/// acknowledgement of its tasks) are paid once for all of them: at 1,000 sends/s on
-/// PostgreSQL, 37 groups of 20 a second instead of 200 of 5 (BENCHMARKS.md). A job that finds
-/// no group started this recently runs at once.
+/// acknowledgement of its tasks) are paid once for all of them: fewer, fuller groups
+/// (BENCHMARKS.md, the load bench). A job that finds no group started this recently runs at
+/// once.
 const GROUP_SPACING: Duration = Duration::from_millis(20);
 
 pub struct Workers {

@@ -303,8 +303,8 @@ async fn run_pg(
 }
 
 /// Whether `user` has any fan: an import for a creator with none need not look its first
-/// rows up (and the lookup's plan, made while the table looked empty, cost 95 ms more than the
-/// upsert alone on a first batch of 5,000).
+/// rows up (and the lookup's plan, made while the table looked empty, cost more than the
+/// upsert alone on a first batch: BENCHMARKS.md, the import).
 pub async fn any_fans(db: &Db, user: UserId) -> sqlx::Result<bool> {
     let (any,): (bool,) = on_db!(db, pool => sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM fans WHERE user_id = $1)",

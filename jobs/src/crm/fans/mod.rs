@@ -182,9 +182,9 @@ macro_rules! fan_list_sql {
 /// index finds the page and the total without reading the fans before it, and the page is
 /// read on `pages` ([`Db::generic_plans`]): for a creator with half of all fans, PostgreSQL's
 /// plan for those values walked the whole table's newest ids backwards, every other creator's
-/// fans included, hoping to meet 50 of theirs soon (11 ms to 120 ms a page when their fans
-/// were not the newest); the generic plan always reads the creator's own `(user_id, id)`
-/// index (0.1 ms).
+/// fans included, hoping to meet 50 of theirs soon (slow whenever their fans were not the
+/// newest); the generic plan always reads the creator's own `(user_id, id)` index
+/// (BENCHMARKS.md, the fans list).
 pub async fn list(
     db: &Db,
     pages: &Db,

@@ -35,7 +35,7 @@ use crate::{
 /// and marked.
 const WAVE: usize = 4;
 
-/// The part of a send job's payload the fan-out reads.
+/// The part of a send job's payload these batches read.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Payload {
@@ -44,7 +44,7 @@ struct Payload {
 
 /// Where messages go, shared by both send kinds.
 #[derive(Clone)]
-pub struct FanOut {
+pub struct OutboundBatches {
     db: Db,
     outbound: Outbound,
     /// `false`: messages skip the queue, are logged and marked sent.
@@ -143,9 +143,9 @@ fn pack(runs: &[Run]) -> Vec<Chunk> {
     chunks
 }
 
-impl FanOut {
+impl OutboundBatches {
     pub fn new(deps: &Deps) -> Self {
-        FanOut {
+        OutboundBatches {
             db: deps.db.clone(),
             outbound: deps.outbound.clone(),
             rate_limiter_enabled: deps.rate_limiter_enabled,
@@ -164,7 +164,7 @@ impl FanOut {
         jobs: &[JobRecord],
         ctx: &RunContext,
     ) -> Vec<Result<Outcome, JobError>> {
-        let span = tracing::info_span!("fan_out", jobs = jobs.len());
+        let span = tracing::info_span!("outbound_batches", jobs = jobs.len());
         match self.send_all(jobs, ctx).instrument(span).await {
             Ok(outcomes) => outcomes,
             Err(e) => {
