@@ -17,6 +17,11 @@ pub fn parse_money(raw: &str) -> Result<Option<Cents>, String> {
     if s.is_empty() {
         return Ok(None);
     }
+    // Most exports' shape, read without the general way's allocations (the import reads every
+    // row twice); anything else, or too large an amount, takes the general way.
+    if let Some(cents) = plain_dollars(s).and_then(|c| Cents::new(c).ok()) {
+        return Ok(Some(cents));
+    }
     let unparseable = || format!("unparseable amount '{}'", shorten(s));
     let (negative, body) = split_sign(s).ok_or_else(unparseable)?;
     let (int_digits, frac_digits) = split_number(body).ok_or_else(unparseable)?;
@@ -34,6 +39,39 @@ pub fn parse_money(raw: &str) -> Result<Option<Cents>, String> {
                 Cents::MAX % 100
             )
         })
+}
+
+/// `$1,234.50` or `1234`: an optional `$`, whole dollars (plain, or in groups of 3 after
+/// a first group of 1 to 3 digits that is not `0`), and optionally `.` with exactly 2 digits.
+/// Its cents, as [`parse_money`]'s general way reads the same text; `None` for any other text.
+fn plain_dollars(s: &str) -> Option<i64> {
+    let b = s.strip_prefix('$').unwrap_or(s).as_bytes();
+    let (int, frac) = match b.len().checked_sub(3) {
+        Some(dot) if b[dot] == b'.' => (&b[..dot], &b[dot + 1..]),
+        _ => (b, &b[b.len()..]),
+    };
+    if int.contains(&b',') {
+        let mut groups = int.split(|c| *c == b',');
+        let first = groups.next()?;
+        if first.is_empty() || first.len() > 3 || first[0] == b'0' || groups.any(|g| g.len() != 3) {
+            return None;
+        }
+    } else if int.is_empty() {
+        return None;
+    }
+    let number = |digits: &[u8]| -> Option<i64> {
+        digits
+            .iter()
+            .filter(|c| **c != b',')
+            .try_fold(0i64, |n, c| {
+                if c.is_ascii_digit() {
+                    n.checked_mul(10)?.checked_add(i64::from(c - b'0'))
+                } else {
+                    None
+                }
+            })
+    };
+    number(int)?.checked_mul(100)?.checked_add(number(frac)?)
 }
 
 /// Strips currency marks and the sign: `(€12)`, `-$12`, `$-12` and `USD -12` are all negative.
@@ -177,6 +215,34 @@ mod tests {
         Some(Cents::new(n).unwrap())
     }
 
+    /// `parse_money` without its short way.
+    fn general(raw: &str) -> Result<Option<Cents>, ()> {
+        let (negative, body) = split_sign(raw).ok_or(())?;
+        let (int_digits, frac_digits) = split_number(body).ok_or(())?;
+        let cents = to_cents(&int_digits, &frac_digits).ok_or(())?;
+        assert!(!negative);
+        Cents::new(cents).map(Some).map_err(|_| ())
+    }
+
+    #[test]
+    fn plain_dollars_cover_the_common_shapes_and_leave_the_rest() {
+        for (raw, want) in [
+            ("$1,234.50", Some(123_450)),
+            ("1234", Some(123_400)),
+            ("$12.34", Some(1_234)),
+            ("1,234,567", Some(123_456_700)),
+            ("0,125", None),
+            ("12.345", None),
+            ("12.5", None),
+            ("1234,567", None),
+            ("$", None),
+            ("-$12", None),
+            ("1.234,56", None),
+        ] {
+            assert_eq!(plain_dollars(raw), want, "{raw}");
+        }
+    }
+
     #[test]
     fn money_formats() {
         let ok = [
@@ -284,6 +350,17 @@ mod tests {
         #[test]
         fn money_never_panics(raw in "\\PC{0,30}") {
             let _ = parse_money(&raw);
+        }
+
+        /// The short way for plain dollars reads them as the general way does, or leaves them
+        /// to it.
+        #[test]
+        fn plain_dollars_read_as_the_general_way_reads_them(
+            raw in "\\$?[0-9,]{1,14}(\\.[0-9]{0,3})?"
+        ) {
+            if let Some(cents) = plain_dollars(&raw) {
+                prop_assert_eq!(general(&raw), Cents::new(cents).map(Some).map_err(|_| ()));
+            }
         }
     }
 }
