@@ -452,6 +452,25 @@ mod tests {
 /// one write lock) for one batch at a time, whatever built up since the last sweep.
 pub const PRUNE_BATCH: i64 = 5_000;
 
+/// Runs a table owner's `delete` statement, which deletes at most `$2` rows older than `$1`
+/// (`before`), in batches until `deadline` ([`prune_in_batches`]). Returns how many went.
+pub async fn prune_older(
+    db: &Db,
+    deadline: std::time::Instant,
+    before: chrono::DateTime<chrono::Utc>,
+    delete: &'static str,
+) -> sqlx::Result<u64> {
+    prune_in_batches(deadline, |limit| async move {
+        on_db!(db, pool => sqlx::query(delete)
+            .bind(crate::domain::Timestamp(before))
+            .bind(limit)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))
+    })
+    .await
+}
+
 /// Runs `delete(limit)`, one statement deleting at most `limit` rows, until one deletes fewer
 /// or `deadline` has passed (what is left goes at the next sweep). Returns how many went.
 pub async fn prune_in_batches<E, F, Fut>(

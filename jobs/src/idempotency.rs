@@ -390,18 +390,9 @@ pub async fn prune(
     before: DateTime<Utc>,
     deadline: std::time::Instant,
 ) -> StoreResult<u64> {
-    Ok(crate::db::prune_in_batches(deadline, |limit| async move {
-        on_db!(db, pool => sqlx::query(
-            "DELETE FROM idempotency_keys WHERE (user_id, key) IN (
-                 SELECT user_id, key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
-        )
-        .bind(Timestamp(before))
-        .bind(limit)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))
-    })
-    .await?)
+    let delete = "DELETE FROM idempotency_keys WHERE (user_id, key) IN (
+                      SELECT user_id, key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)";
+    Ok(crate::db::prune_older(db, deadline, before, delete).await?)
 }
 
 #[cfg(test)]

@@ -136,16 +136,7 @@ pub async fn prune(
     before: DateTime<Utc>,
     deadline: std::time::Instant,
 ) -> StoreResult<u64> {
-    Ok(crate::db::prune_in_batches(deadline, |limit| async move {
-        on_db!(db, pool => sqlx::query(
-            "DELETE FROM processes WHERE id IN (
-                 SELECT id FROM processes WHERE seen_at < $1 LIMIT $2)",
-        )
-        .bind(Timestamp(before))
-        .bind(limit)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))
-    })
-    .await?)
+    let delete = "DELETE FROM processes WHERE id IN (
+                      SELECT id FROM processes WHERE seen_at < $1 LIMIT $2)";
+    Ok(crate::db::prune_older(db, deadline, before, delete).await?)
 }
