@@ -11,7 +11,7 @@ use fanqueue_jobs::{
         platform::Platform,
     },
     engine::{JobBackend, processes::Heartbeat, relay::OutboxRelay},
-    kinds::{Backpressure, Deps, send_message::Sends, sweep::SweepConfig},
+    kinds::{Backpressure, Deps, SweepConfig, send_message::Sends},
     outbound::{EmbeddedQueue, Outbound, SqsQueue},
     runtime::{DispatchConfig, Dispatcher, Kind, Sweeper, Workers},
 };

@@ -15,6 +15,8 @@ pub mod outbound_batches;
 pub mod send_message;
 pub mod sweep;
 
+use std::time::Duration;
+
 use crate::{
     blobs::BlobStore,
     db::Db,
@@ -37,7 +39,28 @@ pub struct Deps {
     /// `false`: messages skip the queue, are logged and marked sent.
     pub rate_limiter_enabled: bool,
     /// How sweeps decide.
-    pub sweep: sweep::SweepConfig,
+    pub sweep: SweepConfig,
+}
+
+/// How the sweeper decides.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepConfig {
+    /// Times one message is put back on the queue (from the DLQ or stuck) before it is failed.
+    pub max_redrives: i64,
+    /// A message on the queue (or a lease run out) this long is stuck.
+    pub stuck_after: Duration,
+    /// Final job records and delivery attempts are kept this long.
+    pub retention: Duration,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        SweepConfig {
+            max_redrives: 3,
+            stuck_after: Duration::from_secs(15 * 60),
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 #[cfg(test)]

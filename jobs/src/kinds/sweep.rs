@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::Deps;
+use super::{Deps, SweepConfig};
 use crate::{
     crm::{
         campaigns, deliveries,
@@ -41,27 +41,6 @@ use crate::{
     idempotency,
     outbound::{MAX_BATCH, Outbound, OutboundEntry, OutboundQueue, addressed},
 };
-
-/// How the sweeper decides.
-#[derive(Debug, Clone, Copy)]
-pub struct SweepConfig {
-    /// Times one message is put back on the queue (from the DLQ or stuck) before it is failed.
-    pub max_redrives: i64,
-    /// A message on the queue (or a lease run out) this long is stuck.
-    pub stuck_after: Duration,
-    /// Final job records and delivery attempts are kept this long.
-    pub retention: Duration,
-}
-
-impl Default for SweepConfig {
-    fn default() -> Self {
-        SweepConfig {
-            max_redrives: 3,
-            stuck_after: Duration::from_secs(15 * 60),
-            retention: Duration::from_secs(7 * 24 * 3600),
-        }
-    }
-}
 
 /// DLQ copies read per sweep at most (the rest waits for the next tick).
 const DLQ_PER_SWEEP: usize = 10_000;
