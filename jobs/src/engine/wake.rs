@@ -372,99 +372,107 @@ mod tests {
         }
     }
 
+    /// The `send_message` worker's strategy, polled by hand with a waker that counts how often
+    /// the worker was woken.
+    struct Driven {
+        wakeups: Wakeups,
+        sends: OnStored,
+        woken: Arc<Count>,
+    }
+
+    impl Driven {
+        fn new() -> Self {
+            let wakeups = Wakeups::default();
+            let sends = OnStored::new(wakeups.signal("send_message"));
+            Driven {
+                wakeups,
+                sends,
+                woken: Arc::new(Count(Default::default())),
+            }
+        }
+
+        fn store(&self) {
+            self.wakeups.job_stored("send_message");
+        }
+
+        /// Polls the strategy once: whether the worker fetches now.
+        fn fetches(&mut self) -> bool {
+            let waker = std::task::Waker::from(self.woken.clone());
+            let mut cx = Context::from_waker(&waker);
+            self.sends
+                .poll_drive(&mut cx, &PollSnapshot::new())
+                .is_ready()
+        }
+
+        fn wakes(&self) -> usize {
+            self.woken.0.load(Ordering::SeqCst)
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn wake_ups_wake_the_worker_once_a_spacing_and_the_others_are_fetched_all_the_same() {
-        let wakeups = Wakeups::default();
-        let mut sends = OnStored::new(wakeups.signal("send_message"));
-        let count = Arc::new(Count(Default::default()));
-        let waker = std::task::Waker::from(count.clone());
-        let mut cx = Context::from_waker(&waker);
-        let snapshot = PollSnapshot::new();
-        let wakes = || count.0.load(Ordering::SeqCst);
-        assert!(
-            sends.poll_drive(&mut cx, &snapshot).is_pending(),
-            "nothing stored yet"
-        );
+        let mut w = Driven::new();
+        assert!(!w.fetches(), "nothing stored yet");
 
-        wakeups.job_stored("send_message");
-        assert_eq!(wakes(), 1, "the first wake-up wakes the worker");
-        assert!(
-            sends.poll_drive(&mut cx, &snapshot).is_ready(),
-            "and it fetches"
-        );
+        w.store();
+        assert_eq!(w.wakes(), 1, "the first wake-up wakes the worker");
+        assert!(w.fetches(), "and it fetches");
         let fetched = Instant::now();
-        wakeups.job_stored("send_message");
-        wakeups.job_stored("send_message");
-        assert_eq!(wakes(), 1, "wake-ups right after a wake wake nobody");
-        assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
+        w.store();
+        w.store();
+        assert_eq!(w.wakes(), 1, "wake-ups right after a wake wake nobody");
+        assert!(!w.fetches());
 
         // The fetch's timer wakes the worker, and that fetch finds the wake-ups.
         tokio::time::sleep(RECHECK).await;
-        assert_eq!(wakes(), 2, "the second fetch's timer");
-        assert!(sends.poll_drive(&mut cx, &snapshot).is_ready());
+        assert_eq!(w.wakes(), 2, "the second fetch's timer");
+        assert!(w.fetches());
         assert!(fetched.elapsed() >= WAKE_SPACING);
 
         // Once WAKE_SPACING has passed, a wake-up wakes the worker at once again.
-        wakeups.job_stored("send_message");
-        assert_eq!(wakes(), 3);
+        w.store();
+        assert_eq!(w.wakes(), 3);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_wake_up_causes_two_fetches_and_then_the_worker_is_left_alone() {
-        let wakeups = Wakeups::default();
-        let mut sends = OnStored::new(wakeups.signal("send_message"));
-        let count = Arc::new(Count(Default::default()));
-        let waker = std::task::Waker::from(count.clone());
-        let mut cx = Context::from_waker(&waker);
-        let snapshot = PollSnapshot::new();
-        let wakes = || count.0.load(Ordering::SeqCst);
-        assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
+        let mut w = Driven::new();
+        assert!(!w.fetches());
 
-        wakeups.job_stored("send_message");
-        assert!(
-            sends.poll_drive(&mut cx, &snapshot).is_ready(),
-            "the wake-up's fetch"
-        );
-        assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
+        w.store();
+        assert!(w.fetches(), "the wake-up's fetch");
+        assert!(!w.fetches());
         tokio::time::sleep(RECHECK).await;
-        assert_eq!(wakes(), 2, "the wake-up, then the second fetch's timer");
-        assert!(
-            sends.poll_drive(&mut cx, &snapshot).is_ready(),
-            "the second fetch"
-        );
+        assert_eq!(w.wakes(), 2, "the wake-up, then the second fetch's timer");
+        assert!(w.fetches(), "the second fetch");
 
         // Nothing more happens: no timer wakes the worker again (the apalis interval, not this
         // strategy, fetches once a FALLBACK).
-        assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
+        assert!(!w.fetches());
         tokio::time::sleep(FALLBACK * 10).await;
         assert_eq!(
-            wakes(),
+            w.wakes(),
             2,
             "an idle worker is not woken by wake-ups it did not get"
         );
-        assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
+        assert!(!w.fetches());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_wake_up_deferred_into_the_second_fetch_gets_a_third() {
-        let wakeups = Wakeups::default();
-        let mut sends = OnStored::new(wakeups.signal("send_message"));
-        let count = Arc::new(Count(Default::default()));
-        let waker = std::task::Waker::from(count.clone());
-        let mut cx = Context::from_waker(&waker);
-        let snapshot = PollSnapshot::new();
-        wakeups.job_stored("send_message");
-        assert!(sends.poll_drive(&mut cx, &snapshot).is_ready());
-        // A wake-up while that fetch's fetch runs: deferred to the second fetch...
-        wakeups.job_stored("send_message");
-        assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
+        let mut w = Driven::new();
+        w.store();
+        assert!(w.fetches());
+        // A wake-up while that fetch runs: deferred to the second fetch...
+        w.store();
+        assert!(!w.fetches());
         tokio::time::sleep(RECHECK).await;
-        assert!(sends.poll_drive(&mut cx, &snapshot).is_ready());
+        assert!(w.fetches());
         // ...which the wake-up's job may have missed too: one more fetch follows it.
         tokio::time::sleep(RECHECK).await;
-        assert!(sends.poll_drive(&mut cx, &snapshot).is_ready());
+        assert!(w.fetches());
         tokio::time::sleep(FALLBACK).await;
-        assert!(sends.poll_drive(&mut cx, &snapshot).is_pending());
+        assert!(!w.fetches());
     }
 
     #[tokio::test(start_paused = true)]
