@@ -6,13 +6,15 @@
 //! prepared from.
 //! 1. **Idle**: nothing is stored for `--seconds` (60): the worker's statements per second,
 //!    and the statements it sent most.
-//! 2. **Wake-up**: then single sends, one every `--gap-ms` (500), `--sends` (60) of them: for
+//! 2. **Wake-up**: then single sends, one every `--gap-ms` (250), `--sends` (200) of them: for
 //!    each, the time from its 202 to its row on the outbound queue (p50, p99, max). A quiet
 //!    worker must still start a stored job at once.
 
 #[allow(dead_code)]
 #[path = "../tests/api/helpers.rs"]
 mod helpers;
+#[path = "common/quantile.rs"]
+mod quantile;
 
 use std::{
     collections::HashMap,
@@ -24,6 +26,7 @@ use chrono::{DateTime, Utc};
 use fanqueue::auth::JwtKeys;
 use fanqueue_jobs::{db::Db, domain::UserId};
 use helpers::{AppProcess, Backend, JWT_SECRET, TestDb, run_fanqueue};
+use quantile::pick;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::{
@@ -50,8 +53,8 @@ async fn main() {
             .map_or(default, |v| v.parse().expect("options are numbers"))
     };
     let seconds = opt("--seconds", 60);
-    let gap = Duration::from_millis(opt("--gap-ms", 500));
-    let sends = opt("--sends", 60);
+    let gap = Duration::from_millis(opt("--gap-ms", 250));
+    let sends = opt("--sends", 200);
 
     let (_db, url) = TestDb::create(Backend::Postgres).await;
     let counts = Counts::default();
@@ -170,14 +173,6 @@ async fn main() {
 
 fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
-/// The value at quantile `q` of sorted `v`.
-fn pick(v: &[f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
 /// When each of `accepted`'s messages reached the outbound queue; waits up to 60 s for all.

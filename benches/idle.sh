@@ -3,7 +3,7 @@
 # release mode, and prints an idle worker's statements per second and how soon a send stored
 # after the idle spell reaches the outbound queue.
 #
-#   benches/idle.sh                                  # 60 s idle, then 60 sends 500 ms apart
+#   benches/idle.sh                                  # 60 s idle, then 200 sends 250 ms apart
 #   benches/idle.sh --seconds 20 --sends 20 --gap-ms 1000
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -19,19 +19,11 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     deployment::{Deployment, LISTED, LISTED_FANS, SENDER_FANS, SENDERS, Target, ms},
     helpers::JWT_SECRET,
+    quantile::pick,
 };
 
 /// A request that has not answered after this long counts as an error.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The `q` quantile of sorted values (nearest rank).
-pub(crate) fn pick(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
 
 /// What the generator asks.
 #[derive(Debug, Clone, Copy)]

@@ -35,6 +35,8 @@ mod helpers;
 
 mod deployment;
 mod generator;
+#[path = "../common/quantile.rs"]
+mod quantile;
 
 use std::time::Duration;
 
@@ -43,7 +45,8 @@ use helpers::Backend;
 use tokio_util::sync::CancellationToken;
 
 use deployment::{Cpu, Deployment, Target, ms};
-use generator::{Gen, Route, pick};
+use generator::{Gen, Route};
+use quantile::pick;
 
 struct Opts {
     backends: Vec<Backend>,
