@@ -181,7 +181,7 @@ impl Db {
     /// value of each parameter rather than for the values at hand, with [`keyed_pool`]'s
     /// settings (no scans, no hash or merge joins). For indexed point statements whose custom plan turns
     /// on a guess that can go badly wrong (`fans::list`) or costs more to make than to run
-    /// (`send_message.sql`), and only those.
+    /// (the send path's one statement, `kinds/send_message/one_statement.rs`), and only those.
     pub fn generic_plans(&self, connections: u32) -> Db {
         match self {
             Db::Postgres(pool) => Db::Postgres(pool_with(

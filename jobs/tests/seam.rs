@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, Row, SqliteConnection};
 
 /// What a changed snapshot means, and what to re-read.
-const POSTGRES_READERS: &str = "jobs/src/kinds/send_message.sql (INSERT INTO apalis.jobs), \
+const POSTGRES_READERS: &str = "jobs/src/engine/backend.rs (enqueue_sql: INSERT INTO apalis.jobs), \
     jobs/src/engine/get_jobs.sql (apalis.get_jobs), jobs/src/engine/notify_new_jobs.sql (the \
     insert trigger), jobs/src/engine/backend.rs (HELD_TASKS_INDEX drops idx_apalis_jobs_lock_by \
     and lidx; prune_finished reads status and done_at)";
@@ -85,16 +85,16 @@ async fn apalis_postgres_builds_the_schema_our_sql_was_written_against() {
     .unwrap();
     let (schema, columns) = schema;
 
-    let ours = include_str!("../src/kinds/send_message.sql");
+    let ours = fanqueue_jobs::engine::JobBackend::enqueue_sql("a_kind", "new_jobs", "$1");
     let start = ours
         .find("INSERT INTO apalis.jobs (")
-        .expect("send_message.sql inserts apalis tasks")
+        .expect("enqueue_sql inserts apalis tasks")
         + "INSERT INTO apalis.jobs (".len();
     let end = start + ours[start..].find(')').unwrap();
     for column in ours[start..end].split(',').map(str::trim) {
         assert!(
             columns.iter().any(|c| c == column),
-            "send_message.sql inserts apalis.jobs.{column}, which the pinned apalis-postgres \
+            "JobBackend::enqueue_sql inserts apalis.jobs.{column}, which the pinned apalis-postgres \
              no longer has (it has {columns:?})"
         );
     }

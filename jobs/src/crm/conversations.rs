@@ -157,18 +157,8 @@ pub async fn touch_for_outbound(
     if pairs.is_empty() {
         return Ok(HashMap::new());
     }
-    // Rows are written in fan order, so two transactions touching the same conversations
-    // take their locks in the same order.
-    const MOVE: &str = "ON CONFLICT (fan_id) DO UPDATE SET last_message_at = CASE
-             WHEN c.last_message_at IS NULL OR c.last_message_at < excluded.last_message_at
-             THEN excluded.last_message_at ELSE c.last_message_at END
-         RETURNING id, user_id, fan_id";
     let rows: Vec<(ConversationId, UserId, FanId)> = on_tx!(tx, conn => {
-        let mut q = sqlx::QueryBuilder::new(
-            "INSERT INTO conversations AS c (user_id, fan_id, platform, unread_count, created_at,
-                                             last_message_at)
-             SELECT f.user_id, f.id, f.platform, 0, ",
-        );
+        let mut q = sqlx::QueryBuilder::new(OPEN_FOR_OUTBOUND);
         q.push_bind(at).push(", ").push_bind(at);
         q.push(" FROM fans f WHERE (f.id, f.user_id) IN (VALUES ");
         let mut list = q.separated(", ");
@@ -179,13 +169,43 @@ pub async fn touch_for_outbound(
                 .push_bind_unseparated(*user)
                 .push_unseparated(")");
         }
-        q.push(") ORDER BY f.id ").push(MOVE);
+        q.push(") ").push(MOVE);
         q.build_query_as().fetch_all(&mut **conn).await?
     });
     Ok(rows
         .into_iter()
         .map(|(id, user, fan)| ((user, fan), id))
         .collect())
+}
+
+/// [`touch_for_outbound`]'s insert, up to its time.
+const OPEN_FOR_OUTBOUND: &str = "INSERT INTO conversations AS c (user_id, fan_id, platform, \
+     unread_count, created_at, last_message_at) SELECT f.user_id, f.id, f.platform, 0, ";
+
+/// Rows are written in fan order, so two transactions touching the same conversations take
+/// their locks in the same order; `last_message_at` only moves forward.
+const MOVE: &str = "ORDER BY f.id ON CONFLICT (fan_id) DO UPDATE SET last_message_at = CASE
+         WHEN c.last_message_at IS NULL OR c.last_message_at < excluded.last_message_at
+         THEN excluded.last_message_at ELSE c.last_message_at END
+     RETURNING id, user_id, fan_id";
+
+/// [`touch_for_outbound`] as one part of a statement that stores other tables' rows in the
+/// same round trip (`conv AS (…)` in its `WITH`; the PostgreSQL send path), for the pairs of
+/// relation `from` (columns `user_id, fan_id`) at `at`. Returns `id, user_id, fan_id` of each
+/// conversation whose fan is the user's.
+pub fn touch_for_outbound_sql(from: &str, at: &str) -> String {
+    format!(
+        "{OPEN_FOR_OUTBOUND}{at}, {at} FROM fans f \
+         WHERE (f.id, f.user_id) IN (SELECT fan_id, user_id FROM {from}) {MOVE}"
+    )
+}
+
+/// [`fans_of`] as a query of a larger statement: the fan of `conversation` when it is
+/// `user`'s (columns or parameters).
+pub fn fan_of_sql(conversation: &str, user: &str) -> String {
+    format!(
+        "SELECT c.fan_id FROM conversations c WHERE c.id = {conversation} AND c.user_id = {user}"
+    )
 }
 
 /// For a new inbound message received at `at`: one more unread, and `last_message_at` moves

@@ -111,6 +111,12 @@ pub async fn last_started(db: &Db, user: UserId) -> StoreResult<Option<DateTime<
     Ok(last_started_many(db, &[user]).await?.remove(&user))
 }
 
+/// [`last_started`] as a query of a larger statement, for the creator `user` (a column or a
+/// parameter).
+pub fn last_started_sql(user: &str) -> String {
+    format!("SELECT MAX(started_at) FROM delivery_attempts WHERE user_id = {user}")
+}
+
 /// [`last_started`] for each of `users` that has delivered, in one query.
 pub async fn last_started_many(
     db: &Db,

@@ -269,6 +269,32 @@ impl JobBackend {
         Ok(())
     }
 
+    /// [`JobBackend::enqueue_many`] on PostgreSQL as parts of one statement, for a writer that
+    /// stores its rows and their jobs in one round trip (the PostgreSQL send path): common
+    /// table expressions to list in its `WITH` (named `engine_*`) that store a record of kind
+    /// `kind` for each row of relation `from` (columns `id, user_id, payload` (jsonb)`, total,
+    /// ord`), at `at`, and one apalis task for them all named after the first in `ord` order
+    /// (apalis-postgres's `push_tasks`, as [`task`] builds it). Call
+    /// [`JobBackend::after_commit_many`] once the statement committed, as after `enqueue_many`.
+    pub fn enqueue_sql(kind: &'static str, from: &str, at: &str) -> String {
+        let records = record::insert_many_sql(kind, from, at);
+        let announced = wake::ANNOUNCED;
+        format!(
+            "engine_records AS ({records}),
+             engine_quiet AS (SELECT set_config('{announced}', 'on', true)),
+             engine_jobs AS (SELECT (array_agg(id ORDER BY ord))[1] AS first,
+                                    (array_agg(id ORDER BY ord))[2:] AS rest FROM {from}),
+             engine_task AS (
+                 INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts,
+                                          run_at, priority, metadata, idempotency_key)
+                 SELECT first, '{kind}',
+                        convert_to(json_build_object('job_id', first, 'with', rest)::text, 'UTF8'),
+                        'Pending', 0, {ATTEMPTS_BACKSTOP}, date_trunc('second', {at}::timestamptz),
+                        0, ''::hstore, first
+                 FROM engine_jobs, engine_quiet WHERE first IS NOT NULL)"
+        )
+    }
+
     /// Right after the transaction that stored `job` committed: this process's worker of its
     /// kind looks now; on PostgreSQL, the workers of every process are told
     /// ([`Wakeups::announce`]); for Redis, the job is pushed now rather than waiting for the

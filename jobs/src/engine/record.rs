@@ -125,10 +125,7 @@ pub(super) async fn insert_many(
     }
     let now = Timestamp::now();
     on_tx!(tx, conn => {
-        let mut q = sqlx::QueryBuilder::new(
-            "INSERT INTO job_records (id, user_id, kind, status, payload, created_at, dispatched_at,
-                                      progress_total) ",
-        );
+        let mut q = sqlx::QueryBuilder::new(INSERT_RECORDS);
         q.push_values(jobs, |mut row, job| {
             row.push_bind(&job.id)
                 .push_bind(job.user)
@@ -141,6 +138,20 @@ pub(super) async fn insert_many(
         });
         q.build().execute(&mut **conn).await.map(|_| ())
     })
+}
+
+/// The insert of [`insert_many`] and [`insert_many_sql`] (columns in this order).
+const INSERT_RECORDS: &str = "INSERT INTO job_records (id, user_id, kind, status, payload, \
+     created_at, dispatched_at, progress_total) ";
+
+/// [`insert_many`] as one part of a larger statement: a `queued` record of `kind`, stored and
+/// dispatched at `at`, for each row of relation `from` (columns `id, user_id, payload` (jsonb)`,
+/// total`).
+pub(super) fn insert_many_sql(kind: &'static str, from: &str, at: &str) -> String {
+    format!(
+        "{INSERT_RECORDS}SELECT id, user_id, '{kind}', 'queued', payload, {at}, {at}, total \
+         FROM {from}"
+    )
 }
 
 /// Whose jobs a reader sees: a user's own, and with `system` also fanqueue's own (sweeps,

@@ -346,11 +346,7 @@ pub async fn insert_queued(
         message: Message,
     }
     let inserted: Vec<Inserted> = on_tx!(tx, conn => {
-        let mut q = sqlx::QueryBuilder::new(
-            "INSERT INTO messages (user_id, conversation_id, fan_id, direction, text, price_cents,
-                                   attachments, status, attempts, campaign_id, created_at,
-                                   priority, job_id) ",
-        );
+        let mut q = sqlx::QueryBuilder::new(INSERT_QUEUED);
         q.push_values(&owned, |mut row, (r, conversation)| {
             row.push_bind(r.user)
                 .push_bind(*conversation)
@@ -377,6 +373,23 @@ pub async fn insert_queued(
         .iter()
         .map(|r| by_key.remove(&(r.job.0.as_str(), r.fan)))
         .collect())
+}
+
+/// The insert of [`insert_queued`], and of [`insert_queued_sql`] (columns in this order).
+const INSERT_QUEUED: &str = "INSERT INTO messages (user_id, conversation_id, fan_id, direction, \
+     text, price_cents, attachments, status, attempts, campaign_id, created_at, priority, job_id) ";
+
+/// [`insert_queued`] as one part of a statement that stores other tables' rows in the same
+/// round trip (`msg AS (…)` in its `WITH`; the PostgreSQL send path): a `queued` message for
+/// each row of relation `from`, whose columns are `ord, user_id, conversation_id, fan_id,
+/// text, price_cents, attachments` (JSON text)`, priority, job_id, campaign_id`, written at
+/// `now` in `ord` order. Returns the stored rows (`RETURNING *`).
+pub fn insert_queued_sql(from: &str, now: &str) -> String {
+    format!(
+        "{INSERT_QUEUED}SELECT user_id, conversation_id, fan_id, 'out', text, price_cents, \
+         attachments::jsonb, 'queued', 0, campaign_id, {now}, priority, job_id \
+         FROM {from} ORDER BY ord RETURNING *"
+    )
 }
 
 /// What travels of an outbound message: on the outbound queue, and to the platform.
@@ -624,25 +637,42 @@ pub async fn ahead_of_many(db: &Db, ids: &[MessageId]) -> StoreResult<Vec<(Messa
         return Ok(vec![]);
     }
     Ok(on_db!(db, pool => {
-        let mut q = sqlx::QueryBuilder::new(
-            "SELECT m.id, (SELECT COUNT(*) FROM messages o
-                 WHERE o.user_id = m.user_id AND o.direction = 'out' AND o.status = 'queued'
-                   AND o.id <> m.id
-                   AND (o.priority > m.priority OR (o.priority = m.priority
-                        AND (o.created_at < m.created_at
-                             OR (o.created_at = m.created_at AND o.id < m.id)))))
-             FROM messages m WHERE m.id IN (",
-        );
+        let mut q = sqlx::QueryBuilder::new(format!(
+            "SELECT m.id, ({}) FROM messages m WHERE m.id IN (",
+            ahead_sql("m", "messages")
+        ));
         crate::db::push_binds(&mut q, ids.iter().copied());
         q.push(")");
         q.build_query_as().fetch_all(pool).await
     })?)
 }
 
+/// [`ahead_of`] as a query of a larger statement: how many queued messages of relation `from`
+/// (`messages`, or rows just inserted) go out before message `m` (a row alias).
+pub fn ahead_sql(m: &str, from: &str) -> String {
+    format!(
+        "SELECT COUNT(*) FROM {from} o \
+         WHERE o.user_id = {m}.user_id AND o.direction = 'out' AND o.status = 'queued' \
+           AND o.id <> {m}.id \
+           AND (o.priority > {m}.priority OR (o.priority = {m}.priority \
+                AND (o.created_at < {m}.created_at \
+                     OR (o.created_at = {m}.created_at AND o.id < {m}.id))))"
+    )
+}
+
+/// Which outbound messages are a creator's delivery backlog: not yet final.
+const WAITING: &str = "direction = 'out' AND status IN ('queued', 'sending')";
+
+/// [`backlog`] as a query of a larger statement, for the creator `user` (a column or a
+/// parameter).
+pub fn backlog_sql(user: &str) -> String {
+    format!("SELECT COUNT(*) FROM messages WHERE user_id = {user} AND {WAITING}")
+}
+
 /// Outbound messages of `user` not yet final: the creator's delivery backlog.
 pub async fn backlog(db: &Db, user: UserId) -> StoreResult<i64> {
     let (n,): (i64,) = on_db!(db, pool => sqlx::query_as(
-        "SELECT COUNT(*) FROM messages WHERE user_id = $1 AND direction = 'out' AND status IN ('queued', 'sending')",
+        sqlx::AssertSqlSafe(backlog_sql("$1")),
     )
     .bind(user)
     .fetch_one(pool)
@@ -657,10 +687,9 @@ pub async fn backlogs_in(tx: &mut Tx, users: &[UserId]) -> sqlx::Result<HashMap<
         return Ok(HashMap::new());
     }
     let rows: Vec<(UserId, i64)> = on_tx!(tx, conn => {
-        let mut q = sqlx::QueryBuilder::new(
-            "SELECT user_id, COUNT(*) FROM messages
-             WHERE direction = 'out' AND status IN ('queued', 'sending') AND user_id IN (",
-        );
+        let mut q = sqlx::QueryBuilder::new(format!(
+            "SELECT user_id, COUNT(*) FROM messages WHERE {WAITING} AND user_id IN ("
+        ));
         crate::db::push_binds(&mut q, users.iter().copied());
         q.push(") GROUP BY user_id");
         q.build_query_as().fetch_all(&mut **conn).await?

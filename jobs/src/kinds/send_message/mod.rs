@@ -7,7 +7,10 @@ use std::{collections::HashMap, time::Duration};
 use chrono::{DateTime, Utc};
 
 use serde_json::json;
-use sqlx::{FromRow, PgPool, Row};
+
+mod one_statement;
+#[cfg(test)]
+mod tests;
 
 use super::{Backpressure, Deps, SubmitError, outbound_batches::OutboundBatches};
 use crate::{
@@ -15,7 +18,7 @@ use crate::{
         conversations, deliveries,
         messages::{self, Message, MessageStatus, NewQueued, Outgoing, Requeue},
     },
-    db::{Db, Tx},
+    db::Db,
     domain::{ConversationId, FanId, MessageId, Timestamp, UserId},
     engine::{
         EnqueueError, JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome,
@@ -133,7 +136,7 @@ impl Sends {
     };
 
     /// Sends of a creator past `limit`'s backlog are refused (`BacklogFull`), storing nothing.
-    /// The intake stores on connections of its own that run `send_message.sql` on its generic
+    /// The intake stores on connections of its own that run [`one_statement`] on its generic
     /// plan ([`Db::generic_plans`]): planning that statement cost more than running it.
     pub fn start(db: Db, backend: JobBackend, limit: Backpressure) -> Self {
         let db = db.generic_plans(Self::GROUP.parallel.try_into().unwrap_or(1));
@@ -182,7 +185,7 @@ pub async fn submit_many(
 }
 
 /// Stores `sends` in one transaction, with what their estimates need: in one statement when
-/// the jobs run from the same PostgreSQL ([`store_pg`]), else in [`store_all`] and two reads.
+/// the jobs run from the same PostgreSQL ([`one_statement`]), else in [`store_all`] and two reads.
 async fn store(
     db: &Db,
     backend: &JobBackend,
@@ -190,119 +193,10 @@ async fn store(
     sends: &[NewSend],
 ) -> Result<Vec<Result<Stored, SubmitError>>, SubmitError> {
     if let (Db::Postgres(pool), Store::Postgres(_)) = (db, &backend.store) {
-        return store_pg(db, pool, backend, limit, sends).await;
+        return one_statement::store(db, pool, backend, limit, sends).await;
     }
     let stored = store_all(db, backend, limit, sends).await?;
     Ok(with_estimates(db, stored).await)
-}
-
-/// [`store`] on PostgreSQL: `send_message.sql` makes the rows [`store_all`] makes (messages,
-/// conversations, job records, one apalis task) and reads the estimates, in one round trip.
-async fn store_pg(
-    db: &Db,
-    pool: &PgPool,
-    backend: &JobBackend,
-    limit: Option<Backpressure>,
-    sends: &[NewSend],
-) -> Result<Vec<Result<Stored, SubmitError>>, SubmitError> {
-    let now = Timestamp::now();
-    let jobs: Vec<JobId> = sends.iter().map(|_| JobId::generate()).collect();
-    let (mut fans, mut conversations) = (vec![], vec![]);
-    for send in sends {
-        let (fan, conversation) = match send.to {
-            Recipient::Fan(f) => (Some(f.0), None),
-            Recipient::Conversation(c) => (None, Some(c.0)),
-        };
-        fans.push(fan);
-        conversations.push(conversation);
-    }
-    let sql = |e| SubmitError::Enqueue(EnqueueError::Sql(e));
-    let keyed = sends.iter().any(|s| s.key.is_some());
-    // Keyed sends record their messages on their keys in the statement's transaction.
-    let mut tx = if keyed {
-        Some(pool.begin().await.map_err(sql)?)
-    } else {
-        None
-    };
-    let query = sqlx::query(include_str!("send_message.sql"))
-        .bind((1..).take(sends.len()).collect::<Vec<i32>>())
-        .bind(sends.iter().map(|s| s.user.0).collect::<Vec<i64>>())
-        .bind(fans)
-        .bind(conversations)
-        .bind(
-            sends
-                .iter()
-                .map(|s| s.out.text.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            sends
-                .iter()
-                .map(|s| s.out.price_cents.get())
-                .collect::<Vec<i64>>(),
-        )
-        .bind(
-            sends
-                .iter()
-                .map(|s| messages::attachments_json(&s.out.attachments))
-                .collect::<Vec<String>>(),
-        )
-        .bind(sends.iter().map(|s| s.out.priority).collect::<Vec<i64>>())
-        .bind(jobs.iter().map(|j| j.0.as_str()).collect::<Vec<_>>())
-        .bind(limit.map(|l| l.max_backlog))
-        .bind(now);
-    let rows = match tx.as_mut() {
-        Some(tx) => query.fetch_all(&mut **tx).await,
-        None => query.fetch_all(pool).await,
-    }
-    .map_err(sql)?;
-    let mut answers = Vec::with_capacity(sends.len());
-    let mut new_jobs = vec![];
-    for ((row, send), job) in rows.iter().zip(sends).zip(jobs) {
-        let backlog: i64 = row.try_get("backlog").map_err(sql)?;
-        let nth: i64 = row.try_get("nth").map_err(sql)?;
-        let fan: Option<i64> = row.try_get("fan").map_err(sql)?;
-        let stored: Option<MessageId> = row.try_get("id").map_err(sql)?;
-        let answer = match (limit, fan, stored) {
-            (_, _, Some(_)) => {
-                let message = Message::from_row(row).map_err(sql)?;
-                new_jobs.push(job_of(job, send.user, message.id));
-                Ok(Stored {
-                    ahead: row.try_get("ahead").map_err(sql)?,
-                    last_started: row.try_get("last_started").map_err(sql)?,
-                    message,
-                })
-            }
-            // As Backpressure::admit counts: a refused send adds nothing to the backlog the
-            // next one finds.
-            (Some(limit), _, None) if backlog + nth > limit.max_backlog => Err(limit
-                .admit((backlog + nth - 1).min(backlog.max(limit.max_backlog)), 1)
-                .expect_err("over the limit")),
-            (_, None, None) => Err(SubmitError::NotFound("conversation")),
-            (_, Some(_), None) => Err(SubmitError::NotFound("fan")),
-        };
-        answers.push(answer);
-    }
-    if let Some(tx) = tx {
-        let mut tx = Tx::Postgres(tx);
-        idempotency::record_many(
-            &mut tx,
-            &recorded(
-                sends,
-                answers.iter().map(|a| a.as_ref().ok().map(|s| &s.message)),
-            ),
-        )
-        .await?;
-        tx.commit().await.map_err(sql)?;
-    }
-    announce(
-        db,
-        backend,
-        &new_jobs,
-        answers.iter().flatten().map(|s| &s.message),
-    )
-    .await;
-    Ok(answers)
 }
 
 /// The keys of `sends` with the messages they stored, to record in their transaction.
@@ -331,7 +225,7 @@ async fn announce<'a>(
     }
 }
 
-/// The `send_message` job of a single send: its one message (`send_message.sql` writes the
+/// The `send_message` job of a single send: its one message ([`one_statement`] writes the
 /// same record).
 fn job_of(job: JobId, user: UserId, message: MessageId) -> NewJob {
     NewJob::of::<SendMessage>(job, user, json!({ "messageIds": [message.0] })).with_total(1)
