@@ -13,7 +13,7 @@ use fanqueue_jobs::{
 };
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
-    param::{Header, Path, Query},
+    param::{Path, Query},
     payload::Json,
 };
 
@@ -21,7 +21,7 @@ use super::{
     ApiError, ApiTags, BearerAuth, State,
     conversations::MessageOut,
     messages::submit_error,
-    rules::{IdempotencyKey, In, Limit, Offset, page},
+    rules::{Limit, Offset, page},
     words::Word,
 };
 
@@ -218,10 +218,6 @@ impl CampaignsApi {
     async fn retry_failed(
         &self,
         auth: BearerAuth,
-        /// Makes a retry safe: a repeat of the request with this key gets the first answer
-        /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key")]
-        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         id: Path<i64>,
         req: &poem::Request,
     ) -> Result<RetryFailedResponse, ApiError> {

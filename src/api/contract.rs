@@ -17,12 +17,15 @@ use std::{
 use poem::{Endpoint, IntoResponse, Request, Response, http::StatusCode};
 use serde_json::{Map, Value};
 
+use super::idempotency;
+
 /// The document as served: poem-openapi's, with the two rules above applied.
 pub fn exact_document(raw: &str) -> String {
     let Ok(mut doc) = serde_json::from_str::<Value>(raw) else {
         return raw.to_owned();
     };
     let requests = request_schemas(&doc);
+    declare_idempotency_key(&mut doc);
     // Request bodies written inline (the upload's multipart form).
     if let Some(paths) = doc["paths"].as_object_mut() {
         for op in paths.values_mut().filter_map(Value::as_object_mut) {
@@ -49,6 +52,29 @@ pub fn exact_document(raw: &str) -> String {
         }
     }
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| raw.to_owned())
+}
+
+/// The `Idempotency-Key` header on every operation that honours it, declared here once
+/// rather than on each handler.
+fn declare_idempotency_key(doc: &mut Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        for (method, op) in item.as_object_mut().into_iter().flatten() {
+            let method = method.to_uppercase().parse().unwrap_or_default();
+            if !idempotency::honoured(&method, path) {
+                continue;
+            }
+            let parameters = op.as_object_mut().map(|op| {
+                op.entry("parameters")
+                    .or_insert_with(|| Value::Array(vec![]))
+            });
+            if let Some(Value::Array(parameters)) = parameters {
+                parameters.push(idempotency::parameter());
+            }
+        }
+    }
 }
 
 /// Names of the component schemas a request body or parameter uses, directly or nested.

@@ -15,7 +15,7 @@ use fanqueue_jobs::{
 };
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
-    param::{Header, Path, Query},
+    param::{Path, Query},
     payload::Json,
 };
 use serde::Deserialize;
@@ -24,7 +24,7 @@ use super::{
     ApiError, ApiTags, BearerAuth, State,
     body::JsonBody,
     ids::IdIn,
-    rules::{IdempotencyKey, In, Limit, MediaUrl, MessageText, Offset, page},
+    rules::{In, Limit, MediaUrl, MessageText, Offset, page},
     words::Word,
 };
 
@@ -399,10 +399,6 @@ impl ConversationsApi {
     async fn open(
         &self,
         auth: BearerAuth,
-        /// Makes a retry safe: a repeat of the request with this key gets the first answer
-        /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key")]
-        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         body: JsonBody<OpenConversation>,
     ) -> Result<OpenConversationResponse, ApiError> {
         let (conversation, created) =
@@ -493,10 +489,6 @@ impl ConversationsApi {
     async fn send(
         &self,
         auth: BearerAuth,
-        /// Makes a retry safe: a repeat of the request with this key gets the first answer
-        /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key")]
-        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         id: Path<i64>,
         body: JsonBody<OutboundIn>,
         req: &poem::Request,
@@ -531,10 +523,6 @@ impl ConversationsApi {
     async fn inbound(
         &self,
         auth: BearerAuth,
-        /// Makes a retry safe: a repeat of the request with this key gets the first answer
-        /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key")]
-        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         id: Path<i64>,
         body: JsonBody<InboundIn>,
         req: &poem::Request,
@@ -573,10 +561,6 @@ impl ConversationsApi {
     async fn mark_read(
         &self,
         auth: BearerAuth,
-        /// Makes a retry safe: a repeat of the request with this key gets the first answer
-        /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key")]
-        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         id: Path<i64>,
     ) -> Result<MarkReadResponse, ApiError> {
         let c = conversations::mark_read(&self.state.db, auth.user(), ConversationId(id.0)).await?;

@@ -9,14 +9,14 @@ use fanqueue_jobs::{
     },
     domain::{Cents, FanId, MessageId},
 };
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Header, payload::Json};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, payload::Json};
 use serde::Deserialize;
 
 use super::{
     ApiError, ApiTags, BearerAuth, State,
     body::JsonBody,
     ids::IdIn,
-    rules::{FanHandle, IdempotencyKey, In},
+    rules::{FanHandle, In},
 };
 
 pub struct EventsApi {
@@ -236,10 +236,6 @@ impl EventsApi {
     async fn report(
         &self,
         auth: BearerAuth,
-        /// Makes a retry safe: a repeat of the request with this key gets the first answer
-        /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key")]
-        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         body: JsonBody<EventsIn>,
     ) -> Result<EventsResponse, ApiError> {
         let batch = body.0.events;

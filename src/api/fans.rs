@@ -6,12 +6,12 @@ use fanqueue_jobs::{
         self, Fan, FanFilter, FanPatch, NewFan,
         value_history::{self, ValueChange, ValueSource},
     },
-    domain::{Cents, Email, FanId, Line, ParseError, Platform, Tags, Text},
+    domain::{Cents, Email, FanId, Line, ParseError, Platform, Tags},
     idempotency::Effect,
 };
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
-    param::{Header, Path, Query},
+    param::{Path, Query},
     payload::Json,
     types::MaybeUndefined,
 };
@@ -22,7 +22,10 @@ use super::{
     body::{JsonBody, JsonOut, rfc3339},
     formats::EmailIn,
     idempotency,
-    rules::{FanHandle, IdempotencyKey, In, Limit, MediaUrl, Offset, page},
+    rules::{
+        FanHandle, FanName, FanNotes, FanSearch, FanTag, In, Limit, MediaUrl, Offset, PlatformName,
+        Rule, page,
+    },
     words::Word,
 };
 
@@ -101,24 +104,14 @@ pub struct FanPage {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateFan {
     /// onlyfans (default), fansly or other; case and surrounding spaces do not matter.
-    #[oai(
-        nullable,
-        validator(
-            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*(?:[Oo][Nn][Ll][Yy][Ff][Aa][Nn][Ss]|[Ff][Aa][Nn][Ss][Ll][Yy]|[Oo][Tt][Hh][Ee][Rr])[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-        )
-    )]
-    pub platform: Option<String>,
+    #[oai(nullable)]
+    pub platform: Option<In<PlatformName>>,
     /// Platform username, with or without `@` (1 to 64 letters, digits, `_`, `.` or `-`);
     /// matched without case.
     pub handle: In<FanHandle>,
     /// Display name: one line of at most 200 characters (trimmed), no control characters.
-    #[oai(
-        nullable,
-        validator(
-            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff](?:[^\x00-\x1f\x7f-\x9f\ufffe\uffff]{0,198}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-        )
-    )]
-    pub name: Option<String>,
+    #[oai(nullable)]
+    pub name: Option<In<FanName>>,
     #[oai(nullable)]
     pub email: Option<EmailIn>,
     /// An absolute http(s) URL with a host, no spaces, at most 2048 bytes.
@@ -126,23 +119,12 @@ pub struct CreateFan {
     pub avatar_url: Option<In<MediaUrl>>,
     /// At most 50 distinct tags (duplicates, compared without case, are dropped), each one
     /// line of at most 50 characters.
-    #[oai(
-        nullable,
-        validator(
-            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff](?:[^\x00-\x1f\x7f-\x9f\ufffe\uffff]{0,48}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-        )
-    )]
-    pub tags: Option<Vec<String>>,
+    #[oai(nullable)]
+    pub tags: Option<Vec<In<FanTag>>>,
     /// Free text: not blank, at most 10,000 characters, no control characters but line breaks
     /// and tabs.
-    #[oai(
-        nullable,
-        validator(
-            max_length = 10000,
-            pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*$"
-        )
-    )]
-    pub notes: Option<String>,
+    #[oai(nullable)]
+    pub notes: Option<In<FanNotes>>,
     /// Lifetime spend in cents, not negative.
     #[oai(
         nullable,
@@ -160,13 +142,8 @@ pub struct CreateFan {
 pub struct UpdateFan {
     /// As for a new fan.
     #[serde(default)]
-    #[oai(
-        nullable,
-        validator(
-            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff](?:[^\x00-\x1f\x7f-\x9f\ufffe\uffff]{0,198}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-        )
-    )]
-    pub name: MaybeUndefined<String>,
+    #[oai(nullable)]
+    pub name: MaybeUndefined<In<FanName>>,
     #[serde(default)]
     #[oai(nullable)]
     pub email: MaybeUndefined<EmailIn>,
@@ -174,22 +151,11 @@ pub struct UpdateFan {
     #[oai(nullable)]
     pub avatar_url: MaybeUndefined<In<MediaUrl>>,
     /// Replaces the fan's tags (as for a new fan); null leaves them.
-    #[oai(
-        nullable,
-        validator(
-            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff](?:[^\x00-\x1f\x7f-\x9f\ufffe\uffff]{0,48}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-        )
-    )]
-    pub tags: Option<Vec<String>>,
+    #[oai(nullable)]
+    pub tags: Option<Vec<In<FanTag>>>,
     #[serde(default)]
-    #[oai(
-        nullable,
-        validator(
-            max_length = 10000,
-            pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*$"
-        )
-    )]
-    pub notes: MaybeUndefined<String>,
+    #[oai(nullable)]
+    pub notes: MaybeUndefined<In<FanNotes>>,
     /// Null leaves the value as it is.
     #[oai(
         nullable,
@@ -286,9 +252,6 @@ enum DeleteFanResponse {
     Deleted,
 }
 
-/// The longest text the fans list searches for.
-const SEARCH_MAX: usize = 100;
-
 /// Parses one field, naming it in the 400 when it is refused.
 fn field<T>(name: &str, parsed: Result<T, ParseError>) -> Result<T, ApiError> {
     parsed.map_err(|e| ApiError::invalid(name, e))
@@ -315,21 +278,34 @@ fn patch<T, S: std::ops::Deref<Target = str>>(
     })
 }
 
+/// For a patch of a field under a rule: undefined leaves it, null clears it.
+fn set<R: Rule>(raw: MaybeUndefined<In<R>>) -> Option<Option<R::Value>> {
+    match raw {
+        MaybeUndefined::Undefined => None,
+        MaybeUndefined::Null => Some(None),
+        MaybeUndefined::Value(v) => Some(Some(v.into_inner())),
+    }
+}
+
+/// A fan's tags from their parsed lines: at most 50, duplicates (without case) dropped.
+fn tags(lines: Vec<In<FanTag>>) -> Result<Tags, ApiError> {
+    let lines: Vec<Line> = lines.into_iter().map(In::into_inner).collect();
+    field(
+        "tags",
+        Tags::parse(&lines.iter().map(Line::as_str).collect::<Vec<_>>()),
+    )
+}
+
 impl CreateFan {
     fn parse(self) -> Result<NewFan, ApiError> {
         Ok(NewFan {
-            platform: optional("platform", self.platform.as_deref(), Platform::parse_input)?
-                .unwrap_or(Platform::Onlyfans),
+            platform: self.platform.map_or(Platform::Onlyfans, In::into_inner),
             handle: self.handle.into_inner(),
-            name: optional("name", self.name.as_deref(), |v| {
-                Line::parse(v, fans::NAME_MAX)
-            })?,
+            name: self.name.map(In::into_inner),
             email: optional("email", self.email.as_deref(), Email::parse)?,
             avatar_url: self.avatar_url.map(In::into_inner),
-            tags: field("tags", Tags::parse(&self.tags.unwrap_or_default()))?,
-            notes: optional("notes", self.notes.as_deref(), |v| {
-                Text::parse(v, fans::NOTES_MAX)
-            })?,
+            tags: tags(self.tags.unwrap_or_default())?,
+            notes: self.notes.map(In::into_inner),
             value_cents: field("valueCents", Cents::new(self.value_cents.unwrap_or(0)))?,
             last_seen_at: self.last_seen_at,
         })
@@ -339,18 +315,11 @@ impl CreateFan {
 impl UpdateFan {
     fn parse(self) -> Result<FanPatch, ApiError> {
         Ok(FanPatch {
-            name: patch("name", &self.name, |v| Line::parse(v, fans::NAME_MAX))?,
+            name: set(self.name),
             email: patch("email", &self.email, Email::parse)?,
-            avatar_url: match self.avatar_url {
-                MaybeUndefined::Undefined => None,
-                MaybeUndefined::Null => Some(None),
-                MaybeUndefined::Value(u) => Some(Some(u.into_inner())),
-            },
-            tags: self
-                .tags
-                .map(|t| field("tags", Tags::parse(&t)))
-                .transpose()?,
-            notes: patch("notes", &self.notes, |v| Text::parse(v, fans::NOTES_MAX))?,
+            avatar_url: set(self.avatar_url),
+            tags: self.tags.map(tags).transpose()?,
+            notes: set(self.notes),
             value_cents: self
                 .value_cents
                 .map(|v| field("valueCents", Cents::new(v)))
@@ -375,16 +344,10 @@ impl FansApi {
         &self,
         auth: BearerAuth,
         /// Only fans with this tag (compared without case).
-        #[oai(validator(
-            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff](?:[^\x00-\x1f\x7f-\x9f\ufffe\uffff]{0,48}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-        ))]
-        tag: Query<Option<String>>,
+        tag: Query<Option<In<FanTag>>>,
         /// Only fans whose handle or name holds this text (1 to 100 characters, compared
         /// without case).
-        #[oai(validator(
-            pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff](?:[^\x00-\x1f\x7f-\x9f\ufffe\uffff]{0,98}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-        ))]
-        q: Query<Option<String>>,
+        q: Query<Option<In<FanSearch>>>,
         /// Only fans whose lifetime spend is at least this many cents.
         #[oai(
             name = "minValueCents",
@@ -398,10 +361,8 @@ impl FansApi {
     ) -> Result<ListFansResponse, ApiError> {
         let page = page(limit.0, offset.0);
         let filter = FanFilter {
-            tag: optional("tag", tag.0.as_deref(), |v| Line::parse(v, Tags::MAX_LEN))?
-                .map(|t| t.as_str().to_owned()),
-            search: optional("q", q.0.as_deref(), |v| Line::parse(v, SEARCH_MAX))?
-                .map(|t| t.as_str().to_owned()),
+            tag: tag.0.map(|t| t.into_inner().as_str().to_owned()),
+            search: q.0.map(|q| q.into_inner().as_str().to_owned()),
             min_value: min_value_cents
                 .0
                 .map(|v| field("minValueCents", Cents::new(v)))
@@ -430,10 +391,6 @@ impl FansApi {
     async fn create(
         &self,
         auth: BearerAuth,
-        /// Makes a retry safe: a repeat of the request with this key gets the first answer
-        /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key")]
-        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         body: JsonBody<CreateFan>,
         req: &poem::Request,
     ) -> Result<CreateFanResponse, ApiError> {

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use super::{
     ApiError, State,
     body::MAX_BODY,
-    rules::{IdempotencyKey, In},
+    rules::{IdempotencyKey, In, Rule},
 };
 
 pub const HEADER: &str = "idempotency-key";
@@ -131,13 +131,34 @@ fn kept(status: StatusCode) -> bool {
         ))
 }
 
+/// Whether a request's `Idempotency-Key` is honoured: on every `POST` under `/api`.
+pub fn honoured(method: &Method, path: &str) -> bool {
+    method == Method::POST && path.starts_with("/api/")
+}
+
+/// The header as `/openapi.json` declares it, once, on every route that honours it
+/// ([`contract::exact_document`](super::contract::exact_document)): handlers do not declare
+/// it, this layer reads it.
+pub fn parameter() -> serde_json::Value {
+    serde_json::json!({
+        "name": "Idempotency-Key",
+        "in": "header",
+        "description": "Makes a retry safe: a repeat of the request with this key gets the \
+                        first answer again and does nothing (24 hours, per user; see the README).",
+        "required": false,
+        "deprecated": false,
+        "explode": true,
+        "schema": IdempotencyKey::schema(),
+    })
+}
+
 /// Runs `req` with its `Idempotency-Key` honoured (see the module documentation).
 pub async fn idempotent<E: Endpoint>(
     ep: Arc<E>,
     mut req: Request,
     state: State,
 ) -> poem::Result<Response> {
-    let pass = req.method() != Method::POST || !req.uri().path().starts_with("/api/");
+    let pass = !honoured(req.method(), req.uri().path());
     let key = match key_of(&req) {
         _ if pass => None,
         Ok(key) => key,

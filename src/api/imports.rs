@@ -12,19 +12,14 @@ use poem::{FromRequest, Request, RequestBody, web::Multipart};
 use poem_openapi::{
     ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions, Multipart as MultipartForm,
     Object, OpenApi,
-    param::{Header, Query},
+    param::Query,
     payload::{Json, Payload},
     registry::{MetaMediaType, MetaRequest, Registry},
     types::multipart::Upload,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{
-    ApiError, ApiTags, BearerAuth, State, idempotency,
-    jobs::ImportSummary,
-    rules::{IdempotencyKey, In},
-    words::Word,
-};
+use super::{ApiError, ApiTags, BearerAuth, State, idempotency, jobs::ImportSummary, words::Word};
 
 pub struct ImportsApi {
     state: State,
@@ -253,10 +248,6 @@ impl ImportsApi {
     async fn import_csv(
         &self,
         auth: BearerAuth,
-        /// Makes a retry safe: a repeat of the request with this key gets the first answer
-        /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key")]
-        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         /// Seconds to wait for the import to finish before answering, at most 60.
         #[oai(validator(minimum(value = "0"), maximum(value = "60")))]
         wait: Query<Option<u64>>,

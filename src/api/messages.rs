@@ -7,7 +7,7 @@ use fanqueue_jobs::{
         deliveries,
         messages::{self, Message, MessageStatus, NewAttachment, Outgoing, PRIORITY_DEFAULT},
     },
-    domain::{CampaignId, Cents, FanId, Line, MessageId, Text, UserId},
+    domain::{CampaignId, Cents, FanId, MessageId, Text, UserId},
     idempotency::Effect,
     kinds::{
         SubmitError, bulk_send,
@@ -18,7 +18,7 @@ use fanqueue_jobs::{
 use poem::Request;
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
-    param::{Header, Path, Query},
+    param::{Path, Query},
     payload::Json,
 };
 use serde::Deserialize;
@@ -28,7 +28,7 @@ use super::{
     body::JsonBody,
     idempotency,
     ids::IdIn,
-    rules::{IdempotencyKey, In, Limit, MediaUrl, MessageText, Offset, page},
+    rules::{CampaignName, In, Limit, MediaUrl, MessageText, Offset, page},
     words::Word,
 };
 
@@ -78,10 +78,7 @@ pub struct BulkIn {
     #[oai(nullable, validator(max_items = 20))]
     pub media_urls: Option<Vec<In<MediaUrl>>>,
     /// One line of at most 200 characters (trimmed), no control characters.
-    #[oai(validator(
-        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff](?:[^\x00-\x1f\x7f-\x9f\ufffe\uffff]{0,198}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\ufffe\uffff])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-    ))]
-    pub campaign_name: String,
+    pub campaign_name: In<CampaignName>,
     #[oai(validator(minimum(value = "1"), maximum(value = "10")))]
     #[oai(nullable)]
     pub priority: Option<i64>,
@@ -397,10 +394,6 @@ impl MessagesApi {
     async fn send(
         &self,
         auth: BearerAuth,
-        /// Makes a retry safe: a repeat of the request with this key gets the first answer
-        /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key")]
-        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         body: JsonBody<SendIn>,
         req: &Request,
     ) -> Result<SendResponse, ApiError> {
@@ -436,10 +429,6 @@ impl MessagesApi {
     async fn bulk(
         &self,
         auth: BearerAuth,
-        /// Makes a retry safe: a repeat of the request with this key gets the first answer
-        /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key")]
-        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         body: JsonBody<BulkIn>,
         req: &Request,
     ) -> Result<BulkResponse, ApiError> {
@@ -473,8 +462,7 @@ impl MessagesApi {
                 ),
             ));
         }
-        let name = Line::parse(&b.campaign_name, campaigns::NAME_MAX)
-            .map_err(|e| ApiError::invalid("campaignName", e))?;
+        let name = b.campaign_name.into_inner();
         let message = outgoing(
             b.content.into_inner(),
             None,
@@ -668,10 +656,6 @@ impl MessagesApi {
     async fn retry(
         &self,
         auth: BearerAuth,
-        /// Makes a retry safe: a repeat of the request with this key gets the first answer
-        /// again and does nothing (24 hours, per user; see the README).
-        #[oai(name = "Idempotency-Key")]
-        _idempotency_key: Header<Option<In<IdempotencyKey>>>,
         id: Path<i64>,
         req: &Request,
     ) -> Result<RetryResponse, ApiError> {

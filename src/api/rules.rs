@@ -12,9 +12,9 @@
 use std::{borrow::Cow, fmt, marker::PhantomData};
 
 use fanqueue_jobs::{
-    crm::messages,
+    crm::{campaigns, fans, messages},
     db::Page,
-    domain::{Handle, HttpUrl, Text},
+    domain::{Handle, HttpUrl, Line, Platform, Tags, Text},
 };
 use poem_openapi::{
     registry::{MetaSchema, MetaSchemaRef},
@@ -22,6 +22,28 @@ use poem_openapi::{
 };
 use serde::{Deserialize, Deserializer, de};
 use serde_json::Value;
+
+/// Whitespace as `str::trim` strips it (ECMA's `\s` is another set).
+const SPACE: &str = r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+/// What a line never holds: control characters, U+FFFE and U+FFFF.
+const NOT_IN_LINE: &str = r"\x00-\x1f\x7f-\x9f\ufffe\uffff";
+/// What a text never holds: the same, but for tabs and line breaks.
+const NOT_IN_TEXT: &str = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff";
+
+/// The pattern of [`Line::parse`] with `max` characters: one line, not blank, at most `max`
+/// characters once trimmed.
+fn line_pattern(max: usize) -> String {
+    let inner = max.saturating_sub(2);
+    format!(
+        "^[{SPACE}]*[^{SPACE}{NOT_IN_LINE}](?:[^{NOT_IN_LINE}]{{0,{inner}}}[^{SPACE}{NOT_IN_LINE}])?[{SPACE}]*$"
+    )
+}
+
+/// The pattern of [`Text::parse`] (its length is the schema's `maxLength`): not blank, no
+/// control characters but tabs and line breaks.
+fn text_pattern() -> String {
+    format!("^[^{NOT_IN_TEXT}]*[^{SPACE}{NOT_IN_TEXT}][^{NOT_IN_TEXT}]*$")
+}
 
 /// One rule over a string: its schema and its parser.
 pub trait Rule: 'static {
@@ -129,10 +151,7 @@ impl Rule for MessageText {
                 "Not blank, at most 5,000 characters, no control characters but line breaks and tabs.",
             ),
             max_length: Some(messages::TEXT_MAX),
-            pattern: Some(
-                r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*$"
-                    .to_owned(),
-            ),
+            pattern: Some(text_pattern()),
             ..MetaSchema::new("string")
         }
     }
@@ -142,6 +161,116 @@ impl Rule for MessageText {
     }
 
     fn write(value: &Text) -> &str {
+        value.as_str()
+    }
+}
+
+/// A fan's notes: free text as a message's, up to 10,000 characters.
+pub struct FanNotes;
+
+impl Rule for FanNotes {
+    type Value = Text;
+    const NAME: &'static str = "string(notes)";
+
+    fn schema() -> MetaSchema {
+        MetaSchema {
+            max_length: Some(fans::NOTES_MAX),
+            pattern: Some(text_pattern()),
+            ..MetaSchema::new("string")
+        }
+    }
+
+    fn parse(raw: &str) -> Result<Text, String> {
+        Text::parse(raw, fans::NOTES_MAX).map_err(|e| e.to_string())
+    }
+
+    fn write(value: &Text) -> &str {
+        value.as_str()
+    }
+}
+
+/// Rules for one line of text ([`Line`]) of at most so many characters.
+macro_rules! line_rule {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $max:expr) => {
+        $(#[$doc])*
+        pub struct $ty;
+
+        impl Rule for $ty {
+            type Value = Line;
+            const NAME: &'static str = $name;
+
+            fn schema() -> MetaSchema {
+                MetaSchema {
+                    pattern: Some(line_pattern($max)),
+                    ..MetaSchema::new("string")
+                }
+            }
+
+            fn parse(raw: &str) -> Result<Line, String> {
+                Line::parse(raw, $max).map_err(|e| e.to_string())
+            }
+
+            fn write(value: &Line) -> &str {
+                value.as_str()
+            }
+        }
+    };
+}
+
+line_rule!(
+    /// A fan's display name.
+    FanName,
+    "string(fan name)",
+    fans::NAME_MAX
+);
+line_rule!(
+    /// A campaign's name.
+    CampaignName,
+    "string(campaign name)",
+    campaigns::NAME_MAX
+);
+line_rule!(
+    /// One of a fan's tags (and the fan list's `tag` filter).
+    FanTag,
+    "string(tag)",
+    Tags::MAX_LEN
+);
+line_rule!(
+    /// What the fan list's `q` looks for in handles and names.
+    FanSearch,
+    "string(search)",
+    fans::SEARCH_MAX
+);
+
+/// A platform a client types: onlyfans, fansly or other, case and surrounding spaces aside.
+pub struct PlatformName;
+
+impl Rule for PlatformName {
+    type Value = Platform;
+    const NAME: &'static str = "string(platform)";
+
+    fn schema() -> MetaSchema {
+        // Each word's letters in either case: JSON Schema has no case-insensitive flag.
+        let words: Vec<String> = Platform::ALL
+            .iter()
+            .map(|p| {
+                p.as_str()
+                    .chars()
+                    .map(|c| format!("[{}{}]", c.to_ascii_uppercase(), c))
+                    .collect()
+            })
+            .collect();
+        MetaSchema {
+            pattern: Some(format!("^[{SPACE}]*(?:{})[{SPACE}]*$", words.join("|"))),
+            ..MetaSchema::new("string")
+        }
+    }
+
+    fn parse(raw: &str) -> Result<Platform, String> {
+        Platform::parse_input(raw).map_err(|e| e.to_string())
+    }
+
+    fn write(value: &Platform) -> &str {
         value.as_str()
     }
 }
@@ -402,6 +531,48 @@ mod tests {
             "a!",
             "@@x",
             "a.b-c_d",
+        ]);
+        let line = "x".repeat(200);
+        let long_line = "x".repeat(201);
+        let lines = [
+            "Jane Doe",
+            "  Jane  ",
+            "a",
+            "",
+            "   ",
+            "a\nb",
+            "a\tb",
+            "\u{3000}a\u{85}",
+            "a\u{fffe}",
+            "a\u{9f}",
+            "é ü",
+            &line,
+            &long_line,
+        ];
+        agree::<FanName>(&lines);
+        agree::<CampaignName>(&lines);
+        agree::<FanTag>(&lines);
+        agree::<FanTag>(&[&"t".repeat(50), &"t".repeat(51), " vip "]);
+        agree::<FanSearch>(&[&"q".repeat(100), &"q".repeat(101), " jane "]);
+        let notes = "n".repeat(10_000);
+        let long_notes = "n".repeat(10_001);
+        agree::<FanNotes>(&[
+            "Met at a show.\nLikes cats.",
+            "",
+            " \n ",
+            "a\u{1}",
+            &notes,
+            &long_notes,
+        ]);
+        agree::<PlatformName>(&[
+            "onlyfans",
+            " OnlyFans ",
+            "FANSLY",
+            "other",
+            "x",
+            "",
+            "only fans",
+            "fansly2",
         ]);
         agree::<IdempotencyKey>(&[
             "k",

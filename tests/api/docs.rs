@@ -256,6 +256,22 @@ async fn the_constraints_the_server_enforces_are_declared() {
     assert!(ulid.as_str().unwrap().contains("{26}"), "{ulid}");
     let key = param("/api/crm/fans", "post", "Idempotency-Key");
     assert!(key["pattern"].is_string(), "{key}");
+    // Every POST under /api honours the header (and says so once); nothing else declares it.
+    let mut keyed = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let declared = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["name"] == "Idempotency-Key" && p["in"] == "header")
+                .count();
+            let honoured = method == "post" && path.starts_with("/api/");
+            assert_eq!(declared, usize::from(honoured), "{method} {path}");
+            keyed += declared;
+        }
+    }
+    assert_eq!(keyed, 11, "the POST routes under /api");
     assert_eq!(
         param("/api/onlyfans/import/csv", "post", "wait")["maximum"],
         60.0

@@ -20,6 +20,8 @@ use crate::{
 /// Bounds of a fan's free-form fields.
 pub const NAME_MAX: usize = 200;
 pub const NOTES_MAX: usize = 10_000;
+/// The longest text the fan list's search looks for.
+pub const SEARCH_MAX: usize = 100;
 
 /// A fan as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
