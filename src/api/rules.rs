@@ -25,6 +25,8 @@ use serde_json::Value;
 
 /// Whitespace as `str::trim` strips it (ECMA's `\s` is another set).
 const SPACE: &str = r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+/// Control characters.
+const CONTROL: &str = r"\x00-\x1f\x7f-\x9f";
 /// What a line never holds: control characters, U+FFFE and U+FFFF.
 const NOT_IN_LINE: &str = r"\x00-\x1f\x7f-\x9f\ufffe\uffff";
 /// What a text never holds: the same, but for tabs and line breaks.
@@ -137,237 +139,163 @@ impl<R: Rule + Send + Sync> ToJSON for In<R> {
     }
 }
 
-/// A message's text (sends, campaigns, conversation messages): not blank, at most 5,000
-/// characters, no control characters but line breaks and tabs, no U+FFFE/U+FFFF.
-pub struct MessageText;
-
-impl Rule for MessageText {
-    type Value = Text;
-    const NAME: &'static str = "string(message text)";
-
-    fn schema() -> MetaSchema {
-        MetaSchema {
-            description: Some(
-                "Not blank, at most 5,000 characters, no control characters but line breaks and tabs.",
-            ),
-            max_length: Some(messages::TEXT_MAX),
-            pattern: Some(text_pattern()),
-            ..MetaSchema::new("string")
-        }
-    }
-
-    fn parse(raw: &str) -> Result<Text, String> {
-        Text::parse(raw, messages::TEXT_MAX).map_err(|e| e.to_string())
-    }
-
-    fn write(value: &Text) -> &str {
-        value.as_str()
-    }
-}
-
-/// A fan's notes: free text as a message's, up to 10,000 characters.
-pub struct FanNotes;
-
-impl Rule for FanNotes {
-    type Value = Text;
-    const NAME: &'static str = "string(notes)";
-
-    fn schema() -> MetaSchema {
-        MetaSchema {
-            max_length: Some(fans::NOTES_MAX),
-            pattern: Some(text_pattern()),
-            ..MetaSchema::new("string")
-        }
-    }
-
-    fn parse(raw: &str) -> Result<Text, String> {
-        Text::parse(raw, fans::NOTES_MAX).map_err(|e| e.to_string())
-    }
-
-    fn write(value: &Text) -> &str {
-        value.as_str()
-    }
-}
-
-/// Rules for one line of text ([`Line`]) of at most so many characters.
-macro_rules! line_rule {
-    ($(#[$doc:meta])* $ty:ident, $name:literal, $max:expr) => {
+/// A rule under a domain parser: `$parse` is the only way in, the value writes back with
+/// `as_str`, and `$schema` says the same for clients.
+macro_rules! rule {
+    ($(#[$doc:meta])* $ty:ident: $value:ty as $name:literal, schema: $schema:expr, parse: $parse:expr $(,)?) => {
         $(#[$doc])*
         pub struct $ty;
 
         impl Rule for $ty {
-            type Value = Line;
+            type Value = $value;
             const NAME: &'static str = $name;
 
             fn schema() -> MetaSchema {
-                MetaSchema {
-                    pattern: Some(line_pattern($max)),
-                    ..MetaSchema::new("string")
-                }
+                $schema
             }
 
-            fn parse(raw: &str) -> Result<Line, String> {
-                Line::parse(raw, $max).map_err(|e| e.to_string())
+            fn parse(raw: &str) -> Result<$value, String> {
+                ($parse)(raw).map_err(|e| e.to_string())
             }
 
-            fn write(value: &Line) -> &str {
+            fn write(value: &$value) -> &str {
                 value.as_str()
             }
         }
     };
 }
 
-line_rule!(
+/// A string schema with `pattern` and, when given, `maxLength`.
+fn string(pattern: String, max_length: Option<usize>) -> MetaSchema {
+    MetaSchema {
+        pattern: Some(pattern),
+        max_length,
+        ..MetaSchema::new("string")
+    }
+}
+
+rule!(
+    /// A message's text (sends, campaigns, conversation messages): not blank, at most 5,000
+    /// characters, no control characters but line breaks and tabs, no U+FFFE/U+FFFF.
+    MessageText: Text as "string(message text)",
+    schema: MetaSchema {
+        description: Some(
+            "Not blank, at most 5,000 characters, no control characters but line breaks and tabs.",
+        ),
+        ..string(text_pattern(), Some(messages::TEXT_MAX))
+    },
+    parse: |raw| Text::parse(raw, messages::TEXT_MAX),
+);
+
+rule!(
+    /// A fan's notes: free text as a message's, up to 10,000 characters.
+    FanNotes: Text as "string(notes)",
+    schema: string(text_pattern(), Some(fans::NOTES_MAX)),
+    parse: |raw| Text::parse(raw, fans::NOTES_MAX),
+);
+
+rule!(
     /// A fan's display name.
-    FanName,
-    "string(fan name)",
-    fans::NAME_MAX
+    FanName: Line as "string(fan name)",
+    schema: string(line_pattern(fans::NAME_MAX), None),
+    parse: |raw| Line::parse(raw, fans::NAME_MAX),
 );
-line_rule!(
+
+rule!(
     /// A campaign's name.
-    CampaignName,
-    "string(campaign name)",
-    campaigns::NAME_MAX
+    CampaignName: Line as "string(campaign name)",
+    schema: string(line_pattern(campaigns::NAME_MAX), None),
+    parse: |raw| Line::parse(raw, campaigns::NAME_MAX),
 );
-line_rule!(
+
+rule!(
     /// One of a fan's tags (and the fan list's `tag` filter).
-    FanTag,
-    "string(tag)",
-    Tags::MAX_LEN
+    FanTag: Line as "string(tag)",
+    schema: string(line_pattern(Tags::MAX_LEN), None),
+    parse: |raw| Line::parse(raw, Tags::MAX_LEN),
 );
-line_rule!(
+
+rule!(
     /// What the fan list's `q` looks for in handles and names.
-    FanSearch,
-    "string(search)",
-    fans::SEARCH_MAX
+    FanSearch: Line as "string(search)",
+    schema: string(line_pattern(fans::SEARCH_MAX), None),
+    parse: |raw| Line::parse(raw, fans::SEARCH_MAX),
 );
 
-/// A platform a client types: onlyfans, fansly or other, case and surrounding spaces aside.
-pub struct PlatformName;
+rule!(
+    /// A platform a client types: onlyfans, fansly or other, case and surrounding spaces aside.
+    PlatformName: Platform as "string(platform)",
+    schema: string(platform_pattern(), None),
+    parse: Platform::parse_input,
+);
 
-impl Rule for PlatformName {
-    type Value = Platform;
-    const NAME: &'static str = "string(platform)";
-
-    fn schema() -> MetaSchema {
-        // Each word's letters in either case: JSON Schema has no case-insensitive flag.
-        let words: Vec<String> = Platform::ALL
-            .iter()
-            .map(|p| {
-                p.as_str()
-                    .chars()
-                    .map(|c| format!("[{}{}]", c.to_ascii_uppercase(), c))
-                    .collect()
-            })
-            .collect();
-        MetaSchema {
-            pattern: Some(format!("^[{SPACE}]*(?:{})[{SPACE}]*$", words.join("|"))),
-            ..MetaSchema::new("string")
-        }
-    }
-
-    fn parse(raw: &str) -> Result<Platform, String> {
-        Platform::parse_input(raw).map_err(|e| e.to_string())
-    }
-
-    fn write(value: &Platform) -> &str {
-        value.as_str()
-    }
+/// Each platform's word with its letters in either case (JSON Schema has no flag for case).
+fn platform_pattern() -> String {
+    let words: Vec<String> = Platform::ALL
+        .iter()
+        .map(|p| {
+            p.as_str()
+                .chars()
+                .map(|c| format!("[{}{}]", c.to_ascii_uppercase(), c))
+                .collect()
+        })
+        .collect();
+    format!("^[{SPACE}]*(?:{})[{SPACE}]*$", words.join("|"))
 }
 
-/// A media or attachment URL (and an avatar): an absolute http(s) URL with a host and no
-/// spaces, surrounding whitespace ignored.
-pub struct MediaUrl;
-
-impl Rule for MediaUrl {
-    type Value = HttpUrl;
-    const NAME: &'static str = "string(http url)";
-
-    fn schema() -> MetaSchema {
-        MetaSchema {
-            description: Some("An absolute http(s) URL with a host, no spaces, at most 2048 bytes."),
-            pattern: Some(
-                r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*https?://[^/?#\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]*[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-                    .to_owned(),
+rule!(
+    /// A media or attachment URL (and an avatar): an absolute http(s) URL with a host and no
+    /// spaces, surrounding whitespace ignored.
+    MediaUrl: HttpUrl as "string(http url)",
+    schema: MetaSchema {
+        description: Some("An absolute http(s) URL with a host, no spaces, at most 2048 bytes."),
+        ..string(
+            format!(
+                "^[{SPACE}]*https?://[^/?#{SPACE}{CONTROL}][^{SPACE}{CONTROL}]*[{SPACE}]*$"
             ),
-            ..MetaSchema::new("string")
-        }
-    }
+            None,
+        )
+    },
+    parse: HttpUrl::parse,
+);
 
-    fn parse(raw: &str) -> Result<HttpUrl, String> {
-        HttpUrl::parse(raw).map_err(|e| e.to_string())
-    }
+rule!(
+    /// A fan's handle on the platform: `@name` or `name`, 1 to 64 letters, digits, `_`, `.` or
+    /// `-`, matched without case (surrounding whitespace ignored).
+    FanHandle: Handle as "string(handle)",
+    schema: MetaSchema {
+        description: Some(
+            "`@name` or `name`: 1 to 64 letters, digits, `_`, `.` or `-`, matched without case.",
+        ),
+        ..string(format!("^[{SPACE}]*@*[\\w.-]{{1,64}}[{SPACE}]*$"), None)
+    },
+    parse: Handle::parse,
+);
 
-    fn write(value: &HttpUrl) -> &str {
-        value.as_str()
-    }
-}
+rule!(
+    /// `Idempotency-Key`: 1 to 255 printable ASCII characters, not starting or ending with a
+    /// space (HTTP strips those from a header value anyway).
+    IdempotencyKey: String as "string(idempotency key)",
+    schema: string(r"^[!-~](?:[ -~]{0,253}[!-~])?$".to_owned(), None),
+    parse: idempotency_key,
+);
 
-/// A fan's handle on the platform: `@name` or `name`, 1 to 64 letters, digits, `_`, `.` or
-/// `-`, matched without case (surrounding whitespace ignored).
-pub struct FanHandle;
+/// The longest `Idempotency-Key`.
+pub const IDEMPOTENCY_KEY_MAX: usize = 255;
 
-impl Rule for FanHandle {
-    type Value = Handle;
-    const NAME: &'static str = "string(handle)";
-
-    fn schema() -> MetaSchema {
-        MetaSchema {
-            description: Some(
-                "`@name` or `name`: 1 to 64 letters, digits, `_`, `.` or `-`, matched without case.",
-            ),
-            pattern: Some(
-                r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*@*[\w.-]{1,64}[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-                    .to_owned(),
-            ),
-            ..MetaSchema::new("string")
-        }
-    }
-
-    fn parse(raw: &str) -> Result<Handle, String> {
-        Handle::parse(raw).map_err(|e| e.to_string())
-    }
-
-    fn write(value: &Handle) -> &str {
-        value.as_str()
-    }
-}
-
-/// `Idempotency-Key`: 1 to 255 printable ASCII characters, not starting or ending with a space
-/// (HTTP strips those from a header value anyway).
-pub struct IdempotencyKey;
-
-impl IdempotencyKey {
-    pub const MAX_LEN: usize = 255;
-}
-
-impl Rule for IdempotencyKey {
-    type Value = String;
-    const NAME: &'static str = "string(idempotency key)";
-
-    fn schema() -> MetaSchema {
-        MetaSchema {
-            pattern: Some(r"^[!-~](?:[ -~]{0,253}[!-~])?$".to_owned()),
-            ..MetaSchema::new("string")
-        }
-    }
-
-    fn parse(raw: &str) -> Result<String, String> {
-        let printable = |b: &u8| (0x20..0x7f).contains(b);
-        let bytes = raw.as_bytes();
-        if (1..=Self::MAX_LEN).contains(&bytes.len())
-            && bytes.iter().all(printable)
-            && bytes.first() != Some(&b' ')
-            && bytes.last() != Some(&b' ')
-        {
-            Ok(raw.to_owned())
-        } else {
-            Err("must be 1 to 255 printable ASCII characters".to_owned())
-        }
-    }
-
-    fn write(value: &String) -> &str {
-        value
+fn idempotency_key(raw: &str) -> Result<String, String> {
+    let printable = |b: &u8| (0x20..0x7f).contains(b);
+    let bytes = raw.as_bytes();
+    if (1..=IDEMPOTENCY_KEY_MAX).contains(&bytes.len())
+        && bytes.iter().all(printable)
+        && bytes.first() != Some(&b' ')
+        && bytes.last() != Some(&b' ')
+    {
+        Ok(raw.to_owned())
+    } else {
+        Err(format!(
+            "must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters"
+        ))
     }
 }
 
