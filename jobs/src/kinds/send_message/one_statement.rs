@@ -25,7 +25,7 @@ use crate::{
     kinds::{Backpressure, SubmitError},
 };
 
-/// `$1..$9`: one element per send, in request order (`ord`); `fan_id` or `conversation_id`
+/// `$1..$9`: one element per send, in request order (`ord`); `to_fan` or `to_conversation`
 /// is NULL. `$10`: the creator's backlog limit (NULL for none). `$11`: when the sends are
 /// stored. Per send (`ord` order): its backlog before it, its rank among its creator's sends
 /// of the group (`nth`), its fan when found, and when stored, its message (`m.*`), how many
