@@ -11,7 +11,7 @@
 //! writes both, one change at a time.
 
 #[allow(dead_code)]
-#[path = "../tests/api/helpers.rs"]
+#[path = "../tests/api/helpers/mod.rs"]
 mod helpers;
 
 use std::time::{Duration, Instant};

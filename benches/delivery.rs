@@ -20,7 +20,7 @@
 //! rate ÷ creators × the per-creator rate.
 
 #[allow(dead_code)]
-#[path = "../tests/api/helpers.rs"]
+#[path = "../tests/api/helpers/mod.rs"]
 mod helpers;
 
 use std::{

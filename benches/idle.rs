@@ -11,7 +11,7 @@
 //!    worker must still start a stored job at once.
 
 #[allow(dead_code)]
-#[path = "../tests/api/helpers.rs"]
+#[path = "../tests/api/helpers/mod.rs"]
 mod helpers;
 #[path = "common/quantile.rs"]
 mod quantile;

@@ -13,7 +13,7 @@ use crate::{
     helpers::{Backend, TestApp, error_of, json_of},
 };
 
-both!(
+crate::on_both_backends!(backend:
     analytics_figures_match_a_direct_computation_over_the_rows,
     bad_analytics_queries_are_400,
 );

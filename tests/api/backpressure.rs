@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, error_of, json_of, spawn_api_only};
 
-both!(
+crate::on_both_backends!(backend:
     a_creator_at_the_backlog_limit_gets_429_backlog_full_and_nothing_is_created,
     concurrent_sends_past_the_limit_fill_exactly_the_room_and_their_estimates_are_a_slot_apart,
 );

@@ -8,9 +8,9 @@ use fanqueue_jobs::{outbound::OutboundQueue, runtime::Dispatcher};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, Sim, TestApp, json_of, spawn_app_with, with_platform};
+use crate::helpers::{Backend, Sim, TestApp, eventually, json_of, spawn_app_with, with_platform};
 
-both!(
+crate::on_both_backends!(backend:
     a_message_reaches_the_platform_once_under_its_id_and_is_recorded_sent,
     higher_priority_goes_first_and_one_creators_backlog_does_not_hold_up_another,
     a_run_of_500s_is_retried_then_delivered,
@@ -48,18 +48,20 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        dispatcher.run_once().await.expect("a dispatcher pass");
-        if done().await {
-            return;
+    let (within, every) = (Duration::from_secs(30), Duration::from_millis(20));
+    eventually(what, within, every, || {
+        let pass = dispatcher.run_once();
+        let done = done();
+        async move {
+            pass.await.expect("a dispatcher pass");
+            if done.await {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not done within 30 s: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Waits until every job of `user` is final (their messages are on the outbound queue).

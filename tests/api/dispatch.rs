@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{ApiClient, AppProcess, Deployment, Sim, instant, run_fanqueue};
+use crate::helpers::{ApiClient, AppProcess, Deployment, Sim, eventually, instant, run_fanqueue};
 
 /// An estimate is a slot's time; an arrival is that plus the request's way to the platform.
 const TRANSIT: chrono::TimeDelta = chrono::TimeDelta::milliseconds(100);
@@ -39,19 +39,16 @@ pub fn busiest_minute(arrivals: &[DateTime<Utc>]) -> usize {
 
 /// Waits until the stand-in has `n` deliveries (at most `timeout`).
 async fn delivered(sim: &Sim, n: usize, timeout: Duration) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
+    let every = Duration::from_millis(100);
+    eventually(&format!("{n} deliveries"), timeout, every, || async {
         let d = sim.deliveries().await;
         if d.len() >= n {
-            return d;
+            Ok(d)
+        } else {
+            Err(format!("{} deliveries", d.len()))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {n} deliveries within {timeout:?}",
-            d.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,15 +354,15 @@ async fn on_sqs_a_message_out_of_attempts_is_failed_and_in_the_dlq_with_its_last
     let d = Deployment::start(&sim.messages_url(), 600, &crate::helpers::redis_url()).await;
     let n = d.campaign(1, 2).await;
     let _a = d.dispatcher();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while d.statuses().await.get("failed").copied() != Some(n as i64) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not failed within 60 s: {:?}",
-            d.statuses().await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (within, every) = (Duration::from_secs(60), Duration::from_millis(200));
+    eventually("every message failed", within, every, || async {
+        let statuses = d.statuses().await;
+        match statuses.get("failed") {
+            Some(&failed) if failed == n as i64 => Ok(()),
+            _ => Err(format!("{statuses:?}")),
+        }
+    })
+    .await;
     // Five attempts each (the default), every one answered 500, none delivered.
     let stats = sim.stats().await;
     assert_eq!(stats["rejected"]["500"], 5 * n as u64, "{stats}");

@@ -9,7 +9,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ApiClient, AppProcess, Deployment, Queue, Sim, aws_endpoint, generated_csv, redis_url,
+    ApiClient, AppProcess, Deployment, Queue, Sim, aws_endpoint, eventually, generated_csv,
+    redis_url,
 };
 
 const FANS: usize = 10;
@@ -21,24 +22,8 @@ const FAIL_500: u32 = 4;
 /// The two 4xx messages are refused once each: failed at once, not in the DLQ.
 const FAIL_400: u32 = 2;
 
-/// Polls `check` until it gives a value (at most `timeout`); `what` names the wait.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(state) => assert!(
-                std::time::Instant::now() < deadline,
-                "{what}: not within {timeout:?}; last seen {state}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+/// How often the test looks again.
+const EVERY: Duration = Duration::from_millis(200);
 
 fn sum(jobs: &[Value], field: &str) -> u64 {
     jobs.iter()
@@ -131,13 +116,18 @@ async fn import_campaign_failures_dlq_sweep_and_retry_end_with_every_message_sen
     assert!(accepted["estimatedCompletionTime"].is_string());
     let campaign = accepted["campaignId"].as_i64().unwrap();
     let campaign_path = format!("/api/crm/campaigns/{campaign}");
-    eventually("the platform's 429", Duration::from_secs(30), || async {
-        let stats = sim.stats().await;
-        match stats["rejected"]["429"] == 1 {
-            true => Ok(()),
-            false => Err(stats.to_string()),
-        }
-    })
+    eventually(
+        "the platform's 429",
+        Duration::from_secs(30),
+        EVERY,
+        || async {
+            let stats = sim.stats().await;
+            match stats["rejected"]["429"] == 1 {
+                true => Ok(()),
+                false => Err(stats.to_string()),
+            }
+        },
+    )
     .await;
     sim.faults(json!({ "fail500": FAIL_500, "fail400": FAIL_400 }))
         .await;
@@ -158,7 +148,7 @@ async fn import_campaign_failures_dlq_sweep_and_retry_end_with_every_message_sen
 
     // 4. The sweeper reads the two dead-lettered copies, finds them failed with their reason,
     // and empties the DLQ; later sweeps find nothing more.
-    let sweeps = eventually("the DLQ swept", Duration::from_secs(30), || async {
+    let sweeps = eventually("the DLQ swept", Duration::from_secs(30), EVERY, || async {
         let jobs = operator.get("/api/jobs?kind=sweep&limit=200").await["items"]
             .as_array()
             .unwrap()

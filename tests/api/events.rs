@@ -10,7 +10,7 @@ use crate::{
     helpers::{Backend, TestApp, at, error_of, instant, json_of, spawn_app},
 };
 
-both!(
+crate::on_both_backends!(backend:
     concurrent_batches_of_the_same_events_apply_each_once_without_a_5xx,
     events_apply_once_and_campaigns_and_fans_agree_with_them,
     a_fans_value_history_records_every_change_with_its_source,

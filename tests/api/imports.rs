@@ -1,5 +1,7 @@
 //! CSV imports end to end: upload, job, poll, summary, fans.
 
+use std::time::Duration;
+
 use fanqueue_jobs::{
     engine::{JobKind, relay::OutboxRelay},
     kinds::import_csv::ImportCsv,
@@ -8,8 +10,8 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{
-    Backend, SAMPLE_CSV, TestApp, error_of, generated_csv, handles_of, json_of, spawn_api_only,
-    spawn_app_with, summary, with_redis_jobs, with_s3,
+    Backend, SAMPLE_CSV, TestApp, error_of, eventually, generated_csv, handles_of, json_of,
+    spawn_api_only, spawn_app_with, summary, with_redis_jobs, with_s3,
 };
 
 crate::on_both_backends!(
@@ -310,22 +312,20 @@ async fn cancelling_a_running_import_keeps_committed_batches_and_says_where_it_s
 ) {
     let id = app.import(1, "big.csv", generated_csv(60_000)).await;
     // Wait until it runs and has committed something, then cancel.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
+    let (within, every) = (Duration::from_secs(60), Duration::from_millis(20));
+    eventually("the import started", within, every, || async {
         let job = json_of(app.get(1, &format!("/api/jobs/{id}")).await, StatusCode::OK).await;
-        if job["progress"]["done"].as_i64().unwrap() > 0 {
-            break;
-        }
         assert!(
             job["status"] != "succeeded",
             "finished before it could be cancelled: {job}"
         );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "import never started: {job}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        if job["progress"]["done"].as_i64().unwrap() > 0 {
+            Ok(())
+        } else {
+            Err(job.to_string())
+        }
+    })
+    .await;
     let cancelled = json_of(
         app.delete(1, &format!("/api/jobs/{id}")).await,
         StatusCode::ACCEPTED,

@@ -1,27 +1,5 @@
 //! End-to-end tests over HTTP against real databases (SQLite files and PostgreSQL) and Redis.
 
-/// Runs each `async fn(Backend)` on SQLite and on PostgreSQL.
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(crate::helpers::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(crate::helpers::Backend::Postgres).await
-                }
-            )*
-        }
-    };
-}
-
 mod analytics;
 mod app;
 mod auth;

@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{AppProcess, JWT_SECRET};
+use crate::helpers::{AppProcess, JWT_SECRET, eventually};
 
 /// A PostgreSQL server of the test's own, on a free port, in a temp directory.
 struct OwnPostgres {
@@ -183,18 +183,21 @@ async fn monitoring_is_unhealthy_with_503_while_postgres_is_down_and_healthy_aga
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
 
     pg.up();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = get(&client, &monitoring, Some(&op)).await;
-        if status == StatusCode::OK && body["status"] == "healthy" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still {status} after PostgreSQL came back: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let (within, every) = (Duration::from_secs(30), Duration::from_millis(300));
+    eventually(
+        "healthy after PostgreSQL came back",
+        within,
+        every,
+        || async {
+            let (status, body) = get(&client, &monitoring, Some(&op)).await;
+            if status == StatusCode::OK && body["status"] == "healthy" {
+                Ok(())
+            } else {
+                Err(format!("{status}: {body}"))
+            }
+        },
+    )
+    .await;
     let (status, _) = get(&client, &format!("{}/readyz", api.address), None).await;
     assert_eq!(status, StatusCode::OK);
 }

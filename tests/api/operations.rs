@@ -13,7 +13,7 @@ use crate::{
     helpers::{Backend, TestApp, error_of, json_of},
 };
 
-both!(
+crate::on_both_backends!(backend:
     a_sweep_records_the_dlq_once_redrives_what_the_queue_gave_up_on_and_a_second_changes_nothing,
     past_its_redrives_a_message_fails_with_the_reason_and_its_campaign_retries_once,
     two_sweepers_on_one_tick_make_one_sweep,

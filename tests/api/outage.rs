@@ -3,13 +3,13 @@
 //! is back, the job that was running when it went finishes with every row exactly once and
 //! new jobs run.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
 
 use crate::helpers::{
-    ApiClient, AppProcess, Backend, JWT_SECRET, TestDb, cut, generated_csv, postgres_admin_url,
-    restore,
+    ApiClient, AppProcess, Backend, JWT_SECRET, TestDb, cut, eventually, generated_csv,
+    postgres_admin_url, restore,
 };
 
 const ROWS: usize = 20_000;
@@ -48,15 +48,16 @@ async fn workers_run_jobs_again_after_their_database_was_unreachable_and_lose_no
         kinds.dedup();
         kinds
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while kinds_lost(&worker) != ["bulk_send", "import_csv", "send_message"] {
-        assert!(
-            Instant::now() < deadline,
-            "the workers did not all notice the outage: {:?}",
-            kinds_lost(&worker)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (within, every) = (Duration::from_secs(60), Duration::from_millis(200));
+    eventually("every worker noticed the outage", within, every, || async {
+        let lost = kinds_lost(&worker);
+        if lost == ["bulk_send", "import_csv", "send_message"] {
+            Ok(())
+        } else {
+            Err(format!("{lost:?}"))
+        }
+    })
+    .await;
     restore(&mut admin, name).await;
     assert!(
         worker.child.try_wait().unwrap().is_none(),

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::helpers::{Backend, TestApp, error_of, generated_csv, json_of, spawn_api_only};
+use crate::helpers::{
+    Backend, TestApp, error_of, eventually, generated_csv, json_of, spawn_api_only,
+};
 
-both!(a_full_server_sheds_with_503_and_retry_after_then_serves_again);
+crate::on_both_backends!(backend: a_full_server_sheds_with_503_and_retry_after_then_serves_again);
 
 async fn a_full_server_sheds_with_503_and_retry_after_then_serves_again(backend: Backend) {
     // One request at a time, and a short wait for the slot.
@@ -56,8 +58,8 @@ async fn a_full_server_sheds_with_503_and_retry_after_then_serves_again(backend:
 
 /// Polls until a request is shed: the holder is in its slot.
 async fn wait_until_full(app: &TestApp) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let (within, every) = (Duration::from_secs(10), Duration::from_millis(20));
+    eventually("the import holding the slot", within, every, || async {
         let resp = app
             .client
             .get(app.url("/api/crm/fans"))
@@ -65,13 +67,10 @@ async fn wait_until_full(app: &TestApp) {
             .await
             .unwrap();
         // Unauthenticated requests are gated too; 503 means the slot is held.
-        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
-            return;
+        match resp.status() {
+            StatusCode::SERVICE_UNAVAILABLE => Ok(()),
+            other => Err(other.to_string()),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the import never held the slot"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backend, SAMPLE_CSV, TestApp, json_of, spawn_app_with, summary};
 
-both!(every_request_example_of_the_seed_guides_works_as_written);
+crate::on_both_backends!(backend: every_request_example_of_the_seed_guides_works_as_written);
 
 /// Asserts that `v` has every one of `fields` (a null counts: the field is there).
 fn has(v: &Value, fields: &[&str]) {

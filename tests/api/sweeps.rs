@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    AppProcess, Deployment, JWT_SECRET, Queue, Sim, json_of, redis_url, sqs_client,
+    AppProcess, Deployment, JWT_SECRET, Queue, Sim, eventually, json_of, redis_url, sqs_client,
 };
 
 /// Moves every message of `from` to `to` as SQS's redrive does when a queue gives up on a
@@ -105,15 +105,16 @@ async fn two_sweep_processes_record_each_dlq_message_once_and_redrive_what_the_q
     sim.faults(json!({ "userId": "2", "fail500": 2 })).await;
     d.campaign(2, 2).await;
     let _dispatcher = d.dispatcher();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while d.statuses().await.get("failed") != Some(&2) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            d.statuses().await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (within, every) = (Duration::from_secs(60), Duration::from_millis(200));
+    eventually("two messages failed", within, every, || async {
+        let s = d.statuses().await;
+        if s.get("failed") == Some(&2) {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
     assert_eq!(dlq_depth(&sqs, &d.dlq).await, 5);
 
     let refs: Vec<(&str, &str)> = d
@@ -125,18 +126,17 @@ async fn two_sweep_processes_record_each_dlq_message_once_and_redrive_what_the_q
     let _one = AppProcess::spawn_until(&["sweep"], &refs, d.dir.path(), "sweeper running");
     let _two = AppProcess::spawn_until(&["sweep"], &refs, d.dir.path(), "sweeper running");
     // The three given up on are re-driven and delivered; the two failed stay failed.
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
+    let (within, every) = (Duration::from_secs(90), Duration::from_millis(300));
+    eventually("the re-driven three sent", within, every, || async {
         let s = d.statuses().await;
-        if s.get("sent") == Some(&3)
-            && s.get("failed") == Some(&2)
-            && dlq_depth(&sqs, &d.dlq).await == 0
-        {
-            break;
+        let depth = dlq_depth(&sqs, &d.dlq).await;
+        if s.get("sent") == Some(&3) && s.get("failed") == Some(&2) && depth == 0 {
+            Ok(())
+        } else {
+            Err(format!("{s:?}, {depth} on the DLQ"))
         }
-        assert!(std::time::Instant::now() < deadline, "{s:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    })
+    .await;
     // A few more ticks: sweeps with nothing left to do.
     let client = reqwest::Client::new();
     let keys = fanqueue::auth::JwtKeys::new(&secrecy::SecretString::from(JWT_SECRET));
@@ -146,15 +146,16 @@ async fn two_sweep_processes_record_each_dlq_message_once_and_redrive_what_the_q
         Duration::from_secs(600),
     );
     let settled = sweeps(&client, &d.api, &op).await.len();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let jobs = loop {
+    let (within, every) = (Duration::from_secs(30), Duration::from_millis(300));
+    let jobs = eventually("three more sweeps", within, every, || async {
         let jobs = sweeps(&client, &d.api, &op).await;
         if jobs.len() >= settled + 3 && jobs.iter().all(|j| j["status"] == "succeeded") {
-            break jobs;
+            Ok(jobs)
+        } else {
+            Err(format!("{jobs:?}"))
         }
-        assert!(std::time::Instant::now() < deadline, "{jobs:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    })
+    .await;
     // One sweep per tick, however many sweepers: no more sweeps than ticks went by.
     let elapsed = started.elapsed().as_secs();
     assert!(

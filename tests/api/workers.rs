@@ -9,8 +9,8 @@ use serde_json::json;
 use sqlx::Connection;
 
 use crate::helpers::{
-    ApiClient, AppProcess, Backend, JWT_SECRET, TestDb, aws_endpoint, free_port, generated_csv,
-    samples,
+    ApiClient, AppProcess, Backend, JWT_SECRET, TestDb, aws_endpoint, eventually, free_port,
+    generated_csv, samples,
 };
 
 /// The environment of a distributed deployment on `database_url`, with uploads on the S3
@@ -219,23 +219,30 @@ async fn send_all(fans: Vec<(ApiClient, i64)>, sends: usize) {
 
 /// Waits (at most 60 s) until `sends` outbound messages are on the outbound queue.
 async fn wait_on_queue(conn: &mut sqlx::PgConnection, sends: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (on_queue,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM messages WHERE direction = 'out' AND enqueued_at IS NOT NULL",
-        )
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-        if on_queue == sends as i64 {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{on_queue} of {sends} messages on the queue after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (within, every) = (Duration::from_secs(60), Duration::from_millis(50));
+    let conn = std::sync::Arc::new(tokio::sync::Mutex::new(conn));
+    eventually(
+        &format!("{sends} messages on the queue"),
+        within,
+        every,
+        || {
+            let conn = conn.clone();
+            async move {
+                let (on_queue,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM messages WHERE direction = 'out' AND enqueued_at IS NOT NULL",
+            )
+            .fetch_one(&mut **conn.lock().await)
+            .await
+            .unwrap();
+                if on_queue == sends as i64 {
+                    Ok(())
+                } else {
+                    Err(format!("{on_queue} on it"))
+                }
+            }
+        },
+    )
+    .await
 }
 
 /// The worker's fetch counters for queue `send_message`, from its `/metrics`: (fetches, tasks).

@@ -1,0 +1,243 @@
+//! The HTTP client of the tests, and what they read from its answers.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// A client of a running server (an [`AppProcess`]) acting as one user.
+pub struct ApiClient {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub token: String,
+}
+
+impl ApiClient {
+    /// User `user` of the server at `base` (tokens signed with [`JWT_SECRET`]).
+    pub fn new(base: &str, user: i64) -> Self {
+        let keys = JwtKeys::new(&SecretString::from(JWT_SECRET));
+        ApiClient {
+            client: reqwest::Client::new(),
+            base: base.to_owned(),
+            token: keys.issue(UserId(user), Duration::from_secs(3600)),
+        }
+    }
+
+    /// `GET path`, asserting 200; the JSON body.
+    pub async fn get(&self, path: &str) -> Value {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("request sent");
+        json_of(resp, StatusCode::OK).await
+    }
+
+    /// `POST path` with a JSON body, asserting the `expected` status; the JSON body.
+    pub async fn post(&self, path: &str, body: &Value, expected: StatusCode) -> Value {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        json_of(resp, expected).await
+    }
+
+    /// Uploads `bytes` as the CSV `name`, asserting 202; the job id.
+    pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> String {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned());
+        let resp = self
+            .client
+            .post(format!("{}/api/onlyfans/import/csv", self.base))
+            .bearer_auth(&self.token)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+            .await
+            .expect("upload sent");
+        json_of(resp, StatusCode::ACCEPTED).await["jobId"]
+            .as_str()
+            .expect("a jobId")
+            .to_owned()
+    }
+
+    /// An operator (user `user`) of the server at `base`.
+    pub fn operator(base: &str, user: i64) -> Self {
+        let keys = JwtKeys::new(&SecretString::from(JWT_SECRET));
+        ApiClient {
+            token: keys.issue_as(
+                UserId(user),
+                fanqueue::auth::Role::Operator,
+                Duration::from_secs(3600),
+            ),
+            ..Self::new(base, user)
+        }
+    }
+
+    /// Every outbound message of the user as the API shows it, read conversation by
+    /// conversation (up to 200 conversations of up to 200 messages).
+    pub async fn outbound_messages(&self) -> Vec<Value> {
+        let conversations = self.get("/api/crm/conversations?limit=200").await;
+        let mut out = vec![];
+        for c in conversations["items"].as_array().unwrap() {
+            let page = self
+                .get(&format!(
+                    "/api/crm/conversations/{}/messages?limit=200",
+                    c["id"]
+                ))
+                .await;
+            out.extend(
+                page["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|m| m["direction"] == "out")
+                    .cloned(),
+            );
+        }
+        out
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        self.get(&format!("/api/jobs/{id}")).await
+    }
+
+    /// Polls the job until it is final; panics after `timeout`.
+    pub async fn wait_job(&self, id: &str, timeout: Duration) -> Value {
+        wait_job_at(&self.client, &self.base, &self.token, id, timeout).await
+    }
+
+    /// Polls the campaign until it is `completed` (at most `timeout`); returns it.
+    pub async fn wait_campaign(&self, id: i64, timeout: Duration) -> Value {
+        let every = Duration::from_millis(200);
+        eventually(
+            &format!("campaign {id} completed"),
+            timeout,
+            every,
+            || async {
+                let c = self.get(&format!("/api/crm/campaigns/{id}")).await;
+                if c["status"] == "completed" {
+                    Ok(c)
+                } else {
+                    Err(c.to_string())
+                }
+            },
+        )
+        .await
+    }
+
+    /// Polls until the job's `progress.done` reaches `at_least` (60 s at most) and returns
+    /// it; fails if the job finishes first.
+    pub async fn wait_progress(&self, id: &str, at_least: u64) -> u64 {
+        let (within, every) = (Duration::from_secs(60), Duration::from_millis(5));
+        eventually("the job's progress", within, every, || async {
+            let job = self.job(id).await;
+            let done = job["progress"]["done"].as_u64().unwrap();
+            assert!(
+                job["status"] != "succeeded",
+                "the job finished before it could be interrupted: {job}"
+            );
+            if done >= at_least {
+                Ok(done)
+            } else {
+                Err(job.to_string())
+            }
+        })
+        .await
+    }
+}
+
+/// The instant a JSON timestamp stands for (the API writes RFC 3339 with an offset).
+pub fn instant(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    v.as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .unwrap_or_else(|| panic!("not an RFC 3339 timestamp: {v}"))
+        .to_utc()
+}
+
+pub fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+    s.parse().expect("a test timestamp")
+}
+
+/// Polls `GET /api/jobs/{id}` on `base` until the job is final; panics after `timeout`.
+pub async fn wait_job_at(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    id: &str,
+    timeout: Duration,
+) -> Value {
+    let every = Duration::from_millis(100);
+    eventually(&format!("job {id} final"), timeout, every, || async {
+        let resp = client
+            .get(format!("{base}/api/jobs/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("job poll sent");
+        let job = json_of(resp, StatusCode::OK).await;
+        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+            Ok(job)
+        } else {
+            Err(job.to_string())
+        }
+    })
+    .await
+}
+
+/// The summary of a succeeded import job.
+pub fn summary(job: &Value) -> Value {
+    assert_eq!(job["status"], "succeeded", "the import succeeded: {job}");
+    job["result"]["summary"].clone()
+}
+
+/// A CSV of `n` distinct fans with the SPEC's header.
+pub fn generated_csv(n: usize) -> Vec<u8> {
+    let mut out =
+        String::from("Username,Display Name,Email,Subscription Tier,Total Spent,Last Seen\n");
+    for i in 0..n {
+        out.push_str(&format!(
+            "fan{i},Fan {i},fan{i}@example.com,Tier{},${}.{:02},2025-01-{:02}\n",
+            i % 3,
+            i % 5000,
+            i % 100,
+            1 + i % 28
+        ));
+    }
+    out.into_bytes()
+}
+
+pub const SAMPLE_CSV: &str = include_str!("../../fixtures/onlyfans_export.csv");
+
+/// The handles of a page of fans, in order.
+pub fn handles_of(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["handle"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Asserts the status, then returns the JSON body.
+pub async fn json_of(resp: Response, expected: StatusCode) -> Value {
+    let status = resp.status();
+    let text = resp.text().await.expect("a body");
+    assert_eq!(status, expected, "unexpected status; body: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("body is not JSON ({e}): {text}"))
+}
+
+/// Asserts a JSON error envelope with this status and code; returns the error object.
+pub async fn error_of(resp: Response, expected: StatusCode, code: &str) -> Value {
+    let body = json_of(resp, expected).await;
+    assert_eq!(body["error"]["code"], code, "error code; body: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "error message; body: {body}"
+    );
+    body["error"].clone()
+}
