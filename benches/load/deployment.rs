@@ -72,6 +72,15 @@ pub(crate) struct Deployment {
     _testdb: Option<TestDb>,
 }
 
+/// See [`Deployment::pressure`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Pressure {
+    pub(crate) checkpoints: i64,
+    pub(crate) autovacuums: i64,
+    pub(crate) autoanalyzes: i64,
+    pub(crate) waiting: i64,
+}
+
 pub(crate) struct DrainFigures {
     pub(crate) backlog: usize,
     pub(crate) seconds: f64,
@@ -319,12 +328,18 @@ impl Deployment {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let after: f64 = self.pids().iter().filter_map(|(_, p)| cpu_of(*p)).sum();
             if active == 0 && after - before < 0.05 {
-                return;
+                break;
             }
             if Instant::now() > deadline {
                 eprintln!("the deployment is still busy after two minutes; going on");
-                return;
+                break;
             }
+        }
+        // Each step starts with its WAL budget whole: PostgreSQL's requested checkpoints
+        // (past max_wal_size) otherwise land in whichever step the writes before it led up
+        // to, and that step's p99 measures the checkpoint rather than the route.
+        if let Db::Postgres(pool) = &self.db {
+            sqlx::query("CHECKPOINT").execute(pool).await.unwrap();
         }
     }
 
@@ -339,6 +354,40 @@ impl Deployment {
             .await
             .unwrap());
         n
+    }
+
+    /// What else PostgreSQL is doing, as counters to take differences of: checkpoints (the
+    /// cluster's), autovacuum and autoanalyze runs on this database's tables, and the
+    /// creators' waiting messages. Zeros on SQLite.
+    pub(crate) async fn pressure(&self) -> Pressure {
+        let Db::Postgres(pool) = &self.db else {
+            return Pressure::default();
+        };
+        let (checkpoints,): (i64,) =
+            sqlx::query_as("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        let (autovacuums, autoanalyzes): (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(autovacuum_count), 0)::bigint,
+                    COALESCE(SUM(autoanalyze_count), 0)::bigint
+             FROM pg_stat_all_tables WHERE schemaname IN ('public', 'apalis')",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let (waiting,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM messages WHERE direction = 'out' AND status = 'queued'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        Pressure {
+            checkpoints,
+            autovacuums,
+            autoanalyzes,
+            waiting,
+        }
     }
 
     /// Refreshes PostgreSQL's statistics. A fresh database's describe the job tables as

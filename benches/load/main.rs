@@ -30,7 +30,7 @@
 //! one step's backlog does not slow the next.
 
 #[allow(dead_code)]
-#[path = "../../tests/api/helpers.rs"]
+#[path = "../../tests/api/helpers/mod.rs"]
 mod helpers;
 
 mod deployment;
@@ -373,9 +373,41 @@ async fn sweep_step(d: &Deployment, lg: &Gen, opts: &Opts) {
     d.settle().await;
     let rate = opts.sweep_rate;
     let window = Duration::from_secs(30);
-    let build_up = Duration::from_secs_f64(opts.sweep_minutes * 60.0);
     let sweeper = d.sweeper().await;
-    let load = lg.open_loop(d, Route::Send, rate, build_up, None).await;
+    // The build-up a minute at a time, with what PostgreSQL did in each: where the route's
+    // p99 goes as the tables grow, and beside what.
+    println!(
+        "## {:.0} minutes of sends at {rate:.0}/s before a sweep ({}), minute by minute\n",
+        opts.sweep_minutes,
+        d.shape()
+    );
+    println!(
+        "| minute | sends | p50 ms | p99 ms | errors | checkpoints | autovacuums | autoanalyzes | queued messages at its end |"
+    );
+    println!("|---:|---:|---:|---:|---|---:|---:|---:|---:|");
+    let mut left = Duration::from_secs_f64(opts.sweep_minutes * 60.0);
+    let (mut minute, mut sent) = (0, 0);
+    while !left.is_zero() {
+        let chunk = left.min(Duration::from_secs(60));
+        left -= chunk;
+        minute += 1;
+        let start = d.pressure().await;
+        let run = lg.open_loop(d, Route::Send, rate, chunk, None).await;
+        let end = d.pressure().await;
+        sent += run.sent;
+        println!(
+            "| {minute} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
+            run.sent,
+            run.pct(0.5),
+            run.pct(0.99),
+            run.errors(),
+            end.checkpoints - start.checkpoints,
+            end.autovacuums - start.autovacuums,
+            end.autoanalyzes - start.autoanalyzes,
+            end.waiting
+        );
+    }
+    println!();
     let before = lg.open_loop(d, Route::Send, rate, window, None).await;
     let stop = CancellationToken::new();
     let during = {
@@ -402,7 +434,7 @@ async fn sweep_step(d: &Deployment, lg: &Gen, opts: &Opts) {
     println!("|---:|---:|---:|---:|---:|---:|---:|---|");
     println!(
         "| {} | {} | {} | {took:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
-        load.sent + before.sent,
+        sent + before.sent,
         report.pruned_jobs,
         report.pruned_tasks,
         before.pct(0.99),
