@@ -390,6 +390,27 @@ impl Deployment {
         }
     }
 
+    /// A warning when this PostgreSQL runs without autovacuum (a CI configuration may turn it
+    /// off): minutes of load then leave dead rows and stale statistics no deployment would
+    /// have, and the figures say so.
+    pub(crate) async fn autovacuum_off(&self) -> Option<String> {
+        let Db::Postgres(pool) = &self.db else {
+            return None;
+        };
+        let (setting, file): (String, Option<String>) =
+            sqlx::query_as("SELECT setting, sourcefile FROM pg_settings WHERE name = 'autovacuum'")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        (setting == "off").then(|| {
+            format!(
+                "**autovacuum is off on this PostgreSQL** ({}): no table is vacuumed or \
+                 analyzed during the build-up.",
+                file.unwrap_or_else(|| "set at start".into())
+            )
+        })
+    }
+
     /// Refreshes PostgreSQL's statistics. A fresh database's describe the job tables as
     /// empty (they were analyzed when seeded); in a running deployment autovacuum keeps them
     /// current within a minute of the load, and the steps should run with the plans it has.

@@ -381,6 +381,9 @@ async fn sweep_step(d: &Deployment, lg: &Gen, opts: &Opts) {
         opts.sweep_minutes,
         d.shape()
     );
+    if let Some(off) = d.autovacuum_off().await {
+        println!("{off}\n");
+    }
     println!(
         "| minute | sends | p50 ms | p99 ms | errors | checkpoints | autovacuums | autoanalyzes | queued messages at its end |"
     );
