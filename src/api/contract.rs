@@ -14,10 +14,13 @@ use std::{
     sync::Arc,
 };
 
-use poem::{Endpoint, IntoResponse, Request, Response, http::StatusCode};
+use poem::{
+    Endpoint, IntoResponse, Request, Response,
+    http::{Method, StatusCode},
+};
 use serde_json::{Map, Value};
 
-use super::idempotency;
+use super::rules::{IdempotencyKey, Rule};
 
 /// The document as served: poem-openapi's, with the two rules above applied.
 pub fn exact_document(raw: &str) -> String {
@@ -54,6 +57,27 @@ pub fn exact_document(raw: &str) -> String {
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| raw.to_owned())
 }
 
+/// Whether a request's `Idempotency-Key` is honoured: on every `POST` under `/api` (the
+/// idempotency layer asks, and the document says so).
+pub fn honoured(method: &Method, path: &str) -> bool {
+    method == Method::POST && path.starts_with("/api/")
+}
+
+/// The header as `/openapi.json` declares it, once, on every route that honours it: handlers
+/// do not declare it, the idempotency layer (`super::idempotency`) reads it.
+pub fn parameter() -> serde_json::Value {
+    serde_json::json!({
+        "name": "Idempotency-Key",
+        "in": "header",
+        "description": "Makes a retry safe: a repeat of the request with this key gets the \
+                        first answer again and does nothing (24 hours, per user; see the README).",
+        "required": false,
+        "deprecated": false,
+        "explode": true,
+        "schema": IdempotencyKey::schema(),
+    })
+}
+
 /// The `Idempotency-Key` header on every operation that honours it, declared here once
 /// rather than on each handler.
 fn declare_idempotency_key(doc: &mut Value) {
@@ -63,7 +87,7 @@ fn declare_idempotency_key(doc: &mut Value) {
     for (path, item) in paths.iter_mut() {
         for (method, op) in item.as_object_mut().into_iter().flatten() {
             let method = method.to_uppercase().parse().unwrap_or_default();
-            if !idempotency::honoured(&method, path) {
+            if !honoured(&method, path) {
                 continue;
             }
             let parameters = op.as_object_mut().map(|op| {
@@ -71,7 +95,7 @@ fn declare_idempotency_key(doc: &mut Value) {
                     .or_insert_with(|| Value::Array(vec![]))
             });
             if let Some(Value::Array(parameters)) = parameters {
-                parameters.push(idempotency::parameter());
+                parameters.push(parameter());
             }
         }
     }

@@ -20,14 +20,15 @@ use std::{fmt::Write as _, sync::Arc};
 use fanqueue_jobs::idempotency::{self, Claim, Effect, Guard, Kept};
 use poem::{
     Body, Endpoint, IntoResponse, Request, Response,
-    http::{HeaderName, HeaderValue, Method, StatusCode},
+    http::{HeaderName, HeaderValue, StatusCode},
 };
 use sha2::{Digest, Sha256};
 
 use super::{
     ApiError, State,
     body::MAX_BODY,
-    rules::{IdempotencyKey, In, Rule},
+    contract::honoured,
+    rules::{IdempotencyKey, In},
 };
 
 pub const HEADER: &str = "idempotency-key";
@@ -129,27 +130,6 @@ fn kept(status: StatusCode) -> bool {
                 | StatusCode::UNAUTHORIZED
                 | StatusCode::REQUEST_TIMEOUT
         ))
-}
-
-/// Whether a request's `Idempotency-Key` is honoured: on every `POST` under `/api`.
-pub fn honoured(method: &Method, path: &str) -> bool {
-    method == Method::POST && path.starts_with("/api/")
-}
-
-/// The header as `/openapi.json` declares it, once, on every route that honours it
-/// ([`contract::exact_document`](super::contract::exact_document)): handlers do not declare
-/// it, this layer reads it.
-pub fn parameter() -> serde_json::Value {
-    serde_json::json!({
-        "name": "Idempotency-Key",
-        "in": "header",
-        "description": "Makes a retry safe: a repeat of the request with this key gets the \
-                        first answer again and does nothing (24 hours, per user; see the README).",
-        "required": false,
-        "deprecated": false,
-        "explode": true,
-        "schema": IdempotencyKey::schema(),
-    })
 }
 
 /// Runs `req` with its `Idempotency-Key` honoured (see the module documentation).
@@ -256,6 +236,8 @@ fn replay(answer: Kept) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use poem::http::Method;
+
     use super::*;
 
     fn request(content_type: &str) -> Request {
