@@ -218,27 +218,25 @@ async fn send_all(fans: Vec<(ApiClient, i64)>, sends: usize) {
 }
 
 /// Waits (at most 60 s) until `sends` outbound messages are on the outbound queue.
-async fn wait_on_queue(conn: &mut sqlx::PgConnection, sends: usize) {
+async fn wait_on_queue(url: &str, sends: usize) {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let pool = &pool;
     let (within, every) = (Duration::from_secs(60), Duration::from_millis(50));
-    let conn = std::sync::Arc::new(tokio::sync::Mutex::new(conn));
     eventually(
         &format!("{sends} messages on the queue"),
         within,
         every,
-        || {
-            let conn = conn.clone();
-            async move {
-                let (on_queue,): (i64,) = sqlx::query_as(
+        || async move {
+            let (on_queue,): (i64,) = sqlx::query_as(
                 "SELECT COUNT(*) FROM messages WHERE direction = 'out' AND enqueued_at IS NOT NULL",
             )
-            .fetch_one(&mut **conn.lock().await)
+            .fetch_one(pool)
             .await
             .unwrap();
-                if on_queue == sends as i64 {
-                    Ok(())
-                } else {
-                    Err(format!("{on_queue} on it"))
-                }
+            if on_queue == sends as i64 {
+                Ok(())
+            } else {
+                Err(format!("{on_queue} on it"))
             }
         },
     )
@@ -291,8 +289,7 @@ async fn a_busy_worker_fetches_at_most_once_every_20_ms() {
     let started = std::time::Instant::now();
     let before = send_fetches(&metrics).await;
     send_all(fans, SENDS).await;
-    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-    wait_on_queue(&mut conn, SENDS).await;
+    wait_on_queue(&url, SENDS).await;
     let after = send_fetches(&metrics).await;
     let elapsed = started.elapsed();
 
@@ -337,8 +334,8 @@ async fn an_api_announces_stored_tasks_at_most_once_every_20_ms() {
 
     let started = std::time::Instant::now();
     send_all(fans, SENDS).await;
+    wait_on_queue(&url, SENDS).await;
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-    wait_on_queue(&mut conn, SENDS).await;
     let elapsed = started.elapsed();
     let (tasks,): (i64,) =
         sqlx::query_as("SELECT COUNT(*) FROM apalis.jobs WHERE job_type = 'send_message'")
