@@ -98,15 +98,14 @@ async fn analytics_figures_match_a_direct_computation_over_the_rows(backend: Bac
             _ => None,
         };
         let fan = app
-            .create_fan(
-                1,
-                json!({ "handle": format!("@f{i}"), "valueCents": (i * 37) % 500, "lastSeenAt": seen }),
+            .user(1).create_fan(json!({ "handle": format!("@f{i}"), "valueCents": (i * 37) % 500, "lastSeenAt": seen }),
             )
             .await;
         ids.push(fan["id"].as_i64().unwrap());
     }
     // Another creator's big spender is not in creator 1's figures.
-    app.create_fan(2, json!({ "handle": "@whale", "valueCents": 99_999 }))
+    app.user(2)
+        .create_fan(json!({ "handle": "@whale", "valueCents": 99_999 }))
         .await;
     // Revenue over several days, weeks and months.
     let events: Vec<Value> = (0..20)
@@ -116,40 +115,39 @@ async fn analytics_figures_match_a_direct_computation_over_the_rows(backend: Bac
                     "at": at.to_rfc3339(), "fanId": ids[i as usize % ids.len()], "amountCents": 100 + i * 10 })
         })
         .collect();
-    json_of(
-        app.post(1, "/api/onlyfans/events", &json!({ "events": events }))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    app.user(1)
+        .post_json(
+            "/api/onlyfans/events",
+            &json!({ "events": events }),
+            StatusCode::OK,
+        )
+        .await;
     // An edit that lowers a value counts against its day.
     json_of(
-        app.put(
-            1,
-            &format!("/api/crm/fans/{}", ids[13]),
-            &json!({ "valueCents": 1 }),
-        )
-        .await,
+        app.user(1)
+            .put(
+                &format!("/api/crm/fans/{}", ids[13]),
+                &json!({ "valueCents": 1 }),
+            )
+            .await,
         StatusCode::OK,
     )
     .await;
     // A campaign of four: three delivered, one refused by the platform.
     sim.faults(json!({ "userId": "1", "fail400": 1 })).await;
     let bulk = json!({ "recipientIds": &ids[..4], "content": "hi", "campaignName": "Four" });
-    let campaign = json_of(
-        app.post(1, "/api/messages/bulk", &bulk).await,
-        StatusCode::ACCEPTED,
-    )
-    .await["campaignId"]
+    let campaign = app
+        .user(1)
+        .post_json("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
+        .await["campaignId"]
         .as_i64()
         .unwrap();
     jobs_done(&app, 1).await;
     until(&dispatcher, "the campaign is final", || async {
-        let c = json_of(
-            app.get(1, &format!("/api/crm/campaigns/{campaign}")).await,
-            StatusCode::OK,
-        )
-        .await;
+        let c = app
+            .user(1)
+            .get_json(&format!("/api/crm/campaigns/{campaign}"))
+            .await;
         c["metrics"]["sent"].as_i64().unwrap() + c["metrics"]["failed"].as_i64().unwrap() == 4
     })
     .await;
@@ -157,7 +155,7 @@ async fn analytics_figures_match_a_direct_computation_over_the_rows(backend: Bac
     let r = rows(&app, 1).await;
     for period in ["day", "week", "month"] {
         let url = format!("/api/crm/analytics?period={period}&from=2026-01-01&activeDays=30");
-        let a = json_of(app.get(1, &url).await, StatusCode::OK).await;
+        let a = app.user(1).get_json(&url).await;
 
         assert_eq!(a["totalFans"], r.fans.len() as i64, "{a}");
         let active = r
@@ -236,12 +234,10 @@ async fn analytics_figures_match_a_direct_computation_over_the_rows(backend: Bac
         );
     }
     // Revenue is the net change of value: the periods add up to the changes in the range.
-    let a = json_of(
-        app.get(1, "/api/crm/analytics?period=month&from=2026-01-01")
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    let a = app
+        .user(1)
+        .get_json("/api/crm/analytics?period=month&from=2026-01-01")
+        .await;
     let total: i64 = a["periods"]
         .as_array()
         .unwrap()
@@ -262,7 +258,10 @@ async fn bad_analytics_queries_are_400(backend: Backend) {
         "from=0001-01-01",
         "to=9999-12-31&from=9999-12-30&period=month",
     ] {
-        let resp = app.get(1, &format!("/api/crm/analytics?{query}")).await;
+        let resp = app
+            .user(1)
+            .get(&format!("/api/crm/analytics?{query}"))
+            .await;
         if query.starts_with("to=9999") {
             // The last possible month is still a month.
             json_of(resp, StatusCode::OK).await;

@@ -115,7 +115,7 @@ async fn bad_tokens_get_a_json_401_on_reads_and_writes(app: TestApp) {
         }
     }
     // Nothing was written by any of those.
-    let page = json_of(app.get(1, "/api/crm/fans").await, StatusCode::OK).await;
+    let page = app.user(1).get_json("/api/crm/fans").await;
     assert_eq!(page["total"], 0);
 }
 

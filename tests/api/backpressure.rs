@@ -25,21 +25,24 @@ async fn a_creator_at_the_backlog_limit_gets_429_backlog_full_and_nothing_is_cre
     let mut fans = vec![];
     for i in 0..4 {
         let fan = app
-            .create_fan(1, json!({ "handle": format!("f{i}") }))
+            .user(1)
+            .create_fan(json!({ "handle": format!("f{i}") }))
             .await;
         fans.push(fan["id"].as_i64().unwrap());
     }
     let send = |fan: i64| json!({ "recipientId": fan, "content": "Hello!" });
     for fan in &fans[..3] {
         let resp = app
-            .post(1, "/api/onlyfans/messages/send", &send(*fan))
+            .user(1)
+            .post("/api/onlyfans/messages/send", &send(*fan))
             .await;
         json_of(resp, StatusCode::ACCEPTED).await;
     }
     let before = counts(&app).await;
 
     let resp = app
-        .post(1, "/api/onlyfans/messages/send", &send(fans[3]))
+        .user(1)
+        .post("/api/onlyfans/messages/send", &send(fans[3]))
         .await;
     let retry_after = resp.headers().get("retry-after").cloned();
     let err = error_of(resp, StatusCode::TOO_MANY_REQUESTS, "backlog_full").await;
@@ -48,7 +51,7 @@ async fn a_creator_at_the_backlog_limit_gets_429_backlog_full_and_nothing_is_cre
     assert_eq!(retry_after.unwrap(), "6");
 
     let bulk = json!({ "recipientIds": fans, "content": "Offer", "campaignName": "Full" });
-    let resp = app.post(1, "/api/messages/bulk", &bulk).await;
+    let resp = app.user(1).post("/api/messages/bulk", &bulk).await;
     let retry_after = resp.headers().get("retry-after").cloned();
     let err = error_of(resp, StatusCode::TOO_MANY_REQUESTS, "backlog_full").await;
     assert_eq!(err["backlog"], 3, "{err}");
@@ -57,10 +60,10 @@ async fn a_creator_at_the_backlog_limit_gets_429_backlog_full_and_nothing_is_cre
 
     assert_eq!(counts(&app).await, before, "nothing was created");
     // Another creator's backlog is their own.
-    let other = app.create_fan(2, json!({ "handle": "g" })).await;
+    let other = app.user(2).create_fan(json!({ "handle": "g" })).await;
     let resp = app
+        .user(2)
         .post(
-            2,
             "/api/onlyfans/messages/send",
             &send(other["id"].as_i64().unwrap()),
         )
@@ -82,7 +85,8 @@ async fn concurrent_sends_past_the_limit_fill_exactly_the_room_and_their_estimat
     let mut fans = vec![];
     for i in 0..12 {
         let fan = app
-            .create_fan(1, json!({ "handle": format!("c{i}") }))
+            .user(1)
+            .create_fan(json!({ "handle": format!("c{i}") }))
             .await;
         fans.push(fan["id"].as_i64().unwrap());
     }
@@ -90,9 +94,10 @@ async fn concurrent_sends_past_the_limit_fill_exactly_the_room_and_their_estimat
         .iter()
         .map(|fan| json!({ "recipientId": fan, "content": "Hi" }))
         .collect();
+    let creator = app.user(1);
     let sends = bodies
         .iter()
-        .map(|body| app.post(1, "/api/onlyfans/messages/send", body));
+        .map(|body| creator.post("/api/onlyfans/messages/send", body));
     let mut accepted = vec![];
     let mut refused = 0;
     for resp in futures::future::join_all(sends).await {
@@ -107,11 +112,7 @@ async fn concurrent_sends_past_the_limit_fill_exactly_the_room_and_their_estimat
         }
     }
     assert_eq!((accepted.len(), refused), (5, 7));
-    let status = json_of(
-        app.get(1, "/api/onlyfans/messages/status").await,
-        StatusCode::OK,
-    )
-    .await;
+    let status = app.user(1).get_json("/api/onlyfans/messages/status").await;
     assert_eq!(status["queueDepth"], 5, "{status}");
     // Each accepted send counted the ones before it: five slots of 6 s, one per message.
     let mut etas: Vec<chrono::DateTime<chrono::Utc>> = accepted
@@ -127,13 +128,9 @@ async fn concurrent_sends_past_the_limit_fill_exactly_the_room_and_their_estimat
 
 /// The creator's queued messages, campaigns and jobs, as the API shows them.
 async fn counts(app: &TestApp) -> (Value, Value, Value) {
-    let status = json_of(
-        app.get(1, "/api/onlyfans/messages/status").await,
-        StatusCode::OK,
-    )
-    .await;
-    let campaigns = json_of(app.get(1, "/api/crm/campaigns").await, StatusCode::OK).await;
-    let jobs = json_of(app.get(1, "/api/jobs").await, StatusCode::OK).await;
+    let status = app.user(1).get_json("/api/onlyfans/messages/status").await;
+    let campaigns = app.user(1).get_json("/api/crm/campaigns").await;
+    let jobs = app.user(1).get_json("/api/jobs").await;
     (
         status["queueDepth"].clone(),
         campaigns["total"].clone(),

@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, error_of, json_of};
+use crate::helpers::{TestApp, error_of};
 
 crate::on_both_backends!(
     // These tests send many writes; the quota is tested in limits.rs.
@@ -32,7 +32,7 @@ async fn post_raw(
 }
 
 async fn assert_nothing_created(app: &TestApp) {
-    let page = json_of(app.get(1, "/api/crm/fans").await, StatusCode::OK).await;
+    let page = app.user(1).get_json("/api/crm/fans").await;
     assert_eq!(page["total"], 0, "a refused request created a fan");
 }
 
@@ -58,7 +58,7 @@ async fn bad_fan_bodies_are_400s_naming_the_field(app: TestApp) {
         (json!({ "handle": "two words" }), "handle"),
     ];
     for (body, field) in cases {
-        let resp = app.post(1, "/api/crm/fans", &body).await;
+        let resp = app.user(1).post("/api/crm/fans", &body).await;
         let err = error_of(resp, StatusCode::BAD_REQUEST, "invalid_field").await;
         assert!(
             err["message"].as_str().unwrap().contains(field),
@@ -68,7 +68,8 @@ async fn bad_fan_bodies_are_400s_naming_the_field(app: TestApp) {
     assert_nothing_created(&app).await;
 
     let fan = app
-        .create_fan(1, json!({ "handle": "ok", "valueCents": 10 }))
+        .user(1)
+        .create_fan(json!({ "handle": "ok", "valueCents": 10 }))
         .await;
     let path = format!("/api/crm/fans/{}", fan["id"]);
     for (body, field) in [
@@ -77,7 +78,7 @@ async fn bad_fan_bodies_are_400s_naming_the_field(app: TestApp) {
         (json!({ "tags": [""] }), "tags"),
     ] {
         let err = error_of(
-            app.put(1, &path, &body).await,
+            app.user(1).put(&path, &body).await,
             StatusCode::BAD_REQUEST,
             "invalid_field",
         )
@@ -87,7 +88,7 @@ async fn bad_fan_bodies_are_400s_naming_the_field(app: TestApp) {
             "{body}: {err}"
         );
     }
-    let after = json_of(app.get(1, &path).await, StatusCode::OK).await;
+    let after = app.user(1).get_json(&path).await;
     assert_eq!(
         crate::fans::without_history(&after),
         fan,
@@ -98,7 +99,7 @@ async fn bad_fan_bodies_are_400s_naming_the_field(app: TestApp) {
 async fn a_one_megabyte_name_is_a_400(app: TestApp) {
     let body = json!({ "handle": "big", "name": "n".repeat(1024 * 1024) });
     let err = error_of(
-        app.post(1, "/api/crm/fans", &body).await,
+        app.user(1).post("/api/crm/fans", &body).await,
         StatusCode::BAD_REQUEST,
         "invalid_field",
     )
@@ -108,7 +109,7 @@ async fn a_one_megabyte_name_is_a_400(app: TestApp) {
     // Past the body limit the answer is 413, still JSON.
     let huge = json!({ "handle": "big", "notes": "n".repeat(3 * 1024 * 1024) });
     error_of(
-        app.post(1, "/api/crm/fans", &huge).await,
+        app.user(1).post("/api/crm/fans", &huge).await,
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
     )
@@ -178,7 +179,7 @@ async fn bad_ids_and_query_parameters_are_400s(app: TestApp) {
         "/api/crm/conversations/x/messages",
     ] {
         let err = error_of(
-            app.get(1, path).await,
+            app.user(1).get(path).await,
             StatusCode::BAD_REQUEST,
             "invalid_field",
         )
@@ -194,7 +195,7 @@ async fn bad_ids_and_query_parameters_are_400s(app: TestApp) {
         ("/api/crm/fans?tag=%00", "tag"),
     ] {
         let err = error_of(
-            app.get(1, path).await,
+            app.user(1).get(path).await,
             StatusCode::BAD_REQUEST,
             "invalid_field",
         )
@@ -207,12 +208,17 @@ async fn bad_ids_and_query_parameters_are_400s(app: TestApp) {
         "/api/crm/fans/-4",
         "/api/crm/conversations/123456",
     ] {
-        error_of(app.get(1, path).await, StatusCode::NOT_FOUND, "not_found").await;
+        error_of(
+            app.user(1).get(path).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
     }
 }
 
 async fn a_sweep_of_malformed_requests_never_gets_a_5xx(app: TestApp) {
-    let (_, conv) = app.fan_with_conversation(1, "target").await;
+    let (_, conv) = app.user(1).fan_with_conversation("target").await;
     let bodies: Vec<Vec<u8>> = vec![
         b"".to_vec(),
         b"null".to_vec(),
@@ -276,11 +282,10 @@ async fn a_sweep_of_malformed_requests_never_gets_a_5xx(app: TestApp) {
             }
         }
     }
-    let c = json_of(
-        app.get(1, &format!("/api/crm/conversations/{conv}")).await,
-        StatusCode::OK,
-    )
-    .await;
+    let c = app
+        .user(1)
+        .get_json(&format!("/api/crm/conversations/{conv}"))
+        .await;
     assert_eq!(
         c["unreadCount"], 0,
         "no malformed inbound message was recorded"

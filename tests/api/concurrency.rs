@@ -2,7 +2,7 @@
 //! route answer without a 5xx, every accepted write is there afterwards, and a refused or
 //! failed request leaves the caller's quotas as they were.
 
-use reqwest::{RequestBuilder, StatusCode};
+use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, generated_csv, json_of, spawn_app};
@@ -52,11 +52,8 @@ fn accepted(results: &[(StatusCode, Value)], ok: StatusCode, route: &str) -> Vec
 async fn writes_left(app: &TestApp, user: i64) -> usize {
     for i in 0..=60 {
         let resp = app
-            .post(
-                user,
-                "/api/crm/fans",
-                &json!({ "handle": format!("left{i}") }),
-            )
+            .user(user)
+            .post("/api/crm/fans", &json!({ "handle": format!("left{i}") }))
             .await;
         match resp.status() {
             StatusCode::CREATED => {}
@@ -70,40 +67,36 @@ async fn writes_left(app: &TestApp, user: i64) -> usize {
 /// How many messages the conversation holds.
 async fn messages_in(app: &TestApp, user: i64, conv: i64) -> usize {
     let path = format!("/api/crm/conversations/{conv}/messages?limit=1");
-    let page = json_of(app.get(user, &path).await, StatusCode::OK).await;
+    let page = app.user(user).get_json(&path).await;
     page["total"].as_u64().unwrap() as usize
-}
-
-fn authed(app: &TestApp, user: i64, req: RequestBuilder) -> RequestBuilder {
-    req.bearer_auth(app.token(user))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_writes_per_route_answer_without_5xx_and_keep_every_accepted_write() {
     let app = spawn_app(Backend::Sqlite).await;
-    let c = &app.client;
 
     // Fans: 50 creations at once, all under the write quota.
     let user = 1;
     let results = burst(|i| {
-        authed(&app, user, c.post(app.url("/api/crm/fans")))
+        app.user(user)
+            .request(Method::POST, "/api/crm/fans")
             .json(&json!({ "handle": format!("fan{i}") }))
     })
     .await;
     let ok = accepted(&results, StatusCode::CREATED, "create fan");
     assert_eq!(ok.len(), N);
-    assert_eq!(app.fan_total(user).await, N as i64);
+    assert_eq!(app.user(user).fan_total().await, N as i64);
 
     // Inbound messages into one conversation.
     let user = 2;
-    let (_, conv) = app.fan_with_conversation(user, "@in").await;
+    let (_, conv) = app.user(user).fan_with_conversation("@in").await;
     let results = burst(|i| {
-        authed(
-            &app,
-            user,
-            c.post(app.url(&format!("/api/crm/conversations/{conv}/inbound"))),
-        )
-        .json(&json!({ "text": format!("hi {i}"), "externalId": format!("ext-{i}") }))
+        app.user(user)
+            .request(
+                Method::POST,
+                &format!("/api/crm/conversations/{conv}/inbound"),
+            )
+            .json(&json!({ "text": format!("hi {i}"), "externalId": format!("ext-{i}") }))
     })
     .await;
     let ok = accepted(&results, StatusCode::CREATED, "inbound");
@@ -113,11 +106,7 @@ async fn fifty_concurrent_writes_per_route_answer_without_5xx_and_keep_every_acc
         N,
         "every inbound message is stored once"
     );
-    let convs = json_of(
-        app.get(user, "/api/crm/conversations").await,
-        StatusCode::OK,
-    )
-    .await;
+    let convs = app.user(user).get_json("/api/crm/conversations").await;
     assert_eq!(
         convs["items"][0]["unreadCount"], N,
         "every one counted unread"
@@ -125,14 +114,14 @@ async fn fifty_concurrent_writes_per_route_answer_without_5xx_and_keep_every_acc
 
     // Sends into one conversation.
     let user = 3;
-    let (_, conv) = app.fan_with_conversation(user, "@conv").await;
+    let (_, conv) = app.user(user).fan_with_conversation("@conv").await;
     let results = burst(|i| {
-        authed(
-            &app,
-            user,
-            c.post(app.url(&format!("/api/crm/conversations/{conv}/messages"))),
-        )
-        .json(&json!({ "text": format!("reply {i}") }))
+        app.user(user)
+            .request(
+                Method::POST,
+                &format!("/api/crm/conversations/{conv}/messages"),
+            )
+            .json(&json!({ "text": format!("reply {i}") }))
     })
     .await;
     let ok = accepted(&results, StatusCode::ACCEPTED, "conversation send");
@@ -141,9 +130,14 @@ async fn fifty_concurrent_writes_per_route_answer_without_5xx_and_keep_every_acc
 
     // Single sends to one fan.
     let user = 4;
-    let fan = app.create_fan(user, json!({ "handle": "@single" })).await["id"].clone();
+    let fan = app
+        .user(user)
+        .create_fan(json!({ "handle": "@single" }))
+        .await["id"]
+        .clone();
     let results = burst(|i| {
-        authed(&app, user, c.post(app.url("/api/onlyfans/messages/send")))
+        app.user(user)
+            .request(Method::POST, "/api/onlyfans/messages/send")
             .json(&json!({ "recipientId": fan, "content": format!("hello {i}") }))
     })
     .await;
@@ -160,20 +154,21 @@ async fn fifty_concurrent_writes_per_route_answer_without_5xx_and_keep_every_acc
     let mut fans = vec![];
     for i in 0..3 {
         fans.push(
-            app.create_fan(user, json!({ "handle": format!("@bulk{i}") }))
+            app.user(user)
+                .create_fan(json!({ "handle": format!("@bulk{i}") }))
                 .await["id"]
                 .clone(),
         );
     }
     let results = burst(|i| {
-        authed(&app, user, c.post(app.url("/api/messages/bulk"))).json(
+        app.user(user).request(Method::POST, "/api/messages/bulk").json(
             &json!({ "recipientIds": fans, "content": "offer", "campaignName": format!("c{i}") }),
         )
     })
     .await;
     let ok = accepted(&results, StatusCode::ACCEPTED, "bulk");
     assert_eq!(ok.len(), 5, "5 campaigns an hour");
-    let campaigns = json_of(app.get(user, "/api/crm/campaigns").await, StatusCode::OK).await;
+    let campaigns = app.user(user).get_json("/api/crm/campaigns").await;
     assert_eq!(campaigns["total"], 5, "every accepted campaign exists");
     assert_eq!(
         writes_left(&app, user).await,
@@ -186,56 +181,64 @@ async fn fifty_concurrent_writes_per_route_answer_without_5xx_and_keep_every_acc
     let results = burst(|i| {
         let part =
             reqwest::multipart::Part::bytes(generated_csv(20)).file_name(format!("fans{i}.csv"));
-        authed(&app, user, c.post(app.url("/api/onlyfans/import/csv")))
+        app.user(user)
+            .request(Method::POST, "/api/onlyfans/import/csv")
             .multipart(reqwest::multipart::Form::new().part("file", part))
     })
     .await;
     let ok = accepted(&results, StatusCode::ACCEPTED, "import");
     assert_eq!(ok.len(), 10, "10 imports an hour");
     for body in &ok {
-        let job = app.wait_job(user, body["jobId"].as_str().unwrap()).await;
+        let job = app
+            .user(user)
+            .wait_job(body["jobId"].as_str().unwrap())
+            .await;
         assert_eq!(job["status"], "succeeded", "{job}");
     }
-    let jobs = json_of(
-        app.get(user, "/api/jobs?kind=import_csv").await,
-        StatusCode::OK,
-    )
-    .await;
+    let jobs = app.user(user).get_json("/api/jobs?kind=import_csv").await;
     assert_eq!(jobs["total"], 10, "every accepted import is a job");
-    assert_eq!(app.fan_total(user).await, 20, "the same 20 fans each time");
+    assert_eq!(
+        app.user(user).fan_total().await,
+        20,
+        "the same 20 fans each time"
+    );
     assert_eq!(writes_left(&app, user).await, 60 - 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failed_requests_leave_the_callers_quotas_as_they_were() {
     let app = spawn_app(Backend::Sqlite).await;
-    let c = &app.client;
-    let other = app.create_fan(2, json!({ "handle": "@theirs" })).await["id"].clone();
+    let other = app.user(2).create_fan(json!({ "handle": "@theirs" })).await["id"].clone();
     let user = 1;
-    let mine = app.create_fan(user, json!({ "handle": "@mine" })).await["id"].clone();
+    let mine = app
+        .user(user)
+        .create_fan(json!({ "handle": "@mine" }))
+        .await["id"]
+        .clone();
 
     // 400s: bad bodies on every write route; 404s: another user's ids.
-    let bad = burst(|i| match i % 5 {
-        0 => authed(&app, user, c.post(app.url("/api/crm/fans"))).json(&json!({ "handle": "" })),
-        1 => authed(&app, user, c.post(app.url("/api/onlyfans/messages/send")))
+    let bad =
+        burst(|i| {
+            match i % 5 {
+        0 => app.user(user).request(Method::POST, "/api/crm/fans").json(&json!({ "handle": "" })),
+        1 => app.user(user).request(Method::POST, "/api/onlyfans/messages/send")
             .json(&json!({ "recipientId": other, "content": "not yours" })),
-        2 => authed(&app, user, c.post(app.url("/api/messages/bulk"))).json(
+        2 => app.user(user).request(Method::POST, "/api/messages/bulk").json(
             &json!({ "recipientIds": [mine, other], "content": "x", "campaignName": "mixed" }),
         ),
-        3 => authed(
-            &app,
-            user,
-            c.put(app.url(&format!("/api/crm/fans/{other}"))),
-        )
-        .json(&json!({ "notes": "not yours" })),
-        _ => authed(&app, user, c.post(app.url("/api/onlyfans/import/csv"))).multipart(
+        3 => app
+            .user(user)
+            .request(Method::PUT, &format!("/api/crm/fans/{other}"))
+            .json(&json!({ "notes": "not yours" })),
+        _ => app.user(user).request(Method::POST, "/api/onlyfans/import/csv").multipart(
             reqwest::multipart::Form::new().part(
                 "file",
                 reqwest::multipart::Part::bytes(b"a,b\n".to_vec()).file_name("fans.txt"),
             ),
         ),
-    })
-    .await;
+    }
+        })
+        .await;
     // Each answers with its own 4xx; a bad bulk may also meet a 429 while other bad bulks
     // hold the campaign slots they are about to give back.
     for (i, (status, body)) in bad.iter().enumerate() {
@@ -248,24 +251,26 @@ async fn failed_requests_leave_the_callers_quotas_as_they_were() {
     // None of the 50 failures counted: one campaign and one import still go through, and
     // the write quota holds its 60 less the fan and those two.
     let resp = app
+        .user(user)
         .post(
-            user,
             "/api/messages/bulk",
             &json!({ "recipientIds": [mine], "content": "x", "campaignName": "fine" }),
         )
         .await;
     json_of(resp, StatusCode::ACCEPTED).await;
-    let resp = app.upload_csv(user, "fans.csv", generated_csv(3), "").await;
+    let resp = app
+        .user(user)
+        .upload_csv("fans.csv", generated_csv(3), "")
+        .await;
     json_of(resp, StatusCode::ACCEPTED).await;
     assert_eq!(writes_left(&app, user).await, 60 - 3);
 
     // Nothing the failures asked for exists.
-    let campaigns = json_of(app.get(user, "/api/crm/campaigns").await, StatusCode::OK).await;
+    let campaigns = app.user(user).get_json("/api/crm/campaigns").await;
     assert_eq!(campaigns["total"], 1);
-    let theirs = json_of(
-        app.get(2, &format!("/api/crm/fans/{other}")).await,
-        StatusCode::OK,
-    )
-    .await;
+    let theirs = app
+        .user(2)
+        .get_json(&format!("/api/crm/fans/{other}"))
+        .await;
     assert!(theirs["notes"].is_null(), "{theirs}");
 }

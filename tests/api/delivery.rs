@@ -8,7 +8,7 @@ use fanqueue_jobs::{outbound::OutboundQueue, runtime::Dispatcher};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, Sim, TestApp, eventually, json_of, spawn_app_with, with_platform};
+use crate::helpers::{Backend, Sim, TestApp, eventually, spawn_app_with, with_platform};
 
 crate::on_both_backends!(backend:
     a_message_reaches_the_platform_once_under_its_id_and_is_recorded_sent,
@@ -66,23 +66,18 @@ where
 
 /// Waits until every job of `user` is final (their messages are on the outbound queue).
 pub(crate) async fn jobs_done(app: &TestApp, user: i64) {
-    let page = json_of(app.get(user, "/api/jobs?limit=200").await, StatusCode::OK).await;
+    let page = app.user(user).get_json("/api/jobs?limit=200").await;
     for job in page["items"].as_array().unwrap() {
-        app.wait_job(user, job["id"].as_str().unwrap()).await;
+        app.user(user).wait_job(job["id"].as_str().unwrap()).await;
     }
 }
 
 /// The message `id` of `user` as the API shows it.
 pub(crate) async fn message(app: &TestApp, user: i64, conv: i64, id: i64) -> Value {
-    let page = json_of(
-        app.get(
-            user,
-            &format!("/api/crm/conversations/{conv}/messages?limit=200"),
-        )
-        .await,
-        StatusCode::OK,
-    )
-    .await;
+    let page = app
+        .user(user)
+        .get_json(&format!("/api/crm/conversations/{conv}/messages?limit=200"))
+        .await;
     page["items"]
         .as_array()
         .unwrap()
@@ -94,16 +89,14 @@ pub(crate) async fn message(app: &TestApp, user: i64, conv: i64, id: i64) -> Val
 
 /// Sends `text` to the fan of `conv` (a reply, priority 9); returns the message id.
 pub(crate) async fn reply(app: &TestApp, user: i64, conv: i64, text: &str) -> i64 {
-    let sent = json_of(
-        app.post(
-            user,
+    let sent = app
+        .user(user)
+        .post_json(
             &format!("/api/crm/conversations/{conv}/messages"),
             &json!({ "text": text }),
+            StatusCode::ACCEPTED,
         )
-        .await,
-        StatusCode::ACCEPTED,
-    )
-    .await;
+        .await;
     sent["messageId"].as_i64().unwrap()
 }
 
@@ -113,7 +106,7 @@ pub(crate) async fn status_is(app: &TestApp, user: i64, conv: i64, id: i64, stat
 
 async fn a_message_reaches_the_platform_once_under_its_id_and_is_recorded_sent(backend: Backend) {
     let (sim, app, dispatcher) = setup(backend, |_| {}).await;
-    let (fan, conv) = app.fan_with_conversation(1, "@once").await;
+    let (fan, conv) = app.user(1).fan_with_conversation("@once").await;
     let id = reply(&app, 1, conv, "Hello there").await;
     until(&dispatcher, "the message is sent", || {
         status_is(&app, 1, conv, id, "sent")
@@ -168,21 +161,20 @@ async fn higher_priority_goes_first_and_one_creators_backlog_does_not_hold_up_an
     let mut fans = vec![];
     for i in 0..3 {
         fans.push(
-            app.create_fan(1, json!({ "handle": format!("@c{i}") }))
+            app.user(1)
+                .create_fan(json!({ "handle": format!("@c{i}") }))
                 .await["id"]
                 .clone(),
         );
     }
     let bulk = json!({ "recipientIds": fans, "content": "offer", "campaignName": "Spring" });
-    json_of(
-        app.post(1, "/api/messages/bulk", &bulk).await,
-        StatusCode::ACCEPTED,
-    )
-    .await;
-    let (_, conv) = app.fan_with_conversation(1, "@waiting").await;
+    app.user(1)
+        .post_json("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
+        .await;
+    let (_, conv) = app.user(1).fan_with_conversation("@waiting").await;
     let urgent = reply(&app, 1, conv, "right away").await;
     // Creator 2: one message, sent after all of creator 1's.
-    let (_, other_conv) = app.fan_with_conversation(2, "@other").await;
+    let (_, other_conv) = app.user(2).fan_with_conversation("@other").await;
     let other = reply(&app, 2, other_conv, "hi").await;
     jobs_done(&app, 1).await;
     jobs_done(&app, 2).await;
@@ -224,7 +216,7 @@ async fn higher_priority_goes_first_and_one_creators_backlog_does_not_hold_up_an
 
 async fn a_run_of_500s_is_retried_then_delivered(backend: Backend) {
     let (sim, app, dispatcher) = setup(backend, |_| {}).await;
-    let (_, conv) = app.fan_with_conversation(1, "@flaky").await;
+    let (_, conv) = app.user(1).fan_with_conversation("@flaky").await;
     sim.faults(json!({ "fail500": 2 })).await;
     let id = reply(&app, 1, conv, "third time lucky").await;
     until(&dispatcher, "the message is sent", || {
@@ -245,7 +237,7 @@ async fn a_run_of_500s_is_retried_then_delivered(backend: Backend) {
 
 async fn a_400_fails_at_once_with_the_platforms_reason_and_is_never_retried(backend: Backend) {
     let (sim, app, dispatcher) = setup(backend, |_| {}).await;
-    let (_, conv) = app.fan_with_conversation(1, "@blocked").await;
+    let (_, conv) = app.user(1).fan_with_conversation("@blocked").await;
     sim.faults(json!({ "fail400": 1 })).await;
     let id = reply(&app, 1, conv, "you blocked me").await;
     until(&dispatcher, "the message fails", || {
@@ -263,11 +255,10 @@ async fn a_400_fails_at_once_with_the_platforms_reason_and_is_never_retried(back
         "the platform's reason: {error}"
     );
     assert_eq!(sim.stats().await["requests"], 1, "never retried");
-    let status = json_of(
-        app.operator_get("/api/onlyfans/messages/status").await,
-        StatusCode::OK,
-    )
-    .await;
+    let status = app
+        .operator(999)
+        .get_json("/api/onlyfans/messages/status")
+        .await;
     assert_eq!(
         status["dlqCount"], 0,
         "a refusal is not a delivery failure: {status}"
@@ -276,7 +267,7 @@ async fn a_400_fails_at_once_with_the_platforms_reason_and_is_never_retried(back
 
 async fn used_up_attempts_fail_the_message_and_put_it_in_the_dlq(backend: Backend) {
     let (sim, app, dispatcher) = setup(backend, |s| s.delivery.delivery_max_attempts = 2).await;
-    let (_, conv) = app.fan_with_conversation(1, "@down").await;
+    let (_, conv) = app.user(1).fan_with_conversation("@down").await;
     sim.faults(json!({ "fail500": 10 })).await;
     let id = reply(&app, 1, conv, "nobody home").await;
     until(&dispatcher, "the message fails", || {
@@ -290,17 +281,16 @@ async fn used_up_attempts_fail_the_message_and_put_it_in_the_dlq(backend: Backen
         "the last error is kept: {m}"
     );
     assert_eq!(sim.stats().await["requests"], 2);
-    let status = json_of(
-        app.operator_get("/api/onlyfans/messages/status").await,
-        StatusCode::OK,
-    )
-    .await;
+    let status = app
+        .operator(999)
+        .get_json("/api/onlyfans/messages/status")
+        .await;
     assert_eq!(status["dlqCount"], 1, "{status}");
 }
 
 async fn a_429_holds_the_creator_for_retry_after_without_charging_an_attempt(backend: Backend) {
     let (sim, app, dispatcher) = setup(backend, |_| {}).await;
-    let (_, conv) = app.fan_with_conversation(1, "@busy").await;
+    let (_, conv) = app.user(1).fan_with_conversation("@busy").await;
     sim.faults(json!({ "fail429": 1, "retryAfterSecs": 2 }))
         .await;
     let id = reply(&app, 1, conv, "wait for it").await;
@@ -333,28 +323,27 @@ async fn a_campaign_completes_with_its_counts_once_every_message_is_delivered(ba
     let mut fans = vec![];
     for i in 0..4 {
         fans.push(
-            app.create_fan(1, json!({ "handle": format!("@m{i}") }))
+            app.user(1)
+                .create_fan(json!({ "handle": format!("@m{i}") }))
                 .await["id"]
                 .clone(),
         );
     }
     let bulk = json!({ "recipientIds": fans, "content": "news", "campaignName": "Launch" });
-    let created = json_of(
-        app.post(1, "/api/messages/bulk", &bulk).await,
-        StatusCode::ACCEPTED,
-    )
-    .await;
+    let created = app
+        .user(1)
+        .post_json("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
+        .await;
     let campaign = created["campaignId"].as_i64().unwrap();
     jobs_done(&app, 1).await;
     until(&dispatcher, "all four delivered", || async {
         sim.deliveries().await.len() == 4
     })
     .await;
-    let c = json_of(
-        app.get(1, &format!("/api/crm/campaigns/{campaign}")).await,
-        StatusCode::OK,
-    )
-    .await;
+    let c = app
+        .user(1)
+        .get_json(&format!("/api/crm/campaigns/{campaign}"))
+        .await;
     assert_eq!(c["status"], "completed", "{c}");
     assert_eq!(
         (
@@ -373,7 +362,7 @@ async fn a_campaign_completes_with_its_counts_once_every_message_is_delivered(ba
 
 async fn a_timeout_is_retried_under_the_same_key_and_delivered_once(backend: Backend) {
     let (sim, app, dispatcher) = setup(backend, |_| {}).await;
-    let (_, conv) = app.fan_with_conversation(1, "@slow").await;
+    let (_, conv) = app.user(1).fan_with_conversation("@slow").await;
     // The platform hangs on the first request; the attempt gives up after its timeout (1 s).
     sim.faults(json!({ "timeouts": 1 })).await;
     let id = reply(&app, 1, conv, "are you there").await;
@@ -402,7 +391,7 @@ async fn a_dispatcher_dead_between_the_platforms_2xx_and_its_record_is_covered_b
     backend: Backend,
 ) {
     let (sim, app, dispatcher) = setup(backend, |_| {}).await;
-    let (_, conv) = app.fan_with_conversation(1, "@once-only").await;
+    let (_, conv) = app.user(1).fan_with_conversation("@once-only").await;
     let id = reply(&app, 1, conv, "exactly once").await;
     until(&dispatcher, "the message is sent", || {
         status_is(&app, 1, conv, id, "sent")
@@ -465,7 +454,7 @@ async fn a_lapsed_claim_is_fenced_out_given_back_unsent_and_cannot_record_over_i
         domain::{MessageId, UserId},
     };
     let (sim, app, dispatcher) = setup(backend, |_| {}).await;
-    let (_, conv) = app.fan_with_conversation(1, "@stalled").await;
+    let (_, conv) = app.user(1).fan_with_conversation("@stalled").await;
     let id = reply(&app, 1, conv, "are you there?").await;
     jobs_done(&app, 1).await;
     let db = app.services().await.db;

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{ApiClient, AppProcess, Deployment, Sim, eventually, instant, run_fanqueue};
+use crate::helpers::{AppProcess, Deployment, Sim, eventually, instant, run_fanqueue};
 
 /// An estimate is a slot's time; an arrival is that plus the request's way to the platform.
 const TRANSIT: chrono::TimeDelta = chrono::TimeDelta::milliseconds(100);
@@ -61,13 +61,13 @@ async fn the_embedded_default_delivers_at_ten_a_minute_per_creator_as_estimated(
     app.wait_for_log("dispatcher running", Duration::from_secs(10))
         .await;
     // Tokens as a user gets them: from the command, signed with the secret in ./data.
-    let mut one = ApiClient::new(&app.address, 1);
+    let mut one = app.user(1);
     one.token = token_in(dir.path(), 1);
-    let mut two = ApiClient::new(&app.address, 2);
+    let mut two = app.user(2);
     two.token = token_in(dir.path(), 2);
 
     let fan = one
-        .post(
+        .post_json(
             "/api/crm/fans",
             &json!({ "handle": "@fan" }),
             StatusCode::CREATED,
@@ -76,7 +76,7 @@ async fn the_embedded_default_delivers_at_ten_a_minute_per_creator_as_estimated(
     let mut estimates = vec![];
     for i in 0..3 {
         let sent = one
-            .post(
+            .post_json(
                 "/api/onlyfans/messages/send",
                 &json!({ "recipientId": fan["id"], "content": format!("hello {i}") }),
                 StatusCode::ACCEPTED,
@@ -89,12 +89,16 @@ async fn the_embedded_default_delivers_at_ten_a_minute_per_creator_as_estimated(
     let mut others = vec![];
     for i in 0..3 {
         let fan = json!({ "handle": format!("@other{i}") });
-        others.push(two.post("/api/crm/fans", &fan, StatusCode::CREATED).await["id"].clone());
+        others.push(
+            two.post_json("/api/crm/fans", &fan, StatusCode::CREATED)
+                .await["id"]
+                .clone(),
+        );
     }
     let other_queued = Utc::now();
     let bulk = json!({ "recipientIds": others, "content": "hi", "campaignName": "c" });
     let created = two
-        .post("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
+        .post_json("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
         .await;
     let completion = instant(&created["estimatedCompletionTime"]);
 
@@ -459,10 +463,10 @@ async fn on_one_sqlite_file_a_second_dispatcher_stands_by_and_takes_over_after_k
     second
         .wait_for_log("dispatcher running", Duration::from_secs(10))
         .await;
-    let mut client = ApiClient::new(&second.address, 1);
+    let mut client = second.user(1);
     client.token = token_in(dir.path(), 1);
     let fan = client
-        .post(
+        .post_json(
             "/api/crm/fans",
             &json!({ "handle": "@fan" }),
             StatusCode::CREATED,
@@ -471,7 +475,7 @@ async fn on_one_sqlite_file_a_second_dispatcher_stands_by_and_takes_over_after_k
     for i in 0..3 {
         let body = json!({ "recipientId": fan["id"], "content": format!("hello {i}") });
         client
-            .post("/api/onlyfans/messages/send", &body, StatusCode::ACCEPTED)
+            .post_json("/api/onlyfans/messages/send", &body, StatusCode::ACCEPTED)
             .await;
     }
     let all = delivered(&sim, 3, Duration::from_secs(30)).await;
@@ -603,13 +607,13 @@ async fn a_days_backlog_waits_off_the_queue_and_drains_with_nothing_in_the_dlq_w
     )
     .await;
     let mut real_rate = d.dispatcher();
-    let client = ApiClient::new(&d.api, 1);
+    let client = d.user(1);
     let mut fans = vec![];
     for i in 0..100 {
         let fan = json!({ "handle": format!("@day{i}") });
         fans.push(
             client
-                .post("/api/crm/fans", &fan, StatusCode::CREATED)
+                .post_json("/api/crm/fans", &fan, StatusCode::CREATED)
                 .await["id"]
                 .clone(),
         );
@@ -622,7 +626,7 @@ async fn a_days_backlog_waits_off_the_queue_and_drains_with_nothing_in_the_dlq_w
     let bulk = json!({ "recipientIds": fans, "content": "daily news", "campaignName": "day" });
     for i in 1..=DAY / 100 {
         client
-            .post("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
+            .post_json("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
             .await;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while parked(&d.url).await < (i * 100) as i64 {
@@ -659,21 +663,21 @@ async fn a_days_backlog_waits_off_the_queue_and_drains_with_nothing_in_the_dlq_w
     // A reply queued behind the day's backlog goes out within two slots (12 s), about when
     // its estimate said.
     let fan = client
-        .post(
+        .post_json(
             "/api/crm/fans",
             &json!({ "handle": "@waiting" }),
             StatusCode::CREATED,
         )
         .await;
     let conv = client
-        .post(
+        .post_json(
             "/api/crm/conversations",
             &json!({ "fanId": fan["id"] }),
             StatusCode::CREATED,
         )
         .await;
     let sent = client
-        .post(
+        .post_json(
             &format!("/api/crm/conversations/{}/messages", conv["id"]),
             &json!({ "text": "right away" }),
             StatusCode::ACCEPTED,
@@ -763,17 +767,17 @@ async fn the_quick_start_all_with_platform_sim_delivers_a_message_the_stand_in_s
         .unwrap();
     app.wait_for_log("dispatcher running", Duration::from_secs(10))
         .await;
-    let mut client = ApiClient::new(&app.address, 1);
+    let mut client = app.user(1);
     client.token = token_in(dir.path(), 1);
     let fan = client
-        .post(
+        .post_json(
             "/api/crm/fans",
             &json!({ "handle": "@johndoe" }),
             StatusCode::CREATED,
         )
         .await;
     let sent = client
-        .post(
+        .post_json(
             "/api/onlyfans/messages/send",
             &json!({ "recipientId": fan["id"], "content": "Hello!" }),
             StatusCode::ACCEPTED,
@@ -795,10 +799,10 @@ async fn the_quick_start_all_with_platform_sim_delivers_a_message_the_stand_in_s
         assert!(std::time::Instant::now() < deadline, "not delivered: {got}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let page = client.get("/api/crm/conversations").await;
+    let page = client.get_json("/api/crm/conversations").await;
     let conv = page["items"][0]["id"].clone();
     let messages = client
-        .get(&format!("/api/crm/conversations/{conv}/messages"))
+        .get_json(&format!("/api/crm/conversations/{conv}/messages"))
         .await;
     assert_eq!(messages["items"][0]["status"], "sent", "{messages}");
 }

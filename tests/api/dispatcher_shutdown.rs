@@ -8,7 +8,7 @@ use std::{collections::HashSet, time::Duration};
 use fanqueue::supervisor::DRAIN_TIMEOUT;
 use serde_json::{Value, json};
 
-use crate::helpers::{ApiClient, Deployment, Queue, Sim, instant, redis_url};
+use crate::helpers::{Deployment, Queue, Sim, instant, redis_url};
 
 /// Each request takes this long at the platform: the signal lands while several are out.
 const LATENCY_MS: u64 = 1_500;
@@ -152,7 +152,7 @@ async fn sigterm_mid_delivery_finishes_what_is_in_flight_starts_nothing_more_and
     // In the API: each of them is sent, and none is left `sending` under a lease.
     let mut seen = std::collections::HashMap::new();
     for user in 1..=CREATORS {
-        for m in ApiClient::new(&d.api, user).outbound_messages().await {
+        for m in d.user(user).outbound_messages().await {
             seen.insert(m["id"].as_i64().unwrap(), m);
         }
     }
@@ -179,11 +179,11 @@ async fn sigterm_mid_delivery_finishes_what_is_in_flight_starts_nothing_more_and
     assert_eq!(stats["duplicatesReplayed"], 0, "{stats}");
     assert_eq!(stats["totalViolations"], 0, "{stats}");
     for user in 1..=CREATORS {
-        let client = ApiClient::new(&d.api, user);
+        let client = d.user(user);
         for m in client.outbound_messages().await {
             assert_eq!(m["status"], "sent", "{m}");
         }
-        let campaigns = client.get("/api/crm/campaigns").await;
+        let campaigns = client.get_json("/api/crm/campaigns").await;
         let c = &campaigns["items"][0];
         assert_eq!(c["status"], "completed", "{c}");
         assert_eq!(c["metrics"]["sent"], PER_CREATOR, "{c}");

@@ -205,11 +205,8 @@ async fn fields_sent_as_null_are_declared_nullable_and_always_present() {
     }
     // What a client sees: a fan with only a handle has these fields, null.
     let fan: Value = app
-        .post(
-            1,
-            "/api/crm/fans",
-            &serde_json::json!({ "handle": "@nulls" }),
-        )
+        .user(1)
+        .post("/api/crm/fans", &serde_json::json!({ "handle": "@nulls" }))
         .await
         .json()
         .await
@@ -318,14 +315,14 @@ async fn the_constraints_the_server_enforces_are_declared() {
     );
     // A value the schema refuses, the server refuses too.
     let resp = app
+        .user(1)
         .post(
-            1,
             "/api/crm/fans",
             &serde_json::json!({ "handle": "@ok", "bogus": 1 }),
         )
         .await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let resp = app.get(1, "/api/crm/fans?limit=201").await;
+    let resp = app.user(1).get("/api/crm/fans?limit=201").await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let err: Value = resp.json().await.unwrap();
     assert_eq!(err["error"]["field"], "limit", "{err}");

@@ -54,12 +54,12 @@ async fn import_campaign_failures_dlq_sweep_and_retry_end_with_every_message_sen
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let _sweeper = AppProcess::spawn_until(&["sweep"], &refs, d.dir.path(), "sweeper running");
-    let user = ApiClient::new(&d.api, 1);
+    let user = d.user(1);
     let operator = ApiClient::operator(&d.api, 99);
 
     // 1. Fans from the platform's CSV export (the file goes to S3, the worker imports it).
-    let import = user.upload("fans.csv", generated_csv(FANS)).await;
-    let job = user.wait_job(&import, Duration::from_secs(60)).await;
+    let import = user.import("fans.csv", generated_csv(FANS)).await;
+    let job = user.wait_job_within(&import, Duration::from_secs(60)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["kind"], "import_csv");
     assert_eq!(job["progress"]["done"], FANS, "{job}");
@@ -84,7 +84,7 @@ async fn import_campaign_failures_dlq_sweep_and_retry_end_with_every_message_sen
         blobs.open(&key).await.is_err(),
         "the upload is removed from the bucket once imported"
     );
-    let fans = user.get("/api/crm/fans?limit=200").await;
+    let fans = user.get_json("/api/crm/fans?limit=200").await;
     assert_eq!(fans["total"], FANS);
     let fan_ids: Vec<i64> = fans["items"]
         .as_array()
@@ -98,7 +98,7 @@ async fn import_campaign_failures_dlq_sweep_and_retry_end_with_every_message_sen
     sim.faults(json!({ "fail429": 1, "retryAfterSecs": 3 }))
         .await;
     let accepted = user
-        .post(
+        .post_json(
             "/api/messages/bulk",
             &json!({ "recipientIds": fan_ids, "content": "Spring sale!", "campaignName": "Spring" }),
             StatusCode::ACCEPTED,
@@ -149,11 +149,11 @@ async fn import_campaign_failures_dlq_sweep_and_retry_end_with_every_message_sen
     // 4. The sweeper reads the two dead-lettered copies, finds them failed with their reason,
     // and empties the DLQ; later sweeps find nothing more.
     let sweeps = eventually("the DLQ swept", Duration::from_secs(30), EVERY, || async {
-        let jobs = operator.get("/api/jobs?kind=sweep&limit=200").await["items"]
+        let jobs = operator.get_json("/api/jobs?kind=sweep&limit=200").await["items"]
             .as_array()
             .unwrap()
             .clone();
-        let status = operator.get("/api/onlyfans/messages/status").await;
+        let status = operator.get_json("/api/onlyfans/messages/status").await;
         match sum(&jobs, "dlqRead") == 2 && status["dlqCount"] == 0 {
             true => Ok(jobs),
             false => Err(format!("{status} {jobs:?}")),
@@ -170,11 +170,11 @@ async fn import_campaign_failures_dlq_sweep_and_retry_end_with_every_message_sen
     assert_eq!(sum(&sweeps, "dlqAlreadyFinal"), 2, "{sweeps:?}");
     assert_eq!(sum(&sweeps, "dlqRedriven"), 0, "{sweeps:?}");
     assert_eq!(sum(&sweeps, "dlqUnreadable"), 0, "{sweeps:?}");
-    let mine = user.get("/api/jobs?kind=sweep").await;
+    let mine = user.get_json("/api/jobs?kind=sweep").await;
     assert_eq!(mine["total"], 0, "a creator does not see the sweeps");
 
     // 5. What failed, and why: newest first, with reason, attempts, campaign and fan.
-    let failed = user.get("/api/onlyfans/messages/failed").await;
+    let failed = user.get_json("/api/onlyfans/messages/failed").await;
     assert_eq!(failed["total"], 4, "{failed}");
     let items = failed["items"].as_array().unwrap();
     for item in items {
@@ -209,7 +209,7 @@ async fn import_campaign_failures_dlq_sweep_and_retry_end_with_every_message_sen
             .all(|i| i["reason"].as_str().unwrap().contains("400")),
         "newest first: {failed}"
     );
-    let status = user.get("/api/onlyfans/messages/status").await;
+    let status = user.get_json("/api/onlyfans/messages/status").await;
     assert_eq!(
         (status["failed"].as_u64(), status["queueDepth"].as_u64()),
         (Some(4), Some(0)),
@@ -221,7 +221,7 @@ async fn import_campaign_failures_dlq_sweep_and_retry_end_with_every_message_sen
     sim.clear_faults().await;
     let one = refused[0]["id"].as_i64().unwrap();
     let retried = user
-        .post(
+        .post_json(
             &format!("/api/onlyfans/messages/failed/{one}/retry"),
             &json!({}),
             StatusCode::ACCEPTED,
@@ -233,7 +233,7 @@ async fn import_campaign_failures_dlq_sweep_and_retry_end_with_every_message_sen
         "{retried}"
     );
     let rest = user
-        .post(
+        .post_json(
             &format!("{campaign_path}/retry-failed"),
             &json!({}),
             StatusCode::ACCEPTED,
@@ -254,10 +254,13 @@ async fn import_campaign_failures_dlq_sweep_and_retry_end_with_every_message_sen
         .collect();
     requeued.sort_unstable();
     assert_eq!(requeued, expected, "{rest}");
-    let reopened = user.get(&campaign_path).await;
+    let reopened = user.get_json(&campaign_path).await;
     assert_eq!(reopened["status"], "active", "reopened: {reopened}");
     assert_eq!(reopened["metrics"]["failed"], 0, "{reopened}");
-    assert_eq!(user.get("/api/onlyfans/messages/failed").await["total"], 0);
+    assert_eq!(
+        user.get_json("/api/onlyfans/messages/failed").await["total"],
+        0
+    );
 
     // 7. Everything is sent, once.
     let done = user.wait_campaign(campaign, Duration::from_secs(60)).await;
@@ -274,7 +277,7 @@ async fn import_campaign_failures_dlq_sweep_and_retry_end_with_every_message_sen
     );
     for job in [&retried["jobId"], &rest["jobId"]] {
         let job = user
-            .wait_job(job.as_str().unwrap(), Duration::from_secs(30))
+            .wait_job_within(job.as_str().unwrap(), Duration::from_secs(30))
             .await;
         assert_eq!(job["status"], "succeeded", "{job}");
     }
@@ -285,7 +288,10 @@ async fn import_campaign_failures_dlq_sweep_and_retry_end_with_every_message_sen
         assert!(m["sentAt"].is_string(), "{m}");
         assert!(m["error"].is_null(), "a retry clears the reason: {m}");
     }
-    assert_eq!(user.get("/api/onlyfans/messages/failed").await["total"], 0);
+    assert_eq!(
+        user.get_json("/api/onlyfans/messages/failed").await["total"],
+        0
+    );
     assert_eq!(
         d.statuses().await,
         std::collections::BTreeMap::from([("sent".to_owned(), FANS as i64)]),

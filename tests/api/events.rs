@@ -18,42 +18,34 @@ crate::on_both_backends!(backend:
 );
 
 async fn post_events(app: &TestApp, user: i64, events: Value) -> Value {
-    json_of(
-        app.post(user, "/api/onlyfans/events", &json!({ "events": events }))
-            .await,
-        StatusCode::OK,
-    )
-    .await
+    app.user(user)
+        .post_json(
+            "/api/onlyfans/events",
+            &json!({ "events": events }),
+            StatusCode::OK,
+        )
+        .await
 }
 
 async fn fan(app: &TestApp, user: i64, id: i64) -> Value {
-    json_of(
-        app.get(user, &format!("/api/crm/fans/{id}")).await,
-        StatusCode::OK,
-    )
-    .await
+    app.user(user)
+        .get_json(&format!("/api/crm/fans/{id}"))
+        .await
 }
 
 async fn campaign_metrics(app: &TestApp, id: i64) -> Value {
-    json_of(
-        app.get(1, &format!("/api/crm/campaigns/{id}")).await,
-        StatusCode::OK,
-    )
-    .await["metrics"]
+    app.user(1)
+        .get_json(&format!("/api/crm/campaigns/{id}"))
+        .await["metrics"]
         .clone()
 }
 
 /// The outbound message of `campaign` in conversation `conv`.
 async fn campaign_message(app: &TestApp, conv: i64, campaign: i64) -> Value {
-    let page = json_of(
-        app.get(
-            1,
-            &format!("/api/crm/conversations/{conv}/messages?limit=200"),
-        )
-        .await,
-        StatusCode::OK,
-    )
-    .await;
+    let page = app
+        .user(1)
+        .get_json(&format!("/api/crm/conversations/{conv}/messages?limit=200"))
+        .await;
     page["items"]
         .as_array()
         .unwrap()
@@ -65,25 +57,24 @@ async fn campaign_message(app: &TestApp, conv: i64, campaign: i64) -> Value {
 
 async fn events_apply_once_and_campaigns_and_fans_agree_with_them(backend: Backend) {
     let (_sim, app, dispatcher) = setup(backend, |_| {}).await;
-    let (ava, ava_conv) = app.fan_with_conversation(1, "@ava").await;
-    let (ben, ben_conv) = app.fan_with_conversation(1, "@ben").await;
+    let (ava, ava_conv) = app.user(1).fan_with_conversation("@ava").await;
+    let (ben, ben_conv) = app.user(1).fan_with_conversation("@ben").await;
     json_of(
-        app.put(
-            1,
-            &format!("/api/crm/fans/{ava}"),
-            &json!({ "valueCents": 1000 }),
-        )
-        .await,
+        app.user(1)
+            .put(
+                &format!("/api/crm/fans/{ava}"),
+                &json!({ "valueCents": 1000 }),
+            )
+            .await,
         StatusCode::OK,
     )
     .await;
     let bulk =
         json!({ "recipientIds": [ava, ben], "content": "New set", "campaignName": "Launch" });
-    let campaign = json_of(
-        app.post(1, "/api/messages/bulk", &bulk).await,
-        StatusCode::ACCEPTED,
-    )
-    .await["campaignId"]
+    let campaign = app
+        .user(1)
+        .post_json("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
+        .await["campaignId"]
         .as_i64()
         .unwrap();
     jobs_done(&app, 1).await;
@@ -245,38 +236,42 @@ async fn events_apply_once_and_campaigns_and_fans_agree_with_them(backend: Backe
 async fn a_fans_value_history_records_every_change_with_its_source(backend: Backend) {
     let app = spawn_app(backend).await;
     let created = app
-        .create_fan(1, json!({ "handle": "@vera", "valueCents": 100 }))
+        .user(1)
+        .create_fan(json!({ "handle": "@vera", "valueCents": 100 }))
         .await;
     let id = created["id"].as_i64().unwrap();
     json_of(
-        app.put(
-            1,
-            &format!("/api/crm/fans/{id}"),
-            &json!({ "valueCents": 250 }),
-        )
-        .await,
+        app.user(1)
+            .put(
+                &format!("/api/crm/fans/{id}"),
+                &json!({ "valueCents": 250 }),
+            )
+            .await,
         StatusCode::OK,
     )
     .await;
     // A change of something else is not a value change.
     json_of(
-        app.put(
-            1,
-            &format!("/api/crm/fans/{id}"),
-            &json!({ "notes": "VIP" }),
-        )
-        .await,
+        app.user(1)
+            .put(&format!("/api/crm/fans/{id}"), &json!({ "notes": "VIP" }))
+            .await,
         StatusCode::OK,
     )
     .await;
     let csv = "Username,Display Name,Email,Subscription Tier,Total Spent,Last Seen\n\
                vera,Vera,,Gold,$40.00,\n\
                newcomer,New,,,$12.50,\n";
-    let job = app.import(1, "export.csv", csv.as_bytes().to_vec()).await;
-    app.wait_job(1, &job).await;
+    let job = app
+        .user(1)
+        .import("export.csv", csv.as_bytes().to_vec())
+        .await;
+    app.user(1).wait_job(&job).await;
     // Importing the same file again changes no value.
-    let job = app.import(1, "export.csv", csv.as_bytes().to_vec()).await;
-    app.wait_job(1, &job).await;
+    let job = app
+        .user(1)
+        .import("export.csv", csv.as_bytes().to_vec())
+        .await;
+    app.user(1).wait_job(&job).await;
     post_events(
         &app,
         1,
@@ -308,22 +303,21 @@ async fn a_fans_value_history_records_every_change_with_its_source(backend: Back
 
     // The whole history, paged.
     let url = format!("/api/crm/fans/{id}/value-history?limit=3");
-    let page = json_of(app.get(1, &url).await, StatusCode::OK).await;
+    let page = app.user(1).get_json(&url).await;
     assert_eq!(
         (&page["total"], page["items"].as_array().unwrap().len()),
         (&json!(4), 3)
     );
     assert_eq!(page["items"][0]["source"], "tip");
     let url = format!("/api/crm/fans/{id}/value-history?limit=3&offset=3");
-    let page = json_of(app.get(1, &url).await, StatusCode::OK).await;
+    let page = app.user(1).get_json(&url).await;
     assert_eq!(page["items"][0]["source"], "created", "{page}");
 
     // The imported newcomer's value came from the import.
-    let fans = json_of(
-        app.get(1, "/api/crm/fans?minValueCents=1250").await,
-        StatusCode::OK,
-    )
-    .await;
+    let fans = app
+        .user(1)
+        .get_json("/api/crm/fans?minValueCents=1250")
+        .await;
     let newcomer = fans["items"]
         .as_array()
         .unwrap()
@@ -337,20 +331,24 @@ async fn a_fans_value_history_records_every_change_with_its_source(backend: Back
 
     // Another creator's fan, or no fan: 404.
     error_of(
-        app.get(2, &format!("/api/crm/fans/{id}/value-history"))
+        app.user(2)
+            .get(&format!("/api/crm/fans/{id}/value-history"))
             .await,
         StatusCode::NOT_FOUND,
         "not_found",
     )
     .await;
     error_of(
-        app.get(1, "/api/crm/fans/987654321/value-history").await,
+        app.user(1)
+            .get("/api/crm/fans/987654321/value-history")
+            .await,
         StatusCode::NOT_FOUND,
         "not_found",
     )
     .await;
     error_of(
-        app.get(1, &format!("/api/crm/fans/{id}/value-history?limit=0"))
+        app.user(1)
+            .get(&format!("/api/crm/fans/{id}/value-history?limit=0"))
             .await,
         StatusCode::BAD_REQUEST,
         "invalid_field",
@@ -360,7 +358,7 @@ async fn a_fans_value_history_records_every_change_with_its_source(backend: Back
 
 async fn bad_event_batches_are_refused_whole_with_the_field_at_fault(backend: Backend) {
     let app = spawn_app(backend).await;
-    let f = app.create_fan(1, json!({ "handle": "@zoe" })).await;
+    let f = app.user(1).create_fan(json!({ "handle": "@zoe" })).await;
     let id = f["id"].as_i64().unwrap();
     let ok = json!({ "id": "ok", "type": "tip", "at": "2026-12-01T00:00:00Z", "fanId": id, "amountCents": 5 });
     let cases = [
@@ -399,11 +397,10 @@ async fn bad_event_batches_are_refused_whole_with_the_field_at_fault(backend: Ba
         ),
     ];
     for (body, field) in cases {
-        let e = json_of(
-            app.post(1, "/api/onlyfans/events", &body).await,
-            StatusCode::BAD_REQUEST,
-        )
-        .await;
+        let e = app
+            .user(1)
+            .post_json("/api/onlyfans/events", &body, StatusCode::BAD_REQUEST)
+            .await;
         assert!(
             e["error"]["field"] == field
                 || e["error"]["message"].as_str().unwrap_or("").contains(field),
@@ -414,7 +411,8 @@ async fn bad_event_batches_are_refused_whole_with_the_field_at_fault(backend: Ba
         .map(|i| json!({ "id": format!("e{i}"), "type": "tip", "at": "2026-12-01T00:00:00Z", "fanId": id, "amountCents": 1 }))
         .collect();
     error_of(
-        app.post(1, "/api/onlyfans/events", &json!({ "events": too_many }))
+        app.user(1)
+            .post("/api/onlyfans/events", &json!({ "events": too_many }))
             .await,
         StatusCode::BAD_REQUEST,
         "invalid_field",
@@ -429,7 +427,8 @@ async fn concurrent_batches_of_the_same_events_apply_each_once_without_a_5xx(bac
     let mut fans = vec![];
     for i in 0..5 {
         fans.push(
-            app.create_fan(1, json!({ "handle": format!("@c{i}") }))
+            app.user(1)
+                .create_fan(json!({ "handle": format!("@c{i}") }))
                 .await["id"]
                 .clone(),
         );

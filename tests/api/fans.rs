@@ -21,11 +21,12 @@ async fn the_search_finds_fans_by_handle_or_name_without_case_over_every_page(ap
         ("carol_x", "Carol"),
         ("dave", "50% off"),
     ] {
-        app.create_fan(1, json!({ "handle": handle, "name": name }))
+        app.user(1)
+            .create_fan(json!({ "handle": handle, "name": name }))
             .await;
     }
     // Fans of another creator are never found.
-    app.create_fan(2, json!({ "handle": "alice2" })).await;
+    app.user(2).create_fan(json!({ "handle": "alice2" })).await;
     for (q, expected) in [
         ("ALI", vec!["@alice"]),
         ("robERT", vec!["@bob"]),
@@ -34,12 +35,10 @@ async fn the_search_finds_fans_by_handle_or_name_without_case_over_every_page(ap
         ("%", vec!["@dave"]),
         ("zzz", vec![]),
     ] {
-        let page = json_of(
-            app.get(1, &format!("/api/crm/fans?q={}&limit=1", urlencode(q)))
-                .await,
-            StatusCode::OK,
-        )
-        .await;
+        let page = app
+            .user(1)
+            .get_json(&format!("/api/crm/fans?q={}&limit=1", urlencode(q)))
+            .await;
         assert_eq!(page["total"], expected.len(), "q={q}: {page}");
         assert_eq!(
             handles_of(&page),
@@ -48,15 +47,13 @@ async fn the_search_finds_fans_by_handle_or_name_without_case_over_every_page(ap
         );
     }
     // With the other filters.
-    let page = json_of(
-        app.get(1, "/api/crm/fans?q=a&minValueCents=0&limit=10")
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    let page = app
+        .user(1)
+        .get_json("/api/crm/fans?q=a&minValueCents=0&limit=10")
+        .await;
     assert_eq!(handles_of(&page), ["@dave", "@carol_x", "@alice"], "{page}");
     error_of(
-        app.get(1, "/api/crm/fans?q=%20").await,
+        app.user(1).get("/api/crm/fans?q=%20").await,
         StatusCode::BAD_REQUEST,
         "invalid_field",
     )
@@ -73,7 +70,7 @@ fn urlencode(s: &str) -> String {
 }
 
 async fn a_new_user_lists_an_empty_page(app: TestApp) {
-    let page = json_of(app.get(1, "/api/crm/fans").await, StatusCode::OK).await;
+    let page = app.user(1).get_json("/api/crm/fans").await;
     assert_eq!(
         page,
         json!({ "items": [], "total": 0, "limit": 50, "offset": 0 })
@@ -82,24 +79,18 @@ async fn a_new_user_lists_an_empty_page(app: TestApp) {
 
 async fn a_created_fan_reads_back_with_its_handle_normalised(app: TestApp) {
     let created = app
-        .create_fan(
-            1,
-            json!({
-                "handle": " @JohnDoe ", "name": "John Doe", "email": "john@example.com",
-                "avatarUrl": "https://cdn.example.com/j.jpg", "tags": ["vip", "VIP", "whale"],
-                "notes": "Very engaged", "valueCents": 50000, "lastSeenAt": "2025-11-01T00:00:00Z"
-            }),
-        )
+        .user(1)
+        .create_fan(json!({
+            "handle": " @JohnDoe ", "name": "John Doe", "email": "john@example.com",
+            "avatarUrl": "https://cdn.example.com/j.jpg", "tags": ["vip", "VIP", "whale"],
+            "notes": "Very engaged", "valueCents": 50000, "lastSeenAt": "2025-11-01T00:00:00Z"
+        }))
         .await;
     assert_eq!(created["handle"], "@johndoe");
     assert_eq!(created["platform"], "onlyfans");
     assert_eq!(created["tags"], json!(["vip", "whale"]));
     let id = created["id"].as_i64().unwrap();
-    let fetched = json_of(
-        app.get(1, &format!("/api/crm/fans/{id}")).await,
-        StatusCode::OK,
-    )
-    .await;
+    let fetched = app.user(1).get_json(&format!("/api/crm/fans/{id}")).await;
     assert_eq!(without_history(&fetched), created);
     assert_eq!(fetched["valueCents"], 50000);
     assert_eq!(fetched["email"], "john@example.com");
@@ -107,45 +98,33 @@ async fn a_created_fan_reads_back_with_its_handle_normalised(app: TestApp) {
 }
 
 async fn fans_filter_by_tag_and_minimum_value_and_paginate(app: TestApp) {
-    app.create_fan(
-        1,
-        json!({ "handle": "a", "tags": ["VIP"], "valueCents": 100 }),
-    )
-    .await;
-    app.create_fan(
-        1,
-        json!({ "handle": "b", "tags": ["basic"], "valueCents": 5000 }),
-    )
-    .await;
-    app.create_fan(
-        1,
-        json!({ "handle": "c", "tags": ["vip"], "valueCents": 9000 }),
-    )
-    .await;
+    app.user(1)
+        .create_fan(json!({ "handle": "a", "tags": ["VIP"], "valueCents": 100 }))
+        .await;
+    app.user(1)
+        .create_fan(json!({ "handle": "b", "tags": ["basic"], "valueCents": 5000 }))
+        .await;
+    app.user(1)
+        .create_fan(json!({ "handle": "c", "tags": ["vip"], "valueCents": 9000 }))
+        .await;
 
-    let vip = json_of(app.get(1, "/api/crm/fans?tag=vip").await, StatusCode::OK).await;
+    let vip = app.user(1).get_json("/api/crm/fans?tag=vip").await;
     assert_eq!(handles_of(&vip), ["@c", "@a"]);
     assert_eq!(vip["total"], 2);
 
-    let rich = json_of(
-        app.get(1, "/api/crm/fans?minValueCents=5000").await,
-        StatusCode::OK,
-    )
-    .await;
+    let rich = app
+        .user(1)
+        .get_json("/api/crm/fans?minValueCents=5000")
+        .await;
     assert_eq!(handles_of(&rich), ["@c", "@b"]);
 
-    let rich_vip = json_of(
-        app.get(1, "/api/crm/fans?tag=vip&minValueCents=5000").await,
-        StatusCode::OK,
-    )
-    .await;
+    let rich_vip = app
+        .user(1)
+        .get_json("/api/crm/fans?tag=vip&minValueCents=5000")
+        .await;
     assert_eq!(handles_of(&rich_vip), ["@c"]);
 
-    let second = json_of(
-        app.get(1, "/api/crm/fans?limit=1&offset=1").await,
-        StatusCode::OK,
-    )
-    .await;
+    let second = app.user(1).get_json("/api/crm/fans?limit=1&offset=1").await;
     assert_eq!(handles_of(&second), ["@b"]);
     assert_eq!(second["total"], 3);
     assert_eq!(second["limit"], 1);
@@ -153,14 +132,14 @@ async fn fans_filter_by_tag_and_minimum_value_and_paginate(app: TestApp) {
 
 async fn updating_a_fan_changes_only_the_given_fields_and_null_clears(app: TestApp) {
     let fan = app
+        .user(1)
         .create_fan(
-            1,
             json!({ "handle": "jane", "name": "Jane", "email": "jane@example.com", "notes": "n" }),
         )
         .await;
     let id = fan["id"].as_i64().unwrap();
     let updated = json_of(
-        app.put(1, &format!("/api/crm/fans/{id}"), &json!({
+        app.user(1).put(&format!("/api/crm/fans/{id}"), &json!({
             "name": "Jane Updated", "tags": ["vip", "active"], "valueCents": 55000, "email": null
         }))
         .await,
@@ -173,11 +152,7 @@ async fn updating_a_fan_changes_only_the_given_fields_and_null_clears(app: TestA
     assert_eq!(updated["email"], serde_json::Value::Null);
     assert_eq!(updated["notes"], "n", "fields not in the body stay");
     assert_eq!(updated["handle"], "@jane");
-    let fetched = json_of(
-        app.get(1, &format!("/api/crm/fans/{id}")).await,
-        StatusCode::OK,
-    )
-    .await;
+    let fetched = app.user(1).get_json(&format!("/api/crm/fans/{id}")).await;
     assert_eq!(without_history(&fetched), updated);
 }
 
@@ -193,24 +168,25 @@ pub(crate) fn without_history(fan: &Value) -> Value {
 }
 
 async fn deleting_a_fan_answers_204_then_404(app: TestApp) {
-    let (fan_id, conv_id) = app.fan_with_conversation(1, "gone").await;
-    let resp = app.delete(1, &format!("/api/crm/fans/{fan_id}")).await;
+    let (fan_id, conv_id) = app.user(1).fan_with_conversation("gone").await;
+    let resp = app.user(1).delete(&format!("/api/crm/fans/{fan_id}")).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     error_of(
-        app.get(1, &format!("/api/crm/fans/{fan_id}")).await,
+        app.user(1).get(&format!("/api/crm/fans/{fan_id}")).await,
         StatusCode::NOT_FOUND,
         "not_found",
     )
     .await;
     error_of(
-        app.delete(1, &format!("/api/crm/fans/{fan_id}")).await,
+        app.user(1).delete(&format!("/api/crm/fans/{fan_id}")).await,
         StatusCode::NOT_FOUND,
         "not_found",
     )
     .await;
     // The fan's conversation goes with it.
     error_of(
-        app.get(1, &format!("/api/crm/conversations/{conv_id}"))
+        app.user(1)
+            .get(&format!("/api/crm/conversations/{conv_id}"))
             .await,
         StatusCode::NOT_FOUND,
         "not_found",
@@ -219,36 +195,37 @@ async fn deleting_a_fan_answers_204_then_404(app: TestApp) {
 }
 
 async fn a_second_fan_with_the_same_handle_is_a_409(app: TestApp) {
-    app.create_fan(1, json!({ "handle": "twin" })).await;
+    app.user(1).create_fan(json!({ "handle": "twin" })).await;
     let resp = app
-        .post(1, "/api/crm/fans", &json!({ "handle": "@TWIN" }))
+        .user(1)
+        .post("/api/crm/fans", &json!({ "handle": "@TWIN" }))
         .await;
     error_of(resp, StatusCode::CONFLICT, "conflict").await;
     // The same handle on another platform is another fan.
-    app.create_fan(1, json!({ "handle": "twin", "platform": "fansly" }))
+    app.user(1)
+        .create_fan(json!({ "handle": "twin", "platform": "fansly" }))
         .await;
-    let page = json_of(app.get(1, "/api/crm/fans").await, StatusCode::OK).await;
+    let page = app.user(1).get_json("/api/crm/fans").await;
     assert_eq!(page["total"], 2);
 }
 
 /// The list's page index: across imports, creates and deletes, the page at any offset holds
 /// what a walk of every fan (newest first) has there, and the total counts them all.
 async fn every_page_holds_what_a_walk_of_all_the_fans_has_there(app: TestApp) {
-    let first = app.import(1, "first.csv", generated_csv(2_500)).await;
-    assert_eq!(app.wait_job(1, &first).await["status"], "succeeded");
+    let first = app.user(1).import("first.csv", generated_csv(2_500)).await;
+    assert_eq!(app.user(1).wait_job(&first).await["status"], "succeeded");
     // Another creator's fans are not counted; a fan created between imports, and deletes in
     // the oldest block and of the newest fan, move the counts.
-    app.create_fan(2, json!({ "handle": "someone" })).await;
-    let lone = app.create_fan(1, json!({ "handle": "lone" })).await;
-    let newest = app.create_fan(1, json!({ "handle": "newest" })).await;
-    let page = json_of(
-        app.get(1, "/api/crm/fans?offset=2501&limit=1").await,
-        StatusCode::OK,
-    )
-    .await;
+    app.user(2).create_fan(json!({ "handle": "someone" })).await;
+    let lone = app.user(1).create_fan(json!({ "handle": "lone" })).await;
+    let newest = app.user(1).create_fan(json!({ "handle": "newest" })).await;
+    let page = app
+        .user(1)
+        .get_json("/api/crm/fans?offset=2501&limit=1")
+        .await;
     let oldest = page["items"][0]["id"].as_i64().unwrap();
     for id in [oldest, newest["id"].as_i64().unwrap()] {
-        let resp = app.delete(1, &format!("/api/crm/fans/{id}")).await;
+        let resp = app.user(1).delete(&format!("/api/crm/fans/{id}")).await;
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     }
     let mut more =
@@ -256,8 +233,8 @@ async fn every_page_holds_what_a_walk_of_all_the_fans_has_there(app: TestApp) {
     for i in 0..1_200 {
         more.push_str(&format!("later{i},Later {i},,,,\n"));
     }
-    let second = app.import(1, "second.csv", more.into_bytes()).await;
-    assert_eq!(app.wait_job(1, &second).await["status"], "succeeded");
+    let second = app.user(1).import("second.csv", more.into_bytes()).await;
+    assert_eq!(app.user(1).wait_job(&second).await["status"], "succeeded");
 
     let db = fanqueue_jobs::db::Db::connect(&app.database_url)
         .await
@@ -296,12 +273,10 @@ async fn every_page_holds_what_a_walk_of_all_the_fans_has_there(app: TestApp) {
         n,
         n + 10,
     ] {
-        let page = json_of(
-            app.get(1, &format!("/api/crm/fans?offset={offset}&limit=50"))
-                .await,
-            StatusCode::OK,
-        )
-        .await;
+        let page = app
+            .user(1)
+            .get_json(&format!("/api/crm/fans?offset={offset}&limit=50"))
+            .await;
         let ids: Vec<i64> = page["items"]
             .as_array()
             .unwrap()

@@ -35,7 +35,8 @@ async fn a_bulk_sent_twice_with_one_key_creates_one_campaign_and_answers_the_sam
     let mut fans = vec![];
     for i in 0..3 {
         let fan = app
-            .create_fan(1, json!({ "handle": format!("f{i}") }))
+            .user(1)
+            .create_fan(json!({ "handle": format!("f{i}") }))
             .await;
         fans.push(fan["id"].as_i64().unwrap());
     }
@@ -50,9 +51,9 @@ async fn a_bulk_sent_twice_with_one_key_creates_one_campaign_and_answers_the_sam
     assert_eq!(again.status(), StatusCode::ACCEPTED);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.json::<Value>().await.unwrap(), first, "the same body");
-    let campaigns = json_of_get(&app, 1, "/api/crm/campaigns").await;
+    let campaigns = app.user(1).get_json("/api/crm/campaigns").await;
     assert_eq!(campaigns["total"], 1, "one campaign: {campaigns}");
-    let jobs = json_of_get(&app, 1, "/api/jobs?kind=bulk_send").await;
+    let jobs = app.user(1).get_json("/api/jobs?kind=bulk_send").await;
     assert_eq!(jobs["total"], 1, "one job");
 
     // The same key with another body is refused and creates nothing.
@@ -64,10 +65,10 @@ async fn a_bulk_sent_twice_with_one_key_creates_one_campaign_and_answers_the_sam
         "idempotency_key_reused",
     )
     .await;
-    assert_eq!(json_of_get(&app, 1, "/api/crm/campaigns").await["total"], 1);
+    assert_eq!(app.user(1).get_json("/api/crm/campaigns").await["total"], 1);
 
     // Keys are per user: another creator's request with the same key is their own.
-    let theirs = app.create_fan(2, json!({ "handle": "g" })).await;
+    let theirs = app.user(2).create_fan(json!({ "handle": "g" })).await;
     let send = json!({ "recipientId": theirs["id"], "content": "Hi" });
     let resp = post(&app, 2, "/api/onlyfans/messages/send", "bulk-1", &send).await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
@@ -120,7 +121,7 @@ async fn a_repeat_while_the_first_runs_is_409_and_an_upload_repeated_gets_the_sa
     // The first holds its key from before its job is stored until it answers, 2 s later.
     let (within, every) = (Duration::from_secs(10), Duration::from_millis(20));
     eventually("the first upload's job stored", within, every, || async {
-        let jobs = json_of_get(&app, 1, "/api/jobs?kind=import_csv").await;
+        let jobs = app.user(1).get_json("/api/jobs?kind=import_csv").await;
         if jobs["total"] == 0 {
             Err(jobs.to_string())
         } else {
@@ -140,7 +141,7 @@ async fn a_repeat_while_the_first_runs_is_409_and_an_upload_repeated_gets_the_sa
         again["jobId"], first["jobId"],
         "the same job, not a second import"
     );
-    let jobs = json_of_get(&app, 1, "/api/jobs?kind=import_csv").await;
+    let jobs = app.user(1).get_json("/api/jobs?kind=import_csv").await;
     assert_eq!(jobs["total"], 1);
 }
 
@@ -157,7 +158,7 @@ async fn a_repeat_after_a_crash_between_the_commit_and_the_answer_answers_for_th
     let fan_id = first_fan.json::<Value>().await.unwrap()["id"]
         .as_i64()
         .unwrap();
-    let conversation = app.open_conversation(1, fan_id).await["id"]
+    let conversation = app.user(1).open_conversation(fan_id).await["id"]
         .as_i64()
         .unwrap();
     let csv = |key: &'static str| {
@@ -228,27 +229,25 @@ async fn a_repeat_after_a_crash_between_the_commit_and_the_answer_answers_for_th
     );
 
     // Nothing was written twice.
-    assert_eq!(json_of_get(&app, 1, "/api/crm/fans").await["total"], 1);
-    let messages = json_of_get(
-        &app,
-        1,
-        &format!("/api/crm/conversations/{conversation}/messages"),
-    )
-    .await;
+    assert_eq!(app.user(1).get_json("/api/crm/fans").await["total"], 1);
+    let messages = app
+        .user(1)
+        .get_json(&format!("/api/crm/conversations/{conversation}/messages"))
+        .await;
     assert_eq!(
         messages["total"], 4,
         "send, reply, inbound, campaign: {messages}"
     );
-    assert_eq!(json_of_get(&app, 1, "/api/crm/campaigns").await["total"], 1);
+    assert_eq!(app.user(1).get_json("/api/crm/campaigns").await["total"], 1);
     assert_eq!(
-        json_of_get(&app, 1, "/api/jobs?kind=import_csv").await["total"],
+        app.user(1).get_json("/api/jobs?kind=import_csv").await["total"],
         1
     );
 }
 
 /// The fan the first request created, as its answer named it.
 async fn first_fan_answer(app: &TestApp, id: i64) -> Value {
-    json_of_get(app, 1, &format!("/api/crm/fans/{id}")).await
+    app.user(1).get_json(&format!("/api/crm/fans/{id}")).await
 }
 
 /// Forgets every kept answer and runs every claim's lease out, as a process killed between
@@ -266,8 +265,4 @@ async fn crash_after_commit(url: &str) {
     .unwrap();
     assert_eq!(forgot, 6, "one key per request");
     db.close().await;
-}
-
-async fn json_of_get(app: &TestApp, user: i64, path: &str) -> Value {
-    crate::helpers::json_of(app.get(user, path).await, StatusCode::OK).await
 }

@@ -10,7 +10,7 @@ use fanqueue_jobs::db::Db;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{TestApp, json_of, summary};
+use crate::helpers::{TestApp, summary};
 
 crate::on_both_backends!(
     tweak = |s| s.imports.import_batch_rows = 200;
@@ -151,22 +151,21 @@ async fn an_imports_history_revenue_and_page_index_equal_a_direct_computation_an
     app: TestApp,
 ) {
     for i in 0..10 {
-        app.create_fan(
-            1,
-            json!({ "handle": format!("@fan{i}"), "valueCents": existing_value(i) }),
-        )
-        .await;
+        app.user(1)
+            .create_fan(json!({ "handle": format!("@fan{i}"), "valueCents": existing_value(i) }))
+            .await;
     }
     // Another creator's fan and import: none of it is creator 1's.
-    app.create_fan(2, json!({ "handle": "@fan1", "valueCents": 77 }))
+    app.user(2)
+        .create_fan(json!({ "handle": "@fan1", "valueCents": 77 }))
         .await;
-    let other = app.import(2, "export.csv", export()).await;
-    app.wait_job(2, &other).await;
+    let other = app.user(2).import("export.csv", export()).await;
+    app.user(2).wait_job(&other).await;
     let before = stored(&app, 1).await;
     assert_eq!(before.history.len(), 10);
 
-    let job = app.import(1, "export.csv", export()).await;
-    let s = summary(&app.wait_job(1, &job).await).clone();
+    let job = app.user(1).import("export.csv", export()).await;
+    let s = summary(&app.user(1).wait_job(&job).await).clone();
     assert_eq!(
         (&s["successfulInserts"], &s["updated"], &s["errorCount"]),
         (&json!(ROWS - 10), &json!(10), &json!(0)),
@@ -182,13 +181,13 @@ async fn an_imports_history_revenue_and_page_index_equal_a_direct_computation_an
         })
         .count();
     assert_eq!(first.history.len(), 10 + changed);
-    let total = json_of(app.get(1, "/api/crm/fans?limit=1").await, StatusCode::OK).await;
+    let total = app.user(1).get_json("/api/crm/fans?limit=1").await;
     assert_eq!(total["total"], ROWS);
     // Creator 2's own figures are exact too, and untouched by creator 1's import.
     check_exact(&stored(&app, 2).await, "the other creator");
 
-    let again = app.import(1, "export.csv", export()).await;
-    let s = summary(&app.wait_job(1, &again).await).clone();
+    let again = app.user(1).import("export.csv", export()).await;
+    let s = summary(&app.user(1).wait_job(&again).await).clone();
     assert_eq!(
         (&s["successfulInserts"], &s["updated"], &s["unchanged"]),
         (&json!(0), &json!(0), &json!(ROWS)),
@@ -204,7 +203,7 @@ async fn an_imports_history_revenue_and_page_index_equal_a_direct_computation_an
         .iter()
         .find(|f| f.1 != 0)
         .expect("a fan with a value");
-    let answer = app.delete(1, &format!("/api/crm/fans/{gone}")).await;
+    let answer = app.user(1).delete(&format!("/api/crm/fans/{gone}")).await;
     assert_eq!(answer.status(), StatusCode::NO_CONTENT);
     let after = stored(&app, 1).await;
     assert!(after.history.iter().all(|h| h.1 != gone));

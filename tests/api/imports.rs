@@ -28,9 +28,10 @@ crate::on_both_backends!(
 
 async fn the_sample_export_imports_and_importing_it_again_adds_no_fan(app: TestApp) {
     let id = app
-        .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
+        .user(1)
+        .import("onlyfans_export.csv", SAMPLE_CSV.into())
         .await;
-    let job = app.wait_job(1, &id).await;
+    let job = app.user(1).wait_job(&id).await;
     assert_eq!(job["kind"], "import_csv");
     assert_eq!(job["attempts"], 1);
     assert_eq!(job["progress"], json!({ "done": 2, "total": 2 }));
@@ -48,7 +49,7 @@ async fn the_sample_export_imports_and_importing_it_again_adds_no_fan(app: TestA
     );
     assert_eq!(s["errors"], json!([]));
 
-    let fans = json_of(app.get(1, "/api/crm/fans").await, StatusCode::OK).await;
+    let fans = app.user(1).get_json("/api/crm/fans").await;
     assert_eq!(fans["total"], 2);
     let john = fans["items"]
         .as_array()
@@ -67,9 +68,10 @@ async fn the_sample_export_imports_and_importing_it_again_adds_no_fan(app: TestA
     let before = fans.clone();
 
     let again = app
+        .user(1)
         .wait_job(
-            1,
-            &app.import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
+            &app.user(1)
+                .import("onlyfans_export.csv", SAMPLE_CSV.into())
                 .await,
         )
         .await;
@@ -85,19 +87,19 @@ async fn the_sample_export_imports_and_importing_it_again_adds_no_fan(app: TestA
         (Some(2), Some(0), Some(0), Some(2), Some(0)),
         "the same rows again match both fans and change nothing: {s}"
     );
-    let after = json_of(app.get(1, "/api/crm/fans").await, StatusCode::OK).await;
+    let after = app.user(1).get_json("/api/crm/fans").await;
     assert_eq!(
         after, before,
         "re-importing the same file changes nothing, not even updatedAt"
     );
     // Another user's import is theirs alone.
-    assert_eq!(app.fan_total(2).await, 0);
+    assert_eq!(app.user(2).fan_total().await, 0);
 }
 
 async fn a_messy_export_is_read_and_every_row_is_accounted_for(app: TestApp) {
     // An existing fan the file updates; its tags gain the tier, its email stays.
     let existing = app
-        .create_fan(1, json!({ "handle": "@Existing", "email": "keep@example.com", "tags": ["vip"], "valueCents": 1 }))
+        .user(1).create_fan(json!({ "handle": "@Existing", "email": "keep@example.com", "tags": ["vip"], "valueCents": 1 }))
         .await;
     // Excel "CSV UTF-8" with European settings: BOM, ';', decimal commas, DD.MM.YYYY.
     let csv = "\u{feff}USER_NAME;Name;Email Address;Tier;Lifetime Spend;Last Active\r\n\
@@ -108,7 +110,8 @@ async fn a_messy_export_is_read_and_every_row_is_accounted_for(app: TestApp) {
                ALICE;Alice Again;alice2@example.com;Premium;20;2025-11-02\r\n\
                dave;Dave;dave@example.com;Basic;lots;2025-10-30\r\n";
     let job = app
-        .wait_job(1, &app.import(1, "export.csv", csv.into()).await)
+        .user(1)
+        .wait_job(&app.user(1).import("export.csv", csv.into()).await)
         .await;
     let s = summary(&job);
     assert_eq!(s["totalRows"], 6);
@@ -148,7 +151,7 @@ async fn a_messy_export_is_read_and_every_row_is_accounted_for(app: TestApp) {
     .sum();
     assert_eq!(accounted, 6, "every row is counted exactly once: {s}");
 
-    let fans = json_of(app.get(1, "/api/crm/fans").await, StatusCode::OK).await;
+    let fans = app.user(1).get_json("/api/crm/fans").await;
     let mut handles = handles_of(&fans);
     handles.sort();
     assert_eq!(handles, ["@alice", "@carol", "@existing"]);
@@ -183,14 +186,16 @@ async fn a_messy_export_is_read_and_every_row_is_accounted_for(app: TestApp) {
 
 async fn bad_uploads_get_a_clear_4xx_and_import_nothing(app: TestApp) {
     let err = error_of(
-        app.upload_csv(1, "fans.txt", SAMPLE_CSV.into(), "").await,
+        app.user(1)
+            .upload_csv("fans.txt", SAMPLE_CSV.into(), "")
+            .await,
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "unsupported_media_type",
     )
     .await;
     assert!(err["message"].as_str().unwrap().contains(".csv"));
     let err = error_of(
-        app.upload_csv(1, "empty.csv", vec![], "").await,
+        app.user(1).upload_csv("empty.csv", vec![], "").await,
         StatusCode::BAD_REQUEST,
         "invalid_field",
     )
@@ -200,7 +205,7 @@ async fn bad_uploads_get_a_clear_4xx_and_import_nothing(app: TestApp) {
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     let err = error_of(
-        app.upload_csv(1, "garbage.csv", garbage, "").await,
+        app.user(1).upload_csv("garbage.csv", garbage, "").await,
         StatusCode::BAD_REQUEST,
         "invalid_field",
     )
@@ -222,20 +227,22 @@ async fn bad_uploads_get_a_clear_4xx_and_import_nothing(app: TestApp) {
     let err = error_of(resp, StatusCode::BAD_REQUEST, "invalid_field").await;
     assert_eq!(err["field"], "other");
     let resp = app
-        .post(1, "/api/onlyfans/import/csv", &json!({ "file": "x" }))
+        .user(1)
+        .post("/api/onlyfans/import/csv", &json!({ "file": "x" }))
         .await;
     assert!(resp.status().is_client_error());
 
-    let jobs = json_of(app.get(1, "/api/jobs").await, StatusCode::OK).await;
+    let jobs = app.user(1).get_json("/api/jobs").await;
     assert_eq!(jobs["total"], 0, "no job for a refused upload");
-    assert_eq!(app.fan_total(1).await, 0);
+    assert_eq!(app.user(1).fan_total().await, 0);
 }
 
 async fn a_file_without_a_usable_header_fails_at_once_with_the_reason(app: TestApp) {
     let id = app
-        .import(1, "numbers.csv", b"foo,bar\n1,2\n3,4\n".to_vec())
+        .user(1)
+        .import("numbers.csv", b"foo,bar\n1,2\n3,4\n".to_vec())
         .await;
-    let job = app.wait_job(1, &id).await;
+    let job = app.user(1).wait_job(&id).await;
     assert_eq!(job["status"], "failed");
     assert_eq!(job["attempts"], 1, "a permanent error is not retried");
     let error = job["error"].as_str().unwrap();
@@ -243,12 +250,13 @@ async fn a_file_without_a_usable_header_fails_at_once_with_the_reason(app: TestA
         error.contains("username") && error.contains("foo"),
         "the reason names the problem: {error}"
     );
-    assert_eq!(app.fan_total(1).await, 0);
+    assert_eq!(app.user(1).fan_total().await, 0);
 }
 
 async fn wait_answers_with_the_summary_like_the_seeds_api(app: TestApp) {
     let done = json_of(
-        app.upload_csv(1, "onlyfans_export.csv", SAMPLE_CSV.into(), "?wait=30")
+        app.user(1)
+            .upload_csv("onlyfans_export.csv", SAMPLE_CSV.into(), "?wait=30")
             .await,
         StatusCode::OK,
     )
@@ -258,7 +266,8 @@ async fn wait_answers_with_the_summary_like_the_seeds_api(app: TestApp) {
     assert_eq!(done["summary"]["successfulInserts"], 2);
     assert!(done["jobId"].is_string());
     let failed = app
-        .upload_csv(1, "bad.csv", b"foo\n1\n".to_vec(), "?wait=30")
+        .user(1)
+        .upload_csv("bad.csv", b"foo\n1\n".to_vec(), "?wait=30")
         .await;
     let err = error_of(failed, StatusCode::BAD_REQUEST, "import_failed").await;
     assert!(
@@ -266,7 +275,8 @@ async fn wait_answers_with_the_summary_like_the_seeds_api(app: TestApp) {
         "{err}"
     );
     let err = error_of(
-        app.upload_csv(1, "a.csv", SAMPLE_CSV.into(), "?wait=61")
+        app.user(1)
+            .upload_csv("a.csv", SAMPLE_CSV.into(), "?wait=61")
             .await,
         StatusCode::BAD_REQUEST,
         "invalid_field",
@@ -278,12 +288,14 @@ async fn wait_answers_with_the_summary_like_the_seeds_api(app: TestApp) {
 async fn the_11th_import_in_an_hour_is_a_429(app: TestApp) {
     for i in 0..10 {
         let resp = app
-            .upload_csv(1, "onlyfans_export.csv", SAMPLE_CSV.into(), "")
+            .user(1)
+            .upload_csv("onlyfans_export.csv", SAMPLE_CSV.into(), "")
             .await;
         assert_eq!(resp.status(), StatusCode::ACCEPTED, "import {}", i + 1);
     }
     let resp = app
-        .upload_csv(1, "onlyfans_export.csv", SAMPLE_CSV.into(), "")
+        .user(1)
+        .upload_csv("onlyfans_export.csv", SAMPLE_CSV.into(), "")
         .await;
     let retry: u64 = resp.headers()["retry-after"]
         .to_str()
@@ -292,15 +304,12 @@ async fn the_11th_import_in_an_hour_is_a_429(app: TestApp) {
         .unwrap();
     assert!(retry > 60 && retry <= 3600, "about an hour: {retry}");
     error_of(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
-    let jobs = json_of(
-        app.get(1, "/api/jobs?kind=import_csv").await,
-        StatusCode::OK,
-    )
-    .await;
+    let jobs = app.user(1).get_json("/api/jobs?kind=import_csv").await;
     assert_eq!(jobs["total"], 10, "the refused import stored no job");
     // Another user is not affected.
     assert_eq!(
-        app.upload_csv(2, "onlyfans_export.csv", SAMPLE_CSV.into(), "")
+        app.user(2)
+            .upload_csv("onlyfans_export.csv", SAMPLE_CSV.into(), "")
             .await
             .status(),
         StatusCode::ACCEPTED
@@ -310,11 +319,11 @@ async fn the_11th_import_in_an_hour_is_a_429(app: TestApp) {
 async fn cancelling_a_running_import_keeps_committed_batches_and_says_where_it_stopped(
     app: TestApp,
 ) {
-    let id = app.import(1, "big.csv", generated_csv(60_000)).await;
+    let id = app.user(1).import("big.csv", generated_csv(60_000)).await;
     // Wait until it runs and has committed something, then cancel.
     let (within, every) = (Duration::from_secs(60), Duration::from_millis(20));
     eventually("the import started", within, every, || async {
-        let job = json_of(app.get(1, &format!("/api/jobs/{id}")).await, StatusCode::OK).await;
+        let job = app.user(1).get_json(&format!("/api/jobs/{id}")).await;
         assert!(
             job["status"] != "succeeded",
             "finished before it could be cancelled: {job}"
@@ -327,12 +336,12 @@ async fn cancelling_a_running_import_keeps_committed_batches_and_says_where_it_s
     })
     .await;
     let cancelled = json_of(
-        app.delete(1, &format!("/api/jobs/{id}")).await,
+        app.user(1).delete(&format!("/api/jobs/{id}")).await,
         StatusCode::ACCEPTED,
     )
     .await;
     assert_eq!(cancelled["cancelRequested"], true);
-    let job = app.wait_job(1, &id).await;
+    let job = app.user(1).wait_job(&id).await;
     assert_eq!(job["status"], "cancelled", "{job}");
     let s = &job["result"]["summary"];
     assert_eq!(s["cancelled"], true);
@@ -344,10 +353,10 @@ async fn cancelling_a_running_import_keeps_committed_batches_and_says_where_it_s
     // Every row up to the stop committed (the file has no duplicates or errors), none after.
     let inserted = s["successfulInserts"].as_i64().unwrap();
     assert_eq!(inserted as u64, stopped - 1);
-    assert_eq!(app.fan_total(1).await, inserted);
+    assert_eq!(app.user(1).fan_total().await, inserted);
     // A finished job cannot be cancelled again.
     error_of(
-        app.delete(1, &format!("/api/jobs/{id}")).await,
+        app.user(1).delete(&format!("/api/jobs/{id}")).await,
         StatusCode::CONFLICT,
         "conflict",
     )
@@ -394,13 +403,15 @@ async fn a_file_over_the_limit_is_refused_while_streaming() {
     let csv = generated_csv(100); // about 6 KB, within the form overhead allowance
     assert!(csv.len() > 1_000);
     error_of(
-        app.upload_csv(1, "fans.csv", csv, "").await,
+        app.user(1).upload_csv("fans.csv", csv, "").await,
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
     )
     .await;
     json_of(
-        app.upload_csv(1, "fans.csv", generated_csv(5), "").await,
+        app.user(1)
+            .upload_csv("fans.csv", generated_csv(5), "")
+            .await,
         StatusCode::ACCEPTED,
     )
     .await;
@@ -411,12 +422,13 @@ async fn a_file_over_the_limit_is_refused_while_streaming() {
 async fn cancelling_a_queued_import_cancels_it_at_once() {
     let app = spawn_api_only(Backend::Sqlite, |_| {}).await;
     let id = app
-        .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
+        .user(1)
+        .import("onlyfans_export.csv", SAMPLE_CSV.into())
         .await;
-    let job = json_of(app.get(1, &format!("/api/jobs/{id}")).await, StatusCode::OK).await;
+    let job = app.user(1).get_json(&format!("/api/jobs/{id}")).await;
     assert_eq!(job["status"], "queued");
     let cancelled = json_of(
-        app.delete(1, &format!("/api/jobs/{id}")).await,
+        app.user(1).delete(&format!("/api/jobs/{id}")).await,
         StatusCode::ACCEPTED,
     )
     .await;
@@ -425,10 +437,11 @@ async fn cancelling_a_queued_import_cancels_it_at_once() {
     // Now start a worker on the same database: the job stays cancelled and imports nothing.
     app.start_workers().await;
     let second = app
-        .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
+        .user(1)
+        .import("onlyfans_export.csv", SAMPLE_CSV.into())
         .await;
-    app.wait_job(1, &second).await; // the worker is live and past the cancelled job
-    let job = json_of(app.get(1, &format!("/api/jobs/{id}")).await, StatusCode::OK).await;
+    app.user(1).wait_job(&second).await; // the worker is live and past the cancelled job
+    let job = app.user(1).get_json(&format!("/api/jobs/{id}")).await;
     assert_eq!(job["status"], "cancelled");
     assert_eq!(job["attempts"], 0);
 }
@@ -437,23 +450,25 @@ async fn cancelling_a_queued_import_cancels_it_at_once() {
 async fn on_postgres_with_s3_the_sample_imports_and_the_upload_is_removed_after() {
     let app = spawn_app_with(Backend::Postgres, with_s3).await;
     let id = app
-        .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
+        .user(1)
+        .import("onlyfans_export.csv", SAMPLE_CSV.into())
         .await;
-    let s = summary(&app.wait_job(1, &id).await);
+    let s = summary(&app.user(1).wait_job(&id).await);
     assert_eq!(
         (s["totalRows"].as_u64(), s["successfulInserts"].as_u64()),
         (Some(2), Some(2))
     );
     let again = summary(
-        &app.wait_job(
-            1,
-            &app.import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
-                .await,
-        )
-        .await,
+        &app.user(1)
+            .wait_job(
+                &app.user(1)
+                    .import("onlyfans_export.csv", SAMPLE_CSV.into())
+                    .await,
+            )
+            .await,
     );
     assert_eq!(again["successfulInserts"], 0);
-    assert_eq!(app.fan_total(1).await, 2);
+    assert_eq!(app.user(1).fan_total().await, 2);
     // Both uploads went to the bucket and were deleted once their jobs were final.
     let blobs = fanqueue_jobs::blobs::BlobStore::s3(
         app.settings.imports.s3_bucket.as_deref().unwrap(),
@@ -477,9 +492,10 @@ async fn on_postgres_with_s3_the_sample_imports_and_the_upload_is_removed_after(
 async fn with_jobs_on_redis_the_sample_imports_through_the_outbox() {
     let app = spawn_app_with(Backend::Postgres, with_redis_jobs).await;
     let id = app
-        .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
+        .user(1)
+        .import("onlyfans_export.csv", SAMPLE_CSV.into())
         .await;
-    let s = summary(&app.wait_job(1, &id).await);
+    let s = summary(&app.user(1).wait_job(&id).await);
     assert_eq!(s["successfulInserts"], 2);
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&app.database_url)
         .await
@@ -530,12 +546,13 @@ async fn forget_push(app: &TestApp, id: &str, age: chrono::TimeDelta) {
 async fn the_outbox_relay_pushes_a_job_the_api_never_pushed() {
     let app = spawn_api_only(Backend::Sqlite, with_redis_jobs).await;
     let id = app
-        .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
+        .user(1)
+        .import("onlyfans_export.csv", SAMPLE_CSV.into())
         .await;
     forget_push(&app, &id, chrono::TimeDelta::zero()).await;
     // A worker process of this deployment starts: its relay pushes the job, which then runs.
     app.start_workers().await;
-    let s = summary(&app.wait_job(1, &id).await);
+    let s = summary(&app.user(1).wait_job(&id).await);
     assert_eq!(s["successfulInserts"], 2);
 }
 
@@ -544,7 +561,8 @@ async fn the_outbox_relay_pushes_a_job_the_api_never_pushed() {
 async fn one_relay_step_pushes_each_forgotten_job_exactly_once() {
     let app = spawn_api_only(Backend::Sqlite, with_redis_jobs).await;
     let id = app
-        .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
+        .user(1)
+        .import("onlyfans_export.csv", SAMPLE_CSV.into())
         .await;
     forget_push(&app, &id, chrono::TimeDelta::minutes(1)).await;
     let services = app.services().await;
@@ -556,7 +574,7 @@ async fn one_relay_step_pushes_each_forgotten_job_exactly_once() {
     );
     assert_eq!(relay.run_once().await.unwrap(), 0, "and not pushed again");
     app.start_workers().await;
-    let job = app.wait_job(1, &id).await;
+    let job = app.user(1).wait_job(&id).await;
     assert_eq!(summary(&job)["successfulInserts"], 2);
     assert_eq!(job["attempts"], 1, "{job}");
 }
@@ -571,7 +589,8 @@ async fn a_summary_lists_a_thousand_errors_and_counts_the_rest() {
     }
     csv.push_str("good,good@example.com\n");
     let s = summary(
-        &app.wait_job(1, &app.import(1, "errors.csv", csv.into_bytes()).await)
+        &app.user(1)
+            .wait_job(&app.user(1).import("errors.csv", csv.into_bytes()).await)
             .await,
     );
     assert_eq!(s["totalRows"], 1_206);
@@ -580,7 +599,7 @@ async fn a_summary_lists_a_thousand_errors_and_counts_the_rest() {
     assert_eq!(s["errorCount"], 1_205);
     assert_eq!(s["errorsOmitted"], 205);
     assert_eq!(s["successfulInserts"], 1);
-    assert_eq!(app.fan_total(1).await, 1);
+    assert_eq!(app.user(1).fan_total().await, 1);
 }
 
 /// A run that fails for a reason worth retrying (here: the upload vanished from storage)
@@ -589,7 +608,8 @@ async fn a_summary_lists_a_thousand_errors_and_counts_the_rest() {
 async fn a_failing_import_is_retried_by_its_policy_then_failed_with_the_reason() {
     let app = spawn_api_only(Backend::Postgres, |_| {}).await;
     let id = app
-        .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
+        .user(1)
+        .import("onlyfans_export.csv", SAMPLE_CSV.into())
         .await;
     let services = app.services().await;
     let key = fanqueue_jobs::kinds::import_csv::blob_key(
@@ -599,7 +619,7 @@ async fn a_failing_import_is_retried_by_its_policy_then_failed_with_the_reason()
     services.blobs.delete(&key).await.unwrap();
     let started = std::time::Instant::now();
     app.start_workers().await;
-    let job = app.wait_job(1, &id).await;
+    let job = app.user(1).wait_job(&id).await;
     assert_eq!(job["status"], "failed", "{job}");
     let max = <ImportCsv as JobKind>::RETRY.max_attempts;
     assert_eq!(job["attempts"], max, "{job}");

@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{TestApp, error_of, json_of};
+use crate::helpers::{TestApp, error_of};
 
 crate::on_both_backends!(
     another_users_fan_and_conversation_are_404_on_every_verb,
@@ -12,41 +12,38 @@ crate::on_both_backends!(
 );
 
 async fn another_users_fan_and_conversation_are_404_on_every_verb(app: TestApp) {
-    let (fan, conv) = app.fan_with_conversation(1, "private").await;
-    app.post(
-        1,
-        &format!("/api/crm/conversations/{conv}/inbound"),
-        &json!({ "text": "secret" }),
-    )
-    .await;
-    let before_fan = json_of(
-        app.get(1, &format!("/api/crm/fans/{fan}")).await,
-        StatusCode::OK,
-    )
-    .await;
-    let before_conv = json_of(
-        app.get(1, &format!("/api/crm/conversations/{conv}")).await,
-        StatusCode::OK,
-    )
-    .await;
+    let (fan, conv) = app.user(1).fan_with_conversation("private").await;
+    app.user(1)
+        .post(
+            &format!("/api/crm/conversations/{conv}/inbound"),
+            &json!({ "text": "secret" }),
+        )
+        .await;
+    let before_fan = app.user(1).get_json(&format!("/api/crm/fans/{fan}")).await;
+    let before_conv = app
+        .user(1)
+        .get_json(&format!("/api/crm/conversations/{conv}"))
+        .await;
 
     let fan_path = format!("/api/crm/fans/{fan}");
     let conv_path = format!("/api/crm/conversations/{conv}");
     let calls = [
-        app.get(2, &fan_path).await,
-        app.put(2, &fan_path, &json!({ "name": "stolen" })).await,
-        app.delete(2, &fan_path).await,
-        app.post(2, "/api/crm/conversations", &json!({ "fanId": fan }))
+        app.user(2).get(&fan_path).await,
+        app.user(2)
+            .put(&fan_path, &json!({ "name": "stolen" }))
             .await,
-        app.get(2, &conv_path).await,
-        app.get(2, &format!("{conv_path}/messages")).await,
-        app.post(
-            2,
-            &format!("{conv_path}/inbound"),
-            &json!({ "text": "spoof" }),
-        )
-        .await,
-        app.post(2, &format!("{conv_path}/read"), &json!({})).await,
+        app.user(2).delete(&fan_path).await,
+        app.user(2)
+            .post("/api/crm/conversations", &json!({ "fanId": fan }))
+            .await,
+        app.user(2).get(&conv_path).await,
+        app.user(2).get(&format!("{conv_path}/messages")).await,
+        app.user(2)
+            .post(&format!("{conv_path}/inbound"), &json!({ "text": "spoof" }))
+            .await,
+        app.user(2)
+            .post(&format!("{conv_path}/read"), &json!({}))
+            .await,
     ];
     for resp in calls {
         let url = resp.url().clone();
@@ -57,55 +54,41 @@ async fn another_users_fan_and_conversation_are_404_on_every_verb(app: TestApp) 
         );
     }
 
-    let fans = json_of(app.get(2, "/api/crm/fans").await, StatusCode::OK).await;
+    let fans = app.user(2).get_json("/api/crm/fans").await;
     assert_eq!(fans["total"], 0);
     assert_eq!(fans["items"], json!([]));
-    let convs = json_of(app.get(2, "/api/crm/conversations").await, StatusCode::OK).await;
+    let convs = app.user(2).get_json("/api/crm/conversations").await;
     assert_eq!(convs["total"], 0);
 
     // User 1's rows are exactly as they were.
-    assert_eq!(
-        json_of(app.get(1, &fan_path).await, StatusCode::OK).await,
-        before_fan
-    );
-    assert_eq!(
-        json_of(app.get(1, &conv_path).await, StatusCode::OK).await,
-        before_conv
-    );
-    let msgs = json_of(
-        app.get(1, &format!("{conv_path}/messages")).await,
-        StatusCode::OK,
-    )
-    .await;
+    assert_eq!(app.user(1).get_json(&fan_path).await, before_fan);
+    assert_eq!(app.user(1).get_json(&conv_path).await, before_conv);
+    let msgs = app.user(1).get_json(&format!("{conv_path}/messages")).await;
     assert_eq!(msgs["total"], 1);
 }
 
 async fn an_operator_sees_each_creators_backlog_and_a_creator_does_not(app: TestApp) {
-    use crate::helpers::{error_of, instant, json_of};
+    use crate::helpers::{error_of, instant};
     use reqwest::StatusCode;
     use serde_json::json;
 
     for (user, sends) in [(1, 3), (2, 1)] {
-        let (_, conv) = app.fan_with_conversation(user, "@waiting").await;
+        let (_, conv) = app.user(user).fan_with_conversation("@waiting").await;
         for i in 0..sends {
-            json_of(
-                app.post(
-                    user,
+            app.user(user)
+                .post_json(
                     &format!("/api/crm/conversations/{conv}/messages"),
                     &json!({ "text": format!("hello {i}") }),
+                    StatusCode::ACCEPTED,
                 )
-                .await,
-                StatusCode::ACCEPTED,
-            )
-            .await;
+                .await;
         }
     }
     let before = chrono::Utc::now();
-    let page = json_of(
-        app.operator_get("/api/onlyfans/messages/backlogs").await,
-        StatusCode::OK,
-    )
-    .await;
+    let page = app
+        .operator(999)
+        .get_json("/api/onlyfans/messages/backlogs")
+        .await;
     assert_eq!(page["total"], 2, "{page}");
     let rows: Vec<(i64, i64)> = page["items"]
         .as_array()
@@ -124,7 +107,7 @@ async fn an_operator_sees_each_creators_backlog_and_a_creator_does_not(app: Test
     assert!(drained >= before + chrono::Duration::seconds(12), "{page}");
     assert!(instant(&page["items"][0]["oldestQueuedAt"]) <= before);
     error_of(
-        app.get(1, "/api/onlyfans/messages/backlogs").await,
+        app.user(1).get("/api/onlyfans/messages/backlogs").await,
         StatusCode::FORBIDDEN,
         "forbidden",
     )

@@ -2,21 +2,23 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{SAMPLE_CSV, TestApp, error_of, json_of};
+use crate::helpers::{SAMPLE_CSV, TestApp, error_of};
 
 crate::on_both_backends!(jobs_are_listed_filtered_and_private_to_their_user);
 
 async fn jobs_are_listed_filtered_and_private_to_their_user(app: TestApp) {
     let ok = app
-        .import(1, "onlyfans_export.csv", SAMPLE_CSV.into())
+        .user(1)
+        .import("onlyfans_export.csv", SAMPLE_CSV.into())
         .await;
     let bad = app
-        .import(1, "bad.csv", b"nothing,useful\n1,2\n".to_vec())
+        .user(1)
+        .import("bad.csv", b"nothing,useful\n1,2\n".to_vec())
         .await;
-    assert_eq!(app.wait_job(1, &ok).await["status"], "succeeded");
-    assert_eq!(app.wait_job(1, &bad).await["status"], "failed");
+    assert_eq!(app.user(1).wait_job(&ok).await["status"], "succeeded");
+    assert_eq!(app.user(1).wait_job(&bad).await["status"], "failed");
 
-    let all = json_of(app.get(1, "/api/jobs").await, StatusCode::OK).await;
+    let all = app.user(1).get_json("/api/jobs").await;
     assert_eq!(all["total"], 2);
     assert_eq!(all["items"][0]["id"], bad.as_str(), "newest first");
     let ids = |v: &serde_json::Value| -> Vec<String> {
@@ -27,14 +29,12 @@ async fn jobs_are_listed_filtered_and_private_to_their_user(app: TestApp) {
             .map(|j| j["id"].as_str().unwrap().to_owned())
             .collect()
     };
-    let failed = json_of(app.get(1, "/api/jobs?status=failed").await, StatusCode::OK).await;
+    let failed = app.user(1).get_json("/api/jobs?status=failed").await;
     assert_eq!(ids(&failed), [bad.as_str()]);
-    let imports = json_of(
-        app.get(1, "/api/jobs?kind=import_csv&status=succeeded")
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    let imports = app
+        .user(1)
+        .get_json("/api/jobs?kind=import_csv&status=succeeded")
+        .await;
     assert_eq!(ids(&imports), [ok.as_str()]);
 
     for (path, field) in [
@@ -42,7 +42,7 @@ async fn jobs_are_listed_filtered_and_private_to_their_user(app: TestApp) {
         ("/api/jobs?kind=email", "kind"),
     ] {
         let err = error_of(
-            app.get(1, path).await,
+            app.user(1).get(path).await,
             StatusCode::BAD_REQUEST,
             "invalid_field",
         )
@@ -50,14 +50,16 @@ async fn jobs_are_listed_filtered_and_private_to_their_user(app: TestApp) {
         assert_eq!(err["field"], field);
     }
     let err = error_of(
-        app.get(1, "/api/jobs/not-a-ulid").await,
+        app.user(1).get("/api/jobs/not-a-ulid").await,
         StatusCode::BAD_REQUEST,
         "invalid_field",
     )
     .await;
     assert_eq!(err["field"], "id");
     error_of(
-        app.get(1, "/api/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV").await,
+        app.user(1)
+            .get("/api/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV")
+            .await,
         StatusCode::NOT_FOUND,
         "not_found",
     )
@@ -65,25 +67,22 @@ async fn jobs_are_listed_filtered_and_private_to_their_user(app: TestApp) {
 
     // User 2 sees none of it and can touch none of it.
     for resp in [
-        app.get(2, &format!("/api/jobs/{ok}")).await,
-        app.delete(2, &format!("/api/jobs/{ok}")).await,
+        app.user(2).get(&format!("/api/jobs/{ok}")).await,
+        app.user(2).delete(&format!("/api/jobs/{ok}")).await,
     ] {
         error_of(resp, StatusCode::NOT_FOUND, "not_found").await;
     }
-    assert_eq!(
-        json_of(app.get(2, "/api/jobs").await, StatusCode::OK).await["total"],
-        0
-    );
+    assert_eq!(app.user(2).get_json("/api/jobs").await["total"], 0);
 
     // Finished jobs cannot be cancelled.
     let err = error_of(
-        app.delete(1, &format!("/api/jobs/{ok}")).await,
+        app.user(1).delete(&format!("/api/jobs/{ok}")).await,
         StatusCode::CONFLICT,
         "conflict",
     )
     .await;
     assert!(err["message"].as_str().unwrap().contains("succeeded"));
-    let job = json_of(app.get(1, &format!("/api/jobs/{ok}")).await, StatusCode::OK).await;
+    let job = app.user(1).get_json(&format!("/api/jobs/{ok}")).await;
     assert_eq!(job["status"], "succeeded");
     assert_eq!(job["cancelRequested"], false);
 }

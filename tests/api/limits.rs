@@ -4,19 +4,21 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{AppProcess, JWT_SECRET, TestApp, TestDb, error_of, json_of, redis_url};
+use crate::helpers::{AppProcess, JWT_SECRET, TestApp, TestDb, error_of, redis_url};
 
 crate::on_both_backends!(the_61st_write_in_a_minute_is_a_429_and_reads_go_on);
 
 async fn the_61st_write_in_a_minute_is_a_429_and_reads_go_on(app: TestApp) {
     for i in 0..60 {
         let resp = app
-            .post(1, "/api/crm/fans", &json!({ "handle": format!("fan{i}") }))
+            .user(1)
+            .post("/api/crm/fans", &json!({ "handle": format!("fan{i}") }))
             .await;
         assert_eq!(resp.status(), StatusCode::CREATED, "write {} of 60", i + 1);
     }
     let resp = app
-        .post(1, "/api/crm/fans", &json!({ "handle": "one-too-many" }))
+        .user(1)
+        .post("/api/crm/fans", &json!({ "handle": "one-too-many" }))
         .await;
     let retry_after: u64 = resp
         .headers()
@@ -29,16 +31,16 @@ async fn the_61st_write_in_a_minute_is_a_429_and_reads_go_on(app: TestApp) {
     assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
     error_of(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     // PUT and DELETE draw on the same budget.
-    let resp = app.delete(1, "/api/crm/fans/1").await;
+    let resp = app.user(1).delete("/api/crm/fans/1").await;
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
 
     // Reads are not limited, and the refused writes wrote nothing.
     for _ in 0..100 {
-        let page = json_of(app.get(1, "/api/crm/fans?limit=1").await, StatusCode::OK).await;
+        let page = app.user(1).get_json("/api/crm/fans?limit=1").await;
         assert_eq!(page["total"], 60);
     }
     // Another user has a budget of their own.
-    app.create_fan(2, json!({ "handle": "fresh" })).await;
+    app.user(2).create_fan(json!({ "handle": "fresh" })).await;
 }
 
 /// Two `fanqueue serve` processes on one PostgreSQL and one Redis: 40 writes through each

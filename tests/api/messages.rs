@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, TestApp, boto3_drain, error_of, instant, json_of, spawn_app_with, sqs_queues, with_sqs,
+    Backend, TestApp, boto3_drain, error_of, instant, spawn_app_with, sqs_queues, with_sqs,
 };
 
 crate::on_both_backends!(
@@ -23,10 +23,8 @@ async fn fans(app: &TestApp, user: i64, n: usize) -> Vec<i64> {
     let mut ids = vec![];
     for i in 0..n {
         let fan = app
-            .create_fan(
-                user,
-                json!({ "handle": format!("u{user}fan{i}"), "name": format!("Fan {i}") }),
-            )
+            .user(user)
+            .create_fan(json!({ "handle": format!("u{user}fan{i}"), "name": format!("Fan {i}") }))
             .await;
         ids.push(fan["id"].as_i64().unwrap());
     }
@@ -34,21 +32,18 @@ async fn fans(app: &TestApp, user: i64, n: usize) -> Vec<i64> {
 }
 
 async fn status(app: &TestApp) -> Value {
-    json_of(
-        app.operator_get("/api/onlyfans/messages/status").await,
-        StatusCode::OK,
-    )
-    .await
+    app.operator(999)
+        .get_json("/api/onlyfans/messages/status")
+        .await
 }
 
 async fn a_single_send_is_queued_with_an_estimate_and_its_conversation_moves(app: TestApp) {
     let fan = fans(&app, 1, 1).await[0];
     let body = json!({ "recipientId": fan, "content": "Hello!", "mediaUrls": ["https://cdn.example.com/a.jpg"], "priority": 8 });
-    let first = json_of(
-        app.post(1, "/api/onlyfans/messages/send", &body).await,
-        StatusCode::ACCEPTED,
-    )
-    .await;
+    let first = app
+        .user(1)
+        .post_json("/api/onlyfans/messages/send", &body, StatusCode::ACCEPTED)
+        .await;
     assert_eq!(first["status"], "queued");
     assert!(first["messageId"].is_i64());
     let queued = instant(&first["queuedAt"]);
@@ -58,29 +53,23 @@ async fn a_single_send_is_queued_with_an_estimate_and_its_conversation_moves(app
         queued + handoff,
         "nothing ahead of it: as soon as it is in the dispatcher's hands"
     );
-    let second = json_of(
-        app.post(1, "/api/onlyfans/messages/send", &body).await,
-        StatusCode::ACCEPTED,
-    )
-    .await;
+    let second = app
+        .user(1)
+        .post_json("/api/onlyfans/messages/send", &body, StatusCode::ACCEPTED)
+        .await;
     let behind = instant(&second["estimatedSendTime"]) - instant(&second["queuedAt"]) - handoff;
     assert_eq!(behind.num_seconds(), 6, "one message ahead at 10 a minute");
 
     // The send opened the fan's conversation; the message is in it, oldest first.
-    let convs = json_of(app.get(1, "/api/crm/conversations").await, StatusCode::OK).await;
+    let convs = app.user(1).get_json("/api/crm/conversations").await;
     assert_eq!(convs["total"], 1);
     let conv = &convs["items"][0];
     assert_eq!(conv["fanId"], fan);
     assert!(instant(&conv["lastMessageAt"]) >= queued);
-    let msgs = json_of(
-        app.get(
-            1,
-            &format!("/api/crm/conversations/{}/messages", conv["id"]),
-        )
-        .await,
-        StatusCode::OK,
-    )
-    .await;
+    let msgs = app
+        .user(1)
+        .get_json(&format!("/api/crm/conversations/{}/messages", conv["id"]))
+        .await;
     assert_eq!(msgs["total"], 2);
     let m = &msgs["items"][0];
     assert_eq!(m["id"], first["messageId"]);
@@ -94,14 +83,10 @@ async fn a_single_send_is_queued_with_an_estimate_and_its_conversation_moves(app
     );
 
     // Both reach the embedded queue through their jobs.
-    let jobs = json_of(
-        app.get(1, "/api/jobs?kind=send_message").await,
-        StatusCode::OK,
-    )
-    .await;
+    let jobs = app.user(1).get_json("/api/jobs?kind=send_message").await;
     assert_eq!(jobs["total"], 2);
     for job in jobs["items"].as_array().unwrap() {
-        let job = app.wait_job(1, job["id"].as_str().unwrap()).await;
+        let job = app.user(1).wait_job(job["id"].as_str().unwrap()).await;
         assert_eq!(job["status"], "succeeded", "{job}");
         assert_eq!(job["result"]["queued"], 1);
     }
@@ -111,31 +96,27 @@ async fn a_single_send_is_queued_with_an_estimate_and_its_conversation_moves(app
     let other = fans(&app, 2, 1).await[0];
     for id in [other, 999_999] {
         let resp = app
+            .user(1)
             .post(
-                1,
                 "/api/onlyfans/messages/send",
                 &json!({ "recipientId": id, "content": "x" }),
             )
             .await;
         error_of(resp, StatusCode::NOT_FOUND, "not_found").await;
     }
-    assert_eq!(
-        json_of(app.get(1, "/api/jobs").await, StatusCode::OK).await["total"],
-        2
-    );
+    assert_eq!(app.user(1).get_json("/api/jobs").await["total"], 2);
 }
 
 async fn a_send_in_a_conversation_is_queued_and_bad_bodies_are_400s(app: TestApp) {
-    let (_, conv) = app.fan_with_conversation(1, "chat").await;
+    let (_, conv) = app.user(1).fan_with_conversation("chat").await;
     let path = format!("/api/crm/conversations/{conv}/messages");
     let ok = json!({ "text": "Thanks!", "priceCents": 500, "attachments": [{ "type": "image", "url": "https://s3.example.com/p.jpg" }] });
-    let queued = json_of(app.post(1, &path, &ok).await, StatusCode::ACCEPTED).await;
+    let queued = app
+        .user(1)
+        .post_json(&path, &ok, StatusCode::ACCEPTED)
+        .await;
     assert_eq!(queued["status"], "queued");
-    let msgs = json_of(
-        app.get(1, &format!("{path}?limit=10")).await,
-        StatusCode::OK,
-    )
-    .await;
+    let msgs = app.user(1).get_json(&format!("{path}?limit=10")).await;
     assert_eq!(msgs["items"][0]["priceCents"], 500);
     assert_eq!(msgs["items"][0]["status"], "queued");
 
@@ -150,7 +131,7 @@ async fn a_send_in_a_conversation_is_queued_and_bad_bodies_are_400s(app: TestApp
         (json!({ "text": "x", "bogus": 1 }), "bogus"),
     ] {
         let err = error_of(
-            app.post(1, &path, &body).await,
+            app.user(1).post(&path, &body).await,
             StatusCode::BAD_REQUEST,
             "invalid_field",
         )
@@ -174,7 +155,7 @@ async fn a_send_in_a_conversation_is_queued_and_bad_bodies_are_400s(app: TestApp
         (json!({ "recipientId": 1 }), "content"),
     ] {
         let err = error_of(
-            app.post(1, "/api/onlyfans/messages/send", &body).await,
+            app.user(1).post("/api/onlyfans/messages/send", &body).await,
             StatusCode::BAD_REQUEST,
             "invalid_field",
         )
@@ -182,12 +163,12 @@ async fn a_send_in_a_conversation_is_queued_and_bad_bodies_are_400s(app: TestApp
         assert_eq!(err["field"], field, "{body}");
     }
     error_of(
-        app.post(2, &path, &ok).await,
+        app.user(2).post(&path, &ok).await,
         StatusCode::NOT_FOUND,
         "not_found",
     )
     .await;
-    let msgs = json_of(app.get(1, &path).await, StatusCode::OK).await;
+    let msgs = app.user(1).get_json(&path).await;
     assert_eq!(msgs["total"], 1, "no refused message was stored");
 }
 
@@ -196,12 +177,12 @@ async fn a_bulk_over_100_recipients_or_with_another_users_fan_creates_nothing(ap
     let theirs = fans(&app, 2, 1).await[0];
     let too_many: Vec<i64> = (1..=101).collect();
     let err = error_of(
-        app.post(
-            1,
-            "/api/messages/bulk",
-            &json!({ "recipientIds": too_many, "content": "Hi", "campaignName": "Big" }),
-        )
-        .await,
+        app.user(1)
+            .post(
+                "/api/messages/bulk",
+                &json!({ "recipientIds": too_many, "content": "Hi", "campaignName": "Big" }),
+            )
+            .await,
         StatusCode::BAD_REQUEST,
         "invalid_field",
     )
@@ -211,12 +192,12 @@ async fn a_bulk_over_100_recipients_or_with_another_users_fan_creates_nothing(ap
 
     let mixed = vec![mine[0], theirs, mine[1], 888_888];
     let err = error_of(
-        app.post(
-            1,
-            "/api/messages/bulk",
-            &json!({ "recipientIds": mixed, "content": "Hi", "campaignName": "Mixed" }),
-        )
-        .await,
+        app.user(1)
+            .post(
+                "/api/messages/bulk",
+                &json!({ "recipientIds": mixed, "content": "Hi", "campaignName": "Mixed" }),
+            )
+            .await,
         StatusCode::BAD_REQUEST,
         "invalid_field",
     )
@@ -232,31 +213,23 @@ async fn a_bulk_over_100_recipients_or_with_another_users_fan_creates_nothing(ap
     );
 
     // Nothing of either attempt exists.
+    assert_eq!(app.user(1).get_json("/api/crm/campaigns").await["total"], 0);
+    assert_eq!(app.user(1).get_json("/api/jobs").await["total"], 0);
     assert_eq!(
-        json_of(app.get(1, "/api/crm/campaigns").await, StatusCode::OK).await["total"],
-        0
-    );
-    assert_eq!(
-        json_of(app.get(1, "/api/jobs").await, StatusCode::OK).await["total"],
-        0
-    );
-    assert_eq!(
-        json_of(app.get(1, "/api/crm/conversations").await, StatusCode::OK).await["total"],
+        app.user(1).get_json("/api/crm/conversations").await["total"],
         0
     );
 
     // 100 with duplicates is fine once deduplicated: here 3 distinct.
     let dup = vec![mine[0], mine[1], mine[2], mine[0], mine[1]];
-    let ok = json_of(
-        app.post(
-            1,
+    let ok = app
+        .user(1)
+        .post_json(
             "/api/messages/bulk",
             &json!({ "recipientIds": dup, "content": "Hi", "campaignName": "Dup" }),
+            StatusCode::ACCEPTED,
         )
-        .await,
-        StatusCode::ACCEPTED,
-    )
-    .await;
+        .await;
     assert_eq!(
         (
             ok["totalRecipients"].as_i64(),
@@ -273,7 +246,8 @@ async fn a_bulk_over_100_recipients_or_with_another_users_fan_creates_nothing(ap
     );
     // Another user cannot see the campaign.
     error_of(
-        app.get(2, &format!("/api/crm/campaigns/{}", ok["campaignId"]))
+        app.user(2)
+            .get(&format!("/api/crm/campaigns/{}", ok["campaignId"]))
             .await,
         StatusCode::NOT_FOUND,
         "not_found",
@@ -286,19 +260,16 @@ async fn the_6th_campaign_in_an_hour_is_a_429(app: TestApp) {
     let body = json!({ "recipientIds": [fan], "content": "Hi", "campaignName": "C" });
     for i in 0..5 {
         assert_eq!(
-            app.post(1, "/api/messages/bulk", &body).await.status(),
+            app.user(1).post("/api/messages/bulk", &body).await.status(),
             StatusCode::ACCEPTED,
             "campaign {}",
             i + 1
         );
     }
-    let resp = app.post(1, "/api/messages/bulk", &body).await;
+    let resp = app.user(1).post("/api/messages/bulk", &body).await;
     assert!(resp.headers().contains_key("retry-after"));
     error_of(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
-    assert_eq!(
-        json_of(app.get(1, "/api/crm/campaigns").await, StatusCode::OK).await["total"],
-        5
-    );
+    assert_eq!(app.user(1).get_json("/api/crm/campaigns").await["total"], 5);
 }
 
 /// Creates `n` fans and a campaign to all of them; returns (fan ids, campaign id, job id).
@@ -308,13 +279,12 @@ async fn bulk(app: &TestApp, n: usize) -> (Vec<i64>, i64, String) {
         "recipientIds": ids, "content": "Special offer!", "mediaUrls": ["https://cdn.example.com/promo.jpg"],
         "campaignName": "Black Friday", "priority": 8
     });
-    let accepted = json_of(
-        app.post(1, "/api/messages/bulk", &body).await,
-        StatusCode::ACCEPTED,
-    )
-    .await;
+    let accepted = app
+        .user(1)
+        .post_json("/api/messages/bulk", &body, StatusCode::ACCEPTED)
+        .await;
     let campaign = accepted["campaignId"].as_i64().unwrap();
-    let jobs = json_of(app.get(1, "/api/jobs?kind=bulk_send").await, StatusCode::OK).await;
+    let jobs = app.user(1).get_json("/api/jobs?kind=bulk_send").await;
     let job = jobs["items"][0]["id"].as_str().unwrap().to_owned();
     (ids, campaign, job)
 }
@@ -331,15 +301,14 @@ async fn a_bulk_of_100_makes_10_batch_calls_and_a_boto3_consumer_reads_every_fie
     })
     .await;
     let (fan_ids, campaign, job) = bulk(&app, 100).await;
-    let job = app.wait_job(1, &job).await;
+    let job = app.user(1).wait_job(&job).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["result"]["sendMessageBatchCalls"], 10);
     assert_eq!(job["result"]["queued"], 100);
-    let status = json_of(
-        app.operator_get("/api/onlyfans/messages/status").await,
-        StatusCode::OK,
-    )
-    .await;
+    let status = app
+        .operator(999)
+        .get_json("/api/onlyfans/messages/status")
+        .await;
     assert_eq!(
         (status["queueDepth"].as_u64(), status["dlqCount"].as_u64()),
         (Some(100), Some(0))
@@ -347,11 +316,10 @@ async fn a_bulk_of_100_makes_10_batch_calls_and_a_boto3_consumer_reads_every_fie
 
     let bodies = boto3_drain(&queue);
     assert_eq!(bodies.len(), 100, "every message on the queue once");
-    let c = json_of(
-        app.get(1, &format!("/api/crm/campaigns/{campaign}")).await,
-        StatusCode::OK,
-    )
-    .await;
+    let c = app
+        .user(1)
+        .get_json(&format!("/api/crm/campaigns/{campaign}"))
+        .await;
     assert_eq!(c["status"], "active");
     assert_eq!(c["metrics"]["queued"], 100);
     let mut ids = HashSet::new();
@@ -385,21 +353,15 @@ async fn a_bulk_of_100_makes_10_batch_calls_and_a_boto3_consumer_reads_every_fie
     assert_eq!(recipients, fan_ids.into_iter().collect::<HashSet<_>>());
     // The message ids on the queue are the campaign's messages.
     let mut stored = HashSet::new();
-    let convs = json_of(
-        app.get(1, "/api/crm/conversations?limit=200").await,
-        StatusCode::OK,
-    )
-    .await;
-    for conv in convs["items"].as_array().unwrap() {
-        let msgs = json_of(
-            app.get(
-                1,
-                &format!("/api/crm/conversations/{}/messages", conv["id"]),
-            )
-            .await,
-            StatusCode::OK,
-        )
+    let convs = app
+        .user(1)
+        .get_json("/api/crm/conversations?limit=200")
         .await;
+    for conv in convs["items"].as_array().unwrap() {
+        let msgs = app
+            .user(1)
+            .get_json(&format!("/api/crm/conversations/{}/messages", conv["id"]))
+            .await;
         for m in msgs["items"].as_array().unwrap() {
             assert_eq!(m["campaignId"], campaign);
             stored.insert(m["id"].as_i64().unwrap().to_string());
@@ -414,14 +376,13 @@ async fn a_bulk_of_100_makes_10_batch_calls_and_a_boto3_consumer_reads_every_fie
 async fn on_the_embedded_default_a_bulk_reaches_the_embedded_queue() {
     let app = spawn_app_with(Backend::Sqlite, |s| s.api.write_limit_per_minute = 1_000).await;
     let (_, campaign, job) = bulk(&app, 100).await;
-    let job = app.wait_job(1, &job).await;
+    let job = app.user(1).wait_job(&job).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["result"]["sendMessageBatchCalls"], 10);
-    let status = json_of(
-        app.operator_get("/api/onlyfans/messages/status").await,
-        StatusCode::OK,
-    )
-    .await;
+    let status = app
+        .operator(999)
+        .get_json("/api/onlyfans/messages/status")
+        .await;
     assert_eq!(
         (
             status["queueDepth"].as_u64(),
@@ -430,11 +391,10 @@ async fn on_the_embedded_default_a_bulk_reaches_the_embedded_queue() {
         ),
         (Some(100), Some(0), Some(0))
     );
-    let c = json_of(
-        app.get(1, &format!("/api/crm/campaigns/{campaign}")).await,
-        StatusCode::OK,
-    )
-    .await;
+    let c = app
+        .user(1)
+        .get_json(&format!("/api/crm/campaigns/{campaign}"))
+        .await;
     assert_eq!(
         (
             c["metrics"]["total"].as_i64(),
@@ -444,7 +404,7 @@ async fn on_the_embedded_default_a_bulk_reaches_the_embedded_queue() {
     );
     assert_eq!(c["type"], "bulk_message");
     assert_eq!(c["template"]["content"], "Special offer!");
-    let list = json_of(app.get(1, "/api/crm/campaigns").await, StatusCode::OK).await;
+    let list = app.user(1).get_json("/api/crm/campaigns").await;
     assert_eq!(list["items"][0]["id"], campaign);
 }
 
@@ -454,21 +414,16 @@ async fn on_the_embedded_default_a_bulk_reaches_the_embedded_queue() {
 async fn with_the_rate_limiter_disabled_messages_are_marked_sent_without_the_queue() {
     let app = spawn_app_with(Backend::Sqlite, |s| s.delivery.rate_limiter_enabled = false).await;
     let (_, campaign, job) = bulk(&app, 3).await;
-    let job = app.wait_job(1, &job).await;
+    let job = app.user(1).wait_job(&job).await;
     assert_eq!(job["result"]["sent"], 3, "{job}");
     assert_eq!(job["result"]["sendMessageBatchCalls"], 0);
-    let status = json_of(
-        app.get(1, "/api/onlyfans/messages/status").await,
-        StatusCode::OK,
-    )
-    .await;
+    let status = app.user(1).get_json("/api/onlyfans/messages/status").await;
     assert_eq!(status["queueDepth"], 0);
     assert!(status["lastProcessedAt"].is_string());
-    let c = json_of(
-        app.get(1, &format!("/api/crm/campaigns/{campaign}")).await,
-        StatusCode::OK,
-    )
-    .await;
+    let c = app
+        .user(1)
+        .get_json(&format!("/api/crm/campaigns/{campaign}"))
+        .await;
     assert_eq!(c["status"], "completed");
     assert_eq!(
         (
@@ -490,21 +445,16 @@ async fn with_sqs_unreachable_the_job_retries_then_fails_the_messages_with_the_r
     })
     .await;
     let (_, campaign, job) = bulk(&app, 12).await;
-    let job = crate::helpers::wait_job_at(
-        &app.client,
-        &app.address,
-        &app.token(1),
-        &job,
-        std::time::Duration::from_secs(120),
-    )
-    .await;
+    let job = app
+        .user(1)
+        .wait_job_within(&job, std::time::Duration::from_secs(120))
+        .await;
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["attempts"], <BulkSend as JobKind>::RETRY.max_attempts);
-    let c = json_of(
-        app.get(1, &format!("/api/crm/campaigns/{campaign}")).await,
-        StatusCode::OK,
-    )
-    .await;
+    let c = app
+        .user(1)
+        .get_json(&format!("/api/crm/campaigns/{campaign}"))
+        .await;
     assert_eq!(
         (
             c["metrics"]["failed"].as_i64(),
@@ -514,17 +464,12 @@ async fn with_sqs_unreachable_the_job_retries_then_fails_the_messages_with_the_r
         "{c}"
     );
     assert_eq!(c["status"], "completed", "every message is final");
-    let convs = json_of(app.get(1, "/api/crm/conversations").await, StatusCode::OK).await;
+    let convs = app.user(1).get_json("/api/crm/conversations").await;
     let conv = &convs["items"][0];
-    let msgs = json_of(
-        app.get(
-            1,
-            &format!("/api/crm/conversations/{}/messages", conv["id"]),
-        )
-        .await,
-        StatusCode::OK,
-    )
-    .await;
+    let msgs = app
+        .user(1)
+        .get_json(&format!("/api/crm/conversations/{}/messages", conv["id"]))
+        .await;
     let m = &msgs["items"][0];
     assert_eq!(m["status"], "failed");
     let error = m["error"].as_str().unwrap();
@@ -532,11 +477,10 @@ async fn with_sqs_unreachable_the_job_retries_then_fails_the_messages_with_the_r
         error.contains("SendMessageBatch"),
         "the reason says what failed: {error}"
     );
-    let status = json_of(
-        app.operator_get("/api/onlyfans/messages/status").await,
-        StatusCode::OK,
-    )
-    .await;
+    let status = app
+        .operator(999)
+        .get_json("/api/onlyfans/messages/status")
+        .await;
     assert!(
         status["queueError"].is_string(),
         "the status route says the queue is unreachable: {status}"
@@ -545,19 +489,17 @@ async fn with_sqs_unreachable_the_job_retries_then_fails_the_messages_with_the_r
 
 async fn a_campaigns_recipients_are_its_messages_with_each_fans_handle(app: TestApp) {
     let ids = fans(&app, 1, 3).await;
-    let out = json_of(
-        app.post(
-            1,
+    let out = app
+        .user(1)
+        .post_json(
             "/api/messages/bulk",
             &json!({ "recipientIds": [ids[2], ids[0]], "content": "Offer", "campaignName": "R" }),
+            StatusCode::ACCEPTED,
         )
-        .await,
-        StatusCode::ACCEPTED,
-    )
-    .await;
+        .await;
     let campaign = out["campaignId"].as_i64().unwrap();
     let path = format!("/api/crm/campaigns/{campaign}/recipients");
-    let page = json_of(app.get(1, &path).await, StatusCode::OK).await;
+    let page = app.user(1).get_json(&path).await;
     assert_eq!(page["total"], 2);
     let items = page["items"].as_array().unwrap();
     let mut got: Vec<(i64, String)> = items
@@ -591,16 +533,15 @@ async fn a_campaigns_recipients_are_its_messages_with_each_fans_handle(app: Test
             (ids[2], "@u1fan2".to_owned())
         ]
     );
-    let second = json_of(
-        app.get(1, &format!("{path}?limit=1&offset=1")).await,
-        StatusCode::OK,
-    )
-    .await;
+    let second = app
+        .user(1)
+        .get_json(&format!("{path}?limit=1&offset=1"))
+        .await;
     assert_eq!(second["items"].as_array().unwrap().len(), 1);
     assert_eq!(second["total"], 2);
     // Another creator's campaign is not there for them; a bad page is a 400.
-    let other = app.get(2, &path).await;
+    let other = app.user(2).get(&path).await;
     assert_eq!(other.status(), StatusCode::NOT_FOUND);
-    let bad = app.get(1, &format!("{path}?limit=0")).await;
+    let bad = app.user(1).get(&format!("{path}?limit=0")).await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }

@@ -10,9 +10,7 @@ use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    ApiClient, AppProcess, JWT_SECRET, Sim, free_port, generated_csv, json_of, samples,
-};
+use crate::helpers::{AppProcess, JWT_SECRET, Sim, free_port, generated_csv, json_of, samples};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_the_monitoring_route_agree_with_what_was_done() {
@@ -35,24 +33,24 @@ async fn metrics_and_the_monitoring_route_agree_with_what_was_done() {
         ],
         dir.path(),
     );
-    let creator = ApiClient::new(&app.address, 1);
+    let creator = app.user(1);
     let keys = JwtKeys::new(&SecretString::from(JWT_SECRET));
     let operator = keys.issue_as(UserId(9), Role::Operator, Duration::from_secs(600));
     let client = reqwest::Client::new();
 
     // Three fans by import, one by hand; a campaign to all four, of which the platform
     // refuses one (400) and fails one (500, with one attempt allowed: to the DLQ).
-    let job = creator.upload("fans.csv", generated_csv(3)).await;
-    let job = creator.wait_job(&job, Duration::from_secs(60)).await;
+    let job = creator.import("fans.csv", generated_csv(3)).await;
+    let job = creator.wait_job_within(&job, Duration::from_secs(60)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     creator
-        .post(
+        .post_json(
             "/api/crm/fans",
             &json!({ "handle": "@d" }),
             StatusCode::CREATED,
         )
         .await;
-    let fans = creator.get("/api/crm/fans?limit=10").await;
+    let fans = creator.get_json("/api/crm/fans?limit=10").await;
     let ids: Vec<Value> = fans["items"]
         .as_array()
         .unwrap()
@@ -63,7 +61,7 @@ async fn metrics_and_the_monitoring_route_agree_with_what_was_done() {
     sim.faults(json!({ "userId": "1", "fail400": 1, "fail500": 1 }))
         .await;
     let bulk = creator
-        .post(
+        .post_json(
             "/api/messages/bulk",
             &json!({ "recipientIds": ids, "content": "hi", "campaignName": "m" }),
             StatusCode::ACCEPTED,

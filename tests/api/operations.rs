@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::{
     delivery::{jobs_done, message, reply, setup, status_is, until},
-    helpers::{Backend, TestApp, error_of, json_of},
+    helpers::{Backend, TestApp, error_of},
 };
 
 crate::on_both_backends!(backend:
@@ -35,28 +35,23 @@ async fn queue_gives_up(app: &TestApp) {
 }
 
 async fn operator_status(app: &TestApp) -> Value {
-    json_of(
-        app.operator_get("/api/onlyfans/messages/status").await,
-        StatusCode::OK,
-    )
-    .await
+    app.operator(999)
+        .get_json("/api/onlyfans/messages/status")
+        .await
 }
 
 async fn failed_list(app: &TestApp, user: i64) -> Value {
-    json_of(
-        app.get(user, "/api/onlyfans/messages/failed").await,
-        StatusCode::OK,
-    )
-    .await
+    app.user(user)
+        .get_json("/api/onlyfans/messages/failed")
+        .await
 }
 
 /// A campaign's status and its `sent` and `failed` counts.
 async fn campaign_state(app: &TestApp, campaign: i64) -> (String, i64, i64) {
-    let c = json_of(
-        app.get(1, &format!("/api/crm/campaigns/{campaign}")).await,
-        StatusCode::OK,
-    )
-    .await;
+    let c = app
+        .user(1)
+        .get_json(&format!("/api/crm/campaigns/{campaign}"))
+        .await;
     (
         c["status"].as_str().unwrap_or_default().to_owned(),
         c["metrics"]["sent"].as_i64().unwrap_or(-1),
@@ -75,7 +70,7 @@ async fn a_sweep_records_the_dlq_once_redrives_what_the_queue_gave_up_on_and_a_s
 ) {
     let (sim, app, dispatcher) = setup(backend, tweak).await;
     let sweeper = app.sweeper().await;
-    let (_, conv) = app.fan_with_conversation(1, "@dlq").await;
+    let (_, conv) = app.user(1).fan_with_conversation("@dlq").await;
     // B: on the queue, then moved to the DLQ by the queue (its receives used up), never
     // delivered: a transient failure.
     let b = reply(&app, 1, conv, "lost in the queue").await;
@@ -128,11 +123,7 @@ async fn a_sweep_records_the_dlq_once_redrives_what_the_queue_gave_up_on_and_a_s
     assert!(!second.changed_anything());
 
     // Each sweep is a job with its counts: an operator sees them, a creator does not.
-    let jobs = json_of(
-        app.operator_get("/api/jobs?kind=sweep").await,
-        StatusCode::OK,
-    )
-    .await;
+    let jobs = app.operator(999).get_json("/api/jobs?kind=sweep").await;
     assert_eq!(jobs["total"], 2, "{jobs}");
     let results: Vec<&Value> = jobs["items"]
         .as_array()
@@ -148,7 +139,7 @@ async fn a_sweep_records_the_dlq_once_redrives_what_the_queue_gave_up_on_and_a_s
             .iter()
             .all(|j| j["status"] == "succeeded")
     );
-    let mine = json_of(app.get(1, "/api/jobs?kind=sweep").await, StatusCode::OK).await;
+    let mine = app.user(1).get_json("/api/jobs?kind=sweep").await;
     assert_eq!(mine["total"], 0, "a creator does not see the sweeps");
 }
 
@@ -157,17 +148,15 @@ async fn past_its_redrives_a_message_fails_with_the_reason_and_its_campaign_retr
 ) {
     let (sim, app, dispatcher) = setup(backend, tweak).await;
     let sweeper = app.sweeper().await;
-    let (fan, conv) = app.fan_with_conversation(1, "@camp").await;
-    let accepted = json_of(
-        app.post(
-            1,
+    let (fan, conv) = app.user(1).fan_with_conversation("@camp").await;
+    let accepted = app
+        .user(1)
+        .post_json(
             "/api/messages/bulk",
             &json!({ "recipientIds": [fan], "content": "offer", "campaignName": "Retry me" }),
+            StatusCode::ACCEPTED,
         )
-        .await,
-        StatusCode::ACCEPTED,
-    )
-    .await;
+        .await;
     let campaign = accepted["campaignId"].as_i64().unwrap();
     jobs_done(&app, 1).await;
     // Given up on by the queue twice: re-driven once (the limit), then failed.
@@ -203,14 +192,20 @@ async fn past_its_redrives_a_message_fails_with_the_reason_and_its_campaign_retr
     // Another creator cannot retry it; its owner can, once.
     let path = format!("/api/crm/campaigns/{campaign}/retry-failed");
     error_of(
-        app.post(2, &path, &json!({})).await,
+        app.user(2).post(&path, &json!({})).await,
         StatusCode::NOT_FOUND,
         "not_found",
     )
     .await;
-    let retried = json_of(app.post(1, &path, &json!({})).await, StatusCode::ACCEPTED).await;
+    let retried = app
+        .user(1)
+        .post_json(&path, &json!({}), StatusCode::ACCEPTED)
+        .await;
     assert_eq!(retried["requeued"], 1, "{retried}");
-    let again = json_of(app.post(1, &path, &json!({})).await, StatusCode::ACCEPTED).await;
+    let again = app
+        .user(1)
+        .post_json(&path, &json!({}), StatusCode::ACCEPTED)
+        .await;
     assert_eq!(again["requeued"], 0, "nothing failed is left: {again}");
     assert!(again["jobId"].is_null());
     jobs_done(&app, 1).await;
@@ -231,7 +226,7 @@ async fn past_its_redrives_a_message_fails_with_the_reason_and_its_campaign_retr
 async fn two_sweepers_on_one_tick_make_one_sweep(backend: Backend) {
     let (_sim, app, dispatcher) = setup(backend, tweak).await;
     let (one, two) = (app.sweeper().await, app.sweeper().await);
-    let (_, conv) = app.fan_with_conversation(1, "@tick").await;
+    let (_, conv) = app.user(1).fan_with_conversation("@tick").await;
     let b = reply(&app, 1, conv, "given up on").await;
     jobs_done(&app, 1).await;
     queue_gives_up(&app).await;
@@ -251,11 +246,7 @@ async fn two_sweepers_on_one_tick_make_one_sweep(backend: Backend) {
         status_is(&app, 1, conv, b, "sent")
     })
     .await;
-    let jobs = json_of(
-        app.operator_get("/api/jobs?kind=sweep").await,
-        StatusCode::OK,
-    )
-    .await;
+    let jobs = app.operator(999).get_json("/api/jobs?kind=sweep").await;
     assert_eq!(jobs["total"], 1, "one job for the tick: {jobs}");
     // The same tick again changes nothing.
     assert!(one.fire(tick).await.unwrap().is_none());
@@ -263,7 +254,7 @@ async fn two_sweepers_on_one_tick_make_one_sweep(backend: Backend) {
 
 async fn failed_messages_are_listed_newest_first_and_retried_by_their_owner_only(backend: Backend) {
     let (sim, app, dispatcher) = setup(backend, |s| s.delivery.delivery_max_attempts = 1).await;
-    let (_, conv) = app.fan_with_conversation(1, "@fails").await;
+    let (_, conv) = app.user(1).fan_with_conversation("@fails").await;
     sim.faults(json!({ "fail400": 2 })).await;
     let first = reply(&app, 1, conv, "first").await;
     until(&dispatcher, "the first fails", || {
@@ -288,18 +279,18 @@ async fn failed_messages_are_listed_newest_first_and_retried_by_their_owner_only
     assert!(item["reason"].as_str().unwrap().contains("400"), "{item}");
     assert!(item["failedAt"].is_string(), "{item}");
     // Paginated.
-    let page = json_of(
-        app.get(1, "/api/onlyfans/messages/failed?limit=1&offset=1")
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    let page = app
+        .user(1)
+        .get_json("/api/onlyfans/messages/failed?limit=1&offset=1")
+        .await;
     assert_eq!(
         (page["total"].as_i64(), page["items"][0]["id"].as_i64()),
         (Some(2), Some(first))
     );
     error_of(
-        app.get(1, "/api/onlyfans/messages/failed?limit=0").await,
+        app.user(1)
+            .get("/api/onlyfans/messages/failed?limit=0")
+            .await,
         StatusCode::BAD_REQUEST,
         "invalid_field",
     )
@@ -308,26 +299,25 @@ async fn failed_messages_are_listed_newest_first_and_retried_by_their_owner_only
     assert_eq!(failed_list(&app, 2).await["total"], 0);
     let retry = |id: i64| format!("/api/onlyfans/messages/failed/{id}/retry");
     error_of(
-        app.post(2, &retry(first), &json!({})).await,
+        app.user(2).post(&retry(first), &json!({})).await,
         StatusCode::NOT_FOUND,
         "not_found",
     )
     .await;
     error_of(
-        app.post(1, &retry(987_654), &json!({})).await,
+        app.user(1).post(&retry(987_654), &json!({})).await,
         StatusCode::NOT_FOUND,
         "not_found",
     )
     .await;
     // The owner retries it: queued again, attempts cleared; a second retry is a conflict.
-    let queued = json_of(
-        app.post(1, &retry(first), &json!({})).await,
-        StatusCode::ACCEPTED,
-    )
-    .await;
+    let queued = app
+        .user(1)
+        .post_json(&retry(first), &json!({}), StatusCode::ACCEPTED)
+        .await;
     assert_eq!(queued["status"], "queued");
     error_of(
-        app.post(1, &retry(first), &json!({})).await,
+        app.user(1).post(&retry(first), &json!({})).await,
         StatusCode::CONFLICT,
         "conflict",
     )
@@ -344,7 +334,7 @@ async fn failed_messages_are_listed_newest_first_and_retried_by_their_owner_only
         "{m}"
     );
     error_of(
-        app.post(1, &retry(first), &json!({})).await,
+        app.user(1).post(&retry(first), &json!({})).await,
         StatusCode::CONFLICT,
         "conflict",
     )
@@ -366,16 +356,12 @@ async fn failed_messages_are_listed_newest_first_and_retried_by_their_owner_only
 
 async fn a_creator_sees_only_their_own_backlog_and_an_operator_the_whole_queue(backend: Backend) {
     let (_sim, app, _dispatcher) = setup(backend, |_| {}).await;
-    let (_, conv) = app.fan_with_conversation(1, "@busy").await;
+    let (_, conv) = app.user(1).fan_with_conversation("@busy").await;
     for i in 0..3 {
         reply(&app, 1, conv, &format!("m{i}")).await;
     }
     jobs_done(&app, 1).await;
-    let mine = json_of(
-        app.get(1, "/api/onlyfans/messages/status").await,
-        StatusCode::OK,
-    )
-    .await;
+    let mine = app.user(1).get_json("/api/onlyfans/messages/status").await;
     assert_eq!(
         (
             mine["scope"].as_str(),
@@ -388,11 +374,7 @@ async fn a_creator_sees_only_their_own_backlog_and_an_operator_the_whole_queue(b
     );
     assert!(mine["dlqCount"].is_null(), "{mine}");
     assert!(mine["drainedBy"].is_string(), "{mine}");
-    let other = json_of(
-        app.get(2, "/api/onlyfans/messages/status").await,
-        StatusCode::OK,
-    )
-    .await;
+    let other = app.user(2).get_json("/api/onlyfans/messages/status").await;
     assert_eq!(
         (
             other["queueDepth"].as_i64(),
@@ -415,17 +397,16 @@ async fn a_creator_sees_only_their_own_backlog_and_an_operator_the_whole_queue(b
     );
     // Across creators needs an operator.
     error_of(
-        app.get(2, "/api/onlyfans/messages/failed?userId=1").await,
+        app.user(2)
+            .get("/api/onlyfans/messages/failed?userId=1")
+            .await,
         StatusCode::FORBIDDEN,
         "forbidden",
     )
     .await;
-    json_of(
-        app.operator_get("/api/onlyfans/messages/failed?userId=1")
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    app.operator(999)
+        .get_json("/api/onlyfans/messages/failed?userId=1")
+        .await;
 }
 
 mod prune {

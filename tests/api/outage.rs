@@ -8,8 +8,8 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection};
 
 use crate::helpers::{
-    ApiClient, AppProcess, Backend, JWT_SECRET, TestDb, cut, eventually, generated_csv,
-    postgres_admin_url, restore,
+    AppProcess, Backend, JWT_SECRET, TestDb, cut, eventually, generated_csv, postgres_admin_url,
+    restore,
 };
 
 const ROWS: usize = 20_000;
@@ -29,10 +29,10 @@ async fn workers_run_jobs_again_after_their_database_was_unreachable_and_lose_no
     let dir = tempfile::tempdir().unwrap();
     let api = AppProcess::spawn(&["serve"], &env, dir.path());
     let mut worker = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
-    let user = ApiClient::new(&api.address, 1);
+    let user = api.user(1);
 
     // An import is running when the database goes away.
-    let running = user.upload("fans.csv", generated_csv(ROWS)).await;
+    let running = user.import("fans.csv", generated_csv(ROWS)).await;
     user.wait_progress(&running, 500).await;
     let mut admin = PgConnection::connect(&postgres_admin_url()).await.unwrap();
     cut(&mut admin, name).await;
@@ -65,7 +65,9 @@ async fn workers_run_jobs_again_after_their_database_was_unreachable_and_lose_no
     );
 
     // The interrupted import finishes as an uninterrupted run would.
-    let job = user.wait_job(&running, Duration::from_secs(180)).await;
+    let job = user
+        .wait_job_within(&running, Duration::from_secs(180))
+        .await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let s = &job["result"]["summary"];
     assert_eq!(s["totalRows"], ROWS);
@@ -73,9 +75,9 @@ async fn workers_run_jobs_again_after_their_database_was_unreachable_and_lose_no
     assert_eq!(s["updated"], 0, "{s}");
 
     // And new jobs run.
-    let other = ApiClient::new(&api.address, 2);
-    let fresh = other.upload("fans.csv", generated_csv(50)).await;
-    let job = other.wait_job(&fresh, Duration::from_secs(60)).await;
+    let other = api.user(2);
+    let fresh = other.import("fans.csv", generated_csv(50)).await;
+    let job = other.wait_job_within(&fresh, Duration::from_secs(60)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["attempts"], 1, "{job}");
 

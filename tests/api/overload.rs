@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::helpers::{
-    Backend, TestApp, error_of, eventually, generated_csv, json_of, spawn_api_only,
-};
+use crate::helpers::{Backend, TestApp, error_of, eventually, generated_csv, spawn_api_only};
 
 crate::on_both_backends!(backend: a_full_server_sheds_with_503_and_retry_after_then_serves_again);
 
@@ -38,12 +36,13 @@ async fn a_full_server_sheds_with_503_and_retry_after_then_serves_again(backend:
     };
     wait_until_full(&app).await;
 
-    let resp = app.get(2, "/api/crm/fans").await;
+    let resp = app.user(2).get("/api/crm/fans").await;
     let retry_after = resp.headers().get("retry-after").cloned();
     let body = error_of(resp, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
     assert_eq!(retry_after.unwrap(), "1", "{body}");
     let resp = app
-        .post(2, "/api/crm/fans", &serde_json::json!({ "handle": "shed" }))
+        .user(2)
+        .post("/api/crm/fans", &serde_json::json!({ "handle": "shed" }))
         .await;
     error_of(resp, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
     // Liveness and the docs are not gated.
@@ -52,7 +51,7 @@ async fn a_full_server_sheds_with_503_and_retry_after_then_serves_again(backend:
 
     // The import answers once its wait is over (still queued: no worker), freeing the slot.
     assert_eq!(holder.await.unwrap(), StatusCode::ACCEPTED);
-    let page = json_of(app.get(2, "/api/crm/fans").await, StatusCode::OK).await;
+    let page = app.user(2).get_json("/api/crm/fans").await;
     assert_eq!(page["total"], 0, "the shed create did nothing");
 }
 

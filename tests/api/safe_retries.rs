@@ -100,11 +100,11 @@ async fn run(role: &'static [&'static str], mut env: Vec<(String, String)>, url:
     let users = [1_i64, 2];
     let mut creators: HashMap<i64, Creator> = HashMap::new();
     for user in users {
-        let api = ApiClient::new(&first.address, user);
+        let api = first.user(user);
         let mut c = Creator::default();
         for i in 0..10 {
             let fan = api
-                .post(
+                .post_json(
                     "/api/crm/fans",
                     &json!({ "handle": format!("fan{i}") }),
                     StatusCode::CREATED,
@@ -112,7 +112,7 @@ async fn run(role: &'static [&'static str], mut env: Vec<(String, String)>, url:
                 .await;
             let fan = fan["id"].as_i64().unwrap();
             let conversation = api
-                .post(
+                .post_json(
                     "/api/crm/conversations",
                     &json!({ "fanId": fan }),
                     StatusCode::CREATED,

@@ -45,7 +45,10 @@ async fn every_request_example_of_the_seed_guides_works_as_written(backend: Back
         .await
         .unwrap();
     let accepted = json_of(resp, StatusCode::ACCEPTED).await;
-    let job = app.wait_job(1, accepted["jobId"].as_str().unwrap()).await;
+    let job = app
+        .user(1)
+        .wait_job(accepted["jobId"].as_str().unwrap())
+        .await;
     let s = summary(&job);
     has(&s, &["totalRows", "successfulInserts", "skipped", "errors"]);
     assert_eq!(
@@ -56,12 +59,12 @@ async fn every_request_example_of_the_seed_guides_works_as_written(backend: Back
     // More fans for the examples that name five recipients.
     let mut ids = vec![];
     for h in ["a", "b", "c"] {
-        let fan = app.create_fan(1, json!({ "handle": h })).await;
+        let fan = app.user(1).create_fan(json!({ "handle": h })).await;
         ids.push(fan["id"].as_i64().unwrap());
     }
 
     // User guide 1: list the fans; see one.
-    let fans = json_of(app.get(1, "/api/crm/fans").await, StatusCode::OK).await;
+    let fans = app.user(1).get_json("/api/crm/fans").await;
     assert_eq!(fans["total"], 5);
     let john = fans["items"]
         .as_array()
@@ -91,11 +94,7 @@ async fn every_request_example_of_the_seed_guides_works_as_written(backend: Back
         .as_i64()
         .unwrap();
     ids.splice(0..0, [id, jane]);
-    let one = json_of(
-        app.get(1, &format!("/api/crm/fans/{id}")).await,
-        StatusCode::OK,
-    )
-    .await;
+    let one = app.user(1).get_json(&format!("/api/crm/fans/{id}")).await;
     has(&one, &["tags", "notes", "valueCents"]);
 
     // User guide 1: update a fan, as written.
@@ -140,20 +139,17 @@ async fn every_request_example_of_the_seed_guides_works_as_written(backend: Back
     assert_eq!(queued["status"], "queued");
 
     // User guide 3: conversations, a thread's messages, a reply.
-    let convs = json_of(app.get(1, "/api/crm/conversations").await, StatusCode::OK).await;
+    let convs = app.user(1).get_json("/api/crm/conversations").await;
     let conv = &convs["items"][0];
     has(conv, &["fan", "lastMessageAt", "unreadCount"]);
     has(&conv["fan"], &["avatarUrl", "name", "handle"]);
     let conv = conv["id"].as_i64().unwrap();
-    let thread = json_of(
-        app.get(
-            1,
-            &format!("/api/crm/conversations/{conv}/messages?limit=100&offset=0"),
-        )
-        .await,
-        StatusCode::OK,
-    )
-    .await;
+    let thread = app
+        .user(1)
+        .get_json(&format!(
+            "/api/crm/conversations/{conv}/messages?limit=100&offset=0"
+        ))
+        .await;
     assert_eq!(thread["items"].as_array().unwrap().len(), 1);
     let resp = send(
         &app,
@@ -233,11 +229,7 @@ async fn every_request_example_of_the_seed_guides_works_as_written(backend: Back
     }
 
     // User guide 5: the queue's status.
-    let status = json_of(
-        app.get(1, "/api/onlyfans/messages/status").await,
-        StatusCode::OK,
-    )
-    .await;
+    let status = app.user(1).get_json("/api/onlyfans/messages/status").await;
     has(
         &status,
         &[
@@ -249,11 +241,7 @@ async fn every_request_example_of_the_seed_guides_works_as_written(backend: Back
     );
 
     // User guide 6 and the developer guide: the health check (an operator's business).
-    let health = json_of(
-        app.operator_get("/api/monitoring/onlyfans").await,
-        StatusCode::OK,
-    )
-    .await;
+    let health = app.operator(999).get_json("/api/monitoring/onlyfans").await;
     has(&health, &["status", "timestamp", "components"]);
     has(&health["components"]["database"], &["status", "latencyMs"]);
     has(
@@ -263,6 +251,9 @@ async fn every_request_example_of_the_seed_guides_works_as_written(backend: Back
     has(&health["components"]["rateLimiter"], &["status", "enabled"]);
 
     // User guide 1: delete a fan.
-    let resp = app.delete(1, &format!("/api/crm/fans/{}", ids[4])).await;
+    let resp = app
+        .user(1)
+        .delete(&format!("/api/crm/fans/{}", ids[4]))
+        .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
 }

@@ -9,7 +9,7 @@ use fanqueue::supervisor::DRAIN_TIMEOUT;
 use fanqueue_jobs::engine::wake::FALLBACK;
 use sqlx::Connection;
 
-use crate::helpers::{ApiClient, AppProcess, JWT_SECRET, generated_csv};
+use crate::helpers::{AppProcess, JWT_SECRET, generated_csv};
 
 const ROWS: usize = 100_000;
 
@@ -19,8 +19,8 @@ async fn sigterm_during_an_import_exits_0_in_bound_and_the_import_resumes_on_the
     // Small batches: many commits, so the signal lands between two of them mid-file.
     let env = [("JWT_SECRET", JWT_SECRET), ("IMPORT_BATCH_ROWS", "250")];
     let mut first = AppProcess::spawn(&["all"], &env, dir.path());
-    let user = ApiClient::new(&first.address, 1);
-    let id = user.upload("big.csv", generated_csv(ROWS)).await;
+    let user = first.user(1);
+    let id = user.import("big.csv", generated_csv(ROWS)).await;
 
     // Wait until some batches are committed, then SIGTERM while this test holds the
     // database's write lock (SQLite lets another process take it). The import's worker has a
@@ -84,8 +84,8 @@ async fn sigterm_during_an_import_exits_0_in_bound_and_the_import_resumes_on_the
 
     // The next start takes it up where it stopped and ends as an uninterrupted run would.
     let second = AppProcess::spawn(&["all"], &env, dir.path());
-    let user = ApiClient::new(&second.address, 1);
-    let finished = user.wait_job(&id, Duration::from_secs(120)).await;
+    let user = second.user(1);
+    let finished = user.wait_job_within(&id, Duration::from_secs(120)).await;
     assert_eq!(finished["status"], "succeeded", "{finished}");
     assert_eq!(finished["attempts"], 1, "{finished}");
     let s = &finished["result"]["summary"];
@@ -106,6 +106,6 @@ async fn sigterm_during_an_import_exits_0_in_bound_and_the_import_resumes_on_the
         Some(done + 1),
         "resumed after the last committed row (the header is row 1)"
     );
-    let fans = user.get("/api/crm/fans?limit=1").await;
+    let fans = user.get_json("/api/crm/fans?limit=1").await;
     assert_eq!(fans["total"], ROWS, "every row present exactly once");
 }

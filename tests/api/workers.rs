@@ -62,8 +62,8 @@ async fn a_worker_killed_mid_import_is_replaced_and_every_row_lands_exactly_once
     let api = AppProcess::spawn(&["serve"], &env, dir.path());
     let mut first = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
 
-    let user = ApiClient::new(&api.address, 1);
-    let id = user.upload("big.csv", generated_csv(ROWS)).await;
+    let user = api.user(1);
+    let id = user.import("big.csv", generated_csv(ROWS)).await;
 
     let done_at_kill = kill_once_progressed(&user, &id, 1, &mut first).await;
     assert!(
@@ -72,7 +72,7 @@ async fn a_worker_killed_mid_import_is_replaced_and_every_row_lands_exactly_once
     );
 
     let _second = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
-    let job = user.wait_job(&id, Duration::from_secs(120)).await;
+    let job = user.wait_job_within(&id, Duration::from_secs(120)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(
         job["attempts"], 2,
@@ -108,12 +108,12 @@ async fn two_workers_on_one_postgres_share_the_queue_and_run_each_job_once() {
 
     let mut jobs = vec![];
     for user in 1..=8 {
-        let user = ApiClient::new(&api.address, user);
-        let id = user.upload("fans.csv", generated_csv(3_000)).await;
+        let user = api.user(user);
+        let id = user.import("fans.csv", generated_csv(3_000)).await;
         jobs.push((user, id));
     }
     for (user, id) in &jobs {
-        let job = user.wait_job(id, Duration::from_secs(120)).await;
+        let job = user.wait_job_within(id, Duration::from_secs(120)).await;
         assert_eq!(job["status"], "succeeded", "{job}");
         assert_eq!(job["attempts"], 1, "ran once: {job}");
         assert_eq!(job["result"]["summary"]["successfulInserts"], 3_000);
@@ -142,17 +142,19 @@ async fn a_worker_killed_between_send_batches_leaves_every_message_on_the_queue_
     let dir = tempfile::tempdir().unwrap();
     let api = AppProcess::spawn(&["serve"], &env, dir.path());
 
-    let user = ApiClient::new(&api.address, 1);
+    let user = api.user(1);
     let mut fans = vec![];
     for i in 0..100 {
         let fan = json!({ "handle": format!("fan{i}") });
-        let fan = user.post("/api/crm/fans", &fan, StatusCode::CREATED).await;
+        let fan = user
+            .post_json("/api/crm/fans", &fan, StatusCode::CREATED)
+            .await;
         fans.push(fan["id"].as_i64().unwrap());
     }
     let bulk = json!({ "recipientIds": fans, "content": "Hi!", "campaignName": "Crash" });
-    user.post("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
+    user.post_json("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
         .await;
-    let jobs = user.get("/api/jobs?kind=bulk_send").await;
+    let jobs = user.get_json("/api/jobs?kind=bulk_send").await;
     let id = jobs["items"][0]["id"].as_str().unwrap().to_owned();
 
     // The job is stored; now a worker takes it, and dies once some batches are on the queue.
@@ -164,7 +166,7 @@ async fn a_worker_killed_between_send_batches_leaves_every_message_on_the_queue_
     );
 
     let _second = AppProcess::spawn_until(&["worker"], &env, dir.path(), "workers running");
-    let job = user.wait_job(&id, Duration::from_secs(120)).await;
+    let job = user.wait_job_within(&id, Duration::from_secs(120)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["result"]["queued"], 100);
 
@@ -197,7 +199,9 @@ async fn creators_with_a_fan(api: &str, n: usize) -> Vec<(ApiClient, i64)> {
     for c in 0..n {
         let user = ApiClient::new(api, 1 + c as i64);
         let fan = json!({ "handle": format!("fan{c}") });
-        let fan = user.post("/api/crm/fans", &fan, StatusCode::CREATED).await;
+        let fan = user
+            .post_json("/api/crm/fans", &fan, StatusCode::CREATED)
+            .await;
         fans.push((user, fan["id"].as_i64().unwrap()));
     }
     fans
@@ -210,7 +214,7 @@ async fn send_all(fans: Vec<(ApiClient, i64)>, sends: usize) {
     let sends = fans.into_iter().map(|(user, fan)| async move {
         for i in 0..each {
             let body = json!({ "recipientId": fan, "content": format!("m{i}") });
-            user.post("/api/onlyfans/messages/send", &body, StatusCode::ACCEPTED)
+            user.post_json("/api/onlyfans/messages/send", &body, StatusCode::ACCEPTED)
                 .await;
         }
     });

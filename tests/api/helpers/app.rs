@@ -155,131 +155,21 @@ impl TestApp {
         )
     }
 
-    /// GET with an operator's token.
-    pub async fn operator_get(&self, path: &str) -> Response {
-        self.client
-            .get(self.url(path))
-            .bearer_auth(self.operator_token(999))
-            .send()
-            .await
-            .expect("request sent")
-    }
-
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }
 
-    pub async fn get(&self, user: i64, path: &str) -> Response {
-        self.client
-            .get(self.url(path))
-            .bearer_auth(self.token(user))
-            .send()
-            .await
-            .expect("request sent")
+    /// The app seen by user `user`.
+    pub fn user(&self, user: i64) -> ApiClient {
+        ApiClient::with_token(self.client.clone(), &self.address, self.token(user))
     }
 
-    pub async fn post(&self, user: i64, path: &str, body: &Value) -> Response {
-        self.client
-            .post(self.url(path))
-            .bearer_auth(self.token(user))
-            .json(body)
-            .send()
-            .await
-            .expect("request sent")
-    }
-
-    pub async fn put(&self, user: i64, path: &str, body: &Value) -> Response {
-        self.client
-            .put(self.url(path))
-            .bearer_auth(self.token(user))
-            .json(body)
-            .send()
-            .await
-            .expect("request sent")
-    }
-
-    pub async fn delete(&self, user: i64, path: &str) -> Response {
-        self.client
-            .delete(self.url(path))
-            .bearer_auth(self.token(user))
-            .send()
-            .await
-            .expect("request sent")
-    }
-
-    /// Creates a fan for `user` and returns it (asserting 201).
-    pub async fn create_fan(&self, user: i64, body: Value) -> Value {
-        let resp = self.post(user, "/api/crm/fans", &body).await;
-        json_of(resp, StatusCode::CREATED).await
-    }
-
-    /// Opens the conversation of `fan_id` for `user` and returns it.
-    pub async fn open_conversation(&self, user: i64, fan_id: i64) -> Value {
-        let resp = self
-            .post(user, "/api/crm/conversations", &json!({ "fanId": fan_id }))
-            .await;
-        assert!(
-            resp.status().is_success(),
-            "opening a conversation: {}",
-            resp.status()
-        );
-        resp.json().await.expect("a JSON conversation")
-    }
-
-    /// Uploads `bytes` as the multipart field `file` named `name`.
-    pub async fn upload_csv(&self, user: i64, name: &str, bytes: Vec<u8>, query: &str) -> Response {
-        let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned());
-        self.client
-            .post(self.url(&format!("/api/onlyfans/import/csv{query}")))
-            .bearer_auth(self.token(user))
-            .multipart(reqwest::multipart::Form::new().part("file", part))
-            .send()
-            .await
-            .expect("upload sent")
-    }
-
-    /// Uploads a CSV, expects 202, and returns the job id.
-    pub async fn import(&self, user: i64, name: &str, bytes: Vec<u8>) -> String {
-        let accepted = json_of(
-            self.upload_csv(user, name, bytes, "").await,
-            StatusCode::ACCEPTED,
-        )
-        .await;
-        let id = accepted["jobId"].as_str().expect("a jobId").to_owned();
-        assert_eq!(accepted["statusUrl"], format!("/api/jobs/{id}"));
-        id
-    }
-
-    /// Polls a job until it is final (60 s at most) and returns it.
-    pub async fn wait_job(&self, user: i64, id: &str) -> Value {
-        wait_job_at(
-            &self.client,
+    /// The app seen by an operator (user `user`).
+    pub fn operator(&self, user: i64) -> ApiClient {
+        ApiClient::with_token(
+            self.client.clone(),
             &self.address,
-            &self.token(user),
-            id,
-            Duration::from_secs(60),
+            self.operator_token(user),
         )
-        .await
-    }
-
-    /// Polls until the fan list of `user` has `total` fans.
-    pub async fn fan_total(&self, user: i64) -> i64 {
-        json_of(
-            self.get(user, "/api/crm/fans?limit=1").await,
-            StatusCode::OK,
-        )
-        .await["total"]
-            .as_i64()
-            .unwrap()
-    }
-
-    /// A fan with a conversation, for `user`; returns (fan id, conversation id).
-    pub async fn fan_with_conversation(&self, user: i64, handle: &str) -> (i64, i64) {
-        let fan = self
-            .create_fan(user, json!({ "handle": handle, "name": handle }))
-            .await;
-        let fan_id = fan["id"].as_i64().unwrap();
-        let conv = self.open_conversation(user, fan_id).await;
-        (fan_id, conv["id"].as_i64().unwrap())
     }
 }

@@ -3,9 +3,11 @@
 #[allow(unused_imports)]
 use super::*;
 
-/// A client of a running server (an [`AppProcess`]) acting as one user.
+/// The tests' one HTTP client: a running server (a [`TestApp`] or an [`AppProcess`]) seen by
+/// one user. The verbs return the response, for tests that check statuses and errors; the
+/// `_json` forms and the helpers below them assert the status a client expects.
 pub struct ApiClient {
-    pub client: reqwest::Client,
+    pub http: reqwest::Client,
     pub base: String,
     pub token: String,
 }
@@ -14,76 +16,135 @@ impl ApiClient {
     /// User `user` of the server at `base` (tokens signed with [`JWT_SECRET`]).
     pub fn new(base: &str, user: i64) -> Self {
         let keys = JwtKeys::new(&SecretString::from(JWT_SECRET));
-        ApiClient {
-            client: reqwest::Client::new(),
-            base: base.to_owned(),
-            token: keys.issue(UserId(user), Duration::from_secs(3600)),
-        }
-    }
-
-    /// `GET path`, asserting 200; the JSON body.
-    pub async fn get(&self, path: &str) -> Value {
-        let resp = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .expect("request sent");
-        json_of(resp, StatusCode::OK).await
-    }
-
-    /// `POST path` with a JSON body, asserting the `expected` status; the JSON body.
-    pub async fn post(&self, path: &str, body: &Value, expected: StatusCode) -> Value {
-        let resp = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .expect("request sent");
-        json_of(resp, expected).await
-    }
-
-    /// Uploads `bytes` as the CSV `name`, asserting 202; the job id.
-    pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> String {
-        let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned());
-        let resp = self
-            .client
-            .post(format!("{}/api/onlyfans/import/csv", self.base))
-            .bearer_auth(&self.token)
-            .multipart(reqwest::multipart::Form::new().part("file", part))
-            .send()
-            .await
-            .expect("upload sent");
-        json_of(resp, StatusCode::ACCEPTED).await["jobId"]
-            .as_str()
-            .expect("a jobId")
-            .to_owned()
+        Self::with_token(
+            reqwest::Client::new(),
+            base,
+            keys.issue(UserId(user), Duration::from_secs(3600)),
+        )
     }
 
     /// An operator (user `user`) of the server at `base`.
     pub fn operator(base: &str, user: i64) -> Self {
         let keys = JwtKeys::new(&SecretString::from(JWT_SECRET));
+        let token = keys.issue_as(
+            UserId(user),
+            fanqueue::auth::Role::Operator,
+            Duration::from_secs(3600),
+        );
+        Self::with_token(reqwest::Client::new(), base, token)
+    }
+
+    /// The bearer of `token` on the server at `base`, through `http` (its connections).
+    pub fn with_token(http: reqwest::Client, base: &str, token: String) -> Self {
         ApiClient {
-            token: keys.issue_as(
-                UserId(user),
-                fanqueue::auth::Role::Operator,
-                Duration::from_secs(3600),
-            ),
-            ..Self::new(base, user)
+            http,
+            base: base.to_owned(),
+            token,
         }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request to `path` with this user's token, to add headers or a body to.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+    }
+
+    async fn send(request: reqwest::RequestBuilder) -> Response {
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        Self::send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        Self::send(self.request(reqwest::Method::POST, path).json(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Response {
+        Self::send(self.request(reqwest::Method::PUT, path).json(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        Self::send(self.request(reqwest::Method::DELETE, path)).await
+    }
+
+    /// Uploads `bytes` as the multipart field `file` named `name`; `query` starts with `?`
+    /// or is empty.
+    pub async fn upload_csv(&self, name: &str, bytes: Vec<u8>, query: &str) -> Response {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned());
+        let path = format!("/api/onlyfans/import/csv{query}");
+        let form = reqwest::multipart::Form::new().part("file", part);
+        Self::send(self.request(reqwest::Method::POST, &path).multipart(form)).await
+    }
+
+    /// `GET path`, asserting 200; the JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        json_of(self.get(path).await, StatusCode::OK).await
+    }
+
+    /// `POST path` with a JSON body, asserting the `expected` status; the JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value, expected: StatusCode) -> Value {
+        json_of(self.post(path, body).await, expected).await
+    }
+
+    /// Uploads a CSV, asserting 202 and the status URL; the job id.
+    pub async fn import(&self, name: &str, bytes: Vec<u8>) -> String {
+        let accepted = json_of(self.upload_csv(name, bytes, "").await, StatusCode::ACCEPTED).await;
+        let id = accepted["jobId"].as_str().expect("a jobId").to_owned();
+        assert_eq!(accepted["statusUrl"], format!("/api/jobs/{id}"));
+        id
+    }
+
+    /// Creates a fan (asserting 201) and returns it.
+    pub async fn create_fan(&self, body: Value) -> Value {
+        self.post_json("/api/crm/fans", &body, StatusCode::CREATED)
+            .await
+    }
+
+    /// Opens the conversation of `fan_id` (asserting a 2xx) and returns it.
+    pub async fn open_conversation(&self, fan_id: i64) -> Value {
+        let resp = self
+            .post("/api/crm/conversations", &json!({ "fanId": fan_id }))
+            .await;
+        assert!(
+            resp.status().is_success(),
+            "opening a conversation: {}",
+            resp.status()
+        );
+        resp.json().await.expect("a JSON conversation")
+    }
+
+    /// A fan with a conversation; returns (fan id, conversation id).
+    pub async fn fan_with_conversation(&self, handle: &str) -> (i64, i64) {
+        let fan = self
+            .create_fan(json!({ "handle": handle, "name": handle }))
+            .await;
+        let fan_id = fan["id"].as_i64().unwrap();
+        let conv = self.open_conversation(fan_id).await;
+        (fan_id, conv["id"].as_i64().unwrap())
+    }
+
+    /// How many fans the user has.
+    pub async fn fan_total(&self) -> i64 {
+        self.get_json("/api/crm/fans?limit=1").await["total"]
+            .as_i64()
+            .unwrap()
     }
 
     /// Every outbound message of the user as the API shows it, read conversation by
     /// conversation (up to 200 conversations of up to 200 messages).
     pub async fn outbound_messages(&self) -> Vec<Value> {
-        let conversations = self.get("/api/crm/conversations?limit=200").await;
+        let conversations = self.get_json("/api/crm/conversations?limit=200").await;
         let mut out = vec![];
         for c in conversations["items"].as_array().unwrap() {
             let page = self
-                .get(&format!(
+                .get_json(&format!(
                     "/api/crm/conversations/{}/messages?limit=200",
                     c["id"]
                 ))
@@ -101,12 +162,26 @@ impl ApiClient {
     }
 
     pub async fn job(&self, id: &str) -> Value {
-        self.get(&format!("/api/jobs/{id}")).await
+        self.get_json(&format!("/api/jobs/{id}")).await
+    }
+
+    /// Polls the job until it is final (60 s at most) and returns it.
+    pub async fn wait_job(&self, id: &str) -> Value {
+        self.wait_job_within(id, Duration::from_secs(60)).await
     }
 
     /// Polls the job until it is final; panics after `timeout`.
-    pub async fn wait_job(&self, id: &str, timeout: Duration) -> Value {
-        wait_job_at(&self.client, &self.base, &self.token, id, timeout).await
+    pub async fn wait_job_within(&self, id: &str, timeout: Duration) -> Value {
+        let every = Duration::from_millis(100);
+        eventually(&format!("job {id} final"), timeout, every, || async {
+            let job = self.job(id).await;
+            if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+                Ok(job)
+            } else {
+                Err(job.to_string())
+            }
+        })
+        .await
     }
 
     /// Polls the campaign until it is `completed` (at most `timeout`); returns it.
@@ -117,7 +192,7 @@ impl ApiClient {
             timeout,
             every,
             || async {
-                let c = self.get(&format!("/api/crm/campaigns/{id}")).await;
+                let c = self.get_json(&format!("/api/crm/campaigns/{id}")).await;
                 if c["status"] == "completed" {
                     Ok(c)
                 } else {
@@ -159,32 +234,6 @@ pub fn instant(v: &Value) -> chrono::DateTime<chrono::Utc> {
 
 pub fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
     s.parse().expect("a test timestamp")
-}
-
-/// Polls `GET /api/jobs/{id}` on `base` until the job is final; panics after `timeout`.
-pub async fn wait_job_at(
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
-    id: &str,
-    timeout: Duration,
-) -> Value {
-    let every = Duration::from_millis(100);
-    eventually(&format!("job {id} final"), timeout, every, || async {
-        let resp = client
-            .get(format!("{base}/api/jobs/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("job poll sent");
-        let job = json_of(resp, StatusCode::OK).await;
-        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
-            Ok(job)
-        } else {
-            Err(job.to_string())
-        }
-    })
-    .await
 }
 
 /// The summary of a succeeded import job.

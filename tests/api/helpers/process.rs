@@ -29,6 +29,11 @@ impl AppProcess {
         Self::spawn_until(args, env, cwd, "API listening; docs at /docs")
     }
 
+    /// The process's API seen by user `user`.
+    pub fn user(&self, user: i64) -> ApiClient {
+        ApiClient::new(&self.address, user)
+    }
+
     /// Spawns `fanqueue args…` and waits until it logs `ready` (a JSON log line's message).
     pub fn spawn_until(
         args: &[&str],
@@ -192,6 +197,11 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// The deployment's API seen by user `user`.
+    pub fn user(&self, user: i64) -> ApiClient {
+        ApiClient::new(&self.api, user)
+    }
+
     /// The worker process's warnings and errors so far, for a failing assertion's message.
     pub fn worker_warnings(&self) -> Vec<Value> {
         self._worker.warnings()
@@ -308,7 +318,7 @@ impl Deployment {
             async move {
                 let fan = json!({ "handle": format!("u{user}f{i}") });
                 client
-                    .post("/api/crm/fans", &fan, StatusCode::CREATED)
+                    .post_json("/api/crm/fans", &fan, StatusCode::CREATED)
                     .await["id"]
                     .clone()
             }
@@ -319,16 +329,16 @@ impl Deployment {
         for chunk in fans.chunks(100) {
             let bulk = json!({ "recipientIds": chunk, "content": "hello", "campaignName": "c" });
             client
-                .post("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
+                .post_json("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
                 .await;
             accepted.get_or_insert_with(chrono::Utc::now);
         }
-        let listed = client.get("/api/jobs?kind=bulk_send&limit=200").await;
+        let listed = client.get_json("/api/jobs?kind=bulk_send&limit=200").await;
         for job in listed["items"].as_array().unwrap() {
             jobs.push(job["id"].as_str().unwrap().to_owned());
         }
         for id in jobs {
-            let job = client.wait_job(&id, Duration::from_secs(120)).await;
+            let job = client.wait_job_within(&id, Duration::from_secs(120)).await;
             assert_eq!(job["status"], "succeeded", "{job}");
         }
         accepted.expect("at least one fan")
