@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{AppProcess, Deployment, Sim, eventually, instant, run_fanqueue};
+use crate::helpers::{AppProcess, Deployment, Sim, eventually, instant, poll_until, run_fanqueue};
 
 /// An estimate is a slot's time; an arrival is that plus the request's way to the platform.
 const TRANSIT: chrono::TimeDelta = chrono::TimeDelta::milliseconds(100);
@@ -259,10 +259,10 @@ struct OwnRedis {
 }
 
 impl OwnRedis {
-    fn start() -> OwnRedis {
+    async fn start() -> OwnRedis {
         let port = crate::helpers::free_port();
         let mut redis = OwnRedis { port, child: None };
-        redis.restart();
+        redis.restart().await;
         redis
     }
 
@@ -271,7 +271,7 @@ impl OwnRedis {
     }
 
     /// Starts the server (empty: it keeps nothing on disk) and waits until it answers.
-    fn restart(&mut self) {
+    async fn restart(&mut self) {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -279,14 +279,14 @@ impl OwnRedis {
             .spawn()
             .expect("redis-server must be installed (scripts/test installs it)");
         self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (within, every) = (Duration::from_secs(10), Duration::from_millis(50));
+        eventually("redis-server answering", within, every, || async {
+            match tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
     }
 
     fn stop(&mut self) {
@@ -305,7 +305,7 @@ impl Drop for OwnRedis {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_for_30_s_nothing_is_delivered_or_lost_and_the_rate_holds_after() {
-    let mut redis = OwnRedis::start();
+    let mut redis = OwnRedis::start().await;
     // The platform enforces the same limit and counts any breach.
     let sim = Sim::start(60).await;
     let d = Deployment::start(&sim.messages_url(), 60, &redis.url()).await;
@@ -318,7 +318,7 @@ async fn with_redis_down_for_30_s_nothing_is_delivered_or_lost_and_the_rate_hold
     let stopped = Utc::now();
     tokio::time::sleep(Duration::from_secs(30)).await;
     let restarted = Utc::now();
-    redis.restart();
+    redis.restart().await;
     d.all_sent(n, Duration::from_secs(180)).await;
 
     let deliveries = sim.deliveries().await;
@@ -399,7 +399,7 @@ async fn on_sqs_a_message_out_of_attempts_is_failed_and_in_the_dlq_with_its_last
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatcher_started_while_redis_is_down_delivers_nothing_until_it_is_up() {
-    let mut redis = OwnRedis::start();
+    let mut redis = OwnRedis::start().await;
     redis.stop();
     let sim = Sim::start(600).await;
     let d = Deployment::start(&sim.messages_url(), 600, &redis.url()).await;
@@ -418,7 +418,7 @@ async fn a_dispatcher_started_while_redis_is_down_delivers_nothing_until_it_is_u
             .unwrap();
     assert_eq!(charged, 0);
 
-    redis.restart();
+    redis.restart().await;
     d.all_sent(n, Duration::from_secs(60)).await;
     exactly_once(&sim.deliveries().await, n);
 }
@@ -628,37 +628,43 @@ async fn a_days_backlog_waits_off_the_queue_and_drains_with_nothing_in_the_dlq_w
         client
             .post_json("/api/messages/bulk", &bulk, StatusCode::ACCEPTED)
             .await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while parked(&d.url).await < (i * 100) as i64 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "campaign {i}: {} of {} parked; the dispatcher's warnings: {:#?}; the \
-                 worker's: {:#?}; on SQS (visible, in flight): {:?}; not parked: {:?}",
-                parked(&d.url).await,
-                i * 100,
+        let (within, every) = (Duration::from_secs(30), Duration::from_millis(20));
+        let all_parked = poll_until(within, every, || async {
+            match parked(&d.url).await {
+                n if n >= (i * 100) as i64 => Ok(()),
+                n => Err(format!("{n} of {} parked", i * 100)),
+            }
+        });
+        if let Err(last) = all_parked.await {
+            panic!(
+                "campaign {i}: {last}; the dispatcher's warnings: {:#?}; the worker's: {:#?}; \
+                 on SQS (visible, in flight): {:?}; not parked: {:?}",
                 real_rate.warnings(),
                 d.worker_warnings(),
                 sqs_depth(d.queue_url()).await,
                 unparked(&d.url).await
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     // The queue's copies are deleted right after their park commits: give the last batch's
     // delete a moment, well under the 20 s the intake hides a batch for, so a delete that
     // failed (its copy hidden, not gone) still fails here.
     let queue_url = d.queue_url().to_owned();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while sqs_depth(&queue_url).await != (0, 0) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let (within, every) = (Duration::from_secs(5), Duration::from_millis(50));
+    let emptied = poll_until(within, every, || async {
+        match sqs_depth(&queue_url).await {
+            (0, 0) => Ok(()),
+            depth => Err(format!("(visible, in flight) {depth:?}")),
+        }
+    });
+    if let Err(last) = emptied.await {
+        panic!(
+            "nothing left on SQS, but {last}; the dispatcher's warnings: {:#?}; the worker's: \
+             {:#?}",
+            real_rate.warnings(),
+            d.worker_warnings()
+        );
     }
-    assert_eq!(
-        sqs_depth(&queue_url).await,
-        (0, 0),
-        "nothing left on SQS; the dispatcher's warnings: {:#?}; the worker's: {:#?}",
-        real_rate.warnings(),
-        d.worker_warnings()
-    );
 
     // A reply queued behind the day's backlog goes out within two slots (12 s), about when
     // its estimate said.
@@ -686,18 +692,15 @@ async fn a_days_backlog_waits_off_the_queue_and_drains_with_nothing_in_the_dlq_w
     let reply = sent["messageId"].to_string();
     let queued = instant(&sent["queuedAt"]);
     let estimate = instant(&sent["estimatedSendTime"]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let arrived = loop {
+    let (within, every) = (Duration::from_secs(30), Duration::from_millis(100));
+    let arrived = eventually("the reply out", within, every, || async {
         let all = sim.deliveries().await;
-        if let Some(d) = all.iter().find(|d| d["messageId"] == reply.as_str()) {
-            break instant(&d["arrivedAt"]);
+        match all.iter().find(|d| d["messageId"] == reply.as_str()) {
+            Some(d) => Ok(instant(&d["arrivedAt"])),
+            None => Err(format!("{} other deliveries", all.len())),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the reply did not go out"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     let slot = chrono::TimeDelta::seconds(6);
     assert!(
         arrived - queued <= slot * 2,
@@ -784,8 +787,8 @@ async fn the_quick_start_all_with_platform_sim_delivers_a_message_the_stand_in_s
         )
         .await;
     let deliveries = format!("http://127.0.0.1:{sim_port}/deliveries");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let (within, every) = (Duration::from_secs(30), Duration::from_millis(200));
+    let got: Value = eventually("the message delivered", within, every, || async {
         let got: Value = reqwest::get(&deliveries)
             .await
             .unwrap()
@@ -793,12 +796,13 @@ async fn the_quick_start_all_with_platform_sim_delivers_a_message_the_stand_in_s
             .await
             .unwrap();
         if got["total"] == 1 {
-            assert_eq!(got["items"][0]["messageId"], sent["messageId"].to_string());
-            break;
+            Ok(got)
+        } else {
+            Err(got.to_string())
         }
-        assert!(std::time::Instant::now() < deadline, "not delivered: {got}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
+    assert_eq!(got["items"][0]["messageId"], sent["messageId"].to_string());
     let page = client.get_json("/api/crm/conversations").await;
     let conv = page["items"][0]["id"].clone();
     let messages = client
@@ -891,55 +895,54 @@ async fn a_dispatcher_stopped_90_s_right_after_a_claim_breaks_neither_the_rate_n
     .await
     .unwrap();
     let mut stopped = d.dispatcher();
-    let mut watch = PgConnection::connect(&d.url).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    // Behind a lock: the polls below borrow it from their closures.
+    let watch = tokio::sync::Mutex::new(PgConnection::connect(&d.url).await.unwrap());
+    let (within, every) = (Duration::from_secs(30), Duration::from_millis(20));
+    let claiming = poll_until(within, every, || async {
         let blocked: Vec<(String,)> = sqlx::query_as(
             "SELECT query FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
         )
         .bind(gate_pid)
-        .fetch_all(&mut watch)
+        .fetch_all(&mut *watch.lock().await)
         .await
         .unwrap();
-        if let [(query,)] = &blocked[..] {
-            assert!(
-                query.starts_with("WITH pick AS"),
-                "the claim waits: {query}"
-            );
-            break;
+        match &blocked[..] {
+            [(query,)] => Ok(query.clone()),
+            [] => Err("nothing waits on the gate".to_owned()),
+            more => panic!("only the claim waits: {more:?}"),
         }
-        assert!(blocked.is_empty(), "only the claim waits: {blocked:?}");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dispatcher never claimed: {:?}",
+    });
+    match claiming.await {
+        Ok(query) => assert!(
+            query.starts_with("WITH pick AS"),
+            "the claim waits: {query}"
+        ),
+        Err(last) => panic!(
+            "the dispatcher never claimed ({last}): {:?}",
             stopped.warnings()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        ),
     }
     let stopped_at = stopped.signal("STOP");
     gate.rollback().await.unwrap();
     // Its claim commits while it is stopped: one message `sending`, attempt 1.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let claimed: i64 = loop {
+    let (within, every) = (Duration::from_secs(10), Duration::from_millis(20));
+    let claimed: i64 = eventually("the claim committed", within, every, || async {
         let rows: Vec<(i64, i64)> =
             sqlx::query_as("SELECT id, attempts FROM messages WHERE status = 'sending'")
-                .fetch_all(&mut watch)
+                .fetch_all(&mut *watch.lock().await)
                 .await
                 .unwrap();
-        if let [(id, attempts)] = rows[..] {
-            assert_eq!(attempts, 1);
-            break id;
+        match rows[..] {
+            [(id, attempts)] => {
+                assert_eq!(attempts, 1);
+                Ok(id)
+            }
+            [] => Err("no message sending".to_owned()),
+            _ => panic!("only the stopped dispatcher runs: {rows:?}"),
         }
-        assert!(
-            rows.is_empty(),
-            "only the stopped dispatcher runs: {rows:?}"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the claim never committed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
+    let mut watch = watch.into_inner();
 
     let _b = d.dispatcher();
     let _c = d.dispatcher();

@@ -8,7 +8,7 @@ use std::{collections::HashSet, time::Duration};
 use fanqueue::supervisor::DRAIN_TIMEOUT;
 use serde_json::{Value, json};
 
-use crate::helpers::{Deployment, Queue, Sim, instant, redis_url};
+use crate::helpers::{Deployment, Queue, Sim, eventually, instant, redis_url};
 
 /// Each request takes this long at the platform: the signal lands while several are out.
 const LATENCY_MS: u64 = 1_500;
@@ -74,20 +74,19 @@ async fn sigterm_mid_delivery_finishes_what_is_in_flight_starts_nothing_more_and
 
     let mut first = d.dispatcher();
     // Mid-run: the first round answered, and every permit's delivery out.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let (before, out_at_signal) = loop {
+    let (within, every) = (Duration::from_secs(60), Duration::from_millis(20));
+    let in_flight = "several deliveries in flight";
+    let (before, out_at_signal) = eventually(in_flight, within, every, || async {
         let delivered = sim.deliveries().await;
         let stats = sim.stats().await;
         let out = unanswered(&stats);
         if delivered.len() >= CREATORS as usize && out >= 3 {
-            break (message_ids(&delivered), out);
+            Ok((message_ids(&delivered), out))
+        } else {
+            Err(stats.to_string())
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never several deliveries in flight: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     let (exit, took) = first.terminate(DRAIN_TIMEOUT * 2).await;
     assert!(
         exit.success(),

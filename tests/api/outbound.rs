@@ -1,14 +1,14 @@
 //! The outbound queue's contract, on both implementations: the embedded queue (SQLite and
 //! PostgreSQL) and SQS (the emulator, with a redrive policy to a DLQ).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fanqueue_jobs::{
     db::Db,
     outbound::{EmbeddedQueue, OutboundEntry, OutboundQueue, QueueCounts, SqsQueue},
 };
 
-use crate::helpers::{Backend, TestDb, aws_endpoint, sqs_queues};
+use crate::helpers::{Backend, TestDb, aws_endpoint, eventually, sqs_queues};
 
 fn entry(id: &str) -> OutboundEntry {
     OutboundEntry {
@@ -61,33 +61,30 @@ async fn honours_the_queue_contract(q: &impl OutboundQueue, max_receives: u32) {
 
     // The other is never deleted: it comes back after each timeout, with its receive count
     // going up, until it has been handed out `max_receives` times; then it goes to the DLQ.
-    let mut receives = 1;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let receives = std::cell::Cell::new(1);
+    let (within, every) = (Duration::from_secs(60), Duration::from_millis(200));
+    eventually("the message in the DLQ", within, every, || async {
         let got = q
             .receive(10, Duration::from_secs(1), Duration::ZERO)
             .await
             .unwrap();
         if let Some(m) = got.first() {
-            receives += 1;
-            assert_eq!(m.receive_count, receives, "each receive counts");
+            receives.set(receives.get() + 1);
+            assert_eq!(m.receive_count, receives.get(), "each receive counts");
             assert!(
-                receives <= max_receives,
+                receives.get() <= max_receives,
                 "handed out more than {max_receives} times"
             );
-        } else if receives == max_receives {
+        } else if receives.get() == max_receives {
             let c = q.counts().await.unwrap();
             if c.dlq == 1 {
                 assert_eq!((c.depth, c.in_flight), (0, 0));
-                break;
+                return Ok(());
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "the message never reached the DLQ ({receives} receives)"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Err(format!("{} receives", receives.get()))
+    })
+    .await;
 }
 
 async fn embedded(backend: Backend) -> (TestDb, EmbeddedQueue) {
