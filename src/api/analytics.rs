@@ -4,7 +4,10 @@ use chrono::{Datelike, Duration, Months, NaiveDate, Utc};
 use fanqueue_jobs::crm::analytics::{self, MAX_PERIODS, Period, Range, Report};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Query, payload::Json};
 
-use super::{ApiError, ApiTags, BearerAuth, State};
+use super::{
+    error::ApiError,
+    state::{ApiTags, BearerAuth, State},
+};
 
 pub struct AnalyticsApi {
     state: State,

@@ -18,10 +18,11 @@ use poem_openapi::{
 };
 
 use super::{
-    ApiError, ApiTags, BearerAuth, State,
     conversations::MessageOut,
+    error::ApiError,
     messages::submit_error,
     rules::{Limit, Offset, page},
+    state::{ApiTags, BearerAuth, State},
     words::Word,
 };
 

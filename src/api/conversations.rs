@@ -21,10 +21,11 @@ use poem_openapi::{
 use serde::Deserialize;
 
 use super::{
-    ApiError, ApiTags, BearerAuth, State,
     body::JsonBody,
+    error::ApiError,
     ids::IdIn,
     rules::{In, Limit, MediaUrl, MessageText, Offset, page},
+    state::{ApiTags, BearerAuth, State},
     words::Word,
 };
 

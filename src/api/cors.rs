@@ -9,7 +9,7 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use super::ApiError;
+use super::error::ApiError;
 pub use crate::origins::AllowedOrigins;
 use poem::{
     Endpoint, EndpointExt, IntoResponse, Middleware, Request, Response,

@@ -13,10 +13,11 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi, payload::Json};
 use serde::Deserialize;
 
 use super::{
-    ApiError, ApiTags, BearerAuth, State,
     body::JsonBody,
+    error::ApiError,
     ids::IdIn,
     rules::{FanHandle, In},
+    state::{ApiTags, BearerAuth, State},
 };
 
 pub struct EventsApi {

@@ -18,14 +18,15 @@ use poem_openapi::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ApiError, ApiTags, BearerAuth, State,
     body::{JsonBody, JsonOut, rfc3339},
+    error::ApiError,
     formats::EmailIn,
     idempotency,
     rules::{
         FanHandle, FanName, FanNotes, FanSearch, FanTag, In, Limit, MediaUrl, Offset, PlatformName,
         Rule, page,
     },
+    state::{ApiTags, BearerAuth, State},
     words::Word,
 };
 

@@ -25,10 +25,11 @@ use poem::{
 use sha2::{Digest, Sha256};
 
 use super::{
-    ApiError, State,
     body::MAX_BODY,
     contract::honoured,
+    error::ApiError,
     rules::{IdempotencyKey, In},
+    state::State,
 };
 
 pub const HEADER: &str = "idempotency-key";

@@ -19,7 +19,13 @@ use poem_openapi::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{ApiError, ApiTags, BearerAuth, State, idempotency, jobs::ImportSummary, words::Word};
+use super::{
+    error::ApiError,
+    idempotency,
+    jobs::ImportSummary,
+    state::{ApiTags, BearerAuth, State},
+    words::Word,
+};
 
 pub struct ImportsApi {
     state: State,
@@ -309,7 +315,7 @@ impl ImportsApi {
         user: UserId,
         upload: CsvUpload,
     ) -> Result<JobId, ApiError> {
-        super::charge(&self.state, self.state.quotas.imports, user).await?;
+        super::state::charge(&self.state, self.state.quotas.imports, user).await?;
         let id = JobId::generate();
         let key = import_csv::blob_key(user, &id);
         self.state

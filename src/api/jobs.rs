@@ -21,8 +21,9 @@ use poem_openapi::{
 use serde::Deserialize;
 
 use super::{
-    ApiError, ApiTags, BearerAuth, State,
+    error::ApiError,
     rules::{Limit, Offset, page},
+    state::{ApiTags, BearerAuth, State},
     words::Word,
 };
 

@@ -24,11 +24,12 @@ use poem_openapi::{
 use serde::Deserialize;
 
 use super::{
-    ApiError, ApiTags, BearerAuth, State,
     body::JsonBody,
+    error::ApiError,
     idempotency,
     ids::IdIn,
     rules::{CampaignName, In, Limit, MediaUrl, MessageText, Offset, page},
+    state::{ApiTags, BearerAuth, State},
     words::Word,
 };
 
@@ -469,7 +470,7 @@ impl MessagesApi {
             media(b.media_urls)?,
             b.priority,
         )?;
-        super::charge(&self.state, self.state.quotas.campaigns, user).await?;
+        super::state::charge(&self.state, self.state.quotas.campaigns, user).await?;
         let created = bulk_send::submit(
             &self.state.db,
             &self.state.jobs,

@@ -18,7 +18,10 @@ use poem_openapi::{
     payload::{Json, PlainText},
 };
 
-use super::{ApiError, ApiTags, BearerAuth, State};
+use super::{
+    error::ApiError,
+    state::{ApiTags, BearerAuth, State},
+};
 use crate::{quotas::Limiter, telemetry::Metrics};
 
 /// How long a dependency gets to answer before it counts as down.
