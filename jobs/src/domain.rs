@@ -51,6 +51,7 @@ impl UserId {
 id_type!(ConversationId);
 id_type!(MessageId);
 id_type!(CampaignId);
+id_type!(SegmentId);
 
 /// A value read back from the database that is not one of its type's words: the row was
 /// written by something else (or a newer release), and pretending otherwise would hide it.
@@ -132,6 +133,19 @@ macro_rules! text_enum {
 
             fn from_word(raw: &str) -> Result<Self, $crate::domain::UnknownValue> {
                 Self::parse(raw)
+            }
+        }
+
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = <::std::borrow::Cow<'de, str> as ::serde::Deserialize>::deserialize(d)?;
+                $name::parse(&raw).map_err(::serde::de::Error::custom)
             }
         }
 
@@ -359,8 +373,23 @@ impl HttpUrl {
 }
 
 /// Money in integer cents, never negative. Floats never touch money.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
 pub struct Cents(i64);
+
+impl TryFrom<i64> for Cents {
+    type Error = ParseError;
+
+    fn try_from(cents: i64) -> Result<Self, ParseError> {
+        Cents::new(cents)
+    }
+}
+
+impl From<Cents> for i64 {
+    fn from(c: Cents) -> i64 {
+        c.0
+    }
+}
 
 impl Cents {
     /// A billion dollars: well above any fan's spend, well below i64 overflow in sums.
@@ -383,8 +412,23 @@ impl Cents {
 
 /// A fan's tags: each a trimmed [`Line`] of at most 50 characters, at most 50 of them, kept
 /// in first-seen order without duplicates (compared without case).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
 pub struct Tags(Vec<String>);
+
+impl TryFrom<Vec<String>> for Tags {
+    type Error = ParseError;
+
+    fn try_from(raw: Vec<String>) -> Result<Self, ParseError> {
+        Tags::parse(&raw)
+    }
+}
+
+impl From<Tags> for Vec<String> {
+    fn from(t: Tags) -> Vec<String> {
+        t.0
+    }
+}
 
 impl Tags {
     pub const MAX_COUNT: usize = 50;
@@ -410,6 +454,10 @@ impl Tags {
 
     pub fn as_slice(&self) -> &[String] {
         &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub fn into_vec(self) -> Vec<String> {

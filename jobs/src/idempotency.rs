@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     db::{Db, StoreResult, Tx},
-    domain::{CampaignId, FanId, MessageId, Timestamp, UnknownValue, UserId},
+    domain::{CampaignId, FanId, MessageId, SegmentId, Timestamp, UnknownValue, UserId},
     engine::JobId,
     on_db, on_tx,
 };
@@ -61,6 +61,8 @@ pub enum Effect {
     Job(JobId),
     /// A fan created.
     Fan(FanId),
+    /// A segment saved.
+    Segment(SegmentId),
 }
 
 impl Effect {
@@ -91,6 +93,13 @@ impl Effect {
             _ => None,
         }
     }
+
+    pub fn segment(&self) -> Option<SegmentId> {
+        match self {
+            Effect::Segment(id) => Some(*id),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Effect {
@@ -100,6 +109,7 @@ impl fmt::Display for Effect {
             Effect::Campaign(id) => write!(f, "campaign:{}", id.0),
             Effect::Job(id) => write!(f, "job:{id}"),
             Effect::Fan(id) => write!(f, "fan:{}", id.0),
+            Effect::Segment(id) => write!(f, "segment:{}", id.0),
         }
     }
 }
@@ -111,7 +121,7 @@ impl FromStr for Effect {
         let unknown = || UnknownValue {
             what: "idempotency effect",
             value: s.to_owned(),
-            expected: "message:<id>, campaign:<id>, job:<id> or fan:<id>".to_owned(),
+            expected: "message:<id>, campaign:<id>, job:<id>, fan:<id> or segment:<id>".to_owned(),
         };
         let (kind, id) = s.split_once(':').ok_or_else(unknown)?;
         let number = || id.parse::<i64>().map_err(|_| unknown());
@@ -119,6 +129,7 @@ impl FromStr for Effect {
             "message" => Effect::Message(MessageId(number()?)),
             "campaign" => Effect::Campaign(CampaignId(number()?)),
             "fan" => Effect::Fan(FanId(number()?)),
+            "segment" => Effect::Segment(SegmentId(number()?)),
             "job" => Effect::Job(JobId::parse(id).ok_or_else(unknown)?),
             _ => return Err(unknown()),
         })

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     campaigns,
-    fans::{self, FanRef, value_history::ValueSource},
+    fans::{self, FanRef, Subscription, value_history::ValueSource},
     messages::{self, OutboundRef},
 };
 use crate::{
@@ -35,6 +35,10 @@ text_enum! {
         Tip = "tip",
         /// The fan subscribed or renewed (`amountCents`).
         Subscription = "subscription",
+        /// The fan's subscription ended.
+        SubscriptionExpired = "subscription_expired",
+        /// The fan turned renewal off (still subscribed until the period ends).
+        SubscriptionRenewalOff = "subscription_renewal_off",
     }
 }
 
@@ -46,7 +50,7 @@ impl EventKind {
 
     /// Whether the event carries money (which it must give).
     pub fn carries_amount(self) -> bool {
-        !self.needs_message()
+        self.value_source().is_some()
     }
 
     fn value_source(self) -> Option<ValueSource> {
@@ -54,7 +58,17 @@ impl EventKind {
             EventKind::Purchased => Some(ValueSource::Purchased),
             EventKind::Tip => Some(ValueSource::Tip),
             EventKind::Subscription => Some(ValueSource::Subscription),
-            EventKind::Delivered | EventKind::Opened => None,
+            _ => None,
+        }
+    }
+
+    /// The fan's subscription after the event, for the events that say.
+    fn subscription(self) -> Option<Subscription> {
+        match self {
+            EventKind::Subscription => Some(Subscription::Active),
+            EventKind::SubscriptionRenewalOff => Some(Subscription::RenewalOff),
+            EventKind::SubscriptionExpired => Some(Subscription::Expired),
+            _ => None,
         }
     }
 }
@@ -192,14 +206,14 @@ async fn apply_once(db: &Db, user: UserId, events: &[PlatformEvent]) -> StoreRes
                 EventKind::Opened => (Some(at), Some(at)),
                 _ => (None, None),
             };
-            messages::reported(
-                &mut tx,
-                m.id,
-                delivered,
-                opened,
-                revenue.unwrap_or_default(),
-            )
-            .await?;
+            let purchased = (e.kind == EventKind::Purchased).then_some(at);
+            let report = messages::Report {
+                delivered_at: delivered,
+                opened_at: opened,
+                purchased_at: purchased,
+                revenue: revenue.unwrap_or_default(),
+            };
+            messages::reported(&mut tx, m.id, report).await?;
             touched.extend(m.campaign_id);
         }
         match (e.kind.value_source(), e.amount) {
@@ -207,6 +221,9 @@ async fn apply_once(db: &Db, user: UserId, events: &[PlatformEvent]) -> StoreRes
             // Reading a message is the fan being there; its arrival is not.
             _ if e.kind == EventKind::Opened => fans::seen(&mut tx, fan, at).await?,
             _ => {}
+        }
+        if let Some(state) = e.kind.subscription() {
+            fans::subscribed(&mut tx, fan, state, at).await?;
         }
     }
     campaigns::refresh_engagement(&mut tx, &touched).await?;

@@ -7,6 +7,7 @@
 //! - [`messages`] — inbound and outbound messages and their delivery states.
 //! - [`deliveries`] — the log of delivery attempts (written with the message's transitions).
 //! - [`campaigns`] — bulk campaigns and their metrics.
+//! - [`segments`] — saved audiences, and the fans a filter matches.
 //! - [`events`] — what a platform sync reports (deliveries, opens, revenue), applied once.
 //! - [`analytics`] — the creator's figures, read across the tables above.
 
@@ -17,3 +18,4 @@ pub mod deliveries;
 pub mod events;
 pub mod fans;
 pub mod messages;
+pub mod segments;

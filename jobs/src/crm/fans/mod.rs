@@ -14,7 +14,7 @@ use crate::{
     db::{Db, Listed, Page, StoreError, StoreResult, Tx, is_unique_violation},
     domain::{Cents, Email, FanId, Handle, HttpUrl, Line, Platform, Tags, Text, Timestamp, UserId},
     idempotency::{self, Effect, Guard},
-    on_db, on_tx,
+    on_db, on_tx, text_enum,
 };
 
 /// Bounds of a fan's free-form fields.
@@ -411,6 +411,38 @@ pub async fn credit(
     .bind(fan)
     .bind(amount.get())
     .bind(source)
+    .bind(at)
+    .bind(Timestamp::now())
+    .execute(&mut **conn)
+    .await
+    .map(|_| ()))
+}
+
+text_enum! {
+    /// A fan's subscription as the platform's events last reported it.
+    pub enum Subscription as "subscription" {
+        /// Subscribed or renewed.
+        Active = "active",
+        /// Still subscribed, not renewing.
+        RenewalOff = "renewal_off",
+        Expired = "expired",
+    }
+}
+
+/// Records `fan`'s subscription as `state` from an event at `at`, unless a later event
+/// already said otherwise (events may arrive out of order).
+pub async fn subscribed(
+    tx: &mut Tx,
+    fan: FanId,
+    state: Subscription,
+    at: Timestamp,
+) -> sqlx::Result<()> {
+    on_tx!(tx, conn => sqlx::query(
+        "UPDATE fans SET subscription = $2, subscription_at = $3, updated_at = $4
+         WHERE id = $1 AND (subscription_at IS NULL OR subscription_at <= $3)",
+    )
+    .bind(fan)
+    .bind(state)
     .bind(at)
     .bind(Timestamp::now())
     .execute(&mut **conn)

@@ -781,28 +781,35 @@ pub async fn outbound_named(
 }
 
 /// What the platform reported about one outbound message: it arrived (`delivered_at`), was
-/// read (`opened_at`), or earned `revenue` (a paid unlock or a tip on it). The earliest
-/// report of each time wins, so reports in any order agree.
-pub async fn reported(
-    tx: &mut Tx,
-    id: MessageId,
-    delivered_at: Option<Timestamp>,
-    opened_at: Option<Timestamp>,
-    revenue: Cents,
-) -> sqlx::Result<()> {
+/// read (`opened_at`), was unlocked (`purchased_at`), or earned `revenue` (a paid unlock or a
+/// tip on it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Report {
+    pub delivered_at: Option<Timestamp>,
+    pub opened_at: Option<Timestamp>,
+    pub purchased_at: Option<Timestamp>,
+    pub revenue: Cents,
+}
+
+/// Records a [`Report`] on message `id`. The earliest report of each time wins, so reports in
+/// any order agree.
+pub async fn reported(tx: &mut Tx, id: MessageId, report: Report) -> sqlx::Result<()> {
     on_tx!(tx, conn => sqlx::query(
         "UPDATE messages SET
              delivered_at = CASE WHEN delivered_at IS NULL OR delivered_at > $2
                                  THEN COALESCE($2, delivered_at) ELSE delivered_at END,
              opened_at = CASE WHEN opened_at IS NULL OR opened_at > $3
                               THEN COALESCE($3, opened_at) ELSE opened_at END,
-             revenue_cents = revenue_cents + $4
+             purchased_at = CASE WHEN purchased_at IS NULL OR purchased_at > $4
+                                 THEN COALESCE($4, purchased_at) ELSE purchased_at END,
+             revenue_cents = revenue_cents + $5
          WHERE id = $1",
     )
     .bind(id)
-    .bind(delivered_at)
-    .bind(opened_at)
-    .bind(revenue.get())
+    .bind(report.delivered_at)
+    .bind(report.opened_at)
+    .bind(report.purchased_at)
+    .bind(report.revenue.get())
     .execute(&mut **conn)
     .await
     .map(|_| ()))

@@ -1,0 +1,198 @@
+//! Segments: a creator's saved audiences, each a name and a [`Filter`]. The only module that
+//! writes `segments`; it also reads the fans a filter matches (a count, a sample, a page of
+//! the fan list), through the one condition [`Filter::to_sql`] writes.
+
+pub mod filter;
+
+use chrono::{DateTime, Utc};
+use sqlx::{AssertSqlSafe, types::Json};
+
+use self::filter::{Condition, Param};
+pub use self::filter::{Dialect, Filter, SpentInLastDays};
+use super::fans::Fan;
+use crate::{
+    db::{Db, Listed, Page, StoreError, StoreResult},
+    domain::{Line, SegmentId, Timestamp, UserId},
+    idempotency::{self, Effect, Guard},
+    on_db, on_tx,
+};
+
+pub const NAME_MAX: usize = 200;
+/// The fans a preview shows.
+pub const SAMPLE: i64 = 20;
+
+/// A segment as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Segment {
+    pub id: SegmentId,
+    pub user_id: UserId,
+    pub name: String,
+    pub filter: Json<Filter>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// How many fans a filter matches now, and some of them (newest first).
+#[derive(Debug, Clone)]
+pub struct Preview {
+    pub count: i64,
+    pub sample: Vec<Fan>,
+}
+
+/// Saves a segment of `user`; a keyed request records it on its key in the same transaction.
+pub async fn create(
+    db: &Db,
+    user: UserId,
+    name: Line,
+    filter: Filter,
+    key: Option<&Guard>,
+) -> StoreResult<Segment> {
+    let now = Timestamp::now();
+    let mut tx = db.begin().await?;
+    let segment = on_tx!(&mut tx, conn => sqlx::query_as::<_, Segment>(
+        "INSERT INTO segments (user_id, name, filter, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $4) RETURNING *",
+    )
+    .bind(user)
+    .bind(name.as_str())
+    .bind(Json(&filter))
+    .bind(now)
+    .fetch_one(&mut **conn)
+    .await)?;
+    if let Some(key) = key {
+        idempotency::record(&mut tx, key, &Effect::Segment(segment.id)).await?;
+    }
+    tx.commit().await?;
+    Ok(segment)
+}
+
+pub async fn get(db: &Db, user: UserId, id: SegmentId) -> StoreResult<Segment> {
+    on_db!(db, pool => sqlx::query_as::<_, Segment>(
+        "SELECT * FROM segments WHERE id = $1 AND user_id = $2",
+    )
+    .bind(id)
+    .bind(user)
+    .fetch_optional(pool)
+    .await)?
+    .ok_or(StoreError::NotFound("segment"))
+}
+
+/// One page of `user`'s segments, newest first.
+pub async fn list(db: &Db, user: UserId, page: Page) -> StoreResult<Listed<Segment>> {
+    on_db!(db, pool => {
+        let items = sqlx::query_as::<_, Segment>(
+            "SELECT * FROM segments WHERE user_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3",
+        )
+        .bind(user)
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(pool)
+        .await?;
+        let (total,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM segments WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(pool)
+            .await?;
+        Ok(Listed { items, total })
+    })
+}
+
+/// Renames a segment and/or replaces its filter (`None` leaves each as it is).
+pub async fn update(
+    db: &Db,
+    user: UserId,
+    id: SegmentId,
+    name: Option<Line>,
+    filter: Option<Filter>,
+) -> StoreResult<Segment> {
+    on_db!(db, pool => sqlx::query_as::<_, Segment>(
+        "UPDATE segments SET name = COALESCE($3, name), filter = COALESCE($4, filter),
+             updated_at = $5
+         WHERE id = $1 AND user_id = $2 RETURNING *",
+    )
+    .bind(id)
+    .bind(user)
+    .bind(name.as_ref().map(Line::as_str))
+    .bind(filter.as_ref().map(Json))
+    .bind(Timestamp::now())
+    .fetch_optional(pool)
+    .await)?
+    .ok_or(StoreError::NotFound("segment"))
+}
+
+pub async fn delete(db: &Db, user: UserId, id: SegmentId) -> StoreResult<()> {
+    let deleted = on_db!(db, pool => sqlx::query("DELETE FROM segments WHERE id = $1 AND user_id = $2")
+        .bind(id)
+        .bind(user)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+    if deleted == 0 {
+        return Err(StoreError::NotFound("segment"));
+    }
+    Ok(())
+}
+
+fn dialect(db: &Db) -> Dialect {
+    match db {
+        Db::Postgres(_) => Dialect::Postgres,
+        Db::Sqlite(_) => Dialect::Sqlite,
+    }
+}
+
+/// Binds `$1` (the user) and then the condition's parameters, in order. (The SQL these bind
+/// to is [`Filter::to_sql`]'s fixed fragments: input only ever reaches it as a parameter.)
+macro_rules! bind_condition {
+    ($query:expr, $user:expr, $params:expr) => {{
+        let mut q = $query.bind($user);
+        for p in $params {
+            q = match p {
+                Param::Int(v) => q.bind(*v),
+                Param::Text(v) => q.bind(v.as_str()),
+                Param::At(v) => q.bind(*v),
+            };
+        }
+        q
+    }};
+}
+
+/// How many of `user`'s fans `filter` matches now, and the newest [`SAMPLE`] of them.
+pub async fn preview(db: &Db, user: UserId, filter: &Filter) -> StoreResult<Preview> {
+    let Condition { sql, params } = filter.to_sql(dialect(db), Utc::now());
+    let count_sql = format!("SELECT COUNT(*) FROM fans f WHERE f.user_id = $1 AND {sql}");
+    let sample_sql = format!(
+        "SELECT f.* FROM fans f WHERE f.user_id = $1 AND {sql} ORDER BY f.id DESC LIMIT {SAMPLE}"
+    );
+    on_db!(db, pool => {
+        let (count,): (i64,) = bind_condition!(sqlx::query_as(AssertSqlSafe(count_sql.clone())), user, &params)
+            .fetch_one(pool)
+            .await?;
+        let sample = bind_condition!(sqlx::query_as::<_, Fan>(AssertSqlSafe(sample_sql.clone())), user, &params)
+            .fetch_all(pool)
+            .await?;
+        Ok(Preview { count, sample })
+    })
+}
+
+/// One page of the fans `filter` matches now, newest first, and how many match.
+pub async fn fans(db: &Db, user: UserId, filter: &Filter, page: Page) -> StoreResult<Listed<Fan>> {
+    let Condition { sql, params } = filter.to_sql(dialect(db), Utc::now());
+    let count_sql = format!("SELECT COUNT(*) FROM fans f WHERE f.user_id = $1 AND {sql}");
+    let n = params.len() + 1;
+    let page_sql = format!(
+        "SELECT f.* FROM fans f WHERE f.user_id = $1 AND {sql} ORDER BY f.id DESC
+         LIMIT ${} OFFSET ${}",
+        n + 1,
+        n + 2
+    );
+    on_db!(db, pool => {
+        let items = bind_condition!(sqlx::query_as::<_, Fan>(AssertSqlSafe(page_sql.clone())), user, &params)
+            .bind(page.limit)
+            .bind(page.offset)
+            .fetch_all(pool)
+            .await?;
+        let (total,): (i64,) = bind_condition!(sqlx::query_as(AssertSqlSafe(count_sql.clone())), user, &params)
+            .fetch_one(pool)
+            .await?;
+        Ok(Listed { items, total })
+    })
+}
