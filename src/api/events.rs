@@ -44,6 +44,14 @@ pub enum EventType {
     Tip,
     /// The fan subscribed or renewed (`amountCents`).
     Subscription,
+    /// The fan's subscription ended (no amount).
+    #[oai(rename = "subscription_expired")]
+    #[serde(rename = "subscription_expired")]
+    SubscriptionExpired,
+    /// The fan turned renewal off: still subscribed until the period ends (no amount).
+    #[oai(rename = "subscription_renewal_off")]
+    #[serde(rename = "subscription_renewal_off")]
+    SubscriptionRenewalOff,
 }
 
 impl From<EventType> for EventKind {
@@ -54,6 +62,8 @@ impl From<EventType> for EventKind {
             EventType::Purchased => EventKind::Purchased,
             EventType::Tip => EventKind::Tip,
             EventType::Subscription => EventKind::Subscription,
+            EventType::SubscriptionExpired => EventKind::SubscriptionExpired,
+            EventType::SubscriptionRenewalOff => EventKind::SubscriptionRenewalOff,
         }
     }
 }

@@ -2,11 +2,14 @@
 
 use chrono::{DateTime, Utc};
 use fanqueue_jobs::{
-    crm::fans::{
-        self, Fan, FanFilter, FanPatch, NewFan,
-        value_history::{self, ValueChange, ValueSource},
+    crm::{
+        fans::{
+            self, Fan, FanFilter, FanPatch, NewFan,
+            value_history::{self, ValueChange, ValueSource},
+        },
+        segments,
     },
-    domain::{Cents, Email, FanId, Line, ParseError, Platform, Tags},
+    domain::{Cents, Email, FanId, Line, ParseError, Platform, SegmentId, Tags},
     idempotency::Effect,
 };
 use poem_openapi::{
@@ -339,8 +342,10 @@ impl FansApi {
     /// List fans
     ///
     /// The caller's fans, newest first, optionally only those carrying `tag`, worth at least
-    /// `minValueCents`, or whose handle or name holds `q`. `limit` defaults to 50, at most 200.
+    /// `minValueCents`, or whose handle or name holds `q`; or the fans of the segment
+    /// `segmentId` as they are now. `limit` defaults to 50, at most 200.
     #[oai(path = "/", method = "get", operation_id = "listFans")]
+    #[allow(clippy::too_many_arguments)] // poem-openapi takes each query parameter as one
     async fn list(
         &self,
         auth: BearerAuth,
@@ -355,28 +360,36 @@ impl FansApi {
             validator(minimum(value = "0"), maximum(value = "100000000000"))
         )]
         min_value_cents: Query<Option<i64>>,
+        /// Only the fans of this segment of the caller's (alone: its filter says the rest).
+        #[oai(name = "segmentId", validator(minimum(value = "1")))]
+        segment_id: Query<Option<i64>>,
         /// Fans per page, 1 to 200 (default 50).
         limit: Query<Option<Limit>>,
         /// Fans to skip (default 0).
         offset: Query<Option<Offset>>,
     ) -> Result<ListFansResponse, ApiError> {
         let page = page(limit.0, offset.0);
-        let filter = FanFilter {
-            tag: tag.0.map(|t| t.into_inner().as_str().to_owned()),
-            search: q.0.map(|q| q.into_inner().as_str().to_owned()),
-            min_value: min_value_cents
-                .0
-                .map(|v| field("minValueCents", Cents::new(v)))
-                .transpose()?,
+        let db = &self.state.db;
+        let listed = if let Some(id) = segment_id.0 {
+            if tag.0.is_some() || q.0.is_some() || min_value_cents.0.is_some() {
+                return Err(ApiError::invalid(
+                    "segmentId",
+                    "lists the segment's fans alone: put `tag`, `q` or `minValueCents` in its filter",
+                ));
+            }
+            let segment = segments::get(db, auth.user(), SegmentId(id)).await?;
+            segments::fans(db, auth.user(), &segment.filter.0, page).await?
+        } else {
+            let filter = FanFilter {
+                tag: tag.0.map(|t| t.into_inner().as_str().to_owned()),
+                search: q.0.map(|q| q.into_inner().as_str().to_owned()),
+                min_value: min_value_cents
+                    .0
+                    .map(|v| field("minValueCents", Cents::new(v)))
+                    .transpose()?,
+            };
+            fans::list(db, &self.state.fan_pages, auth.user(), &filter, page).await?
         };
-        let listed = fans::list(
-            &self.state.db,
-            &self.state.fan_pages,
-            auth.user(),
-            &filter,
-            page,
-        )
-        .await?;
         Ok(ListFansResponse::Ok(JsonOut(FanPage {
             items: listed.items.into_iter().map(FanOut::from).collect(),
             total: listed.total,

@@ -27,6 +27,7 @@ mod jobs;
 mod messages;
 mod monitoring;
 mod rules;
+mod segments;
 mod state;
 mod words;
 
@@ -51,6 +52,7 @@ use state::{LEDGER, refund};
 
 type Apis = (
     fans::FansApi,
+    segments::SegmentsApi,
     conversations::ConversationsApi,
     imports::ImportsApi,
     jobs::JobsApi,
@@ -65,6 +67,7 @@ pub fn openapi(state: &State) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             fans::FansApi::new(state.clone()),
+            segments::SegmentsApi::new(state.clone()),
             conversations::ConversationsApi::new(state.clone()),
             imports::ImportsApi::new(state.clone()),
             jobs::JobsApi::new(state.clone()),

@@ -66,6 +66,8 @@ pub type State = Arc<AppState>;
 pub enum ApiTags {
     /// The creator's fans.
     Fans,
+    /// Saved audiences: filters over the creator's fans, previewed live.
+    Segments,
     /// Conversations with fans and their messages.
     Conversations,
     /// CSV fan imports.
@@ -124,6 +126,10 @@ impl BearerAuth {
     }
 }
 
+/// Routes that only read but take their question as a body (a filter to preview): not
+/// charged as writes, so a live count can follow what a creator types.
+const READ_BY_POST: [&str; 1] = ["/api/crm/segments/preview"];
+
 async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
     let state = req
         .data::<State>()
@@ -133,7 +139,9 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
         ApiError::unauthorized()
     })?;
     tracing::Span::current().record("user_id", caller.user.0);
-    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && !READ_BY_POST.contains(&req.uri().path())
+    {
         charge(state, state.quotas.writes, caller.user).await?;
     }
     Ok(caller)

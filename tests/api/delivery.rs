@@ -74,17 +74,10 @@ pub(crate) async fn jobs_done(app: &TestApp, user: i64) {
 
 /// The message `id` of `user` as the API shows it.
 pub(crate) async fn message(app: &TestApp, user: i64, conv: i64, id: i64) -> Value {
-    let page = app
-        .user(user)
-        .get_json(&format!("/api/crm/conversations/{conv}/messages?limit=200"))
-        .await;
-    page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == id)
-        .cloned()
-        .unwrap_or_else(|| panic!("message {id} in conversation {conv}"))
+    let what = format!("message {id}");
+    app.user(user)
+        .message_where(conv, &what, |m| m["id"] == id)
+        .await
 }
 
 /// Sends `text` to the fan of `conv` (a reply, priority 9); returns the message id.

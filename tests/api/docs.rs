@@ -32,6 +32,13 @@ async fn openapi_documents_every_crm_route_with_bearer_security() {
         ("/api/crm/fans/{id}", "get", "getFan"),
         ("/api/crm/fans/{id}", "put", "updateFan"),
         ("/api/crm/fans/{id}", "delete", "deleteFan"),
+        ("/api/crm/segments", "get", "listSegments"),
+        ("/api/crm/segments", "post", "createSegment"),
+        ("/api/crm/segments/preview", "post", "previewFilter"),
+        ("/api/crm/segments/{id}", "get", "getSegment"),
+        ("/api/crm/segments/{id}", "put", "updateSegment"),
+        ("/api/crm/segments/{id}", "delete", "deleteSegment"),
+        ("/api/crm/segments/{id}/preview", "get", "previewSegment"),
         ("/api/crm/conversations", "get", "listConversations"),
         ("/api/crm/conversations", "post", "openConversation"),
         ("/api/crm/conversations/{id}", "get", "getConversation"),
@@ -268,7 +275,7 @@ async fn the_constraints_the_server_enforces_are_declared() {
             keyed += declared;
         }
     }
-    assert_eq!(keyed, 11, "the POST routes under /api");
+    assert_eq!(keyed, 13, "the POST routes under /api");
     assert_eq!(
         param("/api/onlyfans/import/csv", "post", "wait")["maximum"],
         60.0

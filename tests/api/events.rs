@@ -42,17 +42,10 @@ async fn campaign_metrics(app: &TestApp, id: i64) -> Value {
 
 /// The outbound message of `campaign` in conversation `conv`.
 async fn campaign_message(app: &TestApp, conv: i64, campaign: i64) -> Value {
-    let page = app
-        .user(1)
-        .get_json(&format!("/api/crm/conversations/{conv}/messages?limit=200"))
-        .await;
-    page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["campaignId"] == campaign)
-        .cloned()
-        .unwrap_or_else(|| panic!("campaign {campaign}'s message in {conv}: {page}"))
+    let what = format!("campaign {campaign}'s message");
+    app.user(1)
+        .message_where(conv, &what, |m| m["campaignId"] == campaign)
+        .await
 }
 
 async fn events_apply_once_and_campaigns_and_fans_agree_with_them(backend: Backend) {

@@ -36,6 +36,7 @@ mod platform_sim;
 mod processes;
 mod safe_retries;
 mod seeds;
+mod segments;
 mod shutdown;
 mod sweeps;
 mod workers;

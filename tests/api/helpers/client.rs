@@ -161,6 +161,26 @@ impl ApiClient {
         out
     }
 
+    /// The message of conversation `conv` that `pick` chooses (among its newest 200); fails
+    /// naming `what` when there is none.
+    pub async fn message_where(
+        &self,
+        conv: i64,
+        what: &str,
+        pick: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let page = self
+            .get_json(&format!("/api/crm/conversations/{conv}/messages?limit=200"))
+            .await;
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| pick(m))
+            .cloned()
+            .unwrap_or_else(|| panic!("{what} in conversation {conv}: {page}"))
+    }
+
     pub async fn job(&self, id: &str) -> Value {
         self.get_json(&format!("/api/jobs/{id}")).await
     }
