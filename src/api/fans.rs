@@ -342,8 +342,8 @@ impl FansApi {
     /// List fans
     ///
     /// The caller's fans, newest first, optionally only those carrying `tag`, worth at least
-    /// `minValueCents`, or whose handle or name holds `q`; or the fans of the segment
-    /// `segmentId` as they are now. `limit` defaults to 50, at most 200.
+    /// `minValueCents`, whose handle or name holds `q`, or in the segment `segmentId` as it is
+    /// now. `limit` defaults to 50, at most 200.
     #[oai(path = "/", method = "get", operation_id = "listFans")]
     #[allow(clippy::too_many_arguments)] // poem-openapi takes each query parameter as one
     async fn list(
@@ -360,7 +360,8 @@ impl FansApi {
             validator(minimum(value = "0"), maximum(value = "100000000000"))
         )]
         min_value_cents: Query<Option<i64>>,
-        /// Only the fans of this segment of the caller's (alone: its filter says the rest).
+        /// Only the fans of this segment of the caller's, as it is now (with the filters
+        /// above, if given, too).
         #[oai(name = "segmentId", validator(minimum(value = "1")))]
         segment_id: Query<Option<i64>>,
         /// Fans per page, 1 to 200 (default 50).
@@ -370,25 +371,20 @@ impl FansApi {
     ) -> Result<ListFansResponse, ApiError> {
         let page = page(limit.0, offset.0);
         let db = &self.state.db;
-        let listed = if let Some(id) = segment_id.0 {
-            if tag.0.is_some() || q.0.is_some() || min_value_cents.0.is_some() {
-                return Err(ApiError::invalid(
-                    "segmentId",
-                    "lists the segment's fans alone: put `tag`, `q` or `minValueCents` in its filter",
-                ));
+        let filter = FanFilter {
+            tag: tag.0.map(|t| t.into_inner().as_str().to_owned()),
+            search: q.0.map(|q| q.into_inner().as_str().to_owned()),
+            min_value: min_value_cents
+                .0
+                .map(|v| field("minValueCents", Cents::new(v)))
+                .transpose()?,
+        };
+        let listed = match segment_id.0 {
+            Some(id) => {
+                let segment = segments::get(db, auth.user(), SegmentId(id)).await?;
+                segments::fans(db, auth.user(), &segment.filter.0, &filter, page).await?
             }
-            let segment = segments::get(db, auth.user(), SegmentId(id)).await?;
-            segments::fans(db, auth.user(), &segment.filter.0, page).await?
-        } else {
-            let filter = FanFilter {
-                tag: tag.0.map(|t| t.into_inner().as_str().to_owned()),
-                search: q.0.map(|q| q.into_inner().as_str().to_owned()),
-                min_value: min_value_cents
-                    .0
-                    .map(|v| field("minValueCents", Cents::new(v)))
-                    .transpose()?,
-            };
-            fans::list(db, &self.state.fan_pages, auth.user(), &filter, page).await?
+            None => fans::list(db, &self.state.fan_pages, auth.user(), &filter, page).await?,
         };
         Ok(ListFansResponse::Ok(JsonOut(FanPage {
             items: listed.items.into_iter().map(FanOut::from).collect(),

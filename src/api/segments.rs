@@ -46,57 +46,69 @@ pub struct SpentIn {
     pub days: u32,
 }
 
-/// Which fans: every field given must hold; `{}` is every fan. Fields about time are read
+/// Which fans: every field given (not null) must hold; `{}` is every fan. Fields about time are read
 /// when the filter is (a preview, a list, a campaign's start), not when it was saved.
 #[derive(Debug, Clone, Default, Object, Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FilterIn {
     /// Fans with at least one of these tags (compared without case; at most 50).
-    #[oai(validator(max_items = 50))]
+    #[oai(nullable, validator(max_items = 50))]
     pub tags_any: Option<Vec<In<FanTag>>>,
     /// Fans with every one of these tags.
-    #[oai(validator(max_items = 50))]
+    #[oai(nullable, validator(max_items = 50))]
     pub tags_all: Option<Vec<In<FanTag>>>,
     /// Fans with none of these tags.
-    #[oai(validator(max_items = 50))]
+    #[oai(nullable, validator(max_items = 50))]
     pub tags_none: Option<Vec<In<FanTag>>>,
+    #[oai(nullable)]
     pub platform: Option<In<PlatformName>>,
     /// Lifetime value at least this many cents.
-    #[oai(validator(minimum(value = "0"), maximum(value = "100000000000")))]
+    #[oai(
+        nullable,
+        validator(minimum(value = "0"), maximum(value = "100000000000"))
+    )]
     pub min_value_cents: Option<i64>,
     /// Lifetime value at most this many cents.
-    #[oai(validator(minimum(value = "0"), maximum(value = "100000000000")))]
+    #[oai(
+        nullable,
+        validator(minimum(value = "0"), maximum(value = "100000000000"))
+    )]
     pub max_value_cents: Option<i64>,
     /// Spent at least `cents` in the last `days` days: paid unlocks, tips and subscriptions
     /// reported by `POST /api/onlyfans/events` (imports set a lifetime value, not dated spend).
+    #[oai(nullable)]
     pub spent_cents_in_last_days: Option<SpentIn>,
     /// Last seen before this time (a fan never seen does not match).
+    #[oai(nullable)]
     pub last_seen_before: Option<DateTime<Utc>>,
     /// Last seen at or after this time.
+    #[oai(nullable)]
     pub last_seen_after: Option<DateTime<Utc>>,
     /// Not seen for this many days (1 to 3650); a fan never seen counts as inactive.
-    #[oai(validator(minimum(value = "1"), maximum(value = "3650")))]
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "3650")))]
     pub inactive_days: Option<u32>,
     /// Subscribed (the latest subscription event was `subscription` or
     /// `subscription_renewal_off`) or not (`subscription_expired`, or no such event).
+    #[oai(nullable)]
     pub subscribed: Option<bool>,
     /// Wrote to the creator within this many hours (1 to 87600).
-    #[oai(validator(minimum(value = "1"), maximum(value = "87600")))]
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "87600")))]
     pub last_inbound_within_hours: Option<u32>,
     /// Was messaged by the creator (queued, sending or sent) within this many hours.
-    #[oai(validator(minimum(value = "1"), maximum(value = "87600")))]
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "87600")))]
     pub last_outbound_within_hours: Option<u32>,
     /// Has unread inbound messages (true) or none (false).
+    #[oai(nullable)]
     pub unread_inbound: Option<bool>,
     /// Unlocked this paid message of the caller's.
-    #[oai(validator(minimum(value = "1")))]
+    #[oai(nullable, validator(minimum(value = "1")))]
     pub bought_message_id: Option<i64>,
     /// Unlocked a message of this campaign of the caller's.
-    #[oai(validator(minimum(value = "1")))]
+    #[oai(nullable, validator(minimum(value = "1")))]
     pub bought_campaign_id: Option<i64>,
     /// Unlocked no message of this campaign (including fans it never reached).
-    #[oai(validator(minimum(value = "1")))]
+    #[oai(nullable, validator(minimum(value = "1")))]
     pub not_bought_campaign_id: Option<i64>,
 }
 
@@ -147,13 +159,19 @@ pub struct SpentOut {
     pub days: u32,
 }
 
-fn tags(raw: Option<Vec<In<FanTag>>>) -> Result<Tags, ApiError> {
+fn tags(name: &str, raw: Option<Vec<In<FanTag>>>) -> Result<Tags, ApiError> {
+    if raw.as_ref().is_some_and(|r| r.len() > Tags::MAX_COUNT) {
+        return Err(ApiError::invalid(
+            name,
+            format!("must hold at most {} tags", Tags::MAX_COUNT),
+        ));
+    }
     let lines: Vec<String> = raw
         .unwrap_or_default()
         .into_iter()
         .map(|t| t.into_inner().as_str().to_owned())
         .collect();
-    Tags::parse(&lines).map_err(|e| ApiError::invalid("filter.tags", e))
+    Tags::parse(&lines).map_err(|e| ApiError::invalid(name, e))
 }
 
 fn cents(name: &str, raw: Option<i64>) -> Result<Option<Cents>, ApiError> {
@@ -161,13 +179,21 @@ fn cents(name: &str, raw: Option<i64>) -> Result<Option<Cents>, ApiError> {
         .transpose()
 }
 
+/// An id a filter names: positive (one that is not the caller's simply matches nothing).
+fn id(name: &str, raw: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match raw {
+        Some(n) if n < 1 => Err(ApiError::invalid(name, "must be a positive id")),
+        _ => Ok(raw),
+    }
+}
+
 impl FilterIn {
     /// The typed filter, or a 400 naming the field.
     fn parse(self) -> Result<Filter, ApiError> {
         let filter = Filter {
-            tags_any: tags(self.tags_any)?,
-            tags_all: tags(self.tags_all)?,
-            tags_none: tags(self.tags_none)?,
+            tags_any: tags("filter.tagsAny", self.tags_any)?,
+            tags_all: tags("filter.tagsAll", self.tags_all)?,
+            tags_none: tags("filter.tagsNone", self.tags_none)?,
             platform: self.platform.map(In::into_inner),
             min_value_cents: cents("filter.minValueCents", self.min_value_cents)?,
             max_value_cents: cents("filter.maxValueCents", self.max_value_cents)?,
@@ -189,9 +215,11 @@ impl FilterIn {
             last_inbound_within_hours: self.last_inbound_within_hours,
             last_outbound_within_hours: self.last_outbound_within_hours,
             unread_inbound: self.unread_inbound,
-            bought_message_id: self.bought_message_id.map(MessageId),
-            bought_campaign_id: self.bought_campaign_id.map(CampaignId),
-            not_bought_campaign_id: self.not_bought_campaign_id.map(CampaignId),
+            bought_message_id: id("filter.boughtMessageId", self.bought_message_id)?.map(MessageId),
+            bought_campaign_id: id("filter.boughtCampaignId", self.bought_campaign_id)?
+                .map(CampaignId),
+            not_bought_campaign_id: id("filter.notBoughtCampaignId", self.not_bought_campaign_id)?
+                .map(CampaignId),
         };
         filter
             .validate()
@@ -271,16 +299,19 @@ pub struct CreateSegment {
     /// One line of at most 200 characters (trimmed).
     pub name: In<SegmentName>,
     /// Absent: every fan.
+    #[oai(nullable)]
     pub filter: Option<FilterIn>,
 }
 
-/// Changes to a segment: an absent field stays as it is.
+/// Changes to a segment: an absent or null field stays as it is.
 #[derive(Debug, Object, Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateSegment {
+    #[oai(nullable)]
     pub name: Option<In<SegmentName>>,
     /// Replaces the whole filter.
+    #[oai(nullable)]
     pub filter: Option<FilterIn>,
 }
 

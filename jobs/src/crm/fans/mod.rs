@@ -79,7 +79,7 @@ pub struct FanFilter {
 }
 
 /// `text` as a LIKE pattern matching any value that holds it, lower case (`\` escapes).
-fn holding(text: &str) -> String {
+pub(crate) fn holding(text: &str) -> String {
     let mut p = String::with_capacity(text.len() + 2);
     p.push('%');
     for c in text.to_lowercase().chars() {

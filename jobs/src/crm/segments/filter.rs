@@ -97,7 +97,8 @@ pub struct Condition {
 }
 
 impl Filter {
-    /// Checks what serde cannot: windows within [`MAX_DAYS`], a non-empty value range.
+    /// Checks what serde cannot: windows within [`MAX_DAYS`], a spend of at least a cent. (An
+    /// empty value range is a fair question: it matches no fan.)
     pub fn validate(&self) -> Result<(), ParseError> {
         let window = |name: &str, v: Option<u32>, max: u32| match v {
             Some(n) if n == 0 || n > max => {
@@ -129,13 +130,6 @@ impl Filter {
                 "spentCentsInLastDays.cents must be at least 1".into(),
             ));
         }
-        if let (Some(min), Some(max)) = (self.min_value_cents, self.max_value_cents)
-            && min > max
-        {
-            return Err(ParseError(
-                "minValueCents must not be above maxValueCents".into(),
-            ));
-        }
         Ok(())
     }
 
@@ -143,7 +137,7 @@ impl Filter {
     /// Every value is a parameter; the only text that varies is how many placeholders a list
     /// of tags takes.
     pub fn to_sql(&self, dialect: Dialect, now: DateTime<Utc>) -> Condition {
-        let mut w = Writer {
+        let mut w = Condition {
             sql: String::from("TRUE"),
             params: vec![],
         };
@@ -235,10 +229,7 @@ impl Filter {
             let bought = w.bought_campaign(id);
             w.and(&format!("f.id NOT IN ({bought})"));
         }
-        Condition {
-            sql: w.sql,
-            params: w.params,
-        }
+        w
     }
 }
 
@@ -246,12 +237,21 @@ fn ago(now: DateTime<Utc>, span: TimeDelta) -> Timestamp {
     Timestamp(now - span)
 }
 
-struct Writer {
-    sql: String,
-    params: Vec<Param>,
-}
+impl Condition {
+    /// Also: `f` carries `tag` (compared without case).
+    pub fn and_tag(&mut self, dialect: Dialect, tag: &str) {
+        let has = self.has_tag(dialect, &[tag.to_owned()]);
+        self.and(&has);
+    }
 
-impl Writer {
+    /// Also: `f`'s handle or lower-cased name is LIKE `pattern` (`\` escapes).
+    pub fn and_like(&mut self, pattern: String) {
+        let p = self.bind(Param::Text(pattern));
+        self.and(&format!(
+            "(f.handle LIKE {p} ESCAPE '\\' OR lower(f.name) LIKE {p} ESCAPE '\\')"
+        ));
+    }
+
     /// Binds `p` and returns its placeholder (`$1` is the user).
     fn bind(&mut self, p: Param) -> String {
         self.params.push(p);

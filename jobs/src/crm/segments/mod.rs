@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, types::Json};
 
 use self::filter::{Condition, Param};
 pub use self::filter::{Dialect, Filter, SpentInLastDays};
-use super::fans::Fan;
+use super::fans::{self, Fan, FanFilter};
 use crate::{
     db::{Db, Listed, Page, StoreError, StoreResult},
     domain::{Line, SegmentId, Timestamp, UserId},
@@ -173,9 +173,27 @@ pub async fn preview(db: &Db, user: UserId, filter: &Filter) -> StoreResult<Prev
     })
 }
 
-/// One page of the fans `filter` matches now, newest first, and how many match.
-pub async fn fans(db: &Db, user: UserId, filter: &Filter, page: Page) -> StoreResult<Listed<Fan>> {
-    let Condition { sql, params } = filter.to_sql(dialect(db), Utc::now());
+/// One page of the fans `filter` matches now and the fan list's own filters (`also`) too,
+/// newest first, and how many match.
+pub async fn fans(
+    db: &Db,
+    user: UserId,
+    filter: &Filter,
+    also: &FanFilter,
+    page: Page,
+) -> StoreResult<Listed<Fan>> {
+    let mut filter = filter.clone();
+    if let Some(min) = also.min_value {
+        filter.min_value_cents = Some(filter.min_value_cents.map_or(min, |m| m.max(min)));
+    }
+    let mut condition = filter.to_sql(dialect(db), Utc::now());
+    if let Some(tag) = &also.tag {
+        condition.and_tag(dialect(db), tag);
+    }
+    if let Some(search) = &also.search {
+        condition.and_like(fans::holding(search));
+    }
+    let Condition { sql, params } = condition;
     let count_sql = format!("SELECT COUNT(*) FROM fans f WHERE f.user_id = $1 AND {sql}");
     let n = params.len() + 1;
     let page_sql = format!(
