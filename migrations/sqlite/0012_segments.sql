@@ -21,7 +21,7 @@ ALTER TABLE fans ADD COLUMN subscription_at TEXT;
 -- When the fan unlocked this paid message (the earliest `purchased` event naming it).
 ALTER TABLE messages ADD COLUMN purchased_at TEXT;
 
--- What the segment filters read per creator: spend in a window, and the last inbound and
--- outbound messages.
-CREATE INDEX fan_value_changes_user_at ON fan_value_changes (user_id, at);
+-- What the segment filters read per creator: spend in a window (covering: the sum reads no
+-- table rows), and the last inbound and outbound messages.
+CREATE INDEX fan_value_changes_user_at ON fan_value_changes (user_id, at, fan_id, delta_cents, source);
 CREATE INDEX messages_user_direction_created ON messages (user_id, direction, created_at);

@@ -145,8 +145,8 @@ impl Filter {
             let has = w.has_tag(dialect, self.tags_any.as_slice());
             w.and(&has);
         }
-        for tag in self.tags_all.as_slice() {
-            let has = w.has_tag(dialect, std::slice::from_ref(tag));
+        if !self.tags_all.is_empty() {
+            let has = w.has_every_tag(dialect, self.tags_all.as_slice());
             w.and(&has);
         }
         if !self.tags_none.is_empty() {
@@ -263,21 +263,42 @@ impl Condition {
         self.sql.push_str(condition);
     }
 
-    /// Whether `f` carries one of `tags`, compared without case.
+    /// Whether `f` carries one of `tags`, compared without case. On PostgreSQL through the
+    /// lower-cased tags' GIN index (`fans_tags_lower`); on SQLite row by row.
     fn has_tag(&mut self, dialect: Dialect, tags: &[String]) -> String {
-        let list: Vec<String> = tags
-            .iter()
-            .map(|t| self.bind(Param::Text(t.to_lowercase())))
-            .collect();
-        let list = list.join(", ");
+        let list = self.bind_lowered(tags);
         match dialect {
-            Dialect::Postgres => format!(
-                "EXISTS (SELECT 1 FROM jsonb_array_elements_text(f.tags) t WHERE lower(t) IN ({list}))"
-            ),
+            Dialect::Postgres => format!("(lower(f.tags::text)::jsonb ?| ARRAY[{list}]::text[])"),
             Dialect::Sqlite => format!(
                 "EXISTS (SELECT 1 FROM json_each(f.tags) t WHERE lower(t.value) IN ({list}))"
             ),
         }
+    }
+
+    /// Whether `f` carries every one of `tags`, compared without case.
+    fn has_every_tag(&mut self, dialect: Dialect, tags: &[String]) -> String {
+        match dialect {
+            Dialect::Postgres => {
+                let list = self.bind_lowered(tags);
+                format!("(lower(f.tags::text)::jsonb ?& ARRAY[{list}]::text[])")
+            }
+            Dialect::Sqlite => {
+                let each: Vec<String> = tags
+                    .iter()
+                    .map(|t| self.has_tag(dialect, std::slice::from_ref(t)))
+                    .collect();
+                format!("({})", each.join(" AND "))
+            }
+        }
+    }
+
+    /// Binds each tag, lower case; their placeholders, comma-separated.
+    fn bind_lowered(&mut self, tags: &[String]) -> String {
+        let list: Vec<String> = tags
+            .iter()
+            .map(|t| self.bind(Param::Text(t.to_lowercase())))
+            .collect();
+        list.join(", ")
     }
 
     /// The fans of `$1` who unlocked a message of campaign `id`.
@@ -323,16 +344,17 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_and_empty_windows_are_refused_and_the_json_round_trips() {
+    fn unknown_fields_empty_windows_and_free_spend_are_refused_and_the_json_round_trips() {
         let unknown = serde_json::from_value::<Filter>(serde_json::json!({ "tagAny": ["a"] }));
         assert!(unknown.is_err());
         let zero: Filter =
             serde_json::from_value(serde_json::json!({ "inactiveDays": 0 })).unwrap();
         assert!(zero.validate().is_err());
-        let range: Filter =
-            serde_json::from_value(serde_json::json!({ "minValueCents": 5, "maxValueCents": 4 }))
-                .unwrap();
-        assert!(range.validate().is_err());
+        let free: Filter = serde_json::from_value(
+            serde_json::json!({ "spentCentsInLastDays": { "cents": 0, "days": 7 } }),
+        )
+        .unwrap();
+        assert!(free.validate().is_err());
         let f: Filter = serde_json::from_value(serde_json::json!({
             "spentCentsInLastDays": { "cents": 100, "days": 30 },
             "subscribed": false,
