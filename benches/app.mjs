@@ -22,8 +22,11 @@ for (let i = 0; i < 100; i++) {
   await api(`/api/crm/conversations/${convs[0].id}/inbound`, { method: 'POST', body: { text: `Message ${i} from the fan`, externalId: `bench-${i}` } });
 }
 for (const c of convs.slice(1)) await api(`/api/crm/conversations/${c.id}/inbound`, { method: 'POST', body: { text: 'hi!', externalId: `bench-c${c.id}` } });
+for (const tag of ['VIP', 'Basic']) {
+  await api('/api/crm/segments', { method: 'POST', body: { name: tag, filter: { tagsAny: [tag], inactiveDays: 7 } } });
+}
 const campaign = await api('/api/messages/bulk', { method: 'POST', body: { recipientIds: fans.items.map((f) => f.id), content: 'Offer', campaignName: 'Bench' } });
-console.log(`seeded ${imported.summary.successfulInserts} fans, 20 conversations, 120 messages, a campaign to 100 fans in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+console.log(`seeded ${imported.summary.successfulInserts} fans, 20 conversations, 120 messages, 2 segments, a campaign to 100 fans in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 
 const pages = [
   ['conversations', '/app/messages/onlyfans', '.convs a'],
@@ -32,6 +35,7 @@ const pages = [
   ['fans, tag filter', '/app/fans?tag=VIP', '#fan-count'],
   ['fan', `/app/fans/${fans.items[0].id}`, '#fan-form'],
   ['imports', '/app/imports', '#recent table'],
+  ['segments (2, counts of 10,000 fans)', '/app/segments', '#segments table'],
   ['campaigns', '/app/campaigns', '#campaigns table'],
   ['campaign (100 recipients)', `/app/campaigns/${campaign.campaignId}`, 'tr[data-recipient]'],
   ['analytics', '/app/platforms/onlyfans/analytics', '#revenue-chart'],

@@ -39,6 +39,7 @@ static ASSETS: &[Asset] = assets![
     "js/pages/fans.js" => JS,
     "js/pages/imports.js" => JS,
     "js/pages/campaigns.js" => JS,
+    "js/pages/segments.js" => JS,
     "js/pages/analytics.js" => JS,
     "js/pages/operator.js" => JS,
 ];

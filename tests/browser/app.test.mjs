@@ -183,6 +183,30 @@ try {
     await checkPage(page, 'fans');
   });
 
+  await step('segments: the builder counts as it is filled in; a saved segment lists its fans now', async () => {
+    await nav('Segments');
+    const all = await api('/api/crm/fans?limit=1');
+    const counted = (n) => page.locator('#audience-count', { hasText: new RegExp(`^${n}$`) }).waitFor();
+    await counted(all.total);
+    await page.getByLabel('Any of these tags').fill('VIP');
+    const vip = await api('/api/crm/fans?tag=VIP&limit=1');
+    await counted(vip.total);
+    await page.getByLabel('Min value (USD)').fill('1000000');
+    await counted(0);
+    await page.getByLabel('Min value (USD)').fill('');
+    await counted(vip.total);
+    await page.getByLabel('Segment name').fill('VIPs');
+    await page.getByRole('button', { name: 'Save segment' }).click();
+    const row = page.locator('#segments tr', { hasText: 'VIPs' });
+    await row.waitFor();
+    assert.match(await row.textContent(), new RegExp(`any of VIP.*${vip.total}`));
+    const saved = await api('/api/crm/segments');
+    assert.equal(saved.total, 1);
+    const listed = await api(`/api/crm/fans?segmentId=${saved.items[0].id}&limit=1`);
+    assert.equal(listed.total, vip.total, 'the segment lists the VIP fans');
+    await checkPage(page, 'segments');
+  });
+
   let conversationId;
   await step("fan page: edits notes, tags and value; value history; opens the conversation", async () => {
     await page.goto(`${BASE}/app/fans`);
@@ -344,6 +368,7 @@ try {
       ['fans', '/app/fans', '#fan-count'],
       ['fan', `/app/fans/${first.id}`, '#fan-form'],
       ['imports', '/app/imports', '#recent table'],
+      ['segments', '/app/segments', '#segments table'],
       ['campaigns', '/app/campaigns', '#campaigns table'],
       ['campaign', `/app/campaigns/${campaignId}`, 'tr[data-recipient]'],
       ['analytics', '/app/platforms/onlyfans/analytics', '#revenue-chart'],

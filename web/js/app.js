@@ -6,6 +6,7 @@ import * as conversations from './pages/conversations.js';
 import * as fans from './pages/fans.js';
 import * as imports from './pages/imports.js';
 import * as campaigns from './pages/campaigns.js';
+import * as segments from './pages/segments.js';
 import * as analytics from './pages/analytics.js';
 import * as operator from './pages/operator.js';
 
@@ -16,6 +17,7 @@ const routes = [
   [/^\/app\/fans\/?$/, fans.showList, 'Fans'],
   [/^\/app\/fans\/(\d+)\/?$/, fans.showFan, 'Fan', (m) => ({ id: m[1] })],
   [/^\/app\/imports\/?$/, imports.show, 'Imports'],
+  [/^\/app\/segments\/?$/, segments.show, 'Segments'],
   [/^\/app\/campaigns\/?$/, campaigns.showList, 'Campaigns'],
   [/^\/app\/campaigns\/(\d+)\/?$/, campaigns.showCampaign, 'Campaign', (m) => ({ id: m[1] })],
   [/^\/app\/platforms\/onlyfans\/analytics\/?$/, analytics.show, 'Analytics'],
