@@ -291,11 +291,12 @@ fn set<R: Rule>(raw: MaybeUndefined<In<R>>) -> Option<Option<R::Value>> {
     }
 }
 
-/// A fan's tags from their parsed lines: at most 50, duplicates (without case) dropped.
-fn tags(lines: Vec<In<FanTag>>) -> Result<Tags, ApiError> {
+/// Tags from their parsed lines (the field `name`): at most 50, duplicates (without case)
+/// dropped.
+pub(super) fn tags(name: &str, lines: Vec<In<FanTag>>) -> Result<Tags, ApiError> {
     let lines: Vec<Line> = lines.into_iter().map(In::into_inner).collect();
     field(
-        "tags",
+        name,
         Tags::parse(&lines.iter().map(Line::as_str).collect::<Vec<_>>()),
     )
 }
@@ -308,7 +309,7 @@ impl CreateFan {
             name: self.name.map(In::into_inner),
             email: optional("email", self.email.as_deref(), Email::parse)?,
             avatar_url: self.avatar_url.map(In::into_inner),
-            tags: tags(self.tags.unwrap_or_default())?,
+            tags: tags("tags", self.tags.unwrap_or_default())?,
             notes: self.notes.map(In::into_inner),
             value_cents: field("valueCents", Cents::new(self.value_cents.unwrap_or(0)))?,
             last_seen_at: self.last_seen_at,
@@ -322,7 +323,7 @@ impl UpdateFan {
             name: set(self.name),
             email: patch("email", &self.email, Email::parse)?,
             avatar_url: set(self.avatar_url),
-            tags: self.tags.map(tags).transpose()?,
+            tags: self.tags.map(|t| tags("tags", t)).transpose()?,
             notes: set(self.notes),
             value_cents: self
                 .value_cents

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::{
     body::JsonBody,
     error::ApiError,
-    fans::FanOut,
+    fans::{self, FanOut},
     idempotency,
     rules::{FanTag, In, Limit, Offset, PlatformName, SegmentName, page},
     state::{ApiTags, BearerAuth, State},
@@ -159,19 +159,17 @@ pub struct SpentOut {
     pub days: u32,
 }
 
+/// A filter's list of tags: the document's bound of 50 holds for the list as sent, before
+/// duplicates are dropped.
 fn tags(name: &str, raw: Option<Vec<In<FanTag>>>) -> Result<Tags, ApiError> {
-    if raw.as_ref().is_some_and(|r| r.len() > Tags::MAX_COUNT) {
+    let raw = raw.unwrap_or_default();
+    if raw.len() > Tags::MAX_COUNT {
         return Err(ApiError::invalid(
             name,
             format!("must hold at most {} tags", Tags::MAX_COUNT),
         ));
     }
-    let lines: Vec<String> = raw
-        .unwrap_or_default()
-        .into_iter()
-        .map(|t| t.into_inner().as_str().to_owned())
-        .collect();
-    Tags::parse(&lines).map_err(|e| ApiError::invalid(name, e))
+    fans::tags(name, raw)
 }
 
 fn cents(name: &str, raw: Option<i64>) -> Result<Option<Cents>, ApiError> {
@@ -197,17 +195,14 @@ impl FilterIn {
             platform: self.platform.map(In::into_inner),
             min_value_cents: cents("filter.minValueCents", self.min_value_cents)?,
             max_value_cents: cents("filter.maxValueCents", self.max_value_cents)?,
-            spent_cents_in_last_days: self
-                .spent_cents_in_last_days
-                .map(|s| {
-                    Ok::<_, ApiError>(SpentInLastDays {
-                        cents: Cents::new(s.cents).map_err(|e| {
-                            ApiError::invalid("filter.spentCentsInLastDays.cents", e)
-                        })?,
-                        days: s.days,
-                    })
-                })
-                .transpose()?,
+            spent_cents_in_last_days: match self.spent_cents_in_last_days {
+                Some(s) => Some(SpentInLastDays {
+                    cents: Cents::new(s.cents)
+                        .map_err(|e| ApiError::invalid("filter.spentCentsInLastDays.cents", e))?,
+                    days: s.days,
+                }),
+                None => None,
+            },
             last_seen_before: self.last_seen_before,
             last_seen_after: self.last_seen_after,
             inactive_days: self.inactive_days,

@@ -155,21 +155,17 @@ macro_rules! bind_condition {
     }};
 }
 
-/// How many of `user`'s fans `filter` matches now, and the newest [`SAMPLE`] of them.
+/// How many of `user`'s fans `filter` matches now, and the newest [`SAMPLE`] of them: the
+/// first page of [`fans`].
 pub async fn preview(db: &Db, user: UserId, filter: &Filter) -> StoreResult<Preview> {
-    let Condition { sql, params } = filter.to_sql(dialect(db), Utc::now());
-    let count_sql = format!("SELECT COUNT(*) FROM fans f WHERE f.user_id = $1 AND {sql}");
-    let sample_sql = format!(
-        "SELECT f.* FROM fans f WHERE f.user_id = $1 AND {sql} ORDER BY f.id DESC LIMIT {SAMPLE}"
-    );
-    on_db!(db, pool => {
-        let (count,): (i64,) = bind_condition!(sqlx::query_as(AssertSqlSafe(count_sql.clone())), user, &params)
-            .fetch_one(pool)
-            .await?;
-        let sample = bind_condition!(sqlx::query_as::<_, Fan>(AssertSqlSafe(sample_sql.clone())), user, &params)
-            .fetch_all(pool)
-            .await?;
-        Ok(Preview { count, sample })
+    let first = Page {
+        limit: SAMPLE,
+        offset: 0,
+    };
+    let page = fans(db, user, filter, &FanFilter::default(), first).await?;
+    Ok(Preview {
+        count: page.total,
+        sample: page.items,
     })
 }
 
