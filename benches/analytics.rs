@@ -18,6 +18,8 @@
 #[allow(dead_code)]
 #[path = "../tests/api/helpers/mod.rs"]
 mod helpers;
+#[path = "common/quantile.rs"]
+mod quantile;
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,7 @@ use fanqueue_jobs::{
     on_db,
 };
 use helpers::{AppProcess, Backend, JWT_SECRET, TestDb, run_fanqueue};
+use quantile::pick;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::Value;
@@ -130,31 +133,19 @@ async fn run(backend: Backend) {
         ),
     ] {
         let url = format!("{}/api/crm/analytics?{query}", app.address);
-        let mut times = vec![];
-        let mut last = Value::Null;
-        let mut first = None;
-        for _ in 0..=REQUESTS {
-            let t = Instant::now();
+        let run = timed(REQUESTS, || async {
             let resp = client.get(&url).bearer_auth(&token).send().await.unwrap();
             assert_eq!(resp.status(), StatusCode::OK);
-            last = resp.json().await.unwrap();
-            let ms = t.elapsed().as_secs_f64() * 1000.0;
-            // The first request of a query reads its pages from disk into the caches.
-            if first.is_none() {
-                first = Some(ms);
-            } else {
-                times.push(ms);
-            }
-        }
-        times.sort_by(f64::total_cmp);
-        let pick =
-            |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+            resp.json::<Value>().await.unwrap()
+        })
+        .await;
+        let (times, last) = (&run.sorted_ms, &run.last);
         println!(
             "| {label} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} fans, {} active, {} periods, {} campaigns |",
-            first.unwrap_or_default(),
-            pick(0.5),
-            pick(0.99),
-            times[times.len() - 1],
+            run.first_ms,
+            pick(times, 0.5),
+            pick(times, 0.99),
+            pick(times, 1.0),
             last["totalFans"],
             last["activeFans"],
             last["periods"].as_array().map_or(0, Vec::len),
@@ -165,23 +156,35 @@ async fn run(backend: Backend) {
     app.terminate(Duration::from_secs(20)).await;
 }
 
-/// The latencies of `requests` runs of `ask`, after one run that warms the caches: (p50, p95,
-/// max) in ms, and the last answer.
-async fn timed<F, Fut>(requests: usize, mut ask: F) -> ((f64, f64, f64), Value)
+/// One question asked `1 + requests` times: the first answer's time (it reads the pages
+/// from disk into the caches), the others' sorted, and the last answer.
+struct Timed {
+    first_ms: f64,
+    sorted_ms: Vec<f64>,
+    last: Value,
+}
+
+async fn timed<F, Fut>(requests: usize, mut ask: F) -> Timed
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Value>,
 {
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
     let mut last = ask().await;
-    let mut times = vec![];
+    let first_ms = ms(t);
+    let mut sorted_ms = vec![];
     for _ in 0..requests {
         let t = Instant::now();
         last = ask().await;
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        sorted_ms.push(ms(t));
     }
-    times.sort_by(f64::total_cmp);
-    let pick = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
-    ((pick(0.5), pick(0.95), times[times.len() - 1]), last)
+    sorted_ms.sort_by(f64::total_cmp);
+    Timed {
+        first_ms,
+        sorted_ms,
+        last,
+    }
 }
 
 /// Segment previews over the same creator, once the audience columns are seeded.
@@ -261,7 +264,7 @@ async fn previews(db: &Db, client: &reqwest::Client, address: &str, token: &str)
     let url = format!("{address}/api/crm/segments/preview");
     for (label, filter) in filters {
         let body = serde_json::json!({ "filter": filter });
-        let ((p50, p95, max), last) = timed(REQUESTS, || async {
+        let run = timed(REQUESTS, || async {
             let resp = client
                 .post(&url)
                 .bearer_auth(token)
@@ -274,8 +277,11 @@ async fn previews(db: &Db, client: &reqwest::Client, address: &str, token: &str)
         })
         .await;
         println!(
-            "| {label} | {} | {p50:.1} ms | {p95:.1} ms | {max:.1} ms |",
-            last["count"]
+            "| {label} | {} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            run.last["count"],
+            pick(&run.sorted_ms, 0.5),
+            pick(&run.sorted_ms, 0.95),
+            pick(&run.sorted_ms, 1.0)
         );
     }
 }
