@@ -243,173 +243,127 @@ async fn every_filter_field_matches_the_fans_the_fixtures_say(app: TestApp) {
     };
     let value = |f: &Value| f["valueCents"].as_i64().unwrap();
     let everyone = shown(&|_| true);
-
-    holds(&me, "everyone", json!({}), &everyone).await;
-    holds(
-        &me,
-        "tagsAny",
-        json!({ "tagsAny": ["vip", "MID"] }),
-        &shown(&|f| tags(f).iter().any(|t| t == "vip" || t == "mid")),
-    )
-    .await;
-    holds(
-        &me,
-        "tagsAll",
-        json!({ "tagsAll": ["Whale", "vip"] }),
-        &shown(&|f| tags(f).contains(&"whale".into()) && tags(f).contains(&"vip".into())),
-    )
-    .await;
-    holds(
-        &me,
-        "tagsNone",
-        json!({ "tagsNone": ["whale"] }),
-        &shown(&|f| !tags(f).contains(&"whale".into())),
-    )
-    .await;
-    holds(
-        &me,
-        "platform",
-        json!({ "platform": "Fansly" }),
-        &shown(&|f| f["platform"] == "fansly"),
-    )
-    .await;
-    holds(
-        &me,
-        "value range",
-        json!({ "minValueCents": 5000, "maxValueCents": 30000 }),
-        &shown(&|f| (5000..=30000).contains(&value(f))),
-    )
-    .await;
     let cutoff = now - Duration::days(7);
-    holds(
-        &me,
-        "lastSeenBefore",
-        json!({ "lastSeenBefore": cutoff.to_rfc3339() }),
-        &shown(&|f| seen(f).is_some_and(|s| s < cutoff)),
-    )
-    .await;
-    holds(
-        &me,
-        "lastSeenAfter",
-        json!({ "lastSeenAfter": cutoff.to_rfc3339() }),
-        &shown(&|f| seen(f).is_some_and(|s| s >= cutoff)),
-    )
-    .await;
-    holds(
-        &me,
-        "inactiveDays",
-        json!({ "inactiveDays": 7 }),
-        &shown(&|f| seen(f).is_none_or(|s| s < cutoff)),
-    )
-    .await;
-    // Spend in the last 30 days: mid's 30.00 and buyer's 15.00, whale's 10.00 subscription;
-    // vip's tip was 40 days ago and its subscription 10.00.
-    holds(
-        &me,
-        "spent",
-        json!({ "spentCentsInLastDays": { "cents": 1500, "days": 30 } }),
-        &set(&["mid", "buyer"]),
-    )
-    .await;
-    holds(
-        &me,
-        "spent, a longer window",
-        json!({ "spentCentsInLastDays": { "cents": 1500, "days": 60 } }),
-        &set(&["mid", "buyer", "vip"]),
-    )
-    .await;
-    holds(
-        &me,
-        "subscribed",
-        json!({ "subscribed": true }),
-        &set(&["whale", "mid"]),
-    )
-    .await;
-    holds(
-        &me,
-        "not subscribed",
-        json!({ "subscribed": false }),
-        &set(&["vip", "old", "new", "buyer"]),
-    )
-    .await;
-    holds(
-        &me,
-        "wrote within a day",
-        json!({ "lastInboundWithinHours": 24 }),
-        &set(&["vip"]),
-    )
-    .await;
-    holds(
-        &me,
-        "wrote within four days",
-        json!({ "lastInboundWithinHours": 96 }),
-        &set(&["vip", "whale"]),
-    )
-    .await;
-    holds(
-        &me,
-        "messaged within an hour",
-        json!({ "lastOutboundWithinHours": 1 }),
-        &set(&["new", "mid", "buyer"]),
-    )
-    .await;
-    holds(
-        &me,
-        "unread",
-        json!({ "unreadInbound": true }),
-        &set(&["vip"]),
-    )
-    .await;
-    holds(
-        &me,
-        "nothing unread",
-        json!({ "unreadInbound": false }),
-        &set(&["whale", "new", "old", "mid", "buyer"]),
-    )
-    .await;
-    holds(
-        &me,
-        "bought the message",
-        json!({ "boughtMessageId": bought }),
-        &set(&["mid"]),
-    )
-    .await;
-    holds(
-        &me,
-        "bought from the campaign",
-        json!({ "boughtCampaignId": launch }),
-        &set(&["mid"]),
-    )
-    .await;
-    holds(
-        &me,
-        "bought nothing of the campaign",
-        json!({ "notBoughtCampaignId": launch }),
-        &set(&["vip", "whale", "new", "old", "buyer"]),
-    )
-    .await;
-    holds(
-        &me,
-        "several fields",
-        json!({ "tagsAny": ["whale"], "subscribed": false, "minValueCents": 1 }),
-        &set(&["vip"]),
-    )
-    .await;
 
-    holds(
-        &me,
-        "an empty value range",
-        json!({ "minValueCents": 5000, "maxValueCents": 100 }),
-        &Handles::new(),
-    )
-    .await;
-    holds(
-        &me,
-        "null is not given",
-        json!({ "tagsAny": null, "subscribed": null }),
-        &everyone,
-    )
-    .await;
+    let cases: Vec<(&str, Value, Handles)> = vec![
+        ("everyone", json!({}), everyone.clone()),
+        (
+            "tagsAny",
+            json!({ "tagsAny": ["vip", "MID"] }),
+            shown(&|f| tags(f).iter().any(|t| t == "vip" || t == "mid")),
+        ),
+        (
+            "tagsAll",
+            json!({ "tagsAll": ["Whale", "vip"] }),
+            shown(&|f| tags(f).contains(&"whale".into()) && tags(f).contains(&"vip".into())),
+        ),
+        (
+            "tagsNone",
+            json!({ "tagsNone": ["whale"] }),
+            shown(&|f| !tags(f).contains(&"whale".into())),
+        ),
+        (
+            "platform",
+            json!({ "platform": "Fansly" }),
+            shown(&|f| f["platform"] == "fansly"),
+        ),
+        (
+            "value range",
+            json!({ "minValueCents": 5000, "maxValueCents": 30000 }),
+            shown(&|f| (5000..=30000).contains(&value(f))),
+        ),
+        (
+            "lastSeenBefore",
+            json!({ "lastSeenBefore": cutoff.to_rfc3339() }),
+            shown(&|f| seen(f).is_some_and(|s| s < cutoff)),
+        ),
+        (
+            "lastSeenAfter",
+            json!({ "lastSeenAfter": cutoff.to_rfc3339() }),
+            shown(&|f| seen(f).is_some_and(|s| s >= cutoff)),
+        ),
+        (
+            "inactiveDays",
+            json!({ "inactiveDays": 7 }),
+            shown(&|f| seen(f).is_none_or(|s| s < cutoff)),
+        ),
+        // Spend in the last 30 days: mid's 30.00 and buyer's 15.00, whale's 10.00 subscription;
+        // vip's tip was 40 days ago and its subscription 10.00.
+        (
+            "spent",
+            json!({ "spentCentsInLastDays": { "cents": 1500, "days": 30 } }),
+            set(&["mid", "buyer"]),
+        ),
+        (
+            "spent, a longer window",
+            json!({ "spentCentsInLastDays": { "cents": 1500, "days": 60 } }),
+            set(&["mid", "buyer", "vip"]),
+        ),
+        (
+            "subscribed",
+            json!({ "subscribed": true }),
+            set(&["whale", "mid"]),
+        ),
+        (
+            "not subscribed",
+            json!({ "subscribed": false }),
+            set(&["vip", "old", "new", "buyer"]),
+        ),
+        (
+            "wrote within a day",
+            json!({ "lastInboundWithinHours": 24 }),
+            set(&["vip"]),
+        ),
+        (
+            "wrote within four days",
+            json!({ "lastInboundWithinHours": 96 }),
+            set(&["vip", "whale"]),
+        ),
+        (
+            "messaged within an hour",
+            json!({ "lastOutboundWithinHours": 1 }),
+            set(&["new", "mid", "buyer"]),
+        ),
+        ("unread", json!({ "unreadInbound": true }), set(&["vip"])),
+        (
+            "nothing unread",
+            json!({ "unreadInbound": false }),
+            set(&["whale", "new", "old", "mid", "buyer"]),
+        ),
+        (
+            "bought the message",
+            json!({ "boughtMessageId": bought }),
+            set(&["mid"]),
+        ),
+        (
+            "bought from the campaign",
+            json!({ "boughtCampaignId": launch }),
+            set(&["mid"]),
+        ),
+        (
+            "bought nothing of the campaign",
+            json!({ "notBoughtCampaignId": launch }),
+            set(&["vip", "whale", "new", "old", "buyer"]),
+        ),
+        (
+            "several fields",
+            json!({ "tagsAny": ["whale"], "subscribed": false, "minValueCents": 1 }),
+            set(&["vip"]),
+        ),
+        (
+            "an empty value range",
+            json!({ "minValueCents": 5000, "maxValueCents": 100 }),
+            Handles::new(),
+        ),
+        (
+            "null is not given",
+            json!({ "tagsAny": null, "subscribed": null }),
+            everyone.clone(),
+        ),
+    ];
+    for (what, filter, expected) in cases {
+        holds(&me, what, filter, &expected).await;
+    }
 
     // The fan list's own filters narrow a segment's fans.
     let tagged = me
