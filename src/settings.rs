@@ -122,6 +122,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "deliveries in flight at once per dispatcher [64]",
     ),
     (
+        "CAMPAIGN_AHEAD",
+        "a running campaign's messages kept queued ahead of delivery [0: 20 s of the rate, 20 to 2000]",
+    ),
+    (
         "SWEEP_CRON",
         "when the sweeper runs, seconds first [0 */5 * * * *]",
     ),
@@ -245,6 +249,19 @@ pub struct DeliverySettings {
     pub platform_timeout_ms: u64,
     pub delivery_max_attempts: u32,
     pub dispatch_concurrency: usize,
+    /// A running campaign's messages kept queued ahead of delivery; 0: twenty seconds of the
+    /// delivery rate, at least 20 and at most 2,000.
+    pub campaign_ahead: u32,
+}
+
+impl DeliverySettings {
+    /// How many of a running campaign's messages are kept queued ahead of delivery.
+    pub fn campaign_ahead(&self) -> i64 {
+        match self.campaign_ahead {
+            0 => (i64::from(self.delivery_rate_per_minute.max(1)) / 3).clamp(20, 2_000),
+            n => i64::from(n),
+        }
+    }
 }
 
 /// The sweeper.
@@ -377,6 +394,11 @@ mod tests {
             );
             assert_eq!(s.api.campaigns_per_hour, 5);
             assert_eq!(s.delivery.delivery_rate_per_minute, 10);
+            assert_eq!(
+                s.delivery.campaign_ahead(),
+                20,
+                "twenty seconds of 10 a minute, at least 20"
+            );
             assert!(s.delivery.rate_limiter_enabled);
             assert!(s.database_url().starts_with("sqlite://"));
             assert_eq!(s.telemetry.log_format, LogFormat::Json);
@@ -424,6 +446,7 @@ mod tests {
                 ("PLATFORM_TIMEOUT_MS", "2500"),
                 ("DELIVERY_MAX_ATTEMPTS", "7"),
                 ("DISPATCH_CONCURRENCY", "8"),
+                ("CAMPAIGN_AHEAD", "40"),
                 ("SWEEP_CRON", "*/10 * * * * *"),
                 ("SWEEP_MAX_REDRIVES", "2"),
                 ("SWEEP_STUCK_AFTER_SECS", "60"),
@@ -515,6 +538,7 @@ mod tests {
                 ),
                 (2500, 7, 8)
             );
+            assert_eq!(s.delivery.campaign_ahead(), 40);
             assert_eq!(s.sweep.sweep_cron, "*/10 * * * * *");
             assert_eq!(
                 (

@@ -13,7 +13,7 @@ use fanqueue_jobs::{
     engine::{JobBackend, processes::Heartbeat, relay::OutboxRelay},
     kinds::{Backpressure, Deps, SweepConfig, send_message::Sends},
     outbound::{EmbeddedQueue, Outbound, SqsQueue},
-    runtime::{DispatchConfig, Dispatcher, Kind, Sweeper, Workers},
+    runtime::{CampaignClock, DispatchConfig, Dispatcher, Kind, Sweeper, Workers},
 };
 use poem::{Server, listener::TcpAcceptor};
 
@@ -203,6 +203,7 @@ pub fn deps(settings: &Settings, services: &Services) -> Deps {
         import_batch_rows: settings.imports.import_batch_rows.max(1),
         outbound: services.outbound.clone(),
         rate_limiter_enabled: settings.delivery.rate_limiter_enabled,
+        campaign_ahead: settings.delivery.campaign_ahead(),
         sweep: SweepConfig {
             max_redrives: i64::from(sweep.sweep_max_redrives),
             stuck_after: Duration::from_secs(sweep.sweep_stuck_after_secs.max(1)),
@@ -281,12 +282,14 @@ pub async fn build_dispatcher(
     )?;
     Ok(Dispatcher::new(
         services.db.clone(),
+        services.jobs.clone(),
         services.outbound.clone(),
         delivery_limiter(settings)?,
         platform,
         DispatchConfig {
             max_attempts: settings.delivery.delivery_max_attempts.max(1),
             concurrency: settings.delivery.dispatch_concurrency.max(1),
+            campaign_ahead: settings.delivery.campaign_ahead(),
             ..DispatchConfig::default()
         },
     ))
@@ -404,6 +407,8 @@ pub async fn run(
     if matches!(role, Role::Sweep | Role::All) {
         let sweeper = build_sweeper(settings, &services)?;
         sup.start("sweeper", |cancel| sweeper.run(cancel));
+        let clock = CampaignClock::new(services.db.clone(), services.jobs.clone());
+        sup.start("campaign clock", |cancel| clock.run(cancel));
         roles.push("sweep");
     }
     let deliver = role == Role::Dispatch

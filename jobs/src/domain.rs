@@ -52,6 +52,10 @@ id_type!(ConversationId);
 id_type!(MessageId);
 id_type!(CampaignId);
 id_type!(SegmentId);
+id_type!(
+    /// One occurrence of a campaign (a recurring campaign has one per tick).
+    RunId
+);
 
 /// A value read back from the database that is not one of its type's words: the row was
 /// written by something else (or a newer release), and pretending otherwise would hide it.

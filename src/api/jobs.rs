@@ -7,6 +7,7 @@ use fanqueue_jobs::{
         record::{self, CancelError, Readers},
     },
     kinds::{
+        campaign_feed::FeedResult,
         import_csv::{RowError, Summary},
         outbound_batches::SendResult,
         sweep::SweepReport,
@@ -72,14 +73,40 @@ pub struct JobOut {
 }
 
 /// What a job ended with, by its kind: `import_csv` an `ImportResult`, `send_message` and
-/// `bulk_send` a `SendResultOut`, `sweep` a `SweepResultOut`. The three have no required
-/// field in common, so a value matches exactly one of them.
+/// `bulk_send` a `SendResultOut`, `campaign_feed` a `FeedResultOut`, `sweep` a
+/// `SweepResultOut`. The four have no required field in common, so a value matches exactly
+/// one of them.
 #[derive(Debug, Union)]
 #[oai(one_of)]
 pub enum JobResult {
     Import(ImportResult),
     Send(SendResultOut),
+    Feed(FeedResultOut),
     Sweep(SweepResultOut),
+}
+
+/// What one feed of a campaign to an audience did.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct FeedResultOut {
+    /// Recipients whose message it stored (then put on the outbound queue by a `bulk_send`
+    /// job).
+    pub recipients_queued: i64,
+    /// Recipients it skipped, an exclusion matching them.
+    pub recipients_excluded: i64,
+    /// The audience's size, when this feed resolved it (the campaign's first).
+    #[oai(skip_serializing_if_is_none)]
+    pub audience_resolved: Option<i64>,
+}
+
+impl From<FeedResult> for FeedResultOut {
+    fn from(r: FeedResult) -> Self {
+        FeedResultOut {
+            recipients_queued: r.recipients_queued,
+            recipients_excluded: r.recipients_excluded,
+            audience_resolved: r.audience_resolved,
+        }
+    }
 }
 
 /// An import's result: `{"summary": …}`.
@@ -168,6 +195,8 @@ pub struct SweepResultOut {
     pub pruned_processes: u64,
     /// Idempotency keys past their 24 hours.
     pub pruned_idempotency_keys: u64,
+    /// Active campaign runs that had no feed and needed one, given one.
+    pub campaign_feeds_restored: u64,
 }
 
 impl From<RowError> for RowErrorOut {
@@ -243,6 +272,7 @@ impl From<SweepReport> for SweepResultOut {
             pruned_attempts,
             pruned_processes,
             pruned_idempotency_keys,
+            campaign_feeds_restored,
         } = r;
         SweepResultOut {
             dlq_read,
@@ -258,6 +288,7 @@ impl From<SweepReport> for SweepResultOut {
             pruned_attempts,
             pruned_processes,
             pruned_idempotency_keys,
+            campaign_feeds_restored,
         }
     }
 }
@@ -292,6 +323,11 @@ impl JobResult {
             }),
             Kind::SendMessage | Kind::BulkSend => JobResult::Send(
                 serde_json::from_value::<SendResult>(result)
+                    .map_err(unreadable)?
+                    .into(),
+            ),
+            Kind::CampaignFeed => JobResult::Feed(
+                serde_json::from_value::<FeedResult>(result)
                     .map_err(unreadable)?
                     .into(),
             ),

@@ -278,7 +278,7 @@ pub fn outgoing(
     })
 }
 
-fn media(urls: Option<Vec<In<MediaUrl>>>) -> Result<Vec<NewAttachment>, ApiError> {
+pub(super) fn media(urls: Option<Vec<In<MediaUrl>>>) -> Result<Vec<NewAttachment>, ApiError> {
     let urls = urls.unwrap_or_default();
     if urls.len() > MAX_MEDIA {
         return Err(ApiError::invalid(

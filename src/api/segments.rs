@@ -187,7 +187,7 @@ fn id(name: &str, raw: Option<i64>) -> Result<Option<i64>, ApiError> {
 
 impl FilterIn {
     /// The typed filter, or a 400 naming the field.
-    fn parse(self) -> Result<Filter, ApiError> {
+    pub(super) fn parse(self) -> Result<Filter, ApiError> {
         let filter = Filter {
             tags_any: tags("filter.tagsAny", self.tags_any)?,
             tags_all: tags("filter.tagsAll", self.tags_all)?,

@@ -5,6 +5,7 @@ mod app;
 mod auth;
 mod backpressure;
 mod bad_input;
+mod campaigns;
 mod compose;
 mod concurrency;
 mod conversations;

@@ -102,6 +102,7 @@ pub async fn submit(
             out: &bulk.message,
             job: &job,
             campaign: Some(campaign.id),
+            run: None,
         })
         .collect();
     let mut message_ids = Vec::with_capacity(bulk.recipients.len());

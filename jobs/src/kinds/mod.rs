@@ -4,12 +4,14 @@
 //! - [`import_csv`] — a CSV fan export, streamed and upserted in resumable batches.
 //! - [`send_message`] — one message to the outbound queue.
 //! - [`bulk_send`] — a campaign's messages to the outbound queue.
+//! - [`campaign_feed`] — a campaign to an audience: its run's next messages, a few at a time.
 //! - [`sweep`] — the scheduled reconciliation of the DLQ, stuck messages and old records.
 //! - [`outbound_batches`] — what both send kinds do: batches of 10 to the outbound queue.
 //!
 //! [`JobKind`]: crate::engine::JobKind
 
 pub mod bulk_send;
+pub mod campaign_feed;
 pub mod import_csv;
 pub mod outbound_batches;
 pub mod send_message;
@@ -38,6 +40,8 @@ pub struct Deps {
     pub outbound: Outbound,
     /// `false`: messages skip the queue, are logged and marked sent.
     pub rate_limiter_enabled: bool,
+    /// A running campaign's messages kept queued ahead of delivery (see `campaign_feed`).
+    pub campaign_ahead: i64,
     /// How sweeps decide.
     pub sweep: SweepConfig,
 }

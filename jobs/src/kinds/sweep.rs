@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Deps, SweepConfig};
+use super::{Deps, SweepConfig, campaign_feed};
 use crate::{
     crm::{
         campaigns, deliveries,
@@ -79,6 +79,8 @@ pub struct SweepReport {
     pub pruned_processes: u64,
     /// Idempotency keys past their 24 hours.
     pub pruned_idempotency_keys: u64,
+    /// Active campaign runs that had no feed and needed one, given one.
+    pub campaign_feeds_restored: u64,
 }
 
 impl SweepReport {
@@ -99,6 +101,7 @@ pub struct Sweep {
     jobs: JobBackend,
     outbound: Outbound,
     config: SweepConfig,
+    campaign_ahead: i64,
 }
 
 impl Sweep {
@@ -108,6 +111,7 @@ impl Sweep {
             jobs: deps.jobs.clone(),
             outbound: deps.outbound.clone(),
             config: deps.sweep,
+            campaign_ahead: deps.campaign_ahead,
         }
     }
 
@@ -122,6 +126,8 @@ impl Sweep {
                 campaigns::refresh(&self.db, campaign).await?;
             }
         }
+        report.campaign_feeds_restored =
+            campaign_feed::restore_feeds(&self.db, &self.jobs, self.campaign_ahead).await?;
         let before = Utc::now() - self.config.retention;
         // Each table in batches, within its own share of the sweep's time.
         let deadline = || std::time::Instant::now() + PRUNE_WITHIN;

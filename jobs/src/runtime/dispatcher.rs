@@ -51,6 +51,8 @@ use crate::{
         platform::{Attempt, Platform},
     },
     domain::UserId,
+    engine::JobBackend,
+    kinds::campaign_feed,
     outbound::{MAX_BATCH, Outbound, OutboundQueue, addressed},
     telemetry,
 };
@@ -64,6 +66,9 @@ pub struct DispatchConfig {
     pub concurrency: usize,
     /// Receive loops of the intake; each holds at most one batch of 10.
     pub intake_loops: usize,
+    /// A running campaign's messages kept queued ahead of delivery: under half of it, a
+    /// delivery stores the campaign's next feed.
+    pub campaign_ahead: i64,
 }
 
 impl Default for DispatchConfig {
@@ -72,6 +77,7 @@ impl Default for DispatchConfig {
             max_attempts: 5,
             concurrency: 64,
             intake_loops: 4,
+            campaign_ahead: 20,
         }
     }
 }
@@ -93,6 +99,8 @@ const IDLE_RECHECK: Duration = Duration::from_secs(30);
 
 pub struct Dispatcher {
     db: Db,
+    /// Where a campaign's next feed is stored when its messages on their way run low.
+    jobs: JobBackend,
     outbound: Outbound,
     limiter: DeliveryLimiter,
     platform: Platform,
@@ -148,6 +156,7 @@ fn backoff(after_failures: u32) -> Duration {
 impl Dispatcher {
     pub fn new(
         db: Db,
+        jobs: JobBackend,
         outbound: Outbound,
         limiter: DeliveryLimiter,
         platform: Platform,
@@ -156,6 +165,7 @@ impl Dispatcher {
         let permits = Semaphore::new(config.concurrency.max(1));
         Dispatcher {
             db,
+            jobs,
             outbound,
             limiter,
             platform,
@@ -580,12 +590,21 @@ impl Dispatcher {
             }
         }
         // A campaign's live counts come from its messages; its row is brought up to date
-        // (and completed) once none of them is on its way.
+        // (and completed) once none of them is on its way. A campaign to an audience gets its
+        // next messages when few are left on their way.
         if let Some(campaign) = claim.message.campaign_id
             && matches!(settled, Settled::Delivered { .. } | Settled::Failed { .. })
-            && !messages::campaign_in_progress(&self.db, campaign).await?
         {
-            campaigns::refresh(&self.db, campaign).await?;
+            campaign_feed::after_delivery(
+                &self.db,
+                &self.jobs,
+                self.config.campaign_ahead,
+                campaign,
+            )
+            .await?;
+            if !messages::campaign_in_progress(&self.db, campaign).await? {
+                campaigns::refresh(&self.db, campaign).await?;
+            }
         }
         Ok(())
     }

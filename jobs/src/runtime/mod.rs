@@ -1,13 +1,16 @@
 //! The engine's long-running services: the workers (with the one list of job kinds they run),
-//! the dispatcher, and the sweeper that fires the scheduled sweeps.
+//! the dispatcher, the sweeper that fires the scheduled sweeps, and the clock that starts
+//! scheduled campaigns.
 //!
 //! Adding a kind: a file in [`kinds`](crate::kinds) implementing
 //! [`JobKind`](crate::engine::JobKind), and one line in the list below.
 
+mod campaign_clock;
 mod dispatcher;
 mod sweeper;
 mod workers;
 
+pub use campaign_clock::CampaignClock;
 pub use dispatcher::{DispatchConfig, Dispatcher, Pass, Step};
 pub use sweeper::{Sweeper, schedule};
 pub use workers::Workers;
@@ -15,7 +18,10 @@ pub use workers::Workers;
 use crate::{
     domain::{UnknownValue, Words},
     engine::{JobKind, StoredBy},
-    kinds::{bulk_send::BulkSend, import_csv::ImportCsv, send_message::SendMessage, sweep::Sweep},
+    kinds::{
+        bulk_send::BulkSend, campaign_feed::CampaignFeed, import_csv::ImportCsv,
+        send_message::SendMessage, sweep::Sweep,
+    },
 };
 
 /// Declares the list: the [`Kind`] enum (one variant per kind, named like its type) and the
@@ -61,7 +67,7 @@ macro_rules! job_kinds {
     };
 }
 
-job_kinds![ImportCsv, SendMessage, BulkSend, Sweep];
+job_kinds![ImportCsv, SendMessage, BulkSend, CampaignFeed, Sweep];
 
 impl Kind {
     /// The kind of a stored name; any other name is an error that says so.

@@ -142,6 +142,12 @@ impl TestApp {
         startup::build_sweeper(&self.settings, &self.services().await).expect("the sweeper builds")
     }
 
+    /// The campaign clock of this deployment, not running: tests call its `run_once`.
+    pub async fn campaign_clock(&self) -> fanqueue_jobs::runtime::CampaignClock {
+        let services = self.services().await;
+        fanqueue_jobs::runtime::CampaignClock::new(services.db, services.jobs)
+    }
+
     pub fn token(&self, user: i64) -> String {
         self.keys.issue(UserId(user), Duration::from_secs(3600))
     }

@@ -13,7 +13,8 @@ use super::conversations;
 use crate::{
     db::{Db, Listed, Page, StoreError, StoreResult, Tx},
     domain::{
-        CampaignId, Cents, ConversationId, FanId, HttpUrl, MessageId, Text, Timestamp, UserId,
+        CampaignId, Cents, ConversationId, FanId, HttpUrl, MessageId, ParseError, RunId, Text,
+        Timestamp, UserId,
     },
     engine::JobId,
     idempotency::{self, Effect, Guard},
@@ -307,6 +308,57 @@ pub struct Outgoing {
     pub priority: i64,
 }
 
+/// How a campaign keeps its message ([`Outgoing::template`]) until each recipient's copy is
+/// queued.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Template {
+    content: String,
+    media_urls: Vec<String>,
+    price_cents: i64,
+    priority: i64,
+    attachments: Vec<Attachment>,
+}
+
+impl Outgoing {
+    /// The message as a campaign's `template` (its first three fields are what clients read).
+    pub fn template(&self) -> serde_json::Value {
+        serde_json::to_value(Template {
+            content: self.text.as_str().to_owned(),
+            media_urls: self
+                .attachments
+                .iter()
+                .map(|a| a.url.as_str().to_owned())
+                .collect(),
+            price_cents: self.price_cents.get(),
+            priority: self.priority,
+            attachments: stored(&self.attachments),
+        })
+        .expect("a template serializes")
+    }
+
+    /// The message a [`Outgoing::template`] holds.
+    pub fn from_template(template: &serde_json::Value) -> Result<Outgoing, ParseError> {
+        let t: Template = serde_json::from_value(template.clone())
+            .map_err(|e| ParseError(format!("unreadable campaign template: {e}")))?;
+        Ok(Outgoing {
+            text: Text::parse(&t.content, TEXT_MAX)?,
+            price_cents: Cents::new(t.price_cents)?,
+            attachments: t
+                .attachments
+                .into_iter()
+                .map(|a| {
+                    Ok(NewAttachment {
+                        kind: a.kind,
+                        url: HttpUrl::parse(&a.url)?,
+                    })
+                })
+                .collect::<Result<_, ParseError>>()?,
+            priority: t.priority,
+        })
+    }
+}
+
 /// An outbound message to store: to whom, what, the job that puts it on the outbound queue,
 /// and its campaign.
 #[derive(Debug, Clone, Copy)]
@@ -316,6 +368,8 @@ pub struct NewQueued<'a> {
     pub out: &'a Outgoing,
     pub job: &'a JobId,
     pub campaign: Option<CampaignId>,
+    /// The campaign run it is for (a campaign to an audience).
+    pub run: Option<RunId>,
 }
 
 /// New → `queued` for each of `rows` (each a distinct job and fan), in `tx`, in two
@@ -360,7 +414,8 @@ pub async fn insert_queued(
                 .push_bind(r.campaign)
                 .push_bind(now)
                 .push_bind(r.out.priority)
-                .push_bind(r.job);
+                .push_bind(r.job)
+                .push_bind(r.run);
         });
         q.push(" RETURNING *");
         q.build_query_as().fetch_all(&mut **conn).await?
@@ -377,7 +432,8 @@ pub async fn insert_queued(
 
 /// The insert of [`insert_queued`], and of [`insert_queued_sql`] (columns in this order).
 const INSERT_QUEUED: &str = "INSERT INTO messages (user_id, conversation_id, fan_id, direction, \
-     text, price_cents, attachments, status, attempts, campaign_id, created_at, priority, job_id) ";
+     text, price_cents, attachments, status, attempts, campaign_id, created_at, priority, job_id, \
+     run_id) ";
 
 /// [`insert_queued`] as one part of a statement that stores other tables' rows in the same
 /// round trip (`msg AS (…)` in its `WITH`; the PostgreSQL send path): a `queued` message for
@@ -387,7 +443,7 @@ const INSERT_QUEUED: &str = "INSERT INTO messages (user_id, conversation_id, fan
 pub fn insert_queued_sql(from: &str, now: &str) -> String {
     format!(
         "{INSERT_QUEUED}SELECT user_id, conversation_id, fan_id, 'out', text, price_cents, \
-         attachments::jsonb, 'queued', 0, campaign_id, {now}, priority, job_id \
+         attachments::jsonb, 'queued', 0, campaign_id, {now}, priority, job_id, NULL \
          FROM {from} ORDER BY ord RETURNING *"
     )
 }
@@ -605,6 +661,45 @@ pub async fn counts_of_campaign_in(tx: &mut Tx, campaign: CampaignId) -> StoreRe
 
 const COUNTS_OF_CAMPAIGN: &str =
     "SELECT status, COUNT(*) FROM messages WHERE campaign_id = $1 GROUP BY status";
+
+/// Live counts of one campaign run's messages.
+pub async fn counts_of_run(db: &Db, run: RunId) -> StoreResult<StatusCounts> {
+    let rows: Vec<(MessageStatus, i64)> = on_db!(db, pool => sqlx::query_as(
+        "SELECT status, COUNT(*) FROM messages WHERE run_id = $1 GROUP BY status",
+    )
+    .bind(run)
+    .fetch_all(pool)
+    .await)?;
+    Ok(StatusCounts::of(rows))
+}
+
+/// How many of a run's messages are on their way (queued or sending), in `tx`: what the
+/// campaign keeps ahead of the dispatcher.
+pub async fn on_the_way_of_run(tx: &mut Tx, run: RunId) -> StoreResult<i64> {
+    let (n,): (i64,) = on_tx!(tx, conn => sqlx::query_as(
+        "SELECT COUNT(*) FROM messages WHERE run_id = $1 AND status IN ('queued', 'sending')",
+    )
+    .bind(run)
+    .fetch_one(&mut **conn)
+    .await)?;
+    Ok(n)
+}
+
+/// Takes back, in `tx`, a run's messages that no delivery attempt has touched (paused or
+/// cancelled campaigns): they are deleted, so no dispatcher can claim them and no copy stays
+/// to be seen twice; their queue copies are dropped when received (nothing to park). A
+/// message being sent, or already tried once (the platform may have it), stays and settles.
+/// Returns the fans whose message was taken back.
+pub async fn withdraw_untried_of_run(tx: &mut Tx, run: RunId) -> StoreResult<Vec<FanId>> {
+    let rows: Vec<(FanId,)> = on_tx!(tx, conn => sqlx::query_as(
+        "DELETE FROM messages WHERE run_id = $1 AND status = 'queued' AND attempts = 0
+         RETURNING fan_id",
+    )
+    .bind(run)
+    .fetch_all(&mut **conn)
+    .await)?;
+    Ok(rows.into_iter().map(|(f,)| f).collect())
+}
 
 impl StatusCounts {
     fn of(rows: Vec<(MessageStatus, i64)>) -> Self {

@@ -7,8 +7,7 @@ pub mod filter;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, types::Json};
 
-use self::filter::{Condition, Param};
-pub use self::filter::{Dialect, Filter, SpentInLastDays};
+pub use self::filter::{Condition, Dialect, Filter, Param, SpentInLastDays};
 use super::fans::{self, Fan, FanFilter};
 use crate::{
     db::{Db, Listed, Page, StoreError, StoreResult},
@@ -146,14 +145,15 @@ macro_rules! bind_condition {
         let mut q = $query.bind($user);
         for p in $params {
             q = match p {
-                Param::Int(v) => q.bind(*v),
-                Param::Text(v) => q.bind(v.as_str()),
-                Param::At(v) => q.bind(*v),
+                $crate::crm::segments::Param::Int(v) => q.bind(*v),
+                $crate::crm::segments::Param::Text(v) => q.bind(v.as_str()),
+                $crate::crm::segments::Param::At(v) => q.bind(*v),
             };
         }
         q
     }};
 }
+pub(crate) use bind_condition;
 
 /// How many of `user`'s fans `filter` matches now, and the newest [`SAMPLE`] of them: the
 /// first page of [`fans`].

@@ -292,6 +292,7 @@ async fn store_all(
                 out: &s.out,
                 job,
                 campaign: None,
+                run: None,
             })
         })
         .collect();

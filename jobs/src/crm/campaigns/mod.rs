@@ -1,14 +1,27 @@
 //! Campaigns: one message to many fans. The only module that writes `campaigns`; its sent
 //! and failed metrics are counted from the campaign's messages.
+//!
+//! Two kinds: the seeds' bulk campaign (at most [`MAX_RECIPIENTS`] fans by id, every message
+//! stored with it), and a campaign to an audience ([`NewCampaign`]): a segment, a filter or
+//! fans by id, resolved when it starts into a run's recipients ([`runs`], [`recipients`]),
+//! whose messages are queued a few at a time, exclusions checked just before each.
+
+pub mod recipients;
+pub mod runs;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::types::Json;
 
-use super::messages::{self, Outgoing, StatusCounts};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    messages::{self, Outgoing, StatusCounts},
+    segments::Filter,
+};
 use crate::{
     db::{Db, Listed, Page, StoreError, StoreResult, Tx},
-    domain::{CampaignId, FanId, Line, Timestamp, UserId},
+    domain::{CampaignId, FanId, Line, SegmentId, Timestamp, UserId},
     on_db, on_tx, text_enum,
 };
 
@@ -23,8 +36,10 @@ text_enum! {
         /// Its messages are being delivered.
         Active = "active",
         Paused = "paused",
-        /// Every message is sent or failed.
+        /// Every message is sent or failed (every recipient sent, failed or excluded).
         Completed = "completed",
+        /// Stopped for good: the recipients not yet sent are `cancelled`.
+        Cancelled = "cancelled",
     }
 }
 
@@ -53,6 +68,147 @@ pub struct Campaign {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// A campaign to an audience: what is re-checked before each message is queued.
+    pub exclude: Option<Json<Exclude>>,
+    /// When a scheduled campaign starts.
+    pub starts_at: Option<DateTime<Utc>>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+}
+
+impl Campaign {
+    /// Whether it was sent to an audience (it has runs), not to the seeds' list of ids.
+    pub fn has_audience(&self) -> bool {
+        self.exclude.is_some()
+    }
+}
+
+/// Who a campaign to an audience is for, resolved when it starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Audience {
+    /// The fans of a saved segment, as its filter reads when the campaign starts.
+    SegmentId(SegmentId),
+    /// The fans a filter matches when the campaign starts.
+    Filter(Box<Filter>),
+    /// These fans.
+    RecipientIds(Vec<FanId>),
+}
+
+/// Fans skipped when their message's turn comes (checked just before it is queued).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Exclude {
+    /// The fans of this segment, as it reads then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment_id: Option<SegmentId>,
+    /// Fans the creator messaged within these hours.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messaged_within_hours: Option<u32>,
+    /// Fans with inbound messages not yet read.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unread_inbound: bool,
+    /// Fans who bought a message of this campaign.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bought_campaign_id: Option<CampaignId>,
+}
+
+/// A campaign to an audience, already parsed.
+#[derive(Debug, Clone)]
+pub struct NewCampaign {
+    pub name: Line,
+    pub message: Outgoing,
+    pub audience: Audience,
+    pub exclude: Exclude,
+    /// Starts then (`scheduled` until); `None`: now.
+    pub starts_at: Option<Timestamp>,
+}
+
+/// Stores a campaign to an audience in `tx`: `scheduled` when it starts later, else `active`
+/// (the caller starts its run in the same transaction).
+pub async fn insert(
+    tx: &mut Tx,
+    user: UserId,
+    new: &NewCampaign,
+    now: Timestamp,
+) -> StoreResult<Campaign> {
+    let later = new.starts_at.filter(|at| at.0 > now.0);
+    let (status, started) = match later {
+        Some(_) => (CampaignStatus::Scheduled, None),
+        None => (CampaignStatus::Active, Some(now)),
+    };
+    let metrics = json!({ "delivered": 0, "opened": 0, "clicked": 0, "revenueCents": 0 });
+    Ok(on_tx!(tx, conn => sqlx::query_as::<_, Campaign>(
+        "INSERT INTO campaigns (user_id, name, type, status, template, target_audience, metrics,
+                                created_at, started_at, exclude, starts_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         RETURNING *",
+    )
+    .bind(user)
+    .bind(new.name.as_str())
+    .bind(CampaignType::BulkMessage)
+    .bind(status)
+    .bind(Json(new.message.template()))
+    .bind(Json(&new.audience))
+    .bind(Json(&metrics))
+    .bind(now)
+    .bind(started)
+    .bind(Json(&new.exclude))
+    .bind(later)
+    .fetch_one(&mut **conn)
+    .await)?)
+}
+
+/// The campaign, its row locked until `tx` ends (on SQLite the transaction holds the write
+/// lock already); `None` when it is not `user`'s.
+pub async fn lock(tx: &mut Tx, user: UserId, id: CampaignId) -> StoreResult<Option<Campaign>> {
+    let sql = match tx {
+        Tx::Postgres(_) => "SELECT * FROM campaigns WHERE id = $1 AND user_id = $2 FOR UPDATE",
+        Tx::Sqlite(_) => "SELECT * FROM campaigns WHERE id = $1 AND user_id = $2",
+    };
+    Ok(on_tx!(tx, conn => sqlx::query_as::<_, Campaign>(sql)
+        .bind(id)
+        .bind(user)
+        .fetch_optional(&mut **conn)
+        .await)?)
+}
+
+/// Moves the campaign to `status` in `tx`, recording when it started, completed or was
+/// cancelled.
+pub async fn set_status(
+    tx: &mut Tx,
+    id: CampaignId,
+    status: CampaignStatus,
+    now: Timestamp,
+) -> StoreResult<()> {
+    let at = |s: CampaignStatus| (status == s).then_some(now);
+    on_tx!(tx, conn => sqlx::query(
+        "UPDATE campaigns SET status = $2,
+             started_at = COALESCE(started_at, $3),
+             completed_at = COALESCE(completed_at, $4),
+             cancelled_at = COALESCE(cancelled_at, $5)
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(at(CampaignStatus::Active))
+    .bind(at(CampaignStatus::Completed))
+    .bind(at(CampaignStatus::Cancelled))
+    .execute(&mut **conn)
+    .await
+    .map(|_| ()))?;
+    Ok(())
+}
+
+/// Scheduled campaigns whose start time has come, oldest first, at most `limit`.
+pub async fn due(db: &Db, now: Timestamp, limit: i64) -> StoreResult<Vec<Campaign>> {
+    Ok(on_db!(db, pool => sqlx::query_as::<_, Campaign>(
+        "SELECT * FROM campaigns WHERE status = 'scheduled' AND starts_at <= $1
+         ORDER BY starts_at, id LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(pool)
+    .await)?)
 }
 
 /// A campaign to create, already parsed.
@@ -152,7 +308,9 @@ pub async fn refresh(db: &Db, id: CampaignId) -> StoreResult<()> {
         return Err(StoreError::NotFound("campaign"));
     };
     let c = messages::counts_of_campaign_in(&mut tx, id).await?;
-    let done = c.queued == 0 && c.sending == 0;
+    // A campaign to an audience is complete when its run is (see `campaign_feed`): between two
+    // feeds none of its messages may be on their way while fans are still pending.
+    let done = c.queued == 0 && c.sending == 0 && !has_live_run(&mut tx, id).await?;
     // Only what the messages say is rewritten; delivered/opened/clicked/revenue are reported
     // by the platform and kept.
     metrics["sent"] = json!(c.sent);
@@ -173,6 +331,18 @@ pub async fn refresh(db: &Db, id: CampaignId) -> StoreResult<()> {
     .map(|_| ()))?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Whether the campaign has a run active or paused, in `tx`.
+async fn has_live_run(tx: &mut Tx, id: CampaignId) -> sqlx::Result<bool> {
+    let (live,): (bool,) = on_tx!(tx, conn => sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM campaign_runs WHERE campaign_id = $1
+                        AND status IN ('active', 'paused'))",
+    )
+    .bind(id)
+    .fetch_one(&mut **conn)
+    .await)?;
+    Ok(live)
 }
 
 /// Back to `active` in `tx` (failed recipients are being retried): it completes again once
