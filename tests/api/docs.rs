@@ -81,6 +81,11 @@ async fn openapi_documents_every_crm_route_with_bearer_security() {
             "post",
             "retryCampaignFailed",
         ),
+        ("/api/crm/campaigns", "post", "createCampaign"),
+        ("/api/crm/campaigns/{id}/pause", "post", "pauseCampaign"),
+        ("/api/crm/campaigns/{id}/resume", "post", "resumeCampaign"),
+        ("/api/crm/campaigns/{id}/cancel", "post", "cancelCampaign"),
+        ("/api/crm/campaigns/{id}/runs", "get", "listCampaignRuns"),
         ("/api/onlyfans/messages/failed", "get", "listFailedMessages"),
         (
             "/api/onlyfans/messages/failed/{id}/retry",
@@ -275,7 +280,7 @@ async fn the_constraints_the_server_enforces_are_declared() {
             keyed += declared;
         }
     }
-    assert_eq!(keyed, 13, "the POST routes under /api");
+    assert_eq!(keyed, 17, "the POST routes under /api");
     assert_eq!(
         param("/api/onlyfans/import/csv", "post", "wait")["maximum"],
         60.0
@@ -398,7 +403,13 @@ async fn statuses_kinds_platforms_and_directions_are_enums_and_job_results_have_
     for (name, values) in [
         (
             "JobKind",
-            &["import_csv", "send_message", "bulk_send", "sweep"][..],
+            &[
+                "import_csv",
+                "send_message",
+                "bulk_send",
+                "campaign_feed",
+                "sweep",
+            ][..],
         ),
         (
             "JobStatus",
@@ -407,7 +418,18 @@ async fn statuses_kinds_platforms_and_directions_are_enums_and_job_results_have_
         ("MessageStatus", &["queued", "sending", "sent", "failed"]),
         (
             "CampaignStatus",
-            &["draft", "scheduled", "active", "paused", "completed"],
+            &[
+                "draft",
+                "scheduled",
+                "active",
+                "paused",
+                "completed",
+                "cancelled",
+            ],
+        ),
+        (
+            "RunStatus",
+            &["active", "paused", "completed", "cancelled", "skipped"],
         ),
         (
             "CampaignType",
@@ -449,6 +471,7 @@ async fn statuses_kinds_platforms_and_directions_are_enums_and_job_results_have_
         ("RetriedOut", "status", "MessageStatus"),
         ("CampaignOut", "status", "CampaignStatus"),
         ("CampaignOut", "type", "CampaignType"),
+        ("RunOut", "status", "RunStatus"),
         ("FanOut", "platform", "Platform"),
         ("ConversationOut", "platform", "Platform"),
         ("ValueChangeOut", "source", "ValueSource"),
@@ -486,7 +509,12 @@ async fn statuses_kinds_platforms_and_directions_are_enums_and_job_results_have_
         .collect();
     assert_eq!(
         one_of,
-        ["ImportResult", "SendResultOut", "SweepResultOut"],
+        [
+            "ImportResult",
+            "SendResultOut",
+            "FeedResultOut",
+            "SweepResultOut"
+        ],
         "{}",
         schemas["JobResult"]
     );

@@ -51,7 +51,7 @@ async fn workers_run_jobs_again_after_their_database_was_unreachable_and_lose_no
     let (within, every) = (Duration::from_secs(60), Duration::from_millis(200));
     eventually("every worker noticed the outage", within, every, || async {
         let lost = kinds_lost(&worker);
-        if lost == ["bulk_send", "import_csv", "send_message"] {
+        if lost == ["bulk_send", "campaign_feed", "import_csv", "send_message"] {
             Ok(())
         } else {
             Err(format!("{lost:?}"))

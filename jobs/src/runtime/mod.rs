@@ -148,7 +148,7 @@ mod tests {
         let err = Kind::parse("mystery").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown job kind \"mystery\" (expected one of: import_csv, send_message, bulk_send, sweep)"
+            "unknown job kind \"mystery\" (expected one of: import_csv, send_message, bulk_send, campaign_feed, sweep)"
         );
     }
 }
