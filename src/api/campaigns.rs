@@ -20,7 +20,7 @@ use fanqueue_jobs::{
     },
 };
 use poem_openapi::{
-    ApiResponse, Object, OpenApi,
+    ApiResponse, Object, OpenApi, Union,
     param::{Path, Query},
     payload::Json,
 };
@@ -198,20 +198,40 @@ async fn with_metrics(state: &State, c: Campaign) -> Result<CampaignOut, ApiErro
     })
 }
 
-/// Who a campaign is for: exactly one of the three.
+/// Who a campaign is for: a segment, a filter, or fans by id (exactly one of the three).
+#[derive(Debug, Union, Deserialize)]
+#[oai(one_of)]
+#[serde(untagged)]
+pub enum AudienceIn {
+    Segment(SegmentAudience),
+    Filter(FilterAudience),
+    Fans(FansAudience),
+}
+
+/// The fans of one of the caller's segments, as its filter reads when the campaign starts.
 #[derive(Debug, Object, Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AudienceIn {
-    /// The fans of one of the caller's segments, as its filter reads when the campaign starts.
-    #[oai(nullable)]
-    pub segment_id: Option<IdIn>,
-    /// The fans this filter matches when the campaign starts (as for segments).
-    #[oai(nullable)]
-    pub filter: Option<FilterIn>,
-    /// These fans (numbers, or strings of digits), all the caller's; at most 100,000.
-    #[oai(nullable, validator(min_items = 1, max_items = 100000))]
-    pub recipient_ids: Option<Vec<IdIn>>,
+pub struct SegmentAudience {
+    pub segment_id: IdIn,
+}
+
+/// The fans this filter matches when the campaign starts (as for segments).
+#[derive(Debug, Object, Deserialize)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilterAudience {
+    pub filter: FilterIn,
+}
+
+/// These fans (numbers, or strings of digits), all the caller's; 1 to 100,000 (duplicates
+/// are removed).
+#[derive(Debug, Object, Deserialize)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FansAudience {
+    #[oai(validator(min_items = 1, max_items = 100000))]
+    pub recipient_ids: Vec<IdIn>,
 }
 
 /// Fans skipped when their turn comes (checked just before each message is queued).
@@ -275,37 +295,21 @@ pub struct CreateCampaignIn {
 
 impl CreateCampaignIn {
     fn parse(self) -> Result<NewCampaign, ApiError> {
-        let a = self.audience;
-        let given = [
-            a.segment_id.is_some(),
-            a.filter.is_some(),
-            a.recipient_ids.is_some(),
-        ]
-        .iter()
-        .filter(|g| **g)
-        .count();
-        if given != 1 {
-            return Err(ApiError::invalid(
-                "audience",
-                "give exactly one of segmentId, filter and recipientIds",
-            ));
-        }
-        let audience = if let Some(id) = a.segment_id {
-            Audience::SegmentId(SegmentId(id.0))
-        } else if let Some(filter) = a.filter {
-            Audience::Filter(Box::new(filter.parse()?))
-        } else {
-            let ids = a.recipient_ids.unwrap_or_default();
-            if ids.is_empty() || ids.len() > MAX_AUDIENCE_IDS {
-                return Err(ApiError::invalid(
-                    "audience.recipientIds",
-                    format!("must name 1 to {MAX_AUDIENCE_IDS} fans"),
-                ));
+        let audience = match self.audience {
+            AudienceIn::Segment(a) => Audience::SegmentId(SegmentId(a.segment_id.0)),
+            AudienceIn::Filter(a) => Audience::Filter(Box::new(a.filter.parse()?)),
+            AudienceIn::Fans(a) => {
+                if a.recipient_ids.is_empty() || a.recipient_ids.len() > MAX_AUDIENCE_IDS {
+                    return Err(ApiError::invalid(
+                        "audience.recipientIds",
+                        format!("must name 1 to {MAX_AUDIENCE_IDS} fans"),
+                    ));
+                }
+                let mut fans: Vec<FanId> = a.recipient_ids.iter().map(|i| FanId(i.0)).collect();
+                fans.sort_unstable();
+                fans.dedup();
+                Audience::RecipientIds(fans)
             }
-            let mut fans: Vec<FanId> = ids.iter().map(|i| FanId(i.0)).collect();
-            fans.sort_unstable();
-            fans.dedup();
-            Audience::RecipientIds(fans)
         };
         let x = self.exclude.unwrap_or_default();
         if let Some(h) = x.messaged_within_hours

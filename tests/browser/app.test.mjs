@@ -285,8 +285,9 @@ try {
     await page.getByRole('link', { name: 'Compose campaign (2)' }).click();
     await page.waitForURL(/\/app\/campaigns$/);
     assert.match(await text(page, '#recipient-count'), /^2 recipients/);
-    await page.getByLabel('Campaign name').fill('Browser test campaign');
-    await page.getByRole('textbox', { name: 'Message', exact: true }).fill('A special offer for you');
+    const compose = page.locator('#compose');
+    await compose.getByLabel('Campaign name').fill('Browser test campaign');
+    await compose.getByRole('textbox', { name: 'Message', exact: true }).fill('A special offer for you');
     // The platform refuses the campaign's first delivery.
     const res = await fetch(`${SIM_URL}/faults`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ userId: '1', fail400: 1 }) });
     assert.ok(res.ok, `faults: ${res.status}`);
@@ -310,6 +311,56 @@ try {
     assert.equal(await page.locator('tr[data-recipient] td.status-failed').count(), 0);
     const c = await api(`/api/crm/campaigns/${campaignId}`);
     assert.equal(c.metrics.failed, 0);
+  });
+
+  await step('composes campaigns to an audience: one scheduled then cancelled, one paused and resumed', async () => {
+    await nav('Campaigns');
+    const form = page.locator('#to-audience');
+    await form.getByRole('option', { name: 'VIPs' }).waitFor({ state: 'attached' });
+    await form.getByLabel('Campaign name').fill('Weekend VIPs');
+    await form.getByRole('textbox', { name: 'Message', exact: true }).fill('Something for my VIPs');
+    await form.getByLabel('Audience').selectOption({ label: 'VIPs' });
+    const later = new Date(Date.now() + 3600_000);
+    const local = new Date(later.getTime() - later.getTimezoneOffset() * 60_000).toISOString().slice(0, 16);
+    await form.getByLabel('Starts at').fill(local);
+    await form.getByLabel('have unread messages').check();
+    await form.getByRole('button', { name: 'Create campaign' }).click();
+    await page.waitForURL(/\/app\/campaigns\/\d+$/);
+    const scheduled = Number(page.url().split('/').pop());
+    await page.locator('#campaign-status', { hasText: /^scheduled$/ }).waitFor();
+    let c = await api(`/api/crm/campaigns/${scheduled}`);
+    assert.equal(c.status, 'scheduled');
+    assert.deepEqual(c.exclude, { unreadInbound: true });
+    assert.equal(c.targetAudience.segmentId, (await api('/api/crm/segments')).items[0].id);
+    await checkPage(page, 'scheduled campaign');
+    await page.getByRole('button', { name: 'Cancel Weekend VIPs' }).click();
+    await page.locator('#campaign-status', { hasText: /^cancelled$/ }).waitFor();
+    c = await api(`/api/crm/campaigns/${scheduled}`);
+    assert.equal(c.status, 'cancelled');
+
+    await nav('Campaigns');
+    await form.getByLabel('Campaign name').fill('Everyone now');
+    await form.getByRole('textbox', { name: 'Message', exact: true }).fill('Hello everyone');
+    await form.getByRole('button', { name: 'Create campaign' }).click();
+    await page.waitForURL(/\/app\/campaigns\/\d+$/);
+    const running = Number(page.url().split('/').pop());
+    await page.locator('#campaign-status', { hasText: /^active$/ }).waitFor();
+    const everyone = await api('/api/crm/fans?limit=1');
+    await page.locator('[data-metric="audience"]', { hasText: new RegExp(`^${count(everyone.total)}$`) }).waitFor();
+    await page.getByRole('button', { name: 'Pause Everyone now' }).click();
+    await page.locator('#campaign-status', { hasText: /^paused$/ }).waitFor();
+    assert.equal((await api(`/api/crm/campaigns/${running}`)).status, 'paused');
+    await page.getByRole('button', { name: 'Resume Everyone now' }).click();
+    await page.locator('#campaign-status', { hasText: /^active$/ }).waitFor();
+    // The list shows both, with what each may do now.
+    await nav('Campaigns');
+    const row = page.locator(`tr[data-campaign="${running}"]`);
+    await row.getByRole('button', { name: 'Pause Everyone now' }).waitFor();
+    assert.equal(await page.locator(`tr[data-campaign="${scheduled}"] button`).count(), 0, 'a cancelled campaign has no controls');
+    await checkPage(page, 'campaigns');
+    // Stopped, so it does not hold up the deliveries of the steps after this one.
+    await row.getByRole('button', { name: 'Cancel Everyone now' }).click();
+    await page.locator(`tr[data-campaign="${running}"] [data-status]`, { hasText: /^cancelled$/ }).waitFor();
   });
 
   await step('analytics figures equal the API; charts; CSV export', async () => {
