@@ -1,7 +1,8 @@
 //! Campaigns to an audience, on SQLite and on PostgreSQL, delivered to the platform stand-in
 //! by a dispatcher and started by the campaign clock, both driven by the test (`run_once`):
 //! a scheduled start with the segment as it is then and the exclusions checked just before
-//! each message; pause, resume and cancel, each recipient reached at most once.
+//! each message; pause, resume and cancel, each recipient reached at most once; delivery
+//! lanes (a reply before campaigns, campaigns taking turns).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -19,6 +20,7 @@ crate::on_both_backends!(backend:
     a_scheduled_campaign_starts_at_its_time_with_its_segment_as_then_and_skips_the_excluded,
     a_paused_campaign_sends_nothing_until_resumed_and_then_each_recipient_once,
     a_cancelled_campaign_sends_nothing_more_and_counts_the_rest_cancelled,
+    during_two_large_campaigns_a_reply_goes_out_within_a_slot_and_the_two_alternate,
 );
 
 /// A deployment delivering `per_minute` a minute to a stand-in, with a dispatcher and a
@@ -277,13 +279,15 @@ async fn many_fans(me: &ApiClient, n: usize) -> Vec<i64> {
     ids
 }
 
-async fn start_to_tagged(me: &ApiClient) -> i64 {
+/// Starts a campaign of `priority` to the imported fans; returns its id.
+async fn start_to_tagged(me: &ApiClient, priority: i64) -> i64 {
     let created = me
         .post_json(
             "/api/crm/campaigns",
             &json!({
                 "name": "Everyone",
                 "content": "Hello all",
+                "priority": priority,
                 "audience": { "filter": { "tagsAll": ["crowd"] } },
             }),
             StatusCode::CREATED,
@@ -310,7 +314,7 @@ async fn a_paused_campaign_sends_nothing_until_resumed_and_then_each_recipient_o
     let (sim, app, dispatcher, clock) = setup(backend, 600, 10).await;
     let me = app.user(1);
     let fans = many_fans(&me, 60).await;
-    let id = start_to_tagged(&me).await;
+    let id = start_to_tagged(&me, 5).await;
 
     drive_until(&dispatcher, &clock, "15 delivered", || async {
         delivered(&sim, id).await.len() >= 15
@@ -369,7 +373,7 @@ async fn a_cancelled_campaign_sends_nothing_more_and_counts_the_rest_cancelled(b
     let (sim, app, dispatcher, clock) = setup(backend, 600, 10).await;
     let me = app.user(1);
     many_fans(&me, 40).await;
-    let id = start_to_tagged(&me).await;
+    let id = start_to_tagged(&me, 5).await;
 
     drive_until(&dispatcher, &clock, "10 delivered", || async {
         delivered(&sim, id).await.len() >= 10
@@ -407,4 +411,81 @@ async fn a_cancelled_campaign_sends_nothing_more_and_counts_the_rest_cancelled(b
         "the rest is cancelled: {c}"
     );
     assert!(c["cancelledAt"].is_string(), "{c}");
+}
+
+async fn during_two_large_campaigns_a_reply_goes_out_within_a_slot_and_the_two_alternate(
+    backend: Backend,
+) {
+    let (sim, app, dispatcher, clock) = setup(backend, 600, 20).await;
+    let me = app.user(1);
+    many_fans(&me, 5_000).await;
+    let (_, conv) = me.fan_with_conversation("@writes-in").await;
+    // Priority 10: above the reply's 9, which goes first all the same (its lane does).
+    let first = start_to_tagged(&me, 10).await;
+    let second = start_to_tagged(&me, 10).await;
+    let campaign_deliveries = || async {
+        sim.deliveries()
+            .await
+            .iter()
+            .filter_map(|d| d["campaignId"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    drive_until(
+        &dispatcher,
+        &clock,
+        "30 campaign messages delivered",
+        || async { campaign_deliveries().await.len() >= 30 },
+    )
+    .await;
+
+    // A reply, once on the outbound queue, goes out before all but at most one campaign
+    // message (the one already out when it arrived).
+    let id = reply(&app, 1, conv, "thanks for writing!").await;
+    let page = me.get_json("/api/jobs?kind=send_message&limit=1").await;
+    me.wait_job(page["items"][0]["id"].as_str().unwrap()).await;
+    let before = sim.deliveries().await.len();
+    drive_until(&dispatcher, &clock, "the reply is delivered", || async {
+        sim.deliveries()
+            .await
+            .iter()
+            .any(|d| d["messageId"] == id.to_string())
+    })
+    .await;
+    let all = sim.deliveries().await;
+    let at = all
+        .iter()
+        .position(|d| d["messageId"] == id.to_string())
+        .unwrap();
+    assert!(
+        at <= before + 1,
+        "the reply went out after {} more campaign messages",
+        at - before
+    );
+
+    drive_until(
+        &dispatcher,
+        &clock,
+        "80 campaign messages delivered",
+        || async { campaign_deliveries().await.len() >= 80 },
+    )
+    .await;
+    for id in [first, second] {
+        control(&me, id, "cancel").await;
+    }
+    // At any moment the two are within one message of each other.
+    let (a, b) = (first.to_string(), second.to_string());
+    let (mut n_a, mut n_b) = (0i64, 0i64);
+    for (i, c) in campaign_deliveries().await.iter().enumerate() {
+        if *c == a {
+            n_a += 1;
+        } else if *c == b {
+            n_b += 1;
+        }
+        assert!(
+            (n_a - n_b).abs() <= 1,
+            "after {} deliveries: {n_a} and {n_b}",
+            i + 1
+        );
+    }
+    assert!(n_a >= 40 && n_b >= 40, "{n_a} and {n_b}");
 }

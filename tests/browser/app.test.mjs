@@ -316,10 +316,12 @@ try {
   await step('composes campaigns to an audience: one scheduled then cancelled, one paused and resumed', async () => {
     await nav('Campaigns');
     const form = page.locator('#to-audience');
-    await form.getByRole('option', { name: 'VIPs' }).waitFor({ state: 'attached' });
+    // (A select's accessible name includes its chosen option: found by its id.)
+    const audience = page.locator('#audience-pick');
+    await audience.getByRole('option', { name: 'VIPs' }).waitFor({ state: 'attached' });
     await form.getByLabel('Campaign name').fill('Weekend VIPs');
     await form.getByRole('textbox', { name: 'Message', exact: true }).fill('Something for my VIPs');
-    await form.getByLabel('Audience').selectOption({ label: 'VIPs' });
+    await audience.selectOption({ label: 'VIPs' });
     const later = new Date(Date.now() + 3600_000);
     const local = new Date(later.getTime() - later.getTimezoneOffset() * 60_000).toISOString().slice(0, 16);
     await form.getByLabel('Starts at').fill(local);

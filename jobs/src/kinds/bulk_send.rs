@@ -93,16 +93,20 @@ pub async fn submit(
         return Err(SubmitError::NotOwned(missing));
     }
     let campaign = campaigns::insert_active(&mut tx, user, &bulk, now).await?;
+    // Its turns start where the creator's campaigns stand: it alternates with those sending.
+    let front = messages::campaign_front(&mut tx, user).await?.unwrap_or(0);
     let rows: Vec<NewQueued> = bulk
         .recipients
         .iter()
-        .map(|fan| NewQueued {
+        .zip(front..)
+        .map(|(fan, turn)| NewQueued {
             user,
             fan: *fan,
             out: &bulk.message,
             job: &job,
             campaign: Some(campaign.id),
             run: None,
+            turn,
         })
         .collect();
     let mut message_ids = Vec::with_capacity(bulk.recipients.len());

@@ -256,17 +256,24 @@ impl CampaignFeed {
         } else {
             let out = Outgoing::from_template(&campaign.template.0)
                 .map_err(|e| StoreError::Conflict(e.to_string()))?;
+            // Turns go on from the run's last, or from where the creator's campaigns stand
+            // when they are further on (this run started or resumed after them).
+            let front = messages::campaign_front(&mut tx, run.user_id).await?;
+            let first_turn = front.map_or(run.next_turn, |f| f.max(run.next_turn));
             let rows: Vec<NewQueued> = window
                 .iter()
-                .map(|fan| NewQueued {
+                .zip(first_turn..)
+                .map(|(fan, turn)| NewQueued {
                     user: run.user_id,
                     fan: *fan,
                     out: &out,
                     job: &job,
                     campaign: Some(run.campaign_id),
                     run: Some(run.id),
+                    turn,
                 })
                 .collect();
+            runs::set_next_turn(&mut tx, run.id, first_turn + rows.len() as i64).await?;
             let stored = messages::insert_queued(&mut tx, &rows, now).await?;
             let ids: Vec<_> = stored.iter().flatten().map(|m| m.id).collect();
             recipients::set(

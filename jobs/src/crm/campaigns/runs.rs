@@ -37,6 +37,8 @@ pub struct Run {
     pub feeding: bool,
     pub started_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The turn its next message takes (see `messages::campaign_front`).
+    pub next_turn: i64,
 }
 
 /// Stores the run of `campaign` for `tick`, in `tx`; `None` when that tick has its run
@@ -135,6 +137,17 @@ pub async fn set_audience(tx: &mut Tx, id: RunId, audience: i64) -> StoreResult<
     on_tx!(tx, conn => sqlx::query("UPDATE campaign_runs SET audience = $2 WHERE id = $1")
         .bind(id)
         .bind(audience)
+        .execute(&mut **conn)
+        .await
+        .map(|_| ()))?;
+    Ok(())
+}
+
+/// Records in `tx` the turn the run's next message takes.
+pub async fn set_next_turn(tx: &mut Tx, id: RunId, next_turn: i64) -> StoreResult<()> {
+    on_tx!(tx, conn => sqlx::query("UPDATE campaign_runs SET next_turn = $2 WHERE id = $1")
+        .bind(id)
+        .bind(next_turn)
         .execute(&mut **conn)
         .await
         .map(|_| ()))?;

@@ -61,8 +61,10 @@ pub struct Claim {
     accepted_at: DateTime<Utc>,
 }
 
-/// Schedule → `sending`: takes the creator's next message (one whose dispatcher died first,
-/// then the highest priority, then the oldest) for one attempt, held until `lease_until`.
+/// Schedule → `sending`: takes the creator's next message for one attempt, held until
+/// `lease_until`: one whose dispatcher died first; then by lane (one-to-one messages, then
+/// automations, then campaigns), within a lane the highest priority, then the earliest turn
+/// (campaigns sending at once alternate), then the oldest.
 /// The attempt is logged in the same transaction. `None` when nothing is due.
 pub async fn claim_next(
     db: &Db,
@@ -84,7 +86,8 @@ pub async fn claim_next(
                      (SELECT id FROM messages
                        WHERE user_id = $1 AND status = 'queued' AND ready_at IS NOT NULL
                          AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
-                       ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                       ORDER BY lane, priority DESC, turn, created_at, id
+                       LIMIT 1 FOR UPDATE SKIP LOCKED)
                  ) AS id
              ), taken AS (
                  UPDATE messages SET status = 'sending', attempts = attempts + 1,
@@ -125,7 +128,7 @@ pub async fn claim_next(
                  LIMIT 1",
                 "SELECT id FROM messages WHERE user_id = $1 AND status = 'queued' AND ready_at IS NOT NULL
                    AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
-                 ORDER BY priority DESC, created_at, id LIMIT 1",
+                 ORDER BY lane, priority DESC, turn, created_at, id LIMIT 1",
             ] {
                 id = sqlx::query_as(sql)
                     .bind(user)

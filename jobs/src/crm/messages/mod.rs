@@ -370,6 +370,35 @@ pub struct NewQueued<'a> {
     pub campaign: Option<CampaignId>,
     /// The campaign run it is for (a campaign to an audience).
     pub run: Option<RunId>,
+    /// Its turn among the creator's campaign messages (see [`campaign_front`]); 0 for a
+    /// one-to-one message.
+    pub turn: i64,
+}
+
+/// The delivery lane of a message: one-to-one messages (replies, single sends) go before
+/// automations, which go before campaigns, within each creator's rate.
+pub fn lane(campaign: Option<CampaignId>) -> i16 {
+    match campaign {
+        None => LANE_ONE_TO_ONE,
+        Some(_) => LANE_CAMPAIGNS,
+    }
+}
+pub const LANE_ONE_TO_ONE: i16 = 0;
+pub const LANE_CAMPAIGNS: i16 = 2;
+
+/// Where the creator's campaigns stand (in `tx`): the earliest turn among their campaign
+/// messages waiting for delivery, `None` when none waits. A campaign that starts or resumes
+/// takes its turns from here, so it alternates with the others instead of going first until
+/// it caught up with them.
+pub async fn campaign_front(tx: &mut Tx, user: UserId) -> StoreResult<Option<i64>> {
+    let (front,): (Option<i64>,) = on_tx!(tx, conn => sqlx::query_as(
+        "SELECT MIN(turn) FROM messages WHERE user_id = $1 AND status = 'queued' AND lane = $2",
+    )
+    .bind(user)
+    .bind(LANE_CAMPAIGNS)
+    .fetch_one(&mut **conn)
+    .await)?;
+    Ok(front)
 }
 
 /// New → `queued` for each of `rows` (each a distinct job and fan), in `tx`, in two
@@ -415,7 +444,9 @@ pub async fn insert_queued(
                 .push_bind(now)
                 .push_bind(r.out.priority)
                 .push_bind(r.job)
-                .push_bind(r.run);
+                .push_bind(r.run)
+                .push_bind(lane(r.campaign))
+                .push_bind(r.turn);
         });
         q.push(" RETURNING *");
         q.build_query_as().fetch_all(&mut **conn).await?
@@ -433,7 +464,7 @@ pub async fn insert_queued(
 /// The insert of [`insert_queued`], and of [`insert_queued_sql`] (columns in this order).
 const INSERT_QUEUED: &str = "INSERT INTO messages (user_id, conversation_id, fan_id, direction, \
      text, price_cents, attachments, status, attempts, campaign_id, created_at, priority, job_id, \
-     run_id) ";
+     run_id, lane, turn) ";
 
 /// [`insert_queued`] as one part of a statement that stores other tables' rows in the same
 /// round trip (`msg AS (…)` in its `WITH`; the PostgreSQL send path): a `queued` message for
@@ -443,7 +474,7 @@ const INSERT_QUEUED: &str = "INSERT INTO messages (user_id, conversation_id, fan
 pub fn insert_queued_sql(from: &str, now: &str) -> String {
     format!(
         "{INSERT_QUEUED}SELECT user_id, conversation_id, fan_id, 'out', text, price_cents, \
-         attachments::jsonb, 'queued', 0, campaign_id, {now}, priority, job_id, NULL \
+         attachments::jsonb, 'queued', 0, campaign_id, {now}, priority, job_id, NULL, 0, 0 \
          FROM {from} ORDER BY ord RETURNING *"
     )
 }
@@ -717,8 +748,9 @@ impl StatusCounts {
     }
 }
 
-/// How many of the creator's waiting messages go out before `m`: higher priority, or the same
-/// priority and older (the dispatcher's order).
+/// How many of the creator's waiting messages go out before `m`, in the dispatcher's order:
+/// an earlier lane, or the same lane and a higher priority, or the same priority and an
+/// earlier turn, or the same turn and older.
 pub async fn ahead_of(db: &Db, m: &Message) -> StoreResult<i64> {
     Ok(ahead_of_many(db, &[m.id])
         .await?
@@ -749,9 +781,11 @@ pub fn ahead_sql(m: &str, from: &str) -> String {
         "SELECT COUNT(*) FROM {from} o \
          WHERE o.user_id = {m}.user_id AND o.direction = 'out' AND o.status = 'queued' \
            AND o.id <> {m}.id \
-           AND (o.priority > {m}.priority OR (o.priority = {m}.priority \
-                AND (o.created_at < {m}.created_at \
-                     OR (o.created_at = {m}.created_at AND o.id < {m}.id))))"
+           AND (o.lane < {m}.lane OR (o.lane = {m}.lane \
+            AND (o.priority > {m}.priority OR (o.priority = {m}.priority \
+            AND (o.turn < {m}.turn OR (o.turn = {m}.turn \
+            AND (o.created_at < {m}.created_at \
+                 OR (o.created_at = {m}.created_at AND o.id < {m}.id))))))))"
     )
 }
 

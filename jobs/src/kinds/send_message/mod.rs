@@ -293,6 +293,7 @@ async fn store_all(
                 job,
                 campaign: None,
                 run: None,
+                turn: 0,
             })
         })
         .collect();
