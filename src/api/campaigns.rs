@@ -6,7 +6,7 @@ use fanqueue_jobs::{
     crm::{
         campaigns::{
             self, Audience, Campaign, CampaignStatus, CampaignType, Exclude, NewCampaign,
-            recipients,
+            Recurring, recipients,
             runs::{self, Run, RunStatus},
         },
         messages,
@@ -96,9 +96,14 @@ pub struct CampaignOut {
     pub started_at: Option<DateTime<Utc>>,
     #[oai(nullable)]
     pub completed_at: Option<DateTime<Utc>>,
-    /// When a scheduled campaign starts.
+    /// When a scheduled campaign starts; a recurring one's next tick.
     #[oai(nullable)]
     pub starts_at: Option<DateTime<Utc>>,
+    /// A recurring campaign's schedule (five cron fields) and its time zone.
+    #[oai(nullable)]
+    pub cron: Option<String>,
+    #[oai(nullable)]
+    pub timezone: Option<String>,
     #[oai(nullable)]
     pub cancelled_at: Option<DateTime<Utc>>,
     /// What is re-checked just before each recipient's message is queued (campaigns to an
@@ -133,27 +138,47 @@ enum GetCampaignResponse {
 }
 
 async fn with_metrics(state: &State, c: Campaign) -> Result<CampaignOut, ApiError> {
-    let counts = campaigns::counts(&state.db, c.id).await?;
     let stored = |k: &str| c.metrics.0.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
-    let on_the_way = counts.queued + counts.sending;
-    let (status, audience, excluded, excluded_by, cancelled, remaining) = if c.has_audience() {
-        let r = recipients::counts_of_campaign(&state.db, c.id).await?;
+    let (status, counts, audience, excluded, excluded_by, cancelled, remaining) = if c
+        .has_audience()
+    {
+        let (r, counts) = recipients::progress(&state.db, recipients::Of::Campaign(c.id)).await?;
         let by = r
             .excluded_by
             .iter()
             .map(|(reason, n)| (reason.as_str().to_owned(), *n))
             .collect();
-        let remaining = r.pending + on_the_way;
-        (c.status, r.audience, r.excluded, by, r.cancelled, remaining)
+        let remaining = r.pending + counts.queued + counts.sending;
+        (
+            c.status,
+            counts,
+            r.audience,
+            r.excluded,
+            by,
+            r.cancelled,
+            remaining,
+        )
     } else {
-        // Completed as soon as every message is final, even before the job refreshed the row.
+        let counts = campaigns::counts(&state.db, c.id).await?;
+        let on_the_way = counts.queued + counts.sending;
+        // Completed as soon as every message is final, even before the job refreshed the
+        // row.
         let status = if c.status == CampaignStatus::Active && counts.total > 0 && on_the_way == 0 {
             CampaignStatus::Completed
         } else {
             c.status
         };
-        (status, counts.total, 0, Default::default(), 0, on_the_way)
+        (
+            status,
+            counts,
+            counts.total,
+            0,
+            Default::default(),
+            0,
+            on_the_way,
+        )
     };
+    let on_the_way = counts.queued + counts.sending;
     let estimated_completion_time = if status == CampaignStatus::Active && remaining > 0 {
         // Campaigns running together share the creator's slots round-robin.
         let sharing = runs::active_count(&state.db, c.user_id).await?.max(1);
@@ -189,6 +214,8 @@ async fn with_metrics(state: &State, c: Campaign) -> Result<CampaignOut, ApiErro
         started_at: c.started_at,
         completed_at: c.completed_at,
         starts_at: c.starts_at,
+        cron: c.cron.clone(),
+        timezone: c.timezone.clone(),
         cancelled_at: c.cancelled_at,
         exclude: c
             .exclude
@@ -221,7 +248,7 @@ pub struct SegmentAudience {
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FilterAudience {
-    pub filter: FilterIn,
+    pub filter: Box<FilterIn>,
 }
 
 /// These fans (numbers, or strings of digits), all the caller's; 1 to 100,000 (duplicates
@@ -254,14 +281,24 @@ pub struct ExcludeIn {
     pub bought_campaign_id: Option<IdIn>,
 }
 
-/// When a campaign starts.
+/// When a campaign starts, and whether it recurs.
 #[derive(Debug, Default, Object, Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScheduleIn {
-    /// Starts then (RFC 3339); a time past or null starts it now.
+    /// Starts then (RFC 3339); a time past or null starts it now. With `cron`: its first
+    /// tick at or after this time.
     #[oai(nullable)]
     pub at: Option<DateTime<Utc>>,
+    /// Recurs: a cron expression of five fields (minute hour day-of-month month
+    /// day-of-week, e.g. `0 9 * * 1` for Mondays at 9:00). Each tick is a run of its own
+    /// with its own recipients (`/runs`); a tick that comes while the previous run is still
+    /// going is recorded `skipped`.
+    #[oai(nullable, validator(max_length = 200))]
+    pub cron: Option<String>,
+    /// The IANA time zone `cron` is read in (e.g. `Europe/Paris`); default `UTC`.
+    #[oai(nullable, validator(max_length = 64))]
+    pub timezone: Option<String>,
 }
 
 /// A campaign to an audience.
@@ -297,7 +334,7 @@ impl CreateCampaignIn {
     fn parse(self) -> Result<NewCampaign, ApiError> {
         let audience = match self.audience {
             AudienceIn::Segment(a) => Audience::SegmentId(SegmentId(a.segment_id.0)),
-            AudienceIn::Filter(a) => Audience::Filter(Box::new(a.filter.parse()?)),
+            AudienceIn::Filter(a) => Audience::Filter(Box::new((*a.filter).parse()?)),
             AudienceIn::Fans(a) => {
                 if a.recipient_ids.is_empty() || a.recipient_ids.len() > MAX_AUDIENCE_IDS {
                     return Err(ApiError::invalid(
@@ -337,12 +374,27 @@ impl CreateCampaignIn {
             media(self.media_urls)?,
             self.priority,
         )?;
+        let schedule = self.schedule.unwrap_or_default();
+        let recurring = match (&schedule.cron, &schedule.timezone) {
+            (Some(expr), tz) => Some(
+                Recurring::parse(expr, tz.as_deref())
+                    .map_err(|e| ApiError::invalid("schedule.cron", e))?,
+            ),
+            (None, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "schedule.timezone",
+                    "is for `schedule.cron`: give both, or neither",
+                ));
+            }
+            (None, None) => None,
+        };
         Ok(NewCampaign {
             name: self.name.into_inner(),
             message,
             audience,
             exclude,
-            starts_at: self.schedule.and_then(|s| s.at).map(Timestamp),
+            starts_at: schedule.at.map(Timestamp),
+            recurring,
         })
     }
 }
@@ -404,8 +456,7 @@ enum ListRunsResponse {
 }
 
 async fn run_out(state: &State, run: Run) -> Result<RunOut, ApiError> {
-    let r = recipients::counts_of_run(&state.db, run.id).await?;
-    let m = messages::counts_of_run(&state.db, run.id).await?;
+    let (r, m) = recipients::progress(&state.db, recipients::Of::Run(run.id)).await?;
     Ok(RunOut {
         id: run.id.0,
         tick: run.tick,

@@ -21,6 +21,7 @@ crate::on_both_backends!(backend:
     a_paused_campaign_sends_nothing_until_resumed_and_then_each_recipient_once,
     a_cancelled_campaign_sends_nothing_more_and_counts_the_rest_cancelled,
     during_two_large_campaigns_a_reply_goes_out_within_a_slot_and_the_two_alternate,
+    a_recurring_campaign_runs_once_per_tick_under_two_schedulers_and_skips_a_busy_tick,
 );
 
 /// A deployment delivering `per_minute` a minute to a stand-in, with a dispatcher and a
@@ -441,6 +442,7 @@ async fn during_two_large_campaigns_a_reply_goes_out_within_a_slot_and_the_two_a
     // A reply, once on the outbound queue, goes out before all but at most one campaign
     // message (the one already out when it arrived).
     let id = reply(&app, 1, conv, "thanks for writing!").await;
+    let key = id.to_string();
     let page = me.get_json("/api/jobs?kind=send_message&limit=1").await;
     me.wait_job(page["items"][0]["id"].as_str().unwrap()).await;
     let before = sim.deliveries().await.len();
@@ -448,13 +450,13 @@ async fn during_two_large_campaigns_a_reply_goes_out_within_a_slot_and_the_two_a
         sim.deliveries()
             .await
             .iter()
-            .any(|d| d["messageId"] == id.to_string())
+            .any(|d| d["messageId"] == key.as_str())
     })
     .await;
     let all = sim.deliveries().await;
     let at = all
         .iter()
-        .position(|d| d["messageId"] == id.to_string())
+        .position(|d| d["messageId"] == key.as_str())
         .unwrap();
     assert!(
         at <= before + 1,
@@ -488,4 +490,129 @@ async fn during_two_large_campaigns_a_reply_goes_out_within_a_slot_and_the_two_a
         );
     }
     assert!(n_a >= 40 && n_b >= 40, "{n_a} and {n_b}");
+}
+
+async fn a_recurring_campaign_runs_once_per_tick_under_two_schedulers_and_skips_a_busy_tick(
+    backend: Backend,
+) {
+    let (sim, app, dispatcher, clock) = setup(backend, 600, 0).await;
+    let other = app.campaign_clock().await;
+    let me = app.user(1);
+    let fans = many_fans(&me, 30).await;
+    for (schedule, field) in [
+        (json!({ "cron": "every minute" }), "schedule.cron"),
+        (json!({ "cron": "0 * * * * *" }), "schedule.cron"),
+        (
+            json!({ "cron": "* * * * *", "timezone": "Mars/Olympus" }),
+            "schedule.cron",
+        ),
+        (json!({ "timezone": "UTC" }), "schedule.timezone"),
+    ] {
+        let body = json!({ "name": "x", "content": "x", "audience": { "filter": {} }, "schedule": schedule });
+        let resp = me.post("/api/crm/campaigns", &body).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{schedule}");
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"]["field"], field, "{err}");
+    }
+    let created = me
+        .post_json(
+            "/api/crm/campaigns",
+            &json!({
+                "name": "Every minute",
+                "content": "Tick",
+                "audience": { "filter": { "tagsAll": ["crowd"] } },
+                "schedule": { "cron": "* * * * *", "timezone": "Europe/Paris" },
+            }),
+            StatusCode::CREATED,
+        )
+        .await;
+    let id = created["id"].as_i64().unwrap();
+    assert_eq!(
+        (
+            created["status"].clone(),
+            created["cron"].clone(),
+            created["timezone"].clone()
+        ),
+        (
+            json!("scheduled"),
+            json!("* * * * *"),
+            json!("Europe/Paris")
+        ),
+        "{created}"
+    );
+    let first: DateTime<Utc> = created["startsAt"].as_str().unwrap().parse().unwrap();
+    assert_eq!(first.timestamp() % 60, 0, "a minute's tick: {first}");
+    assert!(first > Utc::now() && first <= Utc::now() + chrono::TimeDelta::seconds(60));
+    let minute = chrono::TimeDelta::seconds(60);
+    // Both schedulers look at each tick at the same time; one of them starts it.
+    let (clock, other) = (&clock, &other);
+    let both = |at: DateTime<Utc>| async move {
+        let at = fanqueue_jobs::domain::Timestamp(at);
+        let (a, b) = tokio::join!(clock.run_at(at), other.run_at(at));
+        a.unwrap() + b.unwrap()
+    };
+    let runs = || async { me.get_json(&format!("/api/crm/campaigns/{id}/runs")).await };
+
+    assert_eq!(both(first).await, 1, "one start for the first tick");
+    let r = runs().await;
+    assert_eq!(r["total"], 1, "{r}");
+    assert_eq!(r["items"][0]["status"], "active", "{r}");
+    // The next tick comes while the first run is still going: recorded skipped.
+    assert_eq!(both(first + minute).await, 1);
+    let r = runs().await;
+    assert_eq!(r["total"], 2, "{r}");
+    let skipped = &r["items"][0];
+    assert_eq!(skipped["status"], "skipped", "{r}");
+    let at: DateTime<Utc> = skipped["tick"].as_str().unwrap().parse().unwrap();
+    assert_eq!(at, first + minute, "{r}");
+    let completed = |n: usize| async move {
+        let r = runs().await;
+        r["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|run| run["status"] == "completed")
+            .count()
+            == n
+    };
+    drive_until(&dispatcher, clock, "the first run completes", || {
+        completed(1)
+    })
+    .await;
+    // The tick after: a run of its own.
+    assert_eq!(both(first + minute * 2).await, 1);
+    drive_until(&dispatcher, clock, "the second run completes", || {
+        completed(2)
+    })
+    .await;
+
+    let r = runs().await;
+    assert_eq!(r["total"], 3, "{r}");
+    for run in r["items"].as_array().unwrap() {
+        if run["status"] == "completed" {
+            assert_eq!(
+                (
+                    run["audience"].clone(),
+                    run["sent"].clone(),
+                    run["remaining"].clone()
+                ),
+                (json!(30), json!(30), json!(0)),
+                "{run}"
+            );
+        }
+    }
+    let reached = times(&delivered(&sim, id).await);
+    assert_eq!(reached.keys().copied().collect::<Vec<_>>(), fans);
+    assert!(
+        reached.values().all(|n| *n == 2),
+        "once per run: {reached:?}"
+    );
+    let c = campaign(&me, id).await;
+    assert_eq!(c["status"], "active", "a recurring campaign goes on: {c}");
+    assert_eq!(c["metrics"]["sent"], 60, "{c}");
+
+    // Cancelled, it starts nothing more.
+    control(&me, id, "cancel").await;
+    assert_eq!(both(first + minute * 3).await, 0);
+    assert_eq!(runs().await["total"], 3);
 }

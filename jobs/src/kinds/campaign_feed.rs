@@ -24,7 +24,7 @@ use super::{Deps, SubmitError, bulk_send::BulkSend};
 use crate::{
     crm::{
         campaigns::{
-            self, Audience, Campaign, CampaignStatus, NewCampaign,
+            self, Audience, Campaign, CampaignStatus, NewCampaign, Recurring,
             recipients::{self, Exclusion, RecipientStatus},
             runs::{self, Run, RunStatus},
         },
@@ -332,10 +332,10 @@ enum Resolve {
 }
 
 /// The run is over (nothing pending, nothing on its way): `completed`, and a one-off campaign
-/// with it.
+/// with it (a recurring one waits for its next tick).
 async fn complete(tx: &mut Tx, run: &Run, now: Timestamp) -> StoreResult<()> {
     runs::set_status(tx, run.id, RunStatus::Completed, now).await?;
-    campaigns::set_status(tx, run.campaign_id, CampaignStatus::Completed, now).await?;
+    campaigns::complete_one_off(tx, run.campaign_id, now).await?;
     tracing::info!(
         campaign_id = run.campaign_id.0,
         run_id = run.id.0,
@@ -442,37 +442,58 @@ pub async fn create(
     Ok(Created { campaign, run })
 }
 
-/// Starts a scheduled campaign whose time has come, once however many schedulers try: the
-/// campaign `active` and its run started, in one transaction. `false` when another scheduler
-/// started it (or it was cancelled meanwhile).
-pub async fn start_scheduled(
+/// Starts a campaign whose time (`now`, as the clock reads it) has come, once however many
+/// schedulers try, in one transaction holding its row: a scheduled one becomes `active` with
+/// its run; a recurring one gets a run for the tick, or, while its previous run is still going,
+/// a `skipped` run for it, and its next tick. A tick missed by more than [`LATE`] (the clock
+/// was down, the campaign paused) starts nothing. `false` when there was nothing to start
+/// (another scheduler did it, or the campaign changed meanwhile).
+pub async fn start_due(
     db: &Db,
     backend: &JobBackend,
     user: UserId,
     id: CampaignId,
+    now: Timestamp,
 ) -> StoreResult<bool> {
-    let now = Timestamp::now();
     let mut tx = db.begin().await?;
     let Some(campaign) = campaigns::lock(&mut tx, user, id).await? else {
         return Ok(false);
     };
-    let (CampaignStatus::Scheduled, Some(at)) = (campaign.status, campaign.starts_at) else {
+    let Some(at) = campaign.starts_at.filter(|at| *at <= now.0) else {
         return Ok(false);
     };
-    campaigns::set_status(&mut tx, id, CampaignStatus::Active, now).await?;
-    let started = start_run(&mut tx, backend, &campaign, Timestamp(at), now).await?;
+    let recurring = Recurring::of(&campaign);
+    let mut started = None;
+    match (campaign.status, &recurring) {
+        (CampaignStatus::Scheduled, None) => {
+            campaigns::set_status(&mut tx, id, CampaignStatus::Active, now).await?;
+            campaigns::set_starts_at(&mut tx, id, None).await?;
+            started = start_run(&mut tx, backend, &campaign, Timestamp(at), now).await?;
+        }
+        (CampaignStatus::Scheduled | CampaignStatus::Active, Some(r)) => {
+            campaigns::set_status(&mut tx, id, CampaignStatus::Active, now).await?;
+            if now.0 - at > LATE {
+                tracing::warn!(campaign_id = id.0, tick = %at, "a tick missed long ago starts nothing");
+            } else if runs::lock_live(&mut tx, id).await?.is_some() {
+                runs::insert(&mut tx, id, user, Timestamp(at), RunStatus::Skipped, now).await?;
+                tracing::info!(campaign_id = id.0, tick = %at, "tick skipped: the previous run is still going");
+            } else {
+                started = start_run(&mut tx, backend, &campaign, Timestamp(at), now).await?;
+            }
+            campaigns::set_starts_at(&mut tx, id, r.next_after(at.max(now.0))).await?;
+        }
+        _ => return Ok(false),
+    }
     tx.commit().await?;
     if let Some((run, job)) = started {
         backend.after_commit(db, &job).await;
-        tracing::info!(
-            user_id = user.0,
-            campaign_id = id.0,
-            run_id = run.id.0,
-            "scheduled campaign started"
-        );
+        tracing::info!(user_id = user.0, campaign_id = id.0, run_id = run.id.0, tick = %at, "campaign run started");
     }
     Ok(true)
 }
+
+/// How late a recurring campaign's tick may start.
+pub const LATE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 /// Asked after a delivery of a campaign message is final (and by the sweep for active runs
 /// with no feed): stores the run's next feed when fewer than half of `ahead` of its messages
@@ -605,6 +626,13 @@ pub async fn control(
                 job = Some(new_job);
             }
         }
+    }
+    // A recurring campaign resumes at its next tick from now (the ticks while paused are not
+    // made up for).
+    if target == S::Active
+        && let Some(r) = Recurring::of(&campaign)
+    {
+        campaigns::set_starts_at(&mut tx, id, r.next_after(now.0)).await?;
     }
     campaigns::set_status(&mut tx, id, target, now).await?;
     tx.commit().await?;

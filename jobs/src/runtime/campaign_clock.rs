@@ -1,6 +1,6 @@
-//! The campaign clock: starts scheduled campaigns when their time comes. Every replica of the
-//! `sweep` role runs one; a campaign starts once however many look at it (its start locks its
-//! row and moves it out of `scheduled` in the transaction that stores its run).
+//! The campaign clock: starts scheduled campaigns when their time comes, and each tick of a
+//! recurring one. Every replica of the `sweep` role runs one; a start happens once however
+//! many look at it (it locks the campaign's row, and a run is unique per campaign and tick).
 
 use std::time::Duration;
 
@@ -47,12 +47,17 @@ impl CampaignClock {
         }
     }
 
-    /// One look: starts the scheduled campaigns whose time has come. Returns how many this
-    /// call started.
+    /// One look now. Returns how many campaigns this call started (or ticked).
     pub async fn run_once(&self) -> StoreResult<usize> {
+        self.run_at(Timestamp::now()).await
+    }
+
+    /// One look as if the time were `now`: starts the campaigns due then (tests step through
+    /// a recurring campaign's ticks with it).
+    pub async fn run_at(&self, now: Timestamp) -> StoreResult<usize> {
         let mut started = 0;
-        for c in campaigns::due(&self.db, Timestamp::now(), PER_LOOK).await? {
-            if campaign_feed::start_scheduled(&self.db, &self.backend, c.user_id, c.id).await? {
+        for c in campaigns::due(&self.db, now, PER_LOOK).await? {
+            if campaign_feed::start_due(&self.db, &self.backend, c.user_id, c.id, now).await? {
                 started += 1;
             }
         }

@@ -13,6 +13,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::types::Json;
 
+use std::str::FromStr;
+
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -21,7 +23,7 @@ use super::{
 };
 use crate::{
     db::{Db, Listed, Page, StoreError, StoreResult, Tx},
-    domain::{CampaignId, FanId, Line, SegmentId, Timestamp, UserId},
+    domain::{CampaignId, FanId, Line, ParseError, SegmentId, Timestamp, UserId},
     on_db, on_tx, text_enum,
 };
 
@@ -70,9 +72,12 @@ pub struct Campaign {
     pub completed_at: Option<DateTime<Utc>>,
     /// A campaign to an audience: what is re-checked before each message is queued.
     pub exclude: Option<Json<Exclude>>,
-    /// When a scheduled campaign starts.
+    /// When a scheduled campaign starts; a recurring one's next tick.
     pub starts_at: Option<DateTime<Utc>>,
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// A recurring campaign's schedule (five fields, minute first), read in `timezone`.
+    pub cron: Option<String>,
+    pub timezone: Option<String>,
 }
 
 impl Campaign {
@@ -121,6 +126,64 @@ pub struct NewCampaign {
     pub exclude: Exclude,
     /// Starts then (`scheduled` until); `None`: now.
     pub starts_at: Option<Timestamp>,
+    /// Recurs on this schedule, each tick a run of its own (from `starts_at` on, if given).
+    pub recurring: Option<Recurring>,
+}
+
+/// A recurring campaign's schedule: a cron expression of five fields (minute, hour, day of
+/// month, month, day of week) read in an IANA time zone.
+#[derive(Debug, Clone)]
+pub struct Recurring {
+    expr: String,
+    schedule: cron::Schedule,
+    timezone: chrono_tz::Tz,
+}
+
+impl Recurring {
+    /// Parses `expr` (five fields) in `timezone` (IANA, e.g. `Europe/Paris`; `UTC` when none).
+    pub fn parse(expr: &str, timezone: Option<&str>) -> Result<Recurring, ParseError> {
+        let fields = expr.split_whitespace().count();
+        if fields != 5 {
+            return Err(ParseError(format!(
+                "a cron expression has five fields (minute hour day-of-month month day-of-week); \
+                 this one has {fields}"
+            )));
+        }
+        let schedule = cron::Schedule::from_str(&format!("0 {}", expr.trim()))
+            .map_err(|e| ParseError(format!("not a cron expression: {e}")))?;
+        let timezone = match timezone {
+            None => chrono_tz::UTC,
+            Some(tz) => tz
+                .parse()
+                .map_err(|_| ParseError(format!("{tz:?} is not an IANA time zone")))?,
+        };
+        Ok(Recurring {
+            expr: expr.split_whitespace().collect::<Vec<_>>().join(" "),
+            schedule,
+            timezone,
+        })
+    }
+
+    /// Reads a stored schedule back.
+    pub fn of(c: &Campaign) -> Option<Recurring> {
+        Recurring::parse(c.cron.as_deref()?, c.timezone.as_deref()).ok()
+    }
+
+    pub fn expr(&self) -> &str {
+        &self.expr
+    }
+
+    pub fn timezone(&self) -> &str {
+        self.timezone.name()
+    }
+
+    /// The first tick strictly after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<Timestamp> {
+        self.schedule
+            .after(&t.with_timezone(&self.timezone))
+            .next()
+            .map(|at| Timestamp(at.with_timezone(&Utc)))
+    }
 }
 
 /// Stores a campaign to an audience in `tx`: `scheduled` when it starts later, else `active`
@@ -132,6 +195,11 @@ pub async fn insert(
     now: Timestamp,
 ) -> StoreResult<Campaign> {
     let later = new.starts_at.filter(|at| at.0 > now.0);
+    // A recurring campaign waits for its first tick (at or after its start).
+    let later = match &new.recurring {
+        Some(r) => r.next_after(later.unwrap_or(now).0 - chrono::TimeDelta::seconds(1)),
+        None => later,
+    };
     let (status, started) = match later {
         Some(_) => (CampaignStatus::Scheduled, None),
         None => (CampaignStatus::Active, Some(now)),
@@ -139,8 +207,8 @@ pub async fn insert(
     let metrics = json!({ "delivered": 0, "opened": 0, "clicked": 0, "revenueCents": 0 });
     Ok(on_tx!(tx, conn => sqlx::query_as::<_, Campaign>(
         "INSERT INTO campaigns (user_id, name, type, status, template, target_audience, metrics,
-                                created_at, started_at, exclude, starts_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                created_at, started_at, exclude, starts_at, cron, timezone)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          RETURNING *",
     )
     .bind(user)
@@ -154,6 +222,8 @@ pub async fn insert(
     .bind(started)
     .bind(Json(&new.exclude))
     .bind(later)
+    .bind(new.recurring.as_ref().map(Recurring::expr))
+    .bind(new.recurring.as_ref().map(Recurring::timezone))
     .fetch_one(&mut **conn)
     .await)?)
 }
@@ -199,10 +269,38 @@ pub async fn set_status(
     Ok(())
 }
 
-/// Scheduled campaigns whose start time has come, oldest first, at most `limit`.
+/// Sets when the campaign next starts (a recurring campaign's next tick), in `tx`.
+pub async fn set_starts_at(tx: &mut Tx, id: CampaignId, at: Option<Timestamp>) -> StoreResult<()> {
+    on_tx!(tx, conn => sqlx::query("UPDATE campaigns SET starts_at = $2 WHERE id = $1")
+        .bind(id)
+        .bind(at)
+        .execute(&mut **conn)
+        .await
+        .map(|_| ()))?;
+    Ok(())
+}
+
+/// `completed` in `tx`, unless it recurs (a recurring campaign goes on to its next tick).
+pub async fn complete_one_off(tx: &mut Tx, id: CampaignId, now: Timestamp) -> StoreResult<()> {
+    on_tx!(tx, conn => sqlx::query(
+        "UPDATE campaigns SET status = 'completed', completed_at = COALESCE(completed_at, $2)
+         WHERE id = $1 AND cron IS NULL AND status = 'active'",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut **conn)
+    .await
+    .map(|_| ()))?;
+    Ok(())
+}
+
+/// Campaigns whose start time has come: scheduled ones, and recurring ones at a tick (not
+/// paused or cancelled); oldest first, at most `limit`.
 pub async fn due(db: &Db, now: Timestamp, limit: i64) -> StoreResult<Vec<Campaign>> {
     Ok(on_db!(db, pool => sqlx::query_as::<_, Campaign>(
-        "SELECT * FROM campaigns WHERE status = 'scheduled' AND starts_at <= $1
+        "SELECT * FROM campaigns
+         WHERE starts_at <= $1
+           AND (status = 'scheduled' OR (status = 'active' AND cron IS NOT NULL))
          ORDER BY starts_at, id LIMIT $2",
     )
     .bind(now)
@@ -310,7 +408,7 @@ pub async fn refresh(db: &Db, id: CampaignId) -> StoreResult<()> {
     let c = messages::counts_of_campaign_in(&mut tx, id).await?;
     // A campaign to an audience is complete when its run is (see `campaign_feed`): between two
     // feeds none of its messages may be on their way while fans are still pending.
-    let done = c.queued == 0 && c.sending == 0 && !has_live_run(&mut tx, id).await?;
+    let done = c.queued == 0 && c.sending == 0 && !recurs_or_runs(&mut tx, id).await?;
     // Only what the messages say is rewritten; delivered/opened/clicked/revenue are reported
     // by the platform and kept.
     metrics["sent"] = json!(c.sent);
@@ -319,7 +417,8 @@ pub async fn refresh(db: &Db, id: CampaignId) -> StoreResult<()> {
         "UPDATE campaigns SET
              metrics = $2,
              status = CASE WHEN $3 AND status = 'active' THEN 'completed' ELSE status END,
-             completed_at = CASE WHEN $3 AND completed_at IS NULL THEN $4 ELSE completed_at END
+             completed_at = CASE WHEN $3 AND status = 'active' AND completed_at IS NULL THEN $4
+                                 ELSE completed_at END
          WHERE id = $1",
     )
     .bind(id)
@@ -333,10 +432,11 @@ pub async fn refresh(db: &Db, id: CampaignId) -> StoreResult<()> {
     Ok(())
 }
 
-/// Whether the campaign has a run active or paused, in `tx`.
-async fn has_live_run(tx: &mut Tx, id: CampaignId) -> sqlx::Result<bool> {
+/// Whether the campaign recurs (it never completes) or has a run active or paused, in `tx`.
+async fn recurs_or_runs(tx: &mut Tx, id: CampaignId) -> sqlx::Result<bool> {
     let (live,): (bool,) = on_tx!(tx, conn => sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM campaign_runs WHERE campaign_id = $1
+        "SELECT EXISTS (SELECT 1 FROM campaigns WHERE id = $1 AND cron IS NOT NULL)
+             OR EXISTS (SELECT 1 FROM campaign_runs WHERE campaign_id = $1
                         AND status IN ('active', 'paused'))",
     )
     .bind(id)

@@ -5,12 +5,14 @@
 use sqlx::AssertSqlSafe;
 
 use crate::{
-    crm::segments::{Condition, bind_condition},
-    db::{StoreResult, Tx, push_binds},
-    domain::{FanId, RunId, UserId},
-    on_tx, text_enum,
+    crm::{
+        messages::{MessageStatus, StatusCounts},
+        segments::{Condition, bind_condition},
+    },
+    db::{Db, StoreError, StoreResult, Tx, push_binds},
+    domain::{CampaignId, FanId, RunId, UserId},
+    on_db, on_tx, text_enum,
 };
-use crate::{db::Db, domain::CampaignId, on_db};
 
 text_enum! {
     pub enum RecipientStatus as "recipient status" {
@@ -208,27 +210,60 @@ impl Counts {
     }
 }
 
-/// Where one run's recipients stand.
-pub async fn counts_of_run(db: &Db, run: RunId) -> StoreResult<Counts> {
-    let rows = on_db!(db, pool => sqlx::query_as(
-        "SELECT status, reason, COUNT(*) FROM campaign_recipients WHERE run_id = $1
-         GROUP BY status, reason",
-    )
-    .bind(run)
-    .fetch_all(pool)
-    .await)?;
-    Ok(Counts::of(rows))
+/// Whose recipients: one run's, or all of a campaign's runs'.
+#[derive(Debug, Clone, Copy)]
+pub enum Of {
+    Run(RunId),
+    Campaign(CampaignId),
 }
 
-/// Where the recipients of all of a campaign's runs stand.
-pub async fn counts_of_campaign(db: &Db, campaign: CampaignId) -> StoreResult<Counts> {
-    let rows = on_db!(db, pool => sqlx::query_as(
-        "SELECT r.status, r.reason, COUNT(*) FROM campaign_recipients r
-         JOIN campaign_runs u ON u.id = r.run_id
-         WHERE u.campaign_id = $1 GROUP BY r.status, r.reason",
-    )
-    .bind(campaign)
-    .fetch_all(pool)
-    .await)?;
-    Ok(Counts::of(rows))
+/// Where the recipients stand and how their messages do, read in one statement (one
+/// snapshot: a feed committing meanwhile cannot count a recipient both pending and queued).
+pub async fn progress(db: &Db, of: Of) -> StoreResult<(Counts, StatusCounts)> {
+    let (recipients, messages, id) = match of {
+        Of::Run(run) => (
+            "SELECT 'r', status, reason, COUNT(*) FROM campaign_recipients WHERE run_id = $1
+             GROUP BY status, reason",
+            "SELECT 'm', status, NULL, COUNT(*) FROM messages WHERE run_id = $1 GROUP BY status",
+            run.0,
+        ),
+        Of::Campaign(campaign) => (
+            "SELECT 'r', r.status, r.reason, COUNT(*) FROM campaign_recipients r
+             JOIN campaign_runs u ON u.id = r.run_id
+             WHERE u.campaign_id = $1 GROUP BY r.status, r.reason",
+            "SELECT 'm', status, NULL, COUNT(*) FROM messages WHERE campaign_id = $1
+             GROUP BY status",
+            campaign.0,
+        ),
+    };
+    let sql = format!("{recipients} UNION ALL {messages}");
+    let rows: Vec<(String, String, Option<String>, i64)> = on_db!(db, pool => sqlx::query_as(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_all(pool)
+        .await)?;
+    let mut who = vec![];
+    let mut sent = StatusCounts::default();
+    for (side, status, reason, n) in rows {
+        if side == "r" {
+            let reason = reason
+                .as_deref()
+                .map(Exclusion::parse)
+                .transpose()
+                .map_err(decode)?;
+            who.push((RecipientStatus::parse(&status).map_err(decode)?, reason, n));
+        } else {
+            sent.total += n;
+            match MessageStatus::parse(&status).map_err(decode)? {
+                MessageStatus::Queued => sent.queued += n,
+                MessageStatus::Sending => sent.sending += n,
+                MessageStatus::Sent => sent.sent += n,
+                MessageStatus::Failed => sent.failed += n,
+            }
+        }
+    }
+    Ok((Counts::of(who), sent))
+}
+
+fn decode(e: crate::domain::UnknownValue) -> StoreError {
+    StoreError::Sql(sqlx::Error::Decode(Box::new(e)))
 }

@@ -693,17 +693,6 @@ pub async fn counts_of_campaign_in(tx: &mut Tx, campaign: CampaignId) -> StoreRe
 const COUNTS_OF_CAMPAIGN: &str =
     "SELECT status, COUNT(*) FROM messages WHERE campaign_id = $1 GROUP BY status";
 
-/// Live counts of one campaign run's messages.
-pub async fn counts_of_run(db: &Db, run: RunId) -> StoreResult<StatusCounts> {
-    let rows: Vec<(MessageStatus, i64)> = on_db!(db, pool => sqlx::query_as(
-        "SELECT status, COUNT(*) FROM messages WHERE run_id = $1 GROUP BY status",
-    )
-    .bind(run)
-    .fetch_all(pool)
-    .await)?;
-    Ok(StatusCounts::of(rows))
-}
-
 /// How many of a run's messages are on their way (queued or sending), in `tx`: what the
 /// campaign keeps ahead of the dispatcher.
 pub async fn on_the_way_of_run(tx: &mut Tx, run: RunId) -> StoreResult<i64> {
