@@ -5,6 +5,7 @@ mod app;
 mod auth;
 mod backpressure;
 mod bad_input;
+mod campaign_faults;
 mod campaigns;
 mod compose;
 mod concurrency;

@@ -193,7 +193,7 @@ pub struct Deployment {
     pub api: String,
     _db: TestDb,
     _api: AppProcess,
-    _worker: AppProcess,
+    worker: AppProcess,
 }
 
 impl Deployment {
@@ -204,7 +204,27 @@ impl Deployment {
 
     /// The worker process's warnings and errors so far, for a failing assertion's message.
     pub fn worker_warnings(&self) -> Vec<Value> {
-        self._worker.warnings()
+        self.worker.warnings()
+    }
+
+    /// SIGKILLs the worker process and starts another in its place.
+    pub fn kill_worker(&mut self) {
+        self.worker.child.kill().expect("SIGKILL the worker");
+        self.worker.child.wait().unwrap();
+        self.worker = AppProcess::spawn_until(
+            &["worker"],
+            &self.env_refs(),
+            self.dir.path(),
+            "workers running",
+        );
+    }
+
+    /// The deployment's settings, as a process's environment.
+    pub fn env_refs(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
     }
 
     /// On SQS, delivering to `platform` at `per_minute` per creator.
@@ -275,7 +295,7 @@ impl Deployment {
             dlq,
             _db: db,
             _api: api,
-            _worker: worker,
+            worker,
         }
     }
 
