@@ -162,10 +162,12 @@ async fn run(backend: Backend) {
     }
     previews(&db, &client, &app.address, &token).await;
     // The process that runs the campaign's feed.
+    let mut worker_env = refs.clone();
+    worker_env.push(("RUST_LOG", "warn,fanqueue_jobs::runtime=info"));
     let worker = match backend {
         Backend::Postgres => Some(AppProcess::spawn_until(
             &["worker"],
-            &refs,
+            &worker_env,
             dir.path(),
             "workers running",
         )),
@@ -226,28 +228,21 @@ async fn campaign_start(client: &reqwest::Client, address: &str, token: &str, fe
         ms.sort_by(f64::total_cmp);
         ms
     };
+    let get = |path: String| async move {
+        let resp = client
+            .get(format!("{address}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        resp.json::<Value>().await.unwrap()
+    };
     let fed = async {
         loop {
-            let run = client
-                .get(format!("{address}/api/crm/campaigns/{id}/runs"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap();
+            let run = get(format!("/api/crm/campaigns/{id}/runs")).await;
             let item = &run["items"][0];
             if item["audience"].is_i64() && item["remaining"].as_i64() > Some(0) {
-                let c = client
-                    .get(format!("{address}/api/crm/campaigns/{id}"))
-                    .bearer_auth(token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json::<Value>()
-                    .await
-                    .unwrap();
+                let c = get(format!("/api/crm/campaigns/{id}")).await;
                 if c["metrics"]["queued"].as_i64() > Some(0) {
                     return (t.elapsed().as_secs_f64(), item["audience"].clone());
                 }

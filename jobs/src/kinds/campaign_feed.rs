@@ -366,17 +366,21 @@ pub async fn start_run(
     else {
         return Ok(None);
     };
-    let job = feed_job(&run);
-    backend.enqueue(tx, &job).await.map_err(store_error)?;
+    let job = store_feed(tx, backend, &run).await?;
     Ok(Some((run, job)))
 }
 
-fn feed_job(run: &Run) -> NewJob {
-    NewJob::of::<CampaignFeed>(
+/// Stores the run's next feed job in `tx`, the run marked as fed until the job says
+/// otherwise. Call [`JobBackend::after_commit`] with the job once `tx` committed.
+async fn store_feed(tx: &mut Tx, backend: &JobBackend, run: &Run) -> StoreResult<NewJob> {
+    runs::set_feeding(tx, run.id, true).await?;
+    let job = NewJob::of::<CampaignFeed>(
         JobId::generate(),
         run.user_id,
         json!({ "campaignId": run.campaign_id.0, "runId": run.id.0 }),
-    )
+    );
+    backend.enqueue(tx, &job).await.map_err(store_error)?;
+    Ok(job)
 }
 
 fn store_error(e: crate::engine::EnqueueError) -> StoreError {
@@ -521,13 +525,7 @@ pub async fn after_delivery(
     }
     let mut job = None;
     if unresolved || recipients::any_pending(&mut tx, run.id).await? {
-        runs::set_feeding(&mut tx, run.id, true).await?;
-        let new_job = feed_job(&run);
-        backend
-            .enqueue(&mut tx, &new_job)
-            .await
-            .map_err(store_error)?;
-        job = Some(new_job);
+        job = Some(store_feed(&mut tx, backend, &run).await?);
     } else if on_the_way == 0 {
         complete(&mut tx, &run, now).await?;
     }
@@ -617,13 +615,7 @@ pub async fn control(
             }
             _ => {
                 runs::set_status(&mut tx, run.id, RunStatus::Active, now).await?;
-                runs::set_feeding(&mut tx, run.id, true).await?;
-                let new_job = feed_job(&run);
-                backend
-                    .enqueue(&mut tx, &new_job)
-                    .await
-                    .map_err(store_error)?;
-                job = Some(new_job);
+                job = Some(store_feed(&mut tx, backend, &run).await?);
             }
         }
     }

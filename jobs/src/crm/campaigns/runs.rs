@@ -41,8 +41,8 @@ pub struct Run {
     pub next_turn: i64,
 }
 
-/// Stores the run of `campaign` for `tick`, in `tx`; `None` when that tick has its run
-/// already (another scheduler started it).
+/// Stores the run of `campaign` for `tick`, in `tx` (its feed not stored yet); `None` when that
+/// tick has its run already (another scheduler started it).
 pub async fn insert(
     tx: &mut Tx,
     campaign: CampaignId,
@@ -53,9 +53,8 @@ pub async fn insert(
 ) -> StoreResult<Option<Run>> {
     let done = matches!(status, RunStatus::Skipped).then_some(now);
     Ok(on_tx!(tx, conn => sqlx::query_as::<_, Run>(
-        "INSERT INTO campaign_runs (campaign_id, user_id, tick, status, feeding, started_at,
-                                    completed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+        "INSERT INTO campaign_runs (campaign_id, user_id, tick, status, started_at, completed_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (campaign_id, tick) DO NOTHING
          RETURNING *",
     )
@@ -63,7 +62,6 @@ pub async fn insert(
     .bind(user)
     .bind(tick)
     .bind(status)
-    .bind(status == RunStatus::Active)
     .bind(now)
     .bind(done)
     .fetch_optional(&mut **conn)
