@@ -135,10 +135,14 @@ fn request_schemas(doc: &Value) -> BTreeSet<String> {
     found
 }
 
-/// `additionalProperties: false` on an object schema (a request body).
+/// `additionalProperties: false` on an object schema (a request body). Not on a union
+/// (`oneOf`, `anyOf`): its properties are its branches', each closed on its own, and closing
+/// the union itself would refuse every property.
 fn close(schema: &mut Value) {
     if let Some(map) = schema.as_object_mut()
         && map.get("type").and_then(Value::as_str) == Some("object")
+        && !map.contains_key("oneOf")
+        && !map.contains_key("anyOf")
     {
         map.entry("additionalProperties")
             .or_insert(Value::Bool(false));
@@ -274,7 +278,9 @@ mod tests {
             }}},
             "components": {"schemas": {
                 "In": {"type": "object", "properties": {"a": {"type": "string", "nullable": true},
-                        "b": {"type": "array", "items": {"$ref": "#/components/schemas/Part"}}}},
+                        "b": {"type": "array", "items": {"$ref": "#/components/schemas/Part"}},
+                        "u": {"$ref": "#/components/schemas/Either"}}},
+                "Either": {"type": "object", "oneOf": [{"$ref": "#/components/schemas/Part"}]},
                 "Part": {"type": "object", "properties": {"c": {"type": "string"}}},
                 "Out": {"type": "object", "required": ["id"], "properties": {
                     "id": {"type": "integer"}, "name": {"type": "string", "nullable": true},
@@ -285,6 +291,10 @@ mod tests {
         let schemas = &doc["components"]["schemas"];
         assert_eq!(schemas["In"]["additionalProperties"], false);
         assert_eq!(schemas["Part"]["additionalProperties"], false);
+        assert!(
+            schemas["Either"]["additionalProperties"].is_null(),
+            "a union is closed by its branches"
+        );
         assert!(
             schemas["In"]["required"].is_null(),
             "requests keep optional fields"
