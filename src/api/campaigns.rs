@@ -582,13 +582,11 @@ impl CampaignsApi {
         )
         .await
         .map_err(|e| match e {
-            fanqueue_jobs::kinds::SubmitError::NotOwned(ids) => ApiError::invalid(
-                "audience.recipientIds",
-                format!(
-                    "these are not among your fans: {:?}",
-                    ids.iter().map(|f| f.0).collect::<Vec<_>>()
-                ),
-            ),
+            // Another creator's fans, or none: not found, as any id that is not the caller's.
+            fanqueue_jobs::kinds::SubmitError::NotOwned(ids) => ApiError::not_found(&format!(
+                "fans {:?} (audience.recipientIds)",
+                ids.iter().map(|f| f.0).collect::<Vec<_>>()
+            )),
             e => submit_error(e),
         })?;
         Ok(CreateCampaignResponse::Created(Json(
