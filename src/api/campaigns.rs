@@ -291,9 +291,9 @@ pub struct ScheduleIn {
     #[oai(nullable)]
     pub at: Option<DateTime<Utc>>,
     /// Recurs: a cron expression of five fields (minute hour day-of-month month
-    /// day-of-week, e.g. `0 9 * * 1` for Mondays at 9:00). Each tick is a run of its own
-    /// with its own recipients (`/runs`); a tick that comes while the previous run is still
-    /// going is recorded `skipped`.
+    /// day-of-week, e.g. `0 9 * * 1` for Mondays at 9:00; one that does not parse is a 422).
+    /// Each tick is a run of its own with its own recipients (`/runs`); a tick that comes
+    /// while the previous run is still going is recorded `skipped`.
     #[oai(nullable, validator(max_length = 200))]
     pub cron: Option<String>,
     /// The IANA time zone `cron` is read in (e.g. `Europe/Paris`); default `UTC`.
@@ -378,10 +378,10 @@ impl CreateCampaignIn {
         let recurring = match (&schedule.cron, &schedule.timezone) {
             (Some(expr), tz) => Some(
                 Recurring::parse(expr, tz.as_deref())
-                    .map_err(|e| ApiError::invalid("schedule.cron", e))?,
+                    .map_err(|e| ApiError::unusable("schedule.cron", e))?,
             ),
             (None, Some(_)) => {
-                return Err(ApiError::invalid(
+                return Err(ApiError::unusable(
                     "schedule.timezone",
                     "is for `schedule.cron`: give both, or neither",
                 ));

@@ -157,6 +157,14 @@ impl ApiError {
         ApiError::TooManyRequests(b, secs.max(1))
     }
 
+    /// A field the schema allows whose value cannot be used (a cron expression that does not
+    /// parse, a time zone that does not exist): 422 naming it.
+    pub fn unusable(field: &str, reason: impl std::fmt::Display) -> Self {
+        let mut b = body("unusable_field", format!("`{field}` {reason}"));
+        b.0.error.field = Some(field.to_owned());
+        ApiError::Unprocessable(b)
+    }
+
     /// The `Idempotency-Key` was first used with another request (method, path or body).
     pub fn key_reused() -> Self {
         ApiError::Unprocessable(body(

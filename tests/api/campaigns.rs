@@ -510,7 +510,11 @@ async fn a_recurring_campaign_runs_once_per_tick_under_two_schedulers_and_skips_
     ] {
         let body = json!({ "name": "x", "content": "x", "audience": { "filter": {} }, "schedule": schedule });
         let resp = me.post("/api/crm/campaigns", &body).await;
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{schedule}");
+        assert_eq!(
+            resp.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{schedule}"
+        );
         let err: Value = resp.json().await.unwrap();
         assert_eq!(err["error"]["field"], field, "{err}");
     }
