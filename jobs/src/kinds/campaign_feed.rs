@@ -30,7 +30,7 @@ use crate::{
         },
         fans,
         messages::{self, NewQueued, Outgoing},
-        segments::{self, Condition, Dialect, Filter},
+        segments::{self, Condition, Filter},
     },
     db::{Db, StoreError, StoreResult, Tx},
     domain::{CampaignId, RunId, Timestamp, UserId},
@@ -133,13 +133,6 @@ fn transient(e: impl Into<anyhow::Error>) -> JobError {
     JobError::Transient(e.into())
 }
 
-fn dialect(db: &Db) -> Dialect {
-    match db {
-        Db::Postgres(_) => Dialect::Postgres,
-        Db::Sqlite(_) => Dialect::Sqlite,
-    }
-}
-
 /// A campaign's exclusions as the filters that find them, read now (a segment as it is now;
 /// one deleted since excludes no one).
 async fn exclusions(db: &Db, c: &Campaign) -> StoreResult<Vec<(Exclusion, Filter)>> {
@@ -237,7 +230,7 @@ impl CampaignFeed {
             return Ok(Round::Done);
         };
         for (reason, filter) in &excluded_by {
-            let condition = filter.to_sql(dialect(&self.db), now.0);
+            let condition = filter.to_sql(segments::dialect(&self.db), now.0);
             let out = recipients::exclude(
                 &mut tx,
                 run.id,
@@ -319,7 +312,7 @@ impl CampaignFeed {
             }
         };
         Ok(Resolve::Matching(
-            filter.to_sql(dialect(&self.db), Utc::now()),
+            filter.to_sql(segments::dialect(&self.db), Utc::now()),
         ))
     }
 }

@@ -131,7 +131,8 @@ pub async fn delete(db: &Db, user: UserId, id: SegmentId) -> StoreResult<()> {
     Ok(())
 }
 
-fn dialect(db: &Db) -> Dialect {
+/// The dialect a filter's SQL is written in for `db`.
+pub fn dialect(db: &Db) -> Dialect {
     match db {
         Db::Postgres(_) => Dialect::Postgres,
         Db::Sqlite(_) => Dialect::Sqlite,
