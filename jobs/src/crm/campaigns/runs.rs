@@ -184,16 +184,6 @@ pub async fn of_campaign(db: &Db, campaign: CampaignId, page: Page) -> StoreResu
     })
 }
 
-/// The campaign's newest run, if any.
-pub async fn latest(db: &Db, campaign: CampaignId) -> StoreResult<Option<Run>> {
-    Ok(on_db!(db, pool => sqlx::query_as::<_, Run>(
-        "SELECT * FROM campaign_runs WHERE campaign_id = $1 ORDER BY id DESC LIMIT 1",
-    )
-    .bind(campaign)
-    .fetch_optional(pool)
-    .await)?)
-}
-
 /// How many runs of `user`'s are active now (they share the creator's campaign slots).
 pub async fn active_count(db: &Db, user: UserId) -> StoreResult<i64> {
     let (n,): (i64,) = on_db!(db, pool => sqlx::query_as(
