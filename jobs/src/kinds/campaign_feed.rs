@@ -503,12 +503,22 @@ pub async fn after_delivery(
     ahead: i64,
     campaign: CampaignId,
 ) -> StoreResult<bool> {
+    // A look without a lock first: a seeds' bulk campaign (no run) or a paused one needs
+    // nothing, and on SQLite a write transaction is the one write lock. (Whether a feed is
+    // running is read under the lock only: a feed finishing meanwhile must be waited for.)
+    let active = |run: &Run| run.status == RunStatus::Active;
+    if !runs::live(db, campaign)
+        .await?
+        .is_some_and(|run| active(&run))
+    {
+        return Ok(false);
+    }
     let now = Timestamp::now();
     let mut tx = db.begin().await?;
     let Some(run) = runs::lock_live(&mut tx, campaign).await? else {
         return Ok(false);
     };
-    if run.status != RunStatus::Active || run.feeding {
+    if !active(&run) || run.feeding {
         return Ok(false);
     }
     let on_the_way = messages::on_the_way_of_run(&mut tx, run.id).await?;

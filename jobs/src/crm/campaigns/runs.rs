@@ -91,22 +91,31 @@ pub async fn lock(tx: &mut Tx, id: RunId) -> StoreResult<Option<Run>> {
         .await)?)
 }
 
-/// The campaign's run that is active or paused (at most one), locked as [`lock`] locks it.
+/// The campaign's run that is active or paused (at most one).
+const LIVE: &str = "SELECT * FROM campaign_runs
+    WHERE campaign_id = $1 AND status IN ('active', 'paused') ORDER BY id DESC LIMIT 1";
+
+/// [`LIVE`] as it is now, without a lock: for a caller that only goes on (and locks) when
+/// there is something to do.
+pub async fn live(db: &Db, campaign: CampaignId) -> StoreResult<Option<Run>> {
+    Ok(on_db!(db, pool => sqlx::query_as::<_, Run>(LIVE)
+        .bind(campaign)
+        .fetch_optional(pool)
+        .await)?)
+}
+
+/// [`LIVE`], locked as [`lock`] locks a run.
 pub async fn lock_live(tx: &mut Tx, campaign: CampaignId) -> StoreResult<Option<Run>> {
     let sql = match tx {
-        Tx::Postgres(_) => {
-            "SELECT * FROM campaign_runs WHERE campaign_id = $1 AND status IN ('active', 'paused')
-             ORDER BY id DESC LIMIT 1 FOR UPDATE"
-        }
-        Tx::Sqlite(_) => {
-            "SELECT * FROM campaign_runs WHERE campaign_id = $1 AND status IN ('active', 'paused')
-             ORDER BY id DESC LIMIT 1"
-        }
+        Tx::Postgres(_) => format!("{LIVE} FOR UPDATE"),
+        Tx::Sqlite(_) => LIVE.to_owned(),
     };
-    Ok(on_tx!(tx, conn => sqlx::query_as::<_, Run>(sql)
+    Ok(
+        on_tx!(tx, conn => sqlx::query_as::<_, Run>(sqlx::AssertSqlSafe(sql))
         .bind(campaign)
         .fetch_optional(&mut **conn)
-        .await)?)
+        .await)?,
+    )
 }
 
 /// Moves the run to `status` in `tx` (a final status records when).
