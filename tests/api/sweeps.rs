@@ -115,7 +115,14 @@ async fn two_sweep_processes_record_each_dlq_message_once_and_redrive_what_the_q
         }
     })
     .await;
-    assert_eq!(dlq_depth(&sqs, &d.dlq).await, 5);
+    // A failed message is dead-lettered just after its status is written.
+    eventually("five messages in the DLQ", within, every, || async {
+        match dlq_depth(&sqs, &d.dlq).await {
+            5 => Ok(()),
+            n => Err(format!("{n} in the DLQ")),
+        }
+    })
+    .await;
 
     let refs: Vec<(&str, &str)> = d
         .env

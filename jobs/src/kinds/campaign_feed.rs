@@ -187,6 +187,8 @@ impl CampaignFeed {
         let excluded_by = exclusions(&self.db, &campaign).await?;
         let now = Timestamp::now();
         let mut tx = self.db.begin().await?;
+        // The campaign's row first, as every writer of both takes them (see `after_delivery`).
+        campaigns::lock(&mut tx, run.user_id, run.campaign_id).await?;
         let Some(run) = runs::lock(&mut tx, id).await? else {
             return Ok(Round::Done);
         };
@@ -507,14 +509,15 @@ pub async fn after_delivery(
     // nothing, and on SQLite a write transaction is the one write lock. (Whether a feed is
     // running is read under the lock only: a feed finishing meanwhile must be waited for.)
     let active = |run: &Run| run.status == RunStatus::Active;
-    if !runs::live(db, campaign)
-        .await?
-        .is_some_and(|run| active(&run))
-    {
+    let Some(looked) = runs::live(db, campaign).await?.filter(active) else {
         return Ok(false);
-    }
+    };
     let now = Timestamp::now();
     let mut tx = db.begin().await?;
+    // The campaign's row, then its run's: the order every transaction that writes both takes
+    // (the clock's start, pause and resume lock the campaign first), so none of them waits
+    // for another in a circle.
+    campaigns::lock(&mut tx, looked.user_id, campaign).await?;
     let Some(run) = runs::lock_live(&mut tx, campaign).await? else {
         return Ok(false);
     };
