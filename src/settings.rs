@@ -14,6 +14,8 @@ use figment::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use fanqueue_jobs::{crm::automations::CapAction, runtime::DailyCap};
+
 use crate::origins::AllowedOrigins;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -126,6 +128,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "a running campaign's messages kept queued ahead of delivery [0: 20 s of the rate, 20 to 2000]",
     ),
     (
+        "MAX_AUTOMATED_PER_FAN_PER_DAY",
+        "automated and campaign messages to one fan a day, at most [2; 0: no cap]",
+    ),
+    (
+        "DAILY_CAP_ACTION",
+        "a send over that cap: `skip` it (counted) or `wait` for the next day [skip]",
+    ),
+    (
         "SWEEP_CRON",
         "when the sweeper runs, seconds first [0 */5 * * * *]",
     ),
@@ -172,6 +182,8 @@ pub struct Settings {
     pub outbound: OutboundSettings,
     #[serde(flatten)]
     pub delivery: DeliverySettings,
+    #[serde(flatten)]
+    pub automations: AutomationSettings,
     #[serde(flatten)]
     pub sweep: SweepSettings,
     #[serde(flatten)]
@@ -264,6 +276,27 @@ impl DeliverySettings {
     }
 }
 
+/// Automations' creator-wide rules.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AutomationSettings {
+    /// Automated and campaign messages to one fan a (UTC) day, at most; 0: no cap.
+    pub max_automated_per_fan_per_day: u32,
+    /// `skip` or `wait`: what a send over the cap does.
+    pub daily_cap_action: String,
+}
+
+impl AutomationSettings {
+    /// The cap, its action parsed (an unknown one is refused when settings load).
+    pub fn daily_cap(&self) -> anyhow::Result<DailyCap> {
+        let action = CapAction::parse(&self.daily_cap_action)
+            .map_err(|e| anyhow::anyhow!("DAILY_CAP_ACTION: {e}"))?;
+        Ok(DailyCap {
+            per_fan: self.max_automated_per_fan_per_day,
+            action,
+        })
+    }
+}
+
 /// The sweeper.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SweepSettings {
@@ -321,6 +354,7 @@ impl Settings {
             .merge(env)
             .extract()
             .context("reading settings (config/default.toml, --config file, environment)")?;
+        settings.automations.daily_cap()?;
         Ok(settings)
     }
 

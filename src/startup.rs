@@ -13,7 +13,7 @@ use fanqueue_jobs::{
     engine::{JobBackend, processes::Heartbeat, relay::OutboxRelay},
     kinds::{Backpressure, Deps, SweepConfig, send_message::Sends},
     outbound::{EmbeddedQueue, Outbound, SqsQueue},
-    runtime::{CampaignClock, DispatchConfig, Dispatcher, Kind, Sweeper, Workers},
+    runtime::{AutomationClock, CampaignClock, DispatchConfig, Dispatcher, Kind, Sweeper, Workers},
 };
 use poem::{Server, listener::TcpAcceptor};
 
@@ -409,6 +409,12 @@ pub async fn run(
         sup.start("sweeper", |cancel| sweeper.run(cancel));
         let clock = CampaignClock::new(services.db.clone(), services.jobs.clone());
         sup.start("campaign clock", |cancel| clock.run(cancel));
+        let automations = AutomationClock::new(
+            services.db.clone(),
+            services.jobs.clone(),
+            settings.automations.daily_cap()?,
+        );
+        sup.start("automation clock", |cancel| automations.run(cancel));
         roles.push("sweep");
     }
     let deliver = role == Role::Dispatch

@@ -52,6 +52,11 @@ id_type!(ConversationId);
 id_type!(MessageId);
 id_type!(CampaignId);
 id_type!(SegmentId);
+id_type!(AutomationId);
+id_type!(
+    /// One fan going through one automation.
+    EnrollmentId
+);
 id_type!(
     /// One occurrence of a campaign (a recurring campaign has one per tick).
     RunId

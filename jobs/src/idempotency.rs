@@ -24,7 +24,9 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     db::{Db, StoreResult, Tx},
-    domain::{CampaignId, FanId, MessageId, SegmentId, Timestamp, UnknownValue, UserId},
+    domain::{
+        AutomationId, CampaignId, FanId, MessageId, SegmentId, Timestamp, UnknownValue, UserId,
+    },
     engine::JobId,
     on_db, on_tx,
 };
@@ -63,6 +65,8 @@ pub enum Effect {
     Fan(FanId),
     /// A segment saved.
     Segment(SegmentId),
+    /// An automation created.
+    Automation(AutomationId),
 }
 
 impl Effect {
@@ -100,6 +104,13 @@ impl Effect {
             _ => None,
         }
     }
+
+    pub fn automation(&self) -> Option<AutomationId> {
+        match self {
+            Effect::Automation(id) => Some(*id),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Effect {
@@ -110,6 +121,7 @@ impl fmt::Display for Effect {
             Effect::Job(id) => write!(f, "job:{id}"),
             Effect::Fan(id) => write!(f, "fan:{}", id.0),
             Effect::Segment(id) => write!(f, "segment:{}", id.0),
+            Effect::Automation(id) => write!(f, "automation:{}", id.0),
         }
     }
 }
@@ -130,6 +142,7 @@ impl FromStr for Effect {
             "campaign" => Effect::Campaign(CampaignId(number()?)),
             "fan" => Effect::Fan(FanId(number()?)),
             "segment" => Effect::Segment(SegmentId(number()?)),
+            "automation" => Effect::Automation(AutomationId(number()?)),
             "job" => Effect::Job(JobId::parse(id).ok_or_else(unknown)?),
             _ => return Err(unknown()),
         })
@@ -416,6 +429,7 @@ mod tests {
             Effect::Message(MessageId(42)),
             Effect::Campaign(CampaignId(7)),
             Effect::Fan(FanId(3)),
+            Effect::Automation(AutomationId(5)),
             Effect::Job(JobId::generate()),
         ] {
             assert_eq!(effect.to_string().parse::<Effect>().unwrap(), effect);

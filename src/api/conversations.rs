@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use fanqueue_jobs::{
     crm::{
+        automations::triggers,
         conversations::{self, Conversation},
         deliveries,
         messages::{self, Direction, Inbound, Message, MessageStatus, NewAttachment},
@@ -534,7 +535,7 @@ impl ConversationsApi {
             Some(id) => (messages::get(&self.state.db, auth.user(), id).await?, true),
             None => {
                 let key = super::idempotency::guard(req);
-                messages::record_inbound(
+                triggers::inbound(
                     &self.state.db,
                     auth.user(),
                     ConversationId(id.0),

@@ -98,6 +98,10 @@ pub struct EventIn {
     /// What the fan paid, in cents (purchased, tip, subscription).
     #[oai(validator(minimum(value = "1"), maximum(value = "100000000000")))]
     pub amount_cents: Option<i64>,
+    /// When the subscription period ends (it renews or expires then; RFC 3339), on a
+    /// `subscription` or `subscription_renewal_off` event: `subscription_expiring` automations
+    /// count their days from it.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// A batch of events.
@@ -223,6 +227,16 @@ fn parse(i: usize, e: EventIn, now: DateTime<Utc>) -> Result<PlatformEvent, ApiE
             ));
         }
     };
+    let ends_at = match (kind, e.expires_at) {
+        (_, None) => None,
+        (EventKind::Subscription | EventKind::SubscriptionRenewalOff, Some(t)) => Some(t),
+        (_, Some(_)) => {
+            return Err(ApiError::invalid(
+                &field("expiresAt"),
+                format!("is not part of a `{kind}` event"),
+            ));
+        }
+    };
     Ok(PlatformEvent {
         id: id.to_owned(),
         kind,
@@ -230,6 +244,7 @@ fn parse(i: usize, e: EventIn, now: DateTime<Utc>) -> Result<PlatformEvent, ApiE
         fan,
         message,
         amount,
+        ends_at,
     })
 }
 

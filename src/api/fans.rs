@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use fanqueue_jobs::{
     crm::{
+        automations::triggers,
         fans::{
             self, Fan, FanFilter, FanPatch, NewFan,
             value_history::{self, ValueChange, ValueSource},
@@ -411,7 +412,7 @@ impl FansApi {
             Some(id) => fans::get(&self.state.db, auth.user(), id).await?,
             None => {
                 let key = idempotency::guard(req);
-                fans::create(&self.state.db, auth.user(), new, key.as_ref()).await?
+                triggers::new_fan(&self.state.db, auth.user(), new, key.as_ref()).await?
             }
         };
         Ok(CreateFanResponse::Created(JsonOut(fan.into())))

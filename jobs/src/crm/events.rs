@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use super::{
+    automations::triggers::{self, Fire, Fired},
     campaigns,
     fans::{self, FanRef, Subscription, value_history::ValueSource},
     messages::{self, OutboundRef},
@@ -92,6 +93,9 @@ pub struct PlatformEvent {
     pub fan: FanRef,
     pub message: Option<MessageRef>,
     pub amount: Option<Cents>,
+    /// When the subscription period a subscription event reports ends (it renews or expires
+    /// then): what `subscription_expiring` triggers count from.
+    pub ends_at: Option<DateTime<Utc>>,
 }
 
 /// What became of one event of a batch.
@@ -192,6 +196,7 @@ async fn apply_once(db: &Db, user: UserId, events: &[PlatformEvent]) -> StoreRes
     order.sort_by_key(|(fan, i, _)| (*fan, *i));
 
     let mut touched: Vec<CampaignId> = vec![];
+    let mut fired: Vec<Fired> = vec![];
     for (fan, i, msg) in order {
         let e = &events[i];
         if !new.contains(e.id.as_str()) {
@@ -222,10 +227,37 @@ async fn apply_once(db: &Db, user: UserId, events: &[PlatformEvent]) -> StoreRes
             _ if e.kind == EventKind::Opened => fans::seen(&mut tx, fan, at).await?,
             _ => {}
         }
-        if let Some(state) = e.kind.subscription() {
-            fans::subscribed(&mut tx, fan, state, at).await?;
+        let what = match (e.kind, e.kind.subscription()) {
+            (_, Some(state)) => {
+                let ends = e.ends_at.map(Timestamp);
+                match (
+                    e.kind,
+                    fans::subscribed(&mut tx, fan, state, at, ends).await?,
+                ) {
+                    (EventKind::Subscription, Some(None)) => Some(Fire::Subscription),
+                    (EventKind::Subscription, Some(Some(Subscription::Expired))) => {
+                        Some(Fire::Resubscription)
+                    }
+                    (EventKind::SubscriptionExpired, Some(_)) => Some(Fire::SubscriptionExpired),
+                    _ => None,
+                }
+            }
+            (EventKind::Purchased, _) => Some(Fire::Purchased {
+                message: msg.map(|m| m.id),
+                campaign: msg.and_then(|m| m.campaign_id),
+            }),
+            (EventKind::Tip, _) => Some(Fire::Tip),
+            _ => None,
+        };
+        if let Some(what) = what {
+            fired.push(Fired {
+                fan,
+                what,
+                key: e.id.clone(),
+            });
         }
     }
+    triggers::fire(&mut tx, user, &fired, Timestamp::now()).await?;
     campaigns::refresh_engagement(&mut tx, &touched).await?;
     tx.commit().await?;
     Ok(outcomes)

@@ -8,10 +8,13 @@
 //! - [`deliveries`] — the log of delivery attempts (written with the message's transitions).
 //! - [`campaigns`] — bulk campaigns and their metrics.
 //! - [`segments`] — saved audiences, and the fans a filter matches.
+//! - [`automations`] — triggers, steps and rules; the fans enrolled and each step they went
+//!   through (the triggers fire in the transactions of the events, messages and fans above).
 //! - [`events`] — what a platform sync reports (deliveries, opens, revenue), applied once.
 //! - [`analytics`] — the creator's figures, read across the tables above.
 
 pub mod analytics;
+pub mod automations;
 pub mod campaigns;
 pub mod conversations;
 pub mod deliveries;

@@ -107,6 +107,7 @@ pub async fn submit(
             campaign: Some(campaign.id),
             run: None,
             turn,
+            lane: messages::LANE_CAMPAIGNS,
         })
         .collect();
     let mut message_ids = Vec::with_capacity(bulk.recipients.len());

@@ -266,6 +266,7 @@ impl CampaignFeed {
                     campaign: Some(run.campaign_id),
                     run: Some(run.id),
                     turn,
+                    lane: messages::LANE_CAMPAIGNS,
                 })
                 .collect();
             runs::set_next_turn(&mut tx, run.id, first_turn + rows.len() as i64).await?;

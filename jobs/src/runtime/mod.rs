@@ -1,15 +1,17 @@
 //! The engine's long-running services: the workers (with the one list of job kinds they run),
-//! the dispatcher, the sweeper that fires the scheduled sweeps, and the clock that starts
-//! scheduled campaigns.
+//! the dispatcher, the sweeper that fires the scheduled sweeps, the clock that starts
+//! scheduled campaigns, and the clock that runs automations' steps when they come due.
 //!
 //! Adding a kind: a file in [`kinds`](crate::kinds) implementing
 //! [`JobKind`](crate::engine::JobKind), and one line in the list below.
 
+mod automation_clock;
 mod campaign_clock;
 mod dispatcher;
 mod sweeper;
 mod workers;
 
+pub use automation_clock::{AutomationClock, DailyCap, Looked};
 pub use campaign_clock::CampaignClock;
 pub use dispatcher::{DispatchConfig, Dispatcher, Pass, Step};
 pub use sweeper::{Sweeper, schedule};

@@ -148,6 +148,17 @@ impl TestApp {
         fanqueue_jobs::runtime::CampaignClock::new(services.db, services.jobs)
     }
 
+    /// The automation clock of this deployment, not running: tests call its `run_at`.
+    pub async fn automation_clock(&self) -> fanqueue_jobs::runtime::AutomationClock {
+        let services = self.services().await;
+        let cap = self
+            .settings
+            .automations
+            .daily_cap()
+            .expect("the daily cap");
+        fanqueue_jobs::runtime::AutomationClock::new(services.db, services.jobs, cap)
+    }
+
     pub fn token(&self, user: i64) -> String {
         self.keys.issue(UserId(user), Duration::from_secs(3600))
     }

@@ -95,11 +95,23 @@ pub(crate) fn holding(text: &str) -> String {
 /// Creates one of `user`'s fans; a keyed request records it on its key in the same
 /// transaction.
 pub async fn create(db: &Db, user: UserId, fan: NewFan, key: Option<&Guard>) -> StoreResult<Fan> {
+    let mut tx = db.begin().await?;
+    let created = create_in(&mut tx, user, fan, key).await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// [`create`] in `tx` (`crm::automations::triggers::new_fan` adds what a new fan sets off).
+pub async fn create_in(
+    tx: &mut Tx,
+    user: UserId,
+    fan: NewFan,
+    key: Option<&Guard>,
+) -> StoreResult<Fan> {
     let now = Timestamp::now();
     let handle = fan.handle.as_str().to_owned();
     let platform = fan.platform;
-    let mut tx = db.begin().await?;
-    let res = on_tx!(&mut tx, conn => sqlx::query_as::<_, Fan>(
+    let res = on_tx!(tx, conn => sqlx::query_as::<_, Fan>(
         "INSERT INTO fans (user_id, platform, handle, name, email, avatar_url, tags, notes,
                            value_cents, last_seen_at, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
@@ -128,11 +140,10 @@ pub async fn create(db: &Db, user: UserId, fan: NewFan, key: Option<&Guard>) -> 
             e.into()
         }
     })?;
-    blocks::add(&mut tx, user, &[created.id]).await?;
+    blocks::add(tx, user, &[created.id]).await?;
     if let Some(key) = key {
-        idempotency::record(&mut tx, key, &Effect::Fan(created.id)).await?;
+        idempotency::record(tx, key, &Effect::Fan(created.id)).await?;
     }
-    tx.commit().await?;
     Ok(created)
 }
 
@@ -429,25 +440,48 @@ text_enum! {
     }
 }
 
-/// Records `fan`'s subscription as `state` from an event at `at`, unless a later event
-/// already said otherwise (events may arrive out of order).
+/// Records `fan`'s subscription as an event at `at` reports it (with the end of the period it
+/// gives, when it does); an event older than the last one applied changes nothing. Returns
+/// the subscription on record before, `None` when the event was older (not applied):
+/// `subscription` and `resubscription` triggers tell a new subscriber from a returning one.
 pub async fn subscribed(
     tx: &mut Tx,
     fan: FanId,
     state: Subscription,
     at: Timestamp,
-) -> sqlx::Result<()> {
+    ends_at: Option<Timestamp>,
+) -> sqlx::Result<Option<Option<Subscription>>> {
+    let read = match tx {
+        Tx::Postgres(_) => {
+            "SELECT subscription, subscription_at FROM fans WHERE id = $1 FOR UPDATE"
+        }
+        Tx::Sqlite(_) => "SELECT subscription, subscription_at FROM fans WHERE id = $1",
+    };
+    let before: Option<(Option<Subscription>, Option<DateTime<Utc>>)> = on_tx!(tx, conn => sqlx::query_as(read)
+            .bind(fan)
+            .fetch_optional(&mut **conn)
+            .await)?;
+    let Some((previous, last)) = before else {
+        return Ok(None);
+    };
+    if last.is_some_and(|last| last > at.0) {
+        return Ok(None);
+    }
     on_tx!(tx, conn => sqlx::query(
-        "UPDATE fans SET subscription = $2, subscription_at = $3, updated_at = $4
-         WHERE id = $1 AND (subscription_at IS NULL OR subscription_at <= $3)",
+        "UPDATE fans SET subscription = $2, subscription_at = $3, updated_at = $4,
+             subscription_ends_at = CASE WHEN $2 = 'expired' THEN NULL
+                                         ELSE COALESCE($5, subscription_ends_at) END
+         WHERE id = $1",
     )
     .bind(fan)
     .bind(state)
     .bind(at)
     .bind(Timestamp::now())
+    .bind(ends_at)
     .execute(&mut **conn)
     .await
-    .map(|_| ()))
+    .map(|_| ()))?;
+    Ok(Some(previous))
 }
 
 /// Moves `fan`'s last-seen time forward to `at` (never back).

@@ -239,10 +239,11 @@ pub async fn of_campaign(
     })
 }
 
-/// Records an inbound message, bumps the unread count and moves `last_message_at` forward.
-/// Returns the message and `true` when it is new (a replayed `external_id` changes nothing).
+/// Records an inbound message in `tx`, bumps the unread count and moves `last_message_at`
+/// forward. Returns the message and `true` when it is new (a replayed `external_id` changes
+/// nothing). (`crm::automations::triggers::inbound` calls it, with what a reply sets off.)
 pub async fn record_inbound(
-    db: &Db,
+    tx: &mut Tx,
     user: UserId,
     conversation: ConversationId,
     msg: Inbound,
@@ -250,11 +251,10 @@ pub async fn record_inbound(
 ) -> StoreResult<(Message, bool)> {
     let attachments = stored(&msg.attachments);
     let received = Timestamp(msg.received_at);
-    let mut tx = db.begin().await?;
-    let Some(fan) = conversations::fan_of(&mut tx, user, conversation).await? else {
+    let Some(fan) = conversations::fan_of(tx, user, conversation).await? else {
         return Err(StoreError::NotFound("conversation"));
     };
-    let inserted = on_tx!(&mut tx, conn => sqlx::query_as::<_, Message>(
+    let inserted = on_tx!(tx, conn => sqlx::query_as::<_, Message>(
         "INSERT INTO messages (user_id, conversation_id, fan_id, direction, text, price_cents,
                                attachments, status, attempts, external_id, created_at, sent_at)
          VALUES ($1, $2, $3, 'in', $4, $5, $6, 'sent', 0, $7, $8, $8)
@@ -273,14 +273,14 @@ pub async fn record_inbound(
     .await)?;
     let result = match inserted {
         Some(message) => {
-            conversations::touch_for_inbound(&mut tx, conversation, received).await?;
+            conversations::touch_for_inbound(tx, conversation, received).await?;
             if let Some(key) = key {
-                idempotency::record(&mut tx, key, &Effect::Message(message.id)).await?;
+                idempotency::record(tx, key, &Effect::Message(message.id)).await?;
             }
             (message, true)
         }
         None => {
-            let existing = on_tx!(&mut tx, conn => sqlx::query_as::<_, Message>(
+            let existing = on_tx!(tx, conn => sqlx::query_as::<_, Message>(
                 "SELECT * FROM messages WHERE conversation_id = $1 AND external_id = $2",
             )
             .bind(conversation)
@@ -290,7 +290,6 @@ pub async fn record_inbound(
             (existing, false)
         }
     };
-    tx.commit().await?;
     Ok(result)
 }
 
@@ -373,17 +372,14 @@ pub struct NewQueued<'a> {
     /// Its turn among the creator's campaign messages (see [`campaign_front`]); 0 for a
     /// one-to-one message.
     pub turn: i64,
+    /// Its delivery lane ([`LANE_ONE_TO_ONE`], [`LANE_AUTOMATIONS`], [`LANE_CAMPAIGNS`]).
+    pub lane: i16,
 }
 
-/// The delivery lane of a message: one-to-one messages (replies, single sends) go before
+/// The delivery lanes of messages: one-to-one messages (replies, single sends) go before
 /// automations, which go before campaigns, within each creator's rate.
-pub fn lane(campaign: Option<CampaignId>) -> i16 {
-    match campaign {
-        None => LANE_ONE_TO_ONE,
-        Some(_) => LANE_CAMPAIGNS,
-    }
-}
 pub const LANE_ONE_TO_ONE: i16 = 0;
+pub const LANE_AUTOMATIONS: i16 = 1;
 pub const LANE_CAMPAIGNS: i16 = 2;
 
 /// Where the creator's campaigns stand (in `tx`): the earliest turn among their campaign
@@ -445,7 +441,7 @@ pub async fn insert_queued(
                 .push_bind(r.out.priority)
                 .push_bind(r.job)
                 .push_bind(r.run)
-                .push_bind(lane(r.campaign))
+                .push_bind(r.lane)
                 .push_bind(r.turn);
         });
         q.push(" RETURNING *");
@@ -703,6 +699,23 @@ pub async fn on_the_way_of_run(tx: &mut Tx, run: RunId) -> StoreResult<i64> {
     .fetch_one(&mut **conn)
     .await)?;
     Ok(n)
+}
+
+/// Takes back those of `ids` still queued and never tried, as [`withdraw_untried_of_run`]
+/// does (an automation's enrollment ended before they went out); returns the ones taken.
+pub async fn withdraw_untried(tx: &mut Tx, ids: &[MessageId]) -> StoreResult<Vec<MessageId>> {
+    let mut gone = vec![];
+    for id in ids {
+        let row: Option<(MessageId,)> = on_tx!(tx, conn => sqlx::query_as(
+            "DELETE FROM messages WHERE id = $1 AND status = 'queued' AND attempts = 0
+             RETURNING id",
+        )
+        .bind(*id)
+        .fetch_optional(&mut **conn)
+        .await)?;
+        gone.extend(row.map(|(m,)| m));
+    }
+    Ok(gone)
 }
 
 /// Takes back, in `tx`, a run's messages that no delivery attempt has touched (paused or

@@ -137,10 +137,12 @@ impl Filter {
     /// Every value is a parameter; the only text that varies is how many placeholders a list
     /// of tags takes.
     pub fn to_sql(&self, dialect: Dialect, now: DateTime<Utc>) -> Condition {
-        let mut w = Condition {
-            sql: String::from("TRUE"),
-            params: vec![],
-        };
+        self.and_to(Condition::everyone(), dialect, now)
+    }
+
+    /// [`Filter::to_sql`] added to `w`: what `w` says and what this filter says, the
+    /// placeholders going on from `w`'s.
+    pub fn and_to(&self, mut w: Condition, dialect: Dialect, now: DateTime<Utc>) -> Condition {
         if !self.tags_any.is_empty() {
             let has = w.has_tag(dialect, self.tags_any.as_slice());
             w.and(&has);
@@ -241,6 +243,14 @@ fn ago(now: DateTime<Utc>, span: TimeDelta) -> Timestamp {
 }
 
 impl Condition {
+    /// Every fan (of the user `$1` names).
+    pub fn everyone() -> Condition {
+        Condition {
+            sql: String::from("TRUE"),
+            params: vec![],
+        }
+    }
+
     /// Also: `f` carries `tag` (compared without case).
     pub fn and_tag(&mut self, dialect: Dialect, tag: &str) {
         let has = self.has_tag(dialect, &[tag.to_owned()]);
@@ -256,12 +266,13 @@ impl Condition {
     }
 
     /// Binds `p` and returns its placeholder (`$1` is the user).
-    fn bind(&mut self, p: Param) -> String {
+    pub(crate) fn bind(&mut self, p: Param) -> String {
         self.params.push(p);
         format!("${}", self.params.len() + 1)
     }
 
-    fn and(&mut self, condition: &str) {
+    /// Also: `condition` (fixed SQL over `f`; input only as placeholders from [`Self::bind`]).
+    pub(crate) fn and(&mut self, condition: &str) {
         self.sql.push_str(" AND ");
         self.sql.push_str(condition);
     }

@@ -10,8 +10,8 @@ use sqlx::{AssertSqlSafe, types::Json};
 pub use self::filter::{Condition, Dialect, Filter, Param, SpentInLastDays};
 use super::fans::{self, Fan, FanFilter};
 use crate::{
-    db::{Db, Listed, Page, StoreError, StoreResult},
-    domain::{Line, SegmentId, Timestamp, UserId},
+    db::{Db, Listed, Page, StoreError, StoreResult, Tx},
+    domain::{FanId, Line, SegmentId, Timestamp, UserId},
     idempotency::{self, Effect, Guard},
     on_db, on_tx,
 };
@@ -234,4 +234,43 @@ pub async fn fans(
         ),
     };
     Ok(Listed { items, total })
+}
+
+/// The filter of `user`'s segment `id` (in `tx`); `None` when there is no such segment.
+pub async fn filter_in(tx: &mut Tx, user: UserId, id: SegmentId) -> StoreResult<Option<Filter>> {
+    let found: Option<(Json<Filter>,)> = on_tx!(tx, conn => sqlx::query_as(
+        "SELECT filter FROM segments WHERE id = $1 AND user_id = $2",
+    )
+    .bind(id)
+    .bind(user)
+    .fetch_optional(&mut **conn)
+    .await)?;
+    Ok(found.map(|(f,)| f.0))
+}
+
+/// Whether `filter` holds for `user`'s fan `fan` now (in `tx`): an automation's condition.
+pub async fn matches(
+    tx: &mut Tx,
+    user: UserId,
+    fan: FanId,
+    filter: &Filter,
+    now: Timestamp,
+) -> StoreResult<bool> {
+    let dialect = match tx {
+        Tx::Postgres(_) => Dialect::Postgres,
+        Tx::Sqlite(_) => Dialect::Sqlite,
+    };
+    let mut only = Condition::everyone();
+    let id = only.bind(Param::Int(fan.0));
+    only.and(&format!("f.id = {id}"));
+    let Condition { sql, params } = filter.and_to(only, dialect, now.0);
+    let query = format!("SELECT COUNT(*) FROM fans f WHERE f.user_id = $1 AND {sql}");
+    let (n,): (i64,) = on_tx!(tx, conn => bind_condition!(
+        sqlx::query_as(AssertSqlSafe(query)),
+        user,
+        &params
+    )
+    .fetch_one(&mut **conn)
+    .await)?;
+    Ok(n > 0)
 }

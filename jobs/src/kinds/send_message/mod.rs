@@ -294,6 +294,7 @@ async fn store_all(
                 campaign: None,
                 run: None,
                 turn: 0,
+                lane: messages::LANE_ONE_TO_ONE,
             })
         })
         .collect();

@@ -1,0 +1,429 @@
+//! The automation clock: runs each enrollment's steps when they come due, and the daily
+//! triggers (`inactive`, `subscription_expiring`) once a day. Every replica of the `sweep`
+//! role runs one. A batch of due enrollments is one transaction: their rows are locked
+//! (PostgreSQL skips those another clock holds; SQLite writes one transaction at a time), each
+//! step's record, its send's message and the enrollment's next step commit together, so a
+//! kill anywhere repeats nothing and loses nothing.
+
+use std::{
+    collections::{HashMap, HashSet, hash_map::Entry},
+    time::Duration,
+};
+
+use chrono::{NaiveTime, TimeDelta};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{
+    crm::{
+        automations::{
+            self, Automation, CapAction, Definition, Step, Trigger,
+            definition::{next_day, roll},
+            enrollments::{self, Candidate, Enrollment, StepDone, entry, exit, held},
+        },
+        messages::{self, LANE_AUTOMATIONS, NewQueued, Outgoing},
+        segments::{self, Condition, Param},
+    },
+    db::{Db, StoreError},
+    domain::{AutomationId, FanId, Timestamp},
+    engine::{JobBackend, JobId, NewJob},
+    kinds::{SubmitError, bulk_send::BulkSend},
+};
+
+/// How often the clock looks: a step runs within this of its due time (when the clock keeps
+/// up).
+pub const EVERY: Duration = Duration::from_millis(500);
+/// Enrollments a transaction advances, at most.
+const PER_BATCH: i64 = 500;
+/// Batches a look runs, at most (the next look takes the rest).
+const BATCHES_PER_LOOK: usize = 40;
+/// Daily checks a look runs, at most.
+const CHECKS_PER_LOOK: i64 = 20;
+
+/// The creator-wide limit on automated and campaign messages to one fan a (UTC) day.
+#[derive(Debug, Clone, Copy)]
+pub struct DailyCap {
+    /// At most this many a day; 0: no cap.
+    pub per_fan: u32,
+    /// What a send over the cap does.
+    pub action: CapAction,
+}
+
+/// What one look did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Looked {
+    /// Fans the daily triggers enrolled.
+    pub enrolled: usize,
+    /// Enrollments moved on.
+    pub advanced: usize,
+    /// Messages queued.
+    pub sent: usize,
+}
+
+pub struct AutomationClock {
+    db: Db,
+    backend: JobBackend,
+    cap: DailyCap,
+}
+
+/// A send planned in a batch, stored with the others once the batch is walked.
+struct Planned {
+    enrollment: Enrollment,
+    step: i32,
+    variant: Option<String>,
+    out: Outgoing,
+    held_by: Option<String>,
+}
+
+impl AutomationClock {
+    pub fn new(db: Db, backend: JobBackend, cap: DailyCap) -> Self {
+        AutomationClock { db, backend, cap }
+    }
+
+    /// Looks every [`EVERY`] until `cancel`. A failing look (the database away) is logged and
+    /// the next one tries again: a batch is one transaction, so nothing is half done.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(
+            every_ms = EVERY.as_millis() as u64,
+            "automation clock running"
+        );
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(EVERY) => {}
+            }
+            if let Err(e) = self.run_once().await {
+                tracing::warn!(error = %e, "the automation clock could not look; it tries again");
+            }
+        }
+    }
+
+    /// One look now.
+    pub async fn run_once(&self) -> Result<Looked, SubmitError> {
+        self.run_at(Timestamp::now()).await
+    }
+
+    /// One look as if the time were `now` (tests step through waits and days with it).
+    pub async fn run_at(&self, now: Timestamp) -> Result<Looked, SubmitError> {
+        let mut looked = Looked {
+            enrolled: self.daily_checks(now).await?,
+            ..Looked::default()
+        };
+        for _ in 0..BATCHES_PER_LOOK {
+            let (advanced, sent) = self.advance_due(now).await?;
+            looked.advanced += advanced;
+            looked.sent += sent;
+            if advanced < PER_BATCH as usize {
+                break;
+            }
+        }
+        Ok(looked)
+    }
+
+    /// Runs the daily triggers not yet run today: each automation's check is one transaction
+    /// that holds its row, so two schedulers run it once.
+    async fn daily_checks(&self, now: Timestamp) -> Result<usize, SubmitError> {
+        let today = now.0.date_naive();
+        let mut enrolled = 0;
+        if !automations::any_check_due(&self.db, today).await? {
+            return Ok(0);
+        }
+        loop {
+            let mut tx = self.db.begin().await?;
+            let due = automations::due_checks(&mut tx, today, 1).await?;
+            let Some(a) = due.into_iter().next() else {
+                tx.commit().await?;
+                return Ok(enrolled);
+            };
+            let (only, key) = daily_candidates(&a, now);
+            let fans = enrollments::enroll(&mut tx, &a, only, key, now).await?;
+            automations::checked(&mut tx, a.id, today).await?;
+            tx.commit().await?;
+            tracing::info!(
+                automation_id = a.id.0,
+                enrolled = fans.len(),
+                "daily trigger checked"
+            );
+            enrolled += fans.len();
+            if enrolled as i64 >= CHECKS_PER_LOOK * PER_BATCH {
+                return Ok(enrolled);
+            }
+        }
+    }
+
+    /// Advances one batch of due enrollments: returns how many, and how many messages it
+    /// queued.
+    async fn advance_due(&self, now: Timestamp) -> Result<(usize, usize), SubmitError> {
+        if !enrollments::any_due(&self.db, now).await? {
+            return Ok((0, 0));
+        }
+        let mut tx = self.db.begin().await?;
+        let due = enrollments::due(&mut tx, now, PER_BATCH).await?;
+        if due.is_empty() {
+            tx.commit().await?;
+            return Ok((0, 0));
+        }
+        let fetched = due.len();
+        // One enrollment a fan a batch: a batch's messages are stored under one job, matched
+        // back to their rows by (job, fan). A fan's other due enrollments go in the next batch.
+        let mut fans_seen = HashSet::new();
+        let due: Vec<Enrollment> = due
+            .into_iter()
+            .filter(|e| fans_seen.insert(e.fan_id))
+            .collect();
+        let mut definitions: HashMap<(AutomationId, i32), Definition> = HashMap::new();
+        let mut sent_today: HashMap<FanId, i64> = if self.cap.per_fan > 0 {
+            let mut fans: Vec<FanId> = due.iter().map(|e| e.fan_id).collect();
+            fans.sort_unstable();
+            fans.dedup();
+            let midnight = now.0.date_naive().and_time(NaiveTime::MIN).and_utc();
+            enrollments::sent_since(&mut tx, &fans, Timestamp(midnight)).await?
+        } else {
+            HashMap::new()
+        };
+        let mut walk = Walk {
+            now,
+            cap: self.cap,
+            sent_today: &mut sent_today,
+            done: vec![],
+            planned: vec![],
+        };
+        for e in &due {
+            let key = (e.automation_id, e.version);
+            if let Entry::Vacant(slot) = definitions.entry(key) {
+                let d = automations::version(&mut tx, e.automation_id, e.version)
+                    .await?
+                    .ok_or(StoreError::NotFound("automation version"))?;
+                slot.insert(d);
+            }
+            let span = tracing::info_span!(
+                "automation_step",
+                user_id = e.user_id.0,
+                automation_id = e.automation_id.0,
+                enrollment_id = e.id.0,
+                fan_id = e.fan_id.0,
+            );
+            walk.enrollment(&mut tx, e, &definitions[&key])
+                .instrument(span)
+                .await?;
+        }
+        let Walk {
+            mut done, planned, ..
+        } = walk;
+        let job = JobId::generate();
+        let rows: Vec<NewQueued> = planned
+            .iter()
+            .map(|p| NewQueued {
+                user: p.enrollment.user_id,
+                fan: p.enrollment.fan_id,
+                out: &p.out,
+                job: &job,
+                campaign: None,
+                run: None,
+                turn: 0,
+                lane: LANE_AUTOMATIONS,
+            })
+            .collect();
+        let stored = messages::insert_queued(&mut tx, &rows, now).await?;
+        let mut ids = vec![];
+        for (p, m) in planned.iter().zip(&stored) {
+            ids.extend(m.as_ref().map(|m| m.id));
+            done.push(StepDone {
+                enrollment: p.enrollment.id,
+                step: p.step,
+                kind: "send",
+                outcome: if m.is_some() { "sent" } else { "skipped" }.to_owned(),
+                held_by: p.held_by.clone(),
+                message: m.as_ref().map(|m| m.id),
+                variant: p.variant.clone(),
+            });
+        }
+        enrollments::record(&mut tx, &done, now).await?;
+        let queued = if ids.is_empty() {
+            None
+        } else {
+            let user = planned[0].enrollment.user_id;
+            let new_job = NewJob::of::<BulkSend>(
+                job,
+                user,
+                json!({ "automationSends": ids.len(), "messageIds": ids }),
+            )
+            .with_total(ids.len() as i64);
+            self.backend.enqueue(&mut tx, &new_job).await?;
+            Some(new_job)
+        };
+        tx.commit().await?;
+        let sent = ids.len();
+        if let Some(job) = queued {
+            self.backend.after_commit(&self.db, &job).await;
+            tracing::debug!(job_id = %job.id, messages = sent, "automated messages queued");
+        }
+        Ok((fetched, sent))
+    }
+}
+
+/// The fans a daily trigger looks for today, and the key that makes each enrollment once per
+/// subscription period or inactivity spell.
+fn daily_candidates(a: &Automation, now: Timestamp) -> (Condition, fn(&Candidate) -> String) {
+    let mut only = Condition::everyone();
+    match a.definition.0.trigger {
+        Trigger::Inactive { days } => {
+            let since = only.bind(Param::At(Timestamp(now.0 - TimeDelta::days(days.into()))));
+            only.and(&format!("COALESCE(f.last_seen_at, f.created_at) < {since}"));
+            let key = |c: &Candidate| {
+                let spell = c.last_seen_at.unwrap_or(c.created_at);
+                format!("inactive:{}", spell.to_rfc3339())
+            };
+            (only, key)
+        }
+        Trigger::SubscriptionExpiring { days_before } => {
+            let from = only.bind(Param::At(now));
+            let to = only.bind(Param::At(Timestamp(
+                now.0 + TimeDelta::days(days_before.into()),
+            )));
+            only.and(&format!(
+                "f.subscription = 'renewal_off' AND f.subscription_ends_at > {from}
+                 AND f.subscription_ends_at <= {to}"
+            ));
+            let key = |c: &Candidate| {
+                let ends = c.subscription_ends_at.map(|t| t.to_rfc3339());
+                format!("expiring:{}", ends.unwrap_or_default())
+            };
+            (only, key)
+        }
+        // Not a daily trigger: nobody.
+        _ => {
+            only.and("FALSE");
+            (only, |_: &Candidate| String::new())
+        }
+    }
+}
+
+/// One batch's walk through its enrollments' steps.
+struct Walk<'a> {
+    now: Timestamp,
+    cap: DailyCap,
+    sent_today: &'a mut HashMap<FanId, i64>,
+    done: Vec<StepDone>,
+    planned: Vec<Planned>,
+}
+
+impl Walk<'_> {
+    /// Runs `e`'s steps from its current one until one waits (a wait, quiet hours, the daily
+    /// cap) or the enrollment ends.
+    async fn enrollment(
+        &mut self,
+        tx: &mut crate::db::Tx,
+        e: &Enrollment,
+        def: &Definition,
+    ) -> Result<(), StoreError> {
+        let now = self.now;
+        let mut step = e.step as usize;
+        let mut held_by = e.held_by.clone();
+        loop {
+            let Some(current) = def.steps.get(step) else {
+                enrollments::finish(tx, e.id, step as i32, None, now).await?;
+                return Ok(());
+            };
+            let mut record = |outcome: &str, held: Option<String>| {
+                self.done.push(StepDone {
+                    enrollment: e.id,
+                    step: step as i32,
+                    kind: current.kind(),
+                    outcome: outcome.to_owned(),
+                    held_by: held,
+                    message: None,
+                    variant: None,
+                })
+            };
+            let next = match current {
+                Step::Wait(_) => {
+                    record("waited", None);
+                    step + 1
+                }
+                Step::Exit {} => {
+                    record("exited", None);
+                    enrollments::finish(tx, e.id, step as i32, Some(exit::EXIT_STEP), now).await?;
+                    return Ok(());
+                }
+                Step::Condition(c) => {
+                    let holds = segments::matches(tx, e.user_id, e.fan_id, &c.filter, now).await?;
+                    record(if holds { "passed" } else { "failed" }, None);
+                    match (holds, c.otherwise) {
+                        (true, _) => step + 1,
+                        (false, automations::definition::Otherwise::Continue) => step + 2,
+                        (false, automations::definition::Otherwise::Exit) => {
+                            enrollments::finish(tx, e.id, step as i32, Some(exit::CONDITION), now)
+                                .await?;
+                            return Ok(());
+                        }
+                    }
+                }
+                Step::Send(s) => {
+                    if let Some(q) = &def.quiet_hours {
+                        let release = q.release(now.0);
+                        if release > now.0 {
+                            let release = Timestamp(release);
+                            enrollments::move_to(
+                                tx,
+                                e.id,
+                                step as i32,
+                                release,
+                                Some(held::QUIET_HOURS),
+                            )
+                            .await?;
+                            return Ok(());
+                        }
+                    }
+                    let capped = self.cap.per_fan > 0
+                        && *self.sent_today.get(&e.fan_id).unwrap_or(&0)
+                            >= i64::from(self.cap.per_fan);
+                    match (capped, self.cap.action) {
+                        (true, CapAction::Wait) => {
+                            let tomorrow = Timestamp(next_day(now.0));
+                            enrollments::move_to(
+                                tx,
+                                e.id,
+                                step as i32,
+                                tomorrow,
+                                Some(held::DAILY_CAP),
+                            )
+                            .await?;
+                            return Ok(());
+                        }
+                        (true, CapAction::Skip) => {
+                            record("capped", Some(held::DAILY_CAP.to_owned()));
+                        }
+                        (false, _) => {
+                            *self.sent_today.entry(e.fan_id).or_default() += 1;
+                            let (variant, template) = s.pick(roll(e.id.0, step as u64));
+                            let out = Outgoing::from_template(template)
+                                .map_err(|e| StoreError::Conflict(e.to_string()))?;
+                            self.planned.push(Planned {
+                                enrollment: e.clone(),
+                                step: step as i32,
+                                variant: variant.map(str::to_owned),
+                                out,
+                                held_by: held_by.take(),
+                            });
+                        }
+                    }
+                    step + 1
+                }
+            };
+            held_by = None;
+            match entry(def, next, e.id.0, now) {
+                None => {
+                    enrollments::finish(tx, e.id, next as i32, None, now).await?;
+                    return Ok(());
+                }
+                Some(due) if due.0 > now.0 => {
+                    enrollments::move_to(tx, e.id, next as i32, due, None).await?;
+                    return Ok(());
+                }
+                Some(_) => step = next,
+            }
+        }
+    }
+}
