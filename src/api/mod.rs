@@ -9,6 +9,7 @@
 //! what they share from the files below them, never from here.
 
 mod analytics;
+mod automations;
 mod body;
 mod campaigns;
 mod contract;
@@ -58,6 +59,7 @@ type Apis = (
     jobs::JobsApi,
     messages::MessagesApi,
     campaigns::CampaignsApi,
+    automations::AutomationsApi,
     monitoring::MonitoringApi,
     events::EventsApi,
     analytics::AnalyticsApi,
@@ -73,6 +75,7 @@ pub fn openapi(state: &State) -> OpenApiService<Apis, ()> {
             jobs::JobsApi::new(state.clone()),
             messages::MessagesApi::new(state.clone()),
             campaigns::CampaignsApi::new(state.clone()),
+            automations::AutomationsApi::new(state.clone()),
             monitoring::MonitoringApi::new(state.clone()),
             events::EventsApi::new(state.clone()),
             analytics::AnalyticsApi::new(state.clone()),

@@ -12,7 +12,7 @@
 use std::{borrow::Cow, fmt, marker::PhantomData};
 
 use fanqueue_jobs::{
-    crm::{campaigns, fans, messages, segments},
+    crm::{automations, campaigns, fans, messages, segments},
     db::Page,
     domain::{Handle, HttpUrl, Line, Platform, Tags, Text},
 };
@@ -206,6 +206,13 @@ rule!(
     CampaignName: Line as "string(campaign name)",
     schema: string(line_pattern(campaigns::NAME_MAX), None),
     parse: |raw| Line::parse(raw, campaigns::NAME_MAX),
+);
+
+rule!(
+    /// An automation's name.
+    AutomationName: Line as "string(automation name)",
+    schema: string(line_pattern(automations::NAME_MAX), None),
+    parse: |raw| Line::parse(raw, automations::NAME_MAX),
 );
 
 rule!(
@@ -487,6 +494,7 @@ mod tests {
         agree::<FanName>(&lines);
         agree::<CampaignName>(&lines);
         agree::<SegmentName>(&lines);
+        agree::<AutomationName>(&lines);
         agree::<FanTag>(&lines);
         agree::<FanTag>(&[&"t".repeat(50), &"t".repeat(51), " vip "]);
         agree::<FanSearch>(&[&"q".repeat(100), &"q".repeat(101), " jane "]);

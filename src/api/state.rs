@@ -76,6 +76,9 @@ pub enum ApiTags {
     Messages,
     /// Bulk campaigns and their metrics.
     Campaigns,
+    /// Lifecycle automations: triggers, waits, sends and conditions per fan; their funnels and
+    /// each fan's timeline.
+    Automations,
     /// Background jobs: status, progress, results, cancellation.
     Jobs,
     /// Health of the system and its dependencies (operators).

@@ -86,6 +86,23 @@ async fn openapi_documents_every_crm_route_with_bearer_security() {
         ("/api/crm/campaigns/{id}/resume", "post", "resumeCampaign"),
         ("/api/crm/campaigns/{id}/cancel", "post", "cancelCampaign"),
         ("/api/crm/campaigns/{id}/runs", "get", "listCampaignRuns"),
+        ("/api/crm/automations", "get", "listAutomations"),
+        ("/api/crm/automations", "post", "createAutomation"),
+        ("/api/crm/automations/{id}", "get", "getAutomation"),
+        ("/api/crm/automations/{id}", "put", "updateAutomation"),
+        ("/api/crm/automations/{id}", "delete", "deleteAutomation"),
+        ("/api/crm/automations/{id}/pause", "post", "pauseAutomation"),
+        (
+            "/api/crm/automations/{id}/resume",
+            "post",
+            "resumeAutomation",
+        ),
+        (
+            "/api/crm/automations/{id}/enrollments",
+            "get",
+            "listEnrollments",
+        ),
+        ("/api/crm/fans/{id}/timeline", "get", "fanTimeline"),
         ("/api/onlyfans/messages/failed", "get", "listFailedMessages"),
         (
             "/api/onlyfans/messages/failed/{id}/retry",
@@ -280,7 +297,7 @@ async fn the_constraints_the_server_enforces_are_declared() {
             keyed += declared;
         }
     }
-    assert_eq!(keyed, 17, "the POST routes under /api");
+    assert_eq!(keyed, 20, "the POST routes under /api");
     assert_eq!(
         param("/api/onlyfans/import/csv", "post", "wait")["maximum"],
         60.0

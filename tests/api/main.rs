@@ -3,6 +3,7 @@
 mod analytics;
 mod app;
 mod auth;
+mod automations;
 mod backpressure;
 mod bad_input;
 mod campaign_faults;

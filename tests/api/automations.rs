@@ -1,0 +1,453 @@
+//! Automations over HTTP on both backends, their clock and a dispatcher driven by the test
+//! (`run_at` steps through waits and days): a welcome on a new subscription, once per event
+//! id, between its wait's bounds; a reply that stops a pending send; quiet hours, once per
+//! fan, cooldown and the daily cap each biting; a win-back with a paid message whose
+//! purchases credit its step and variant; a daily inactivity trigger under two schedulers.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use fanqueue_jobs::{
+    domain::Timestamp,
+    runtime::{AutomationClock, Dispatcher},
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{ApiClient, Backend, Sim, TestApp, eventually, spawn_app_with, with_platform};
+
+crate::on_both_backends!(backend:
+    a_subscription_enrolls_once_and_the_welcome_goes_out_between_its_wait_bounds,
+    a_fan_who_writes_in_before_the_pending_send_gets_nothing_and_exits_replied,
+    quiet_hours_once_per_fan_cooldown_and_the_daily_cap_each_bite,
+);
+
+/// A deployment delivering 600 a minute to a stand-in, with the automation clock and a
+/// dispatcher the test drives; `cap` and `action` are the daily cap's settings.
+async fn setup(
+    backend: Backend,
+    cap: u32,
+    action: &str,
+) -> (Sim, TestApp, Dispatcher, AutomationClock) {
+    let sim = Sim::start(600).await;
+    let platform = with_platform(&sim.messages_url(), 600);
+    let action = action.to_owned();
+    let app = spawn_app_with(backend, move |s| {
+        platform(s);
+        s.api.write_limit_per_minute = 10_000;
+        s.automations.max_automated_per_fan_per_day = cap;
+        s.automations.daily_cap_action = action.clone();
+    })
+    .await;
+    let dispatcher = app.dispatcher().await;
+    let clock = app.automation_clock().await;
+    (sim, app, dispatcher, clock)
+}
+
+async fn fan(me: &ApiClient, handle: &str) -> i64 {
+    me.create_fan(json!({ "handle": handle })).await["id"]
+        .as_i64()
+        .unwrap()
+}
+
+async fn create(me: &ApiClient, body: Value) -> Value {
+    me.post_json("/api/crm/automations", &body, StatusCode::CREATED)
+        .await
+}
+
+async fn events(me: &ApiClient, events: Value) -> Value {
+    me.post_json(
+        "/api/onlyfans/events",
+        &json!({ "events": events }),
+        StatusCode::OK,
+    )
+    .await
+}
+
+async fn enrollments(me: &ApiClient, automation: i64) -> Value {
+    me.get_json(&format!(
+        "/api/crm/automations/{automation}/enrollments?limit=200"
+    ))
+    .await
+}
+
+/// The clock's look at `at`.
+async fn look(clock: &AutomationClock, at: DateTime<Utc>) -> fanqueue_jobs::runtime::Looked {
+    clock.run_at(Timestamp(at)).await.expect("a clock look")
+}
+
+/// Runs the dispatcher until the stand-in has `n` deliveries (30 s at most).
+async fn delivered(sim: &Sim, dispatcher: &Dispatcher, n: usize) -> Vec<Value> {
+    eventually(
+        &format!("{n} deliveries"),
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || async {
+            dispatcher.run_once().await.expect("a dispatcher pass");
+            let got = sim.deliveries().await;
+            if got.len() >= n {
+                Ok(got)
+            } else {
+                Err(format!("{} so far", got.len()))
+            }
+        },
+    )
+    .await
+}
+
+/// The messages the steps of an automation's enrollments queued.
+fn step_messages(page: &Value) -> Vec<i64> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["steps"].as_array().unwrap().clone())
+        .filter_map(|s| s["messageId"].as_i64())
+        .collect()
+}
+
+async fn a_subscription_enrolls_once_and_the_welcome_goes_out_between_its_wait_bounds(
+    backend: Backend,
+) {
+    let (sim, app, dispatcher, clock) = setup(backend, 2, "skip").await;
+    let me = app.user(1);
+    let a = fan(&me, "@a").await;
+    let b = fan(&me, "@b").await;
+    let welcome = create(
+        &me,
+        json!({
+            "name": "Welcome",
+            "trigger": { "type": "subscription" },
+            "steps": [
+                { "wait": { "minSeconds": 60, "maxSeconds": 120 } },
+                { "send": { "content": "Welcome in!" } }
+            ]
+        }),
+    )
+    .await;
+    assert_eq!(
+        (welcome["status"].clone(), welcome["version"].clone()),
+        (json!("active"), json!(1)),
+        "{welcome}"
+    );
+    let id = welcome["id"].as_i64().unwrap();
+    let at = Utc::now();
+    let first = json!([
+        { "id": "sub-a", "type": "subscription", "at": at, "fanId": a, "amountCents": 999 },
+    ]);
+    let applied = events(&me, first.clone()).await;
+    assert_eq!(applied["applied"], 1, "{applied}");
+    // The same event again, and a renewal (the fan is subscribed already): nobody more.
+    let again = events(&me, first).await;
+    assert_eq!(again["duplicates"], 1, "{again}");
+    events(
+        &me,
+        json!([{ "id": "renew-a", "type": "subscription", "at": at, "fanId": a, "amountCents": 999 }]),
+    )
+    .await;
+    // Another trigger's event enrolls no one into this one.
+    events(
+        &me,
+        json!([{ "id": "tip-b", "type": "tip", "at": at, "fanId": b, "amountCents": 100 }]),
+    )
+    .await;
+    let page = enrollments(&me, id).await;
+    assert_eq!(page["total"], 1, "{page}");
+    let e = &page["items"][0];
+    assert_eq!(
+        (e["fanId"].as_i64(), e["status"].clone(), e["step"].clone()),
+        (Some(a), json!("active"), json!(0)),
+        "{e}"
+    );
+    let due: DateTime<Utc> = e["dueAt"].as_str().unwrap().parse().unwrap();
+    let asked = Utc::now();
+    assert!(
+        due >= at + TimeDelta::seconds(60) && due <= asked + TimeDelta::seconds(120),
+        "due between 60 and 120 s after the event: {due} (event at {at})"
+    );
+
+    // Nothing goes before the wait is over.
+    let early = look(&clock, due - TimeDelta::seconds(1)).await;
+    assert_eq!(early.sent, 0, "{early:?}");
+    assert_eq!(enrollments(&me, id).await["items"][0]["step"], 0);
+    let on_time = look(&clock, due).await;
+    assert_eq!(on_time.sent, 1, "{on_time:?}");
+    let page = enrollments(&me, id).await;
+    let e = &page["items"][0];
+    assert_eq!(e["status"], "completed", "{e}");
+    let steps: Vec<(String, String)> = e["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["kind"].as_str().unwrap().to_owned(),
+                s["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("wait".into(), "waited".into()),
+            ("send".into(), "sent".into())
+        ],
+        "{e}"
+    );
+    let message = step_messages(&page)[0];
+    let got = delivered(&sim, &dispatcher, 1).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["messageId"], message.to_string(), "{got:?}");
+    assert_eq!(got[0]["recipientId"], a.to_string(), "{got:?}");
+    // A later look sends nothing more.
+    assert_eq!(look(&clock, due + TimeDelta::hours(1)).await.sent, 0);
+
+    let welcome = me.get_json(&format!("/api/crm/automations/{id}")).await;
+    let m = &welcome["metrics"];
+    assert_eq!(
+        (
+            m["enrolled"].clone(),
+            m["completed"].clone(),
+            m["messages"].clone(),
+            m["sent"].clone(),
+            m["steps"][1]["entered"].clone()
+        ),
+        (json!(1), json!(1), json!(1), json!(1), json!(1)),
+        "{welcome}"
+    );
+    // The fan's timeline says the same.
+    let timeline = me.get_json(&format!("/api/crm/fans/{a}/timeline")).await;
+    assert_eq!(timeline["total"], 1, "{timeline}");
+    assert_eq!(timeline["items"][0]["automationName"], "Welcome");
+    assert_eq!(
+        timeline["items"][0]["steps"][1]["messageStatus"], "sent",
+        "{timeline}"
+    );
+    // Another creator sees none of it.
+    let other = app.user(2);
+    let resp = other.get(&format!("/api/crm/automations/{id}")).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = other.get(&format!("/api/crm/fans/{a}/timeline")).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
+
+async fn a_fan_who_writes_in_before_the_pending_send_gets_nothing_and_exits_replied(
+    backend: Backend,
+) {
+    let (sim, app, dispatcher, clock) = setup(backend, 2, "skip").await;
+    let me = app.user(1);
+    let a = fan(&me, "@a").await;
+    let b = fan(&me, "@b").await;
+    let c = fan(&me, "@c").await;
+    let id = create(
+        &me,
+        json!({
+            "name": "Win-back",
+            "trigger": { "type": "subscription_expired" },
+            "stopOnReply": true,
+            "steps": [
+                { "wait": { "seconds": 3600 } },
+                { "send": { "content": "We miss you", "priceCents": 500 } },
+                { "wait": { "seconds": 3600 } },
+                { "send": { "content": "Last chance" } }
+            ]
+        }),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let at = Utc::now();
+    let expired: Vec<Value> = [a, b, c]
+        .iter()
+        .map(|f| json!({ "id": format!("exp-{f}"), "type": "subscription_expired", "at": at, "fanId": f }))
+        .collect();
+    events(&me, json!(expired)).await;
+    assert_eq!(enrollments(&me, id).await["total"], 3);
+
+    // a writes in during the first wait: nothing is ever sent to it.
+    let a_conv = me.open_conversation(a).await["id"].as_i64().unwrap();
+    me.post_json(
+        &format!("/api/crm/conversations/{a_conv}/inbound"),
+        &json!({ "text": "hey" }),
+        StatusCode::CREATED,
+    )
+    .await;
+    // The first sends to b and c are queued; b writes in before its message went out: the
+    // message is taken back.
+    // (Enrolled a moment after `at`: the first wait is over an hour after now.)
+    let first_send = Utc::now() + TimeDelta::seconds(3601);
+    let sent = look(&clock, first_send).await;
+    assert_eq!(sent.sent, 2, "{sent:?}");
+    let b_conv = me.open_conversation(b).await["id"].as_i64().unwrap();
+    me.post_json(
+        &format!("/api/crm/conversations/{b_conv}/inbound"),
+        &json!({ "text": "not now" }),
+        StatusCode::CREATED,
+    )
+    .await;
+    let got = delivered(&sim, &dispatcher, 1).await;
+    assert_eq!(
+        got.iter()
+            .map(|d| d["recipientId"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>(),
+        [c.to_string()],
+        "only c's first message went out: {got:?}"
+    );
+    // c goes on to the end; a and b never get anything, however long the clock runs.
+    look(&clock, first_send + TimeDelta::seconds(3600)).await;
+    let got = delivered(&sim, &dispatcher, 2).await;
+    for _ in 0..5 {
+        dispatcher.run_once().await.unwrap();
+    }
+    let to: Vec<String> = sim
+        .deliveries()
+        .await
+        .iter()
+        .map(|d| d["recipientId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(to, [c.to_string(), c.to_string()], "{got:?}");
+
+    let page = enrollments(&me, id).await;
+    let by_fan = |f: i64| {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["fanId"] == f)
+            .unwrap()
+            .clone()
+    };
+    for f in [a, b] {
+        let e = by_fan(f);
+        assert_eq!(
+            (e["status"].clone(), e["exitReason"].clone()),
+            (json!("exited"), json!("replied")),
+            "{e}"
+        );
+    }
+    let eb = by_fan(b);
+    assert_eq!(
+        eb["steps"][1]["outcome"], "withdrawn",
+        "b's queued message was taken back: {eb}"
+    );
+    assert_eq!(by_fan(c)["status"], "completed");
+    let m = &me.get_json(&format!("/api/crm/automations/{id}")).await["metrics"];
+    assert_eq!(m["exitedBy"], json!({ "replied": 2 }), "{m}");
+    assert_eq!(m["completed"], 1, "{m}");
+}
+
+async fn quiet_hours_once_per_fan_cooldown_and_the_daily_cap_each_bite(backend: Backend) {
+    let (_sim, app, _dispatcher, clock) = setup(backend, 1, "wait").await;
+    let me = app.user(1);
+    let a = fan(&me, "@a").await;
+    let b = fan(&me, "@b").await;
+    // Quiet 22:00 to 08:00 in Tokyo (UTC+9 all year): 13:00 to 23:00 UTC. The clock looks at
+    // 23:30 Tokyo (14:30 UTC) the next day.
+    let quiet = create(
+        &me,
+        json!({
+            "name": "Thanks for the tip",
+            "trigger": { "type": "tip" },
+            "quietHours": { "from": "22:00", "to": "08:00", "timezone": "Asia/Tokyo" },
+            "oncePerFan": true,
+            "steps": [ { "send": { "content": "Thank you!" } } ]
+        }),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let tomorrow = Utc::now().date_naive().succ_opt().unwrap();
+    let utc = |h: u32, m: u32| tomorrow.and_hms_opt(h, m, 0).unwrap().and_utc();
+    let night = utc(14, 30);
+    let tip = |id: &str, fan: i64| json!({ "id": id, "type": "tip", "at": Utc::now(), "fanId": fan, "amountCents": 100 });
+    events(&me, json!([tip("t1", a)])).await;
+    let looked = look(&clock, night).await;
+    assert_eq!(looked.sent, 0, "quiet: {looked:?}");
+    let e = &enrollments(&me, quiet).await["items"][0];
+    assert_eq!(
+        (
+            e["heldBy"].clone(),
+            e["dueAt"]
+                .as_str()
+                .map(|d| d.parse::<DateTime<Utc>>().unwrap())
+        ),
+        (json!("quiet_hours"), Some(utc(23, 0))),
+        "held until 08:00 in Tokyo: {e}"
+    );
+    assert_eq!(look(&clock, utc(22, 59)).await.sent, 0);
+    assert_eq!(look(&clock, utc(23, 0)).await.sent, 1);
+    // Once per fan: a second tip enrolls a no more.
+    events(&me, json!([tip("t2", a)])).await;
+    assert_eq!(enrollments(&me, quiet).await["total"], 1);
+
+    // Cooldown: re-enrolled only after 24 hours.
+    let cool = create(
+        &me,
+        json!({
+            "name": "Bought",
+            "trigger": { "type": "purchased" },
+            "cooldownHours": 24,
+            "steps": [ { "wait": { "seconds": 60 } } ]
+        }),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let buy = |id: &str| json!({ "id": id, "type": "purchased", "at": Utc::now(), "fanId": b, "amountCents": 500 });
+    events(&me, json!([buy("p1")])).await;
+    events(&me, json!([buy("p2")])).await;
+    assert_eq!(
+        enrollments(&me, cool).await["total"],
+        1,
+        "the second purchase came within the cooldown"
+    );
+
+    // The daily cap (1 a day here, `wait`): b's second automated message of the day waits
+    // for the next day.
+    let twice = create(
+        &me,
+        json!({
+            "name": "Two in a row",
+            "trigger": { "type": "resubscription" },
+            "steps": [
+                { "send": { "content": "one" } },
+                { "send": { "content": "two" } }
+            ]
+        }),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let now = Utc::now();
+    events(
+        &me,
+        json!([
+            { "id": "s1", "type": "subscription", "at": now - TimeDelta::days(30), "fanId": b, "amountCents": 999 },
+            { "id": "x1", "type": "subscription_expired", "at": now - TimeDelta::days(1), "fanId": b },
+            { "id": "s2", "type": "subscription", "at": now, "fanId": b, "amountCents": 999 },
+        ]),
+    )
+    .await;
+    // The day after tomorrow, 09:00 UTC.
+    let morning = utc(9, 0) + TimeDelta::days(1);
+    let midnight = utc(0, 0) + TimeDelta::days(2);
+    let looked = look(&clock, morning).await;
+    assert_eq!(looked.sent, 1, "{looked:?}");
+    let e = enrollments(&me, twice).await["items"][0].clone();
+    assert_eq!(
+        (
+            e["step"].clone(),
+            e["heldBy"].clone(),
+            e["dueAt"]
+                .as_str()
+                .map(|d| d.parse::<DateTime<Utc>>().unwrap())
+        ),
+        (json!(1), json!("daily_cap"), Some(midnight)),
+        "{e}"
+    );
+    assert_eq!(look(&clock, morning + TimeDelta::hours(14)).await.sent, 0);
+    assert_eq!(look(&clock, midnight).await.sent, 1);
+    let e = enrollments(&me, twice).await["items"][0].clone();
+    assert_eq!(e["status"], "completed", "{e}");
+    assert_eq!(e["steps"][1]["heldBy"], "daily_cap", "{e}");
+}
