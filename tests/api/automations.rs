@@ -4,7 +4,7 @@
 //! fan, cooldown and the daily cap each biting; a win-back with a paid message whose
 //! purchases credit its step and variant; a daily inactivity trigger under two schedulers.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use fanqueue_jobs::{
@@ -20,6 +20,8 @@ crate::on_both_backends!(backend:
     a_subscription_enrolls_once_and_the_welcome_goes_out_between_its_wait_bounds,
     a_fan_who_writes_in_before_the_pending_send_gets_nothing_and_exits_replied,
     quiet_hours_once_per_fan_cooldown_and_the_daily_cap_each_bite,
+    a_win_back_splits_its_variants_by_weight_and_credits_purchases_to_step_and_variant,
+    inactive_enrolls_each_fan_once_per_spell_under_two_schedulers,
 );
 
 /// A deployment delivering 600 a minute to a stand-in, with the automation clock and a
@@ -450,4 +452,228 @@ async fn quiet_hours_once_per_fan_cooldown_and_the_daily_cap_each_bite(backend: 
     let e = enrollments(&me, twice).await["items"][0].clone();
     assert_eq!(e["status"], "completed", "{e}");
     assert_eq!(e["steps"][1]["heldBy"], "daily_cap", "{e}");
+}
+
+/// Imports `n` fans; returns their ids, ascending.
+async fn many_fans(me: &ApiClient, n: usize) -> Vec<i64> {
+    let mut csv =
+        String::from("Username,Display Name,Email,Subscription Tier,Total Spent,Last Seen\n");
+    for i in 0..n {
+        csv.push_str(&format!(
+            "fan{i:04},Fan {i},fan{i}@example.com,Crowd,$1.00,2025-01-01\n"
+        ));
+    }
+    let job = me.import("fans.csv", csv.into_bytes()).await;
+    me.wait_job(&job).await;
+    let mut ids = vec![];
+    while ids.len() < n {
+        let page = me
+            .get_json(&format!("/api/crm/fans?limit=200&offset={}", ids.len()))
+            .await;
+        let items = page["items"].as_array().unwrap();
+        assert!(!items.is_empty(), "{page}");
+        ids.extend(items.iter().map(|f| f["id"].as_i64().unwrap()));
+    }
+    ids.sort_unstable();
+    ids
+}
+
+/// Every enrollment of an automation, with its steps.
+async fn all_enrollments(me: &ApiClient, automation: i64) -> Vec<Value> {
+    let mut all = vec![];
+    loop {
+        let page = me
+            .get_json(&format!(
+                "/api/crm/automations/{automation}/enrollments?limit=200&offset={}",
+                all.len()
+            ))
+            .await;
+        let items = page["items"].as_array().unwrap().clone();
+        if items.is_empty() {
+            return all;
+        }
+        all.extend(items);
+    }
+}
+
+async fn a_win_back_splits_its_variants_by_weight_and_credits_purchases_to_step_and_variant(
+    backend: Backend,
+) {
+    let (_sim, app, _dispatcher, clock) = setup(backend, 2, "skip").await;
+    let me = app.user(1);
+    let fans = many_fans(&me, 1000).await;
+    let id = create(
+        &me,
+        json!({
+            "name": "Win-back",
+            "trigger": { "type": "subscription_expired" },
+            "steps": [
+                { "wait": { "seconds": 60 } },
+                { "send": {
+                    "content": "Come back",
+                    "variants": [
+                        { "name": "a", "weight": 1, "content": "Come back: 50% off", "priceCents": 500 },
+                        { "name": "b", "weight": 1, "content": "Come back: 30% off", "priceCents": 700 }
+                    ]
+                } }
+            ]
+        }),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let at = Utc::now();
+    for chunk in fans.chunks(500) {
+        let batch: Vec<Value> = chunk
+            .iter()
+            .map(|f| json!({ "id": format!("x-{f}"), "type": "subscription_expired", "at": at, "fanId": f }))
+            .collect();
+        assert_eq!(events(&me, json!(batch)).await["applied"], chunk.len());
+    }
+    let looked = look(&clock, Utc::now() + TimeDelta::seconds(61)).await;
+    assert_eq!(looked.sent, 1000, "{looked:?}");
+
+    // Which variant each message is.
+    let enrolled = all_enrollments(&me, id).await;
+    assert_eq!(enrolled.len(), 1000);
+    let mut variant_of: BTreeMap<i64, String> = BTreeMap::new();
+    for e in &enrolled {
+        let send = &e["steps"][1];
+        assert_eq!(send["outcome"], "sent", "{e}");
+        variant_of.insert(
+            send["messageId"].as_i64().unwrap(),
+            send["variant"].as_str().unwrap().to_owned(),
+        );
+    }
+    let a_count = variant_of.values().filter(|v| *v == "a").count();
+    assert!(
+        (450..=550).contains(&a_count),
+        "50/50 over 1,000 enrollments: {a_count} got a"
+    );
+    // Every seventh message is bought at its variant's price, every eleventh gets a tip.
+    let mut revenue: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut purchases: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut batch = vec![];
+    for (i, (message, variant)) in variant_of.iter().enumerate() {
+        let price = if variant == "a" { 500 } else { 700 };
+        if i % 7 == 0 {
+            batch.push(json!({ "id": format!("buy-{message}"), "type": "purchased", "at": Utc::now(), "messageId": message, "fanId": fan_of(&enrolled, *message), "amountCents": price }));
+            *revenue.entry(variant).or_default() += price;
+            *purchases.entry(variant).or_default() += 1;
+        }
+        if i % 11 == 0 {
+            batch.push(json!({ "id": format!("tip-{message}"), "type": "tip", "at": Utc::now(), "messageId": message, "fanId": fan_of(&enrolled, *message), "amountCents": 250 }));
+            *revenue.entry(variant).or_default() += 250;
+        }
+    }
+    for chunk in batch.chunks(500) {
+        let out = events(&me, json!(chunk)).await;
+        assert_eq!(out["applied"], chunk.len(), "{out}");
+    }
+    let a = me.get_json(&format!("/api/crm/automations/{id}")).await;
+    let step = &a["metrics"]["steps"][1];
+    let variants: BTreeMap<String, Value> = step["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap().to_owned(), v.clone()))
+        .collect();
+    for name in ["a", "b"] {
+        let v = &variants[name];
+        let sent = variant_of.values().filter(|x| *x == name).count() as i64;
+        assert_eq!(
+            (
+                v["messages"].as_i64(),
+                v["purchases"].as_i64(),
+                v["revenueCents"].as_i64()
+            ),
+            (Some(sent), Some(purchases[name]), Some(revenue[name])),
+            "{v}"
+        );
+        let conversion = v["conversion"].as_f64().unwrap();
+        assert!(
+            (conversion - purchases[name] as f64 / sent as f64).abs() < 1e-9,
+            "{v}"
+        );
+        let per = v["revenuePerRecipientCents"].as_f64().unwrap();
+        assert!(
+            (per - revenue[name] as f64 / sent as f64).abs() < 1e-9,
+            "{v}"
+        );
+    }
+    let total: i64 = revenue.values().sum();
+    assert_eq!(step["revenueCents"], total, "{step}");
+    assert_eq!(a["metrics"]["revenueCents"], total, "{a}");
+    assert_eq!(
+        a["metrics"]["purchases"],
+        purchases.values().sum::<i64>(),
+        "{a}"
+    );
+}
+
+fn fan_of(enrolled: &[Value], message: i64) -> i64 {
+    enrolled
+        .iter()
+        .find(|e| e["steps"][1]["messageId"] == message)
+        .unwrap()["fanId"]
+        .as_i64()
+        .unwrap()
+}
+
+async fn inactive_enrolls_each_fan_once_per_spell_under_two_schedulers(backend: Backend) {
+    let (_sim, app, _dispatcher, clock) = setup(backend, 2, "skip").await;
+    let other = app.automation_clock().await;
+    let me = app.user(1);
+    let now = Utc::now();
+    let seen = |handle: &str, days: i64| json!({ "handle": handle, "lastSeenAt": now - TimeDelta::days(days) });
+    let a = me.create_fan(seen("@a", 20)).await["id"].as_i64().unwrap();
+    let b = me.create_fan(seen("@b", 10)).await["id"].as_i64().unwrap();
+    let c = me.create_fan(seen("@c", 15)).await["id"].as_i64().unwrap();
+    // d is new (created now, never seen): not inactive.
+    let d = me.create_fan(json!({ "handle": "@d" })).await["id"]
+        .as_i64()
+        .unwrap();
+    let id = create(
+        &me,
+        json!({
+            "name": "Win back the quiet ones",
+            "trigger": { "type": "inactive", "days": 14 },
+            "steps": [ { "send": { "content": "It's been a while" } } ]
+        }),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let (clock, other) = (&clock, &other);
+    let both = |at: DateTime<Utc>| async move {
+        let (x, y) = tokio::join!(look(clock, at), look(other, at));
+        x.enrolled + y.enrolled
+    };
+    let fans_enrolled = || async {
+        let mut f: Vec<i64> = all_enrollments(&me, id)
+            .await
+            .iter()
+            .map(|e| e["fanId"].as_i64().unwrap())
+            .collect();
+        f.sort_unstable();
+        f
+    };
+    assert_eq!(both(now).await, 2, "a and c, once");
+    assert_eq!(fans_enrolled().await, [a, c]);
+    // Later the same day: checked already.
+    assert_eq!(both(now + TimeDelta::minutes(5)).await, 0);
+    // The next day: b is 11 days quiet, a and c are in the same spell.
+    assert_eq!(both(now + TimeDelta::days(1)).await, 0);
+    assert_eq!(fans_enrolled().await, [a, c]);
+    // a comes back; fifteen days later a (a new spell), b (25 days) and d (created 15 days
+    // before, never seen) are quiet.
+    let resp = me
+        .put(&format!("/api/crm/fans/{a}"), &json!({ "lastSeenAt": now }))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(both(now + TimeDelta::days(15)).await, 3);
+    assert_eq!(fans_enrolled().await, [a, a, b, c, d]);
+    // Each enrollment sent its message once.
+    let page = enrollments(&me, id).await;
+    assert_eq!(step_messages(&page).len(), 5, "{page}");
 }
