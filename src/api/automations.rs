@@ -29,6 +29,7 @@ use super::{
     body::JsonBody,
     error::ApiError,
     idempotency,
+    ids::IdIn,
     messages::{media, outgoing},
     rules::{AutomationName, In, Limit, MediaUrl, MessageText, Offset, page},
     segments::{FilterIn, FilterOut},
@@ -51,130 +52,159 @@ impl AutomationsApi {
 #[serde(deny_unknown_fields)]
 pub struct Nothing {}
 
-/// Days before the end.
-#[derive(Debug, Clone, Object, Deserialize)]
-#[oai(rename_all = "camelCase", deny_unknown_fields)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ExpiringIn {
-    /// Enrolls a fan whose subscription (renewal off) ends within this many days (1 to
-    /// 3650), once per subscription period; checked daily.
-    #[oai(validator(minimum(value = "1"), maximum(value = "3650")))]
-    pub days_before: u32,
-}
-
-/// Of a message or a campaign.
-#[derive(Debug, Clone, Default, Object, Deserialize)]
-#[oai(rename_all = "camelCase", deny_unknown_fields)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PurchasedIn {
-    /// Only purchases of this message of the caller's.
-    #[oai(nullable, skip_serializing_if_is_none)]
-    pub message_id: Option<i64>,
-    /// Only purchases of a message of this campaign of the caller's.
-    #[oai(nullable, skip_serializing_if_is_none)]
-    pub campaign_id: Option<i64>,
-}
-
-/// Containing a keyword.
-#[derive(Debug, Clone, Default, Object, Deserialize)]
-#[oai(rename_all = "camelCase", deny_unknown_fields)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct InboundTrigger {
-    /// Only messages containing this (compared without case; 1 to 100 characters).
-    #[oai(nullable, skip_serializing_if_is_none, validator(max_length = 100))]
-    pub keyword: Option<String>,
-}
-
-/// Not seen for a number of days.
-#[derive(Debug, Clone, Object, Deserialize)]
-#[oai(rename_all = "camelCase", deny_unknown_fields)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct InactiveIn {
-    /// Enrolls a fan not seen (nor created) for this many days (1 to 3650), once per
-    /// inactivity spell; checked daily.
-    #[oai(validator(minimum(value = "1"), maximum(value = "3650")))]
-    pub days: u32,
+/// The kinds of trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum, Deserialize)]
+#[oai(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerType {
+    /// A `subscription` event for a fan with no subscription on record.
+    Subscription,
+    /// A `subscription` event for a fan whose subscription had expired.
+    Resubscription,
+    /// `daysBefore` days (or fewer) before a subscription with renewal off ends (the
+    /// `expiresAt` of its events); checked daily, once per subscription period.
+    SubscriptionExpiring,
+    /// A `subscription_expired` event.
+    SubscriptionExpired,
+    /// A `purchased` event (of `messageId` or of a message of `campaignId`, when given).
+    Purchased,
+    /// A `tip` event.
+    Tip,
+    /// An inbound message (containing `keyword`, without case, when given).
+    Inbound,
+    /// A fan created through the API or an import.
+    FanCreated,
+    /// Not seen (nor created) for `days` days; checked daily, once per inactivity spell.
+    Inactive,
 }
 
 /// What enrolls a fan: `{"type": "subscription"}`, `{"type": "subscription_expiring",
-/// "daysBefore": 3}`, … Event triggers fire once per event id.
-#[derive(Debug, Clone, Union, Deserialize)]
-#[oai(discriminator_name = "type", one_of)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum TriggerIn {
-    /// A `subscription` event for a fan with no subscription on record.
-    #[oai(mapping = "subscription")]
-    Subscription(Nothing),
-    /// A `subscription` event for a fan whose subscription had expired.
-    #[oai(mapping = "resubscription")]
-    Resubscription(Nothing),
-    #[oai(mapping = "subscription_expiring")]
-    SubscriptionExpiring(ExpiringIn),
-    /// A `subscription_expired` event.
-    #[oai(mapping = "subscription_expired")]
-    SubscriptionExpired(Nothing),
-    /// A `purchased` event.
-    #[oai(mapping = "purchased")]
-    Purchased(PurchasedIn),
-    /// A `tip` event.
-    #[oai(mapping = "tip")]
-    Tip(Nothing),
-    /// An inbound message.
-    #[oai(mapping = "inbound")]
-    Inbound(InboundTrigger),
-    /// A fan created through the API or an import.
-    #[oai(mapping = "fan_created")]
-    FanCreated(Nothing),
-    #[oai(mapping = "inactive")]
-    Inactive(InactiveIn),
+/// "daysBefore": 3}`, `{"type": "inactive", "days": 14}`, `{"type": "inbound", "keyword":
+/// "price"}`… Each parameter belongs to one type (another type's is a 422). Event triggers
+/// fire once per event id.
+#[derive(Debug, Clone, Object, Deserialize)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TriggerIn {
+    #[oai(rename = "type")]
+    #[serde(rename = "type")]
+    pub kind: TriggerType,
+    /// `subscription_expiring`: 1 to 3650 days before the end.
+    #[oai(
+        nullable,
+        skip_serializing_if_is_none,
+        validator(minimum(value = "1"), maximum(value = "3650"))
+    )]
+    pub days_before: Option<u32>,
+    /// `purchased`: only purchases of this message of the caller's.
+    #[oai(nullable, skip_serializing_if_is_none)]
+    pub message_id: Option<IdIn>,
+    /// `purchased`: only purchases of a message of this campaign of the caller's.
+    #[oai(nullable, skip_serializing_if_is_none)]
+    pub campaign_id: Option<IdIn>,
+    /// `inbound`: only messages containing this (1 to 100 characters, not blank).
+    #[oai(
+        nullable,
+        skip_serializing_if_is_none,
+        validator(min_length = 1, max_length = 100)
+    )]
+    pub keyword: Option<String>,
+    /// `inactive`: 1 to 3650 days without being seen.
+    #[oai(
+        nullable,
+        skip_serializing_if_is_none,
+        validator(minimum(value = "1"), maximum(value = "3650"))
+    )]
+    pub days: Option<u32>,
 }
 
 impl TriggerIn {
-    fn parse(self) -> Trigger {
-        match self {
-            TriggerIn::Subscription(_) => Trigger::Subscription,
-            TriggerIn::Resubscription(_) => Trigger::Resubscription,
-            TriggerIn::SubscriptionExpiring(e) => Trigger::SubscriptionExpiring {
-                days_before: e.days_before,
-            },
-            TriggerIn::SubscriptionExpired(_) => Trigger::SubscriptionExpired,
-            TriggerIn::Purchased(p) => Trigger::Purchased {
-                message_id: p.message_id.map(MessageId),
-                campaign_id: p.campaign_id.map(CampaignId),
-            },
-            TriggerIn::Tip(_) => Trigger::Tip,
-            TriggerIn::Inbound(i) => Trigger::Inbound {
-                keyword: i.keyword.map(|k| k.trim().to_owned()),
-            },
-            TriggerIn::FanCreated(_) => Trigger::FanCreated,
-            TriggerIn::Inactive(i) => Trigger::Inactive { days: i.days },
+    fn parse(self) -> Result<Trigger, ApiError> {
+        use TriggerType as T;
+        let given = [
+            (
+                "daysBefore",
+                self.days_before.is_some(),
+                T::SubscriptionExpiring,
+            ),
+            ("messageId", self.message_id.is_some(), T::Purchased),
+            ("campaignId", self.campaign_id.is_some(), T::Purchased),
+            ("keyword", self.keyword.is_some(), T::Inbound),
+            ("days", self.days.is_some(), T::Inactive),
+        ];
+        if let Some((field, _, _)) = given.iter().find(|(_, set, of)| *set && *of != self.kind) {
+            return Err(ApiError::unusable(
+                &format!("trigger.{field}"),
+                "is not a parameter of this trigger type",
+            ));
         }
+        let required = |field: &str, v: Option<u32>| {
+            v.ok_or_else(|| {
+                ApiError::unusable(
+                    &format!("trigger.{field}"),
+                    "is required for this trigger type",
+                )
+            })
+        };
+        Ok(match self.kind {
+            T::Subscription => Trigger::Subscription,
+            T::Resubscription => Trigger::Resubscription,
+            T::SubscriptionExpiring => Trigger::SubscriptionExpiring {
+                days_before: required("daysBefore", self.days_before)?,
+            },
+            T::SubscriptionExpired => Trigger::SubscriptionExpired,
+            T::Purchased => Trigger::Purchased {
+                message_id: self.message_id.map(|i| MessageId(i.0)),
+                campaign_id: self.campaign_id.map(|i| CampaignId(i.0)),
+            },
+            T::Tip => Trigger::Tip,
+            T::Inbound => Trigger::Inbound {
+                keyword: self.keyword.map(|k| k.trim().to_owned()),
+            },
+            T::FanCreated => Trigger::FanCreated,
+            T::Inactive => Trigger::Inactive {
+                days: required("days", self.days)?,
+            },
+        })
     }
 
     fn of(t: &Trigger) -> TriggerIn {
-        match t {
-            Trigger::Subscription => TriggerIn::Subscription(Nothing {}),
-            Trigger::Resubscription => TriggerIn::Resubscription(Nothing {}),
+        let mut out = TriggerIn {
+            kind: TriggerType::Subscription,
+            days_before: None,
+            message_id: None,
+            campaign_id: None,
+            keyword: None,
+            days: None,
+        };
+        out.kind = match t {
+            Trigger::Subscription => TriggerType::Subscription,
+            Trigger::Resubscription => TriggerType::Resubscription,
             Trigger::SubscriptionExpiring { days_before } => {
-                TriggerIn::SubscriptionExpiring(ExpiringIn {
-                    days_before: *days_before,
-                })
+                out.days_before = Some(*days_before);
+                TriggerType::SubscriptionExpiring
             }
-            Trigger::SubscriptionExpired => TriggerIn::SubscriptionExpired(Nothing {}),
+            Trigger::SubscriptionExpired => TriggerType::SubscriptionExpired,
             Trigger::Purchased {
                 message_id,
                 campaign_id,
-            } => TriggerIn::Purchased(PurchasedIn {
-                message_id: message_id.map(|m| m.0),
-                campaign_id: campaign_id.map(|c| c.0),
-            }),
-            Trigger::Tip => TriggerIn::Tip(Nothing {}),
-            Trigger::Inbound { keyword } => TriggerIn::Inbound(InboundTrigger {
-                keyword: keyword.clone(),
-            }),
-            Trigger::FanCreated => TriggerIn::FanCreated(Nothing {}),
-            Trigger::Inactive { days } => TriggerIn::Inactive(InactiveIn { days: *days }),
-        }
+            } => {
+                out.message_id = message_id.map(|m| IdIn(m.0));
+                out.campaign_id = campaign_id.map(|c| IdIn(c.0));
+                TriggerType::Purchased
+            }
+            Trigger::Tip => TriggerType::Tip,
+            Trigger::Inbound { keyword } => {
+                out.keyword = keyword.clone();
+                TriggerType::Inbound
+            }
+            Trigger::FanCreated => TriggerType::FanCreated,
+            Trigger::Inactive { days } => {
+                out.days = Some(*days);
+                TriggerType::Inactive
+            }
+        };
+        out
     }
 }
 
@@ -184,11 +214,23 @@ impl TriggerIn {
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WaitIn {
-    #[oai(nullable, skip_serializing_if_is_none, validator(minimum(value = "0")))]
+    #[oai(
+        nullable,
+        skip_serializing_if_is_none,
+        validator(minimum(value = "0"), maximum(value = "31622400"))
+    )]
     pub seconds: Option<u64>,
-    #[oai(nullable, skip_serializing_if_is_none, validator(minimum(value = "0")))]
+    #[oai(
+        nullable,
+        skip_serializing_if_is_none,
+        validator(minimum(value = "0"), maximum(value = "31622400"))
+    )]
     pub min_seconds: Option<u64>,
-    #[oai(nullable, skip_serializing_if_is_none, validator(minimum(value = "0")))]
+    #[oai(
+        nullable,
+        skip_serializing_if_is_none,
+        validator(minimum(value = "0"), maximum(value = "31622400"))
+    )]
     pub max_seconds: Option<u64>,
 }
 
@@ -315,7 +357,7 @@ pub struct QuietHoursIn {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AutomationAudienceIn {
     #[oai(nullable, skip_serializing_if_is_none)]
-    pub segment_id: Option<i64>,
+    pub segment_id: Option<IdIn>,
     #[oai(nullable, skip_serializing_if_is_none)]
     pub filter: Option<FilterIn>,
 }
@@ -400,20 +442,20 @@ impl Parts {
             Some(AutomationAudienceIn {
                 segment_id: Some(id),
                 filter: None,
-            }) => Some(Audience::SegmentId(SegmentId(id))),
+            }) => Some(Audience::SegmentId(SegmentId(id.0))),
             Some(AutomationAudienceIn {
                 segment_id: None,
                 filter: Some(f),
             }) => Some(Audience::Filter(Box::new(f.parse()?))),
             Some(_) => {
-                return Err(ApiError::invalid(
+                return Err(ApiError::unusable(
                     "audience",
                     "give one of segmentId and filter",
                 ));
             }
         };
         let d = Definition {
-            trigger: self.trigger.parse(),
+            trigger: self.trigger.parse()?,
             steps,
             stop_on_reply: self.stop_on_reply.unwrap_or(false),
             once_per_fan: self.once_per_fan.unwrap_or(false),
@@ -422,7 +464,7 @@ impl Parts {
             audience,
         };
         d.check()
-            .map_err(|(field, why)| ApiError::invalid(&field, why))?;
+            .map_err(|(field, why)| ApiError::unusable(&field, why))?;
         Ok(d)
     }
 }
@@ -444,7 +486,7 @@ fn step(i: usize, s: StepIn) -> Result<Step, ApiError> {
                 max_seconds,
             },
             _ => {
-                return Err(ApiError::invalid(
+                return Err(ApiError::unusable(
                     &format!("steps[{i}].wait"),
                     "give seconds, or minSeconds and maxSeconds",
                 ));
@@ -458,6 +500,12 @@ fn step(i: usize, s: StepIn) -> Result<Step, ApiError> {
                 .unwrap_or_default()
                 .into_iter()
                 .map(|v| {
+                    if v.name.trim().is_empty() {
+                        return Err(ApiError::unusable(
+                            &format!("{field}.variants"),
+                            "names must not be blank",
+                        ));
+                    }
                     Ok(Variant {
                         name: v.name.trim().to_owned(),
                         weight: v.weight,
@@ -490,7 +538,7 @@ fn template(
     if let Some(p) = price_cents
         && !(0..=100_000_000_000).contains(&p)
     {
-        return Err(ApiError::invalid(
+        return Err(ApiError::unusable(
             &format!("{field}.priceCents"),
             "must be 0 to 100000000000",
         ));
@@ -1071,7 +1119,7 @@ impl AutomationsApi {
                 None
             }
             _ => {
-                return Err(ApiError::invalid(
+                return Err(ApiError::unusable(
                     "steps",
                     "a new definition gives trigger and steps together (and its rules)",
                 ));
