@@ -442,6 +442,16 @@ mod tests {
         });
     }
 
+    #[test]
+    fn an_unknown_daily_cap_action_is_refused_naming_it() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("DAILY_CAP_ACTION", "sometimes");
+            let err = Settings::load(None).expect_err("an unknown action");
+            assert!(format!("{err:#}").contains("DAILY_CAP_ACTION"), "{err:#}");
+            Ok(())
+        });
+    }
+
     /// Every listed variable reaches its setting: a name missing from the list (or
     /// misspelt) would be silently ignored, as IMPORT_MAX_BYTES once was.
     #[test]
@@ -481,6 +491,8 @@ mod tests {
                 ("DELIVERY_MAX_ATTEMPTS", "7"),
                 ("DISPATCH_CONCURRENCY", "8"),
                 ("CAMPAIGN_AHEAD", "40"),
+                ("MAX_AUTOMATED_PER_FAN_PER_DAY", "3"),
+                ("DAILY_CAP_ACTION", "wait"),
                 ("SWEEP_CRON", "*/10 * * * * *"),
                 ("SWEEP_MAX_REDRIVES", "2"),
                 ("SWEEP_STUCK_AFTER_SECS", "60"),
@@ -551,6 +563,11 @@ mod tests {
                 (123, 4, 50)
             );
             assert_eq!(s.api.campaigns_per_hour, 2);
+            let cap = s.automations.daily_cap().unwrap();
+            assert_eq!(
+                (cap.per_fan, cap.action),
+                (3, fanqueue_jobs::crm::automations::CapAction::Wait)
+            );
             assert_eq!(s.imports.s3_bucket.as_deref(), Some("b"));
             assert_eq!(s.aws_endpoint_url.as_deref(), Some("http://e"));
             assert_eq!(

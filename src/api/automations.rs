@@ -72,7 +72,7 @@ pub enum TriggerType {
     Tip,
     /// An inbound message (containing `keyword`, without case, when given).
     Inbound,
-    /// A fan created through the API or an import.
+    /// A fan created through the API (an import does not fire it yet).
     FanCreated,
     /// Not seen (nor created) for `days` days; checked daily, once per inactivity spell.
     Inactive,

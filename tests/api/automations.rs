@@ -22,6 +22,7 @@ crate::on_both_backends!(backend:
     quiet_hours_once_per_fan_cooldown_and_the_daily_cap_each_bite,
     a_win_back_splits_its_variants_by_weight_and_credits_purchases_to_step_and_variant,
     inactive_enrolls_each_fan_once_per_spell_under_two_schedulers,
+    two_sends_in_a_row_each_queue_their_own_message,
 );
 
 /// A deployment delivering 600 a minute to a stand-in, with the automation clock and a
@@ -629,6 +630,12 @@ async fn inactive_enrolls_each_fan_once_per_spell_under_two_schedulers(backend: 
     let a = me.create_fan(seen("@a", 20)).await["id"].as_i64().unwrap();
     let b = me.create_fan(seen("@b", 10)).await["id"].as_i64().unwrap();
     let c = me.create_fan(seen("@c", 15)).await["id"].as_i64().unwrap();
+    // e turns 14 days quiet half an hour after the first check: the next day's check takes it.
+    let e = me
+        .create_fan(json!({ "handle": "@e", "lastSeenAt": now - TimeDelta::days(14) + TimeDelta::minutes(30) }))
+        .await["id"]
+        .as_i64()
+        .unwrap();
     // d is new (created now, never seen): not inactive.
     let d = me.create_fan(json!({ "handle": "@d" })).await["id"]
         .as_i64()
@@ -660,11 +667,13 @@ async fn inactive_enrolls_each_fan_once_per_spell_under_two_schedulers(backend: 
     };
     assert_eq!(both(now).await, 2, "a and c, once");
     assert_eq!(fans_enrolled().await, [a, c]);
-    // Later the same day: checked already.
-    assert_eq!(both(now + TimeDelta::minutes(5)).await, 0);
-    // The next day: b is 11 days quiet, a and c are in the same spell.
-    assert_eq!(both(now + TimeDelta::days(1)).await, 0);
-    assert_eq!(fans_enrolled().await, [a, c]);
+    // An hour later the same day (e is quiet 14 days by then): checked already today.
+    assert_eq!(both(now + TimeDelta::hours(1)).await, 0);
+    // The next day: e; b is 11 days quiet, a and c are in the same spell.
+    assert_eq!(both(now + TimeDelta::days(1)).await, 1);
+    let mut three = vec![a, c, e];
+    three.sort_unstable();
+    assert_eq!(fans_enrolled().await, three);
     // a comes back; fifteen days later a (a new spell), b (25 days) and d (created 15 days
     // before, never seen) are quiet.
     let resp = me
@@ -672,8 +681,60 @@ async fn inactive_enrolls_each_fan_once_per_spell_under_two_schedulers(backend: 
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(both(now + TimeDelta::days(15)).await, 3);
-    assert_eq!(fans_enrolled().await, [a, a, b, c, d]);
+    let mut all = vec![a, a, b, c, d, e];
+    all.sort_unstable();
+    assert_eq!(fans_enrolled().await, all);
     // Each enrollment sent its message once.
     let page = enrollments(&me, id).await;
-    assert_eq!(step_messages(&page).len(), 5, "{page}");
+    assert_eq!(step_messages(&page).len(), 6, "{page}");
+}
+
+async fn two_sends_in_a_row_each_queue_their_own_message(backend: Backend) {
+    let (sim, app, dispatcher, clock) = setup(backend, 2, "skip").await;
+    let me = app.user(1);
+    let id = create(
+        &me,
+        json!({
+            "name": "Hello twice",
+            "trigger": { "type": "fan_created" },
+            "steps": [
+                { "send": { "content": "one" } },
+                { "send": { "content": "two" } }
+            ]
+        }),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let a = fan(&me, "@a").await;
+    let at = Utc::now();
+    look(&clock, at).await;
+    look(&clock, at).await;
+    let page = enrollments(&me, id).await;
+    let e = &page["items"][0];
+    assert_eq!(e["status"], "completed", "{e}");
+    let sends: Vec<(Value, Value)> = e["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["outcome"].clone(), s["messageId"].clone()))
+        .collect();
+    assert_eq!(sends.len(), 2, "{e}");
+    assert!(
+        sends.iter().all(|(o, m)| *o == "sent" && m.is_i64()) && sends[0].1 != sends[1].1,
+        "each send its own message: {e}"
+    );
+    let got = delivered(&sim, &dispatcher, 2).await;
+    let mut ids: Vec<String> = got
+        .iter()
+        .map(|d| d["messageId"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = sends.iter().map(|(_, m)| m.to_string()).collect();
+    want.sort();
+    assert_eq!(ids, want, "{got:?}");
+    assert!(
+        got.iter()
+            .all(|d| d["recipientId"].as_str() == Some(a.to_string().as_str()))
+    );
 }

@@ -238,7 +238,11 @@ async fn apply_once(db: &Db, user: UserId, events: &[PlatformEvent]) -> StoreRes
                     (EventKind::Subscription, Some(Some(Subscription::Expired))) => {
                         Some(Fire::Resubscription)
                     }
-                    (EventKind::SubscriptionExpired, Some(_)) => Some(Fire::SubscriptionExpired),
+                    (EventKind::SubscriptionExpired, Some(before))
+                        if before != Some(Subscription::Expired) =>
+                    {
+                        Some(Fire::SubscriptionExpired)
+                    }
                     _ => None,
                 }
             }

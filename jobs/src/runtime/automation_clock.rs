@@ -6,7 +6,7 @@
 //! kill anywhere repeats nothing and loses nothing.
 
 use std::{
-    collections::{HashMap, HashSet, hash_map::Entry},
+    collections::{BTreeMap, HashMap, HashSet, hash_map::Entry},
     time::Duration,
 };
 
@@ -26,7 +26,7 @@ use crate::{
         segments::{self, Condition, Param},
     },
     db::{Db, StoreError},
-    domain::{AutomationId, FanId, Timestamp},
+    domain::{AutomationId, FanId, MessageId, Timestamp, UserId},
     engine::{JobBackend, JobId, NewJob},
     kinds::{SubmitError, bulk_send::BulkSend},
 };
@@ -106,15 +106,22 @@ impl AutomationClock {
 
     /// One look as if the time were `now` (tests step through waits and days with it).
     pub async fn run_at(&self, now: Timestamp) -> Result<Looked, SubmitError> {
+        // A daily check that fails (logged; the next look tries again) holds up no step.
+        let enrolled = self.daily_checks(now).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "a daily automation check failed; the next look tries again");
+            0
+        });
         let mut looked = Looked {
-            enrolled: self.daily_checks(now).await?,
+            enrolled,
             ..Looked::default()
         };
         for _ in 0..BATCHES_PER_LOOK {
             let (advanced, sent) = self.advance_due(now).await?;
             looked.advanced += advanced;
             looked.sent += sent;
-            if advanced < PER_BATCH as usize {
+            // Until nothing is due: an enrollment sends once a batch, so its next step (due
+            // now too) is the next batch's.
+            if advanced == 0 {
                 break;
             }
         }
@@ -192,10 +199,17 @@ impl AutomationClock {
         for e in &due {
             let key = (e.automation_id, e.version);
             if let Entry::Vacant(slot) = definitions.entry(key) {
-                let d = automations::version(&mut tx, e.automation_id, e.version)
-                    .await?
-                    .ok_or(StoreError::NotFound("automation version"))?;
-                slot.insert(d);
+                match automations::version(&mut tx, e.automation_id, e.version).await? {
+                    Some(d) => {
+                        slot.insert(d);
+                    }
+                    // Its version is gone (not something the API does): it ends rather than
+                    // stall the clock on it.
+                    None => {
+                        enrollments::finish(&mut tx, e.id, e.step, Some(exit::FAILED), now).await?;
+                        continue;
+                    }
+                }
             }
             let span = tracing::info_span!(
                 "automation_step",
@@ -211,14 +225,19 @@ impl AutomationClock {
         let Walk {
             mut done, planned, ..
         } = walk;
-        let job = JobId::generate();
+        // A job per creator: its messages are its own (a creator sees and may cancel it).
+        let mut jobs: BTreeMap<UserId, (JobId, Vec<MessageId>)> = BTreeMap::new();
+        for p in &planned {
+            jobs.entry(p.enrollment.user_id)
+                .or_insert_with(|| (JobId::generate(), vec![]));
+        }
         let rows: Vec<NewQueued> = planned
             .iter()
             .map(|p| NewQueued {
                 user: p.enrollment.user_id,
                 fan: p.enrollment.fan_id,
                 out: &p.out,
-                job: &job,
+                job: &jobs[&p.enrollment.user_id].0,
                 campaign: None,
                 run: None,
                 turn: 0,
@@ -226,9 +245,13 @@ impl AutomationClock {
             })
             .collect();
         let stored = messages::insert_queued(&mut tx, &rows, now).await?;
-        let mut ids = vec![];
         for (p, m) in planned.iter().zip(&stored) {
-            ids.extend(m.as_ref().map(|m| m.id));
+            if let Some(m) = m {
+                let job = jobs
+                    .get_mut(&p.enrollment.user_id)
+                    .expect("the creator's job");
+                job.1.push(m.id);
+            }
             done.push(StepDone {
                 enrollment: p.enrollment.id,
                 step: p.step,
@@ -240,24 +263,27 @@ impl AutomationClock {
             });
         }
         enrollments::record(&mut tx, &done, now).await?;
-        let queued = if ids.is_empty() {
-            None
-        } else {
-            let user = planned[0].enrollment.user_id;
+        let mut queued = vec![];
+        for (user, (id, ids)) in jobs {
+            if ids.is_empty() {
+                continue;
+            }
             let new_job = NewJob::of::<BulkSend>(
-                job,
+                id,
                 user,
                 json!({ "automationSends": ids.len(), "messageIds": ids }),
             )
             .with_total(ids.len() as i64);
             self.backend.enqueue(&mut tx, &new_job).await?;
-            Some(new_job)
-        };
+            queued.push(new_job);
+        }
         tx.commit().await?;
-        let sent = ids.len();
-        if let Some(job) = queued {
+        let mut sent = 0;
+        for job in queued {
             self.backend.after_commit(&self.db, &job).await;
-            tracing::debug!(job_id = %job.id, messages = sent, "automated messages queued");
+            let n = job.total.unwrap_or(0) as usize;
+            sent += n;
+            tracing::debug!(user_id = job.user.0, job_id = %job.id, messages = n, "automated messages queued");
         }
         Ok((fetched, sent))
     }
@@ -396,10 +422,16 @@ impl Walk<'_> {
                             record("capped", Some(held::DAILY_CAP.to_owned()));
                         }
                         (false, _) => {
-                            *self.sent_today.entry(e.fan_id).or_default() += 1;
                             let (variant, template) = s.pick(roll(e.id.0, step as u64));
-                            let out = Outgoing::from_template(template)
-                                .map_err(|e| StoreError::Conflict(e.to_string()))?;
+                            let Ok(out) = Outgoing::from_template(template) else {
+                                // Stored by this version of the API, so unreadable only if
+                                // damaged: the enrollment ends rather than stall the clock.
+                                record("failed", None);
+                                enrollments::finish(tx, e.id, step as i32, Some(exit::FAILED), now)
+                                    .await?;
+                                return Ok(());
+                            };
+                            *self.sent_today.entry(e.fan_id).or_default() += 1;
                             self.planned.push(Planned {
                                 enrollment: e.clone(),
                                 step: step as i32,
@@ -407,6 +439,18 @@ impl Walk<'_> {
                                 out,
                                 held_by: held_by.take(),
                             });
+                            // One send an enrollment a batch (its message is matched back to
+                            // its step by fan): the next step waits for the next batch.
+                            let next = step + 1;
+                            match entry(def, next, e.id.0, now) {
+                                None => {
+                                    enrollments::finish(tx, e.id, next as i32, None, now).await?
+                                }
+                                Some(due) => {
+                                    enrollments::move_to(tx, e.id, next as i32, due, None).await?
+                                }
+                            }
+                            return Ok(());
                         }
                     }
                     step + 1

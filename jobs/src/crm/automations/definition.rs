@@ -52,7 +52,7 @@ pub enum Trigger {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         keyword: Option<String>,
     },
-    /// A fan created (through the API or an import).
+    /// A fan created through the API (an import does not fire it yet).
     FanCreated,
     /// Not seen for `days` days; a daily check, once per fan per inactivity spell.
     Inactive { days: u32 },
@@ -249,10 +249,11 @@ impl QuietHours {
             chrono::LocalResult::Single(e) | chrono::LocalResult::Ambiguous(e, _) => {
                 e.with_timezone(&Utc)
             }
-            chrono::LocalResult::None => {
-                (tz.from_utc_datetime(&(end - TimeDelta::hours(1)))).with_timezone(&Utc)
-                    + TimeDelta::hours(1)
-            }
+            // In a gap (clocks moved forward over `to`): the first instant after it.
+            chrono::LocalResult::None => tz
+                .from_local_datetime(&(end + TimeDelta::hours(1)))
+                .earliest()
+                .map_or(at, |e| e.with_timezone(&Utc)),
         }
     }
 }

@@ -42,6 +42,8 @@ pub mod exit {
     pub const EXIT_STEP: &str = "exit_step";
     /// The automation was deleted.
     pub const DELETED: &str = "deleted";
+    /// Its step could not run (a stored definition or message that does not read back).
+    pub const FAILED: &str = "failed";
 }
 
 /// Why a send was put off, or what came of a step.
@@ -190,7 +192,10 @@ pub async fn enroll(
 /// nothing takes no write lock, which on SQLite is the one there is).
 pub async fn any_due(db: &Db, now: Timestamp) -> sqlx::Result<bool> {
     let found: Option<(i32,)> = on_db!(db, pool => sqlx::query_as(
-        "SELECT 1 FROM automation_enrollments WHERE status = 'active' AND due_at <= $1 LIMIT 1",
+        "SELECT 1 FROM automation_enrollments e JOIN automations a ON a.id = e.automation_id
+         WHERE e.status = 'active' AND e.due_at <= $1
+           AND a.status = 'active' AND a.deleted_at IS NULL
+         LIMIT 1",
     )
     .bind(now)
     .fetch_optional(pool)
@@ -229,8 +234,8 @@ pub struct StepDone {
     pub variant: Option<String>,
 }
 
-/// Records steps as done. A step already recorded is not recorded again: the returned
-/// enrollments are those whose row was new.
+/// Records steps as done, each once: recording one again is an error (its transaction, with
+/// whatever the step did, is rolled back).
 pub async fn record(
     tx: &mut Tx,
     steps: &[StepDone],
@@ -253,7 +258,9 @@ pub async fn record(
                     .push_bind(s.variant.as_deref())
                     .push_bind(now);
             });
-            q.push(" ON CONFLICT (enrollment_id, step) DO NOTHING RETURNING enrollment_id, step");
+            // No `ON CONFLICT`: a step recorded twice aborts the transaction (and the send
+            // stored with it) instead of passing unnoticed.
+            q.push(" RETURNING enrollment_id, step");
             q.build_query_as().fetch_all(&mut **conn).await
         })?;
         done.extend(rows);

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::{
     crm::{
+        conversations,
         fans::{self, Fan, NewFan},
         messages::{self, Inbound, Message},
         segments::{Condition, Param},
@@ -156,6 +157,11 @@ pub async fn inbound(
     key: Option<&Guard>,
 ) -> StoreResult<(Message, bool)> {
     let mut tx = db.begin().await?;
+    // The fan's enrollments are locked before the conversation is written, the order the
+    // automation clock takes them in (enrollments, then the conversation of a send).
+    if let Some(fan) = conversations::fan_of(&mut tx, user, conversation).await? {
+        enrollments::active_of_fan(&mut tx, fan).await?;
+    }
     let (message, new) = messages::record_inbound(&mut tx, user, conversation, msg, key).await?;
     if new {
         let now = Timestamp::now();

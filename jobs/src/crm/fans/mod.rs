@@ -453,7 +453,7 @@ pub async fn subscribed(
 ) -> sqlx::Result<Option<Option<Subscription>>> {
     let read = match tx {
         Tx::Postgres(_) => {
-            "SELECT subscription, subscription_at FROM fans WHERE id = $1 FOR UPDATE"
+            "SELECT subscription, subscription_at FROM fans WHERE id = $1 FOR NO KEY UPDATE"
         }
         Tx::Sqlite(_) => "SELECT subscription, subscription_at FROM fans WHERE id = $1",
     };
