@@ -9,7 +9,7 @@
 pub mod recipients;
 pub mod runs;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use serde_json::{Value, json};
 use sqlx::types::Json;
 
@@ -195,9 +195,21 @@ pub async fn insert(
     now: Timestamp,
 ) -> StoreResult<Campaign> {
     let later = new.starts_at.filter(|at| at.0 > now.0);
-    // A recurring campaign waits for its first tick (at or after its start).
+    // A recurring campaign waits for its first tick at or after its start: ticks fall on
+    // whole seconds, so the tick strictly after the second before the start's (rounded up)
+    // second. (Not the second before the start itself: a start at 10:00:00.2 would take the
+    // 10:00:00 tick, already past.)
     let later = match &new.recurring {
-        Some(r) => r.next_after(later.unwrap_or(now).0 - chrono::TimeDelta::seconds(1)),
+        Some(r) => {
+            let from = later.unwrap_or(now).0;
+            let whole = from.with_nanosecond(0).unwrap_or(from);
+            let up = if whole < from {
+                whole + chrono::TimeDelta::seconds(1)
+            } else {
+                whole
+            };
+            r.next_after(up - chrono::TimeDelta::seconds(1))
+        }
         None => later,
     };
     let (status, started) = match later {
