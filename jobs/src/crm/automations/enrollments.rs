@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     crm::segments::{self, Condition, Param, bind_condition},
-    db::{Db, Listed, Page, StoreResult, Tx},
+    db::{Db, Listed, Page, StoreResult, Tx, push_binds},
     domain::{AutomationId, EnrollmentId, FanId, MessageId, Timestamp, UserId},
     on_db, on_tx, text_enum,
 };
@@ -107,10 +107,7 @@ pub async fn enroll(
     now: Timestamp,
 ) -> StoreResult<Vec<FanId>> {
     let definition = &automation.definition.0;
-    let dialect = match tx {
-        Tx::Postgres(_) => segments::Dialect::Postgres,
-        Tx::Sqlite(_) => segments::Dialect::Sqlite,
-    };
+    let dialect = segments::tx_dialect(tx);
     let mut condition = only;
     match &definition.audience {
         None => {}
@@ -354,32 +351,34 @@ pub async fn active_of_fan(tx: &mut Tx, fan: FanId) -> sqlx::Result<Vec<Enrollme
 
 /// The messages the steps of these enrollments sent.
 pub async fn messages_of(tx: &mut Tx, ids: &[EnrollmentId]) -> sqlx::Result<Vec<MessageId>> {
-    let mut out = vec![];
-    for id in ids {
-        let rows: Vec<(MessageId,)> = on_tx!(tx, conn => sqlx::query_as(
-            "SELECT message_id FROM automation_steps
-             WHERE enrollment_id = $1 AND message_id IS NOT NULL",
-        )
-        .bind(*id)
-        .fetch_all(&mut **conn)
-        .await)?;
-        out.extend(rows.into_iter().map(|(m,)| m));
+    if ids.is_empty() {
+        return Ok(vec![]);
     }
-    Ok(out)
+    let rows: Vec<(MessageId,)> = on_tx!(tx, conn => {
+        let mut q = sqlx::QueryBuilder::new(
+            "SELECT message_id FROM automation_steps
+             WHERE message_id IS NOT NULL AND enrollment_id IN (",
+        );
+        push_binds(&mut q, ids.iter().map(|e| e.0));
+        q.push(")");
+        q.build_query_as().fetch_all(&mut **conn).await
+    })?;
+    Ok(rows.into_iter().map(|(m,)| m).collect())
 }
 
 /// Marks the steps whose messages were withdrawn before they went out.
 pub async fn withdrawn(tx: &mut Tx, messages: &[MessageId]) -> sqlx::Result<()> {
-    for m in messages {
-        on_tx!(tx, conn => sqlx::query(
-            "UPDATE automation_steps SET outcome = 'withdrawn' WHERE message_id = $1",
-        )
-        .bind(*m)
-        .execute(&mut **conn)
-        .await
-        .map(|_| ()))?;
+    if messages.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    on_tx!(tx, conn => {
+        let mut q = sqlx::QueryBuilder::new(
+            "UPDATE automation_steps SET outcome = 'withdrawn' WHERE message_id IN (",
+        );
+        push_binds(&mut q, messages.iter().map(|m| m.0));
+        q.push(")");
+        q.build().execute(&mut **conn).await.map(|_| ())
+    })
 }
 
 /// How many automated and campaign messages (lanes 1 and 2) each fan was sent since `since`.
@@ -388,19 +387,20 @@ pub async fn sent_since(
     fans: &[FanId],
     since: Timestamp,
 ) -> sqlx::Result<HashMap<FanId, i64>> {
-    let mut counts = HashMap::new();
-    for fan in fans {
-        let (n,): (i64,) = on_tx!(tx, conn => sqlx::query_as(
-            "SELECT COUNT(*) FROM messages
-             WHERE fan_id = $1 AND lane > 0 AND created_at >= $2 AND direction = 'out'",
-        )
-        .bind(*fan)
-        .bind(since)
-        .fetch_one(&mut **conn)
-        .await)?;
-        counts.insert(*fan, n);
+    if fans.is_empty() {
+        return Ok(HashMap::new());
     }
-    Ok(counts)
+    let rows: Vec<(FanId, i64)> = on_tx!(tx, conn => {
+        let mut q = sqlx::QueryBuilder::new(
+            "SELECT fan_id, COUNT(*) FROM messages
+             WHERE lane > 0 AND direction = 'out' AND created_at >= ",
+        );
+        q.push_bind(since).push(" AND fan_id IN (");
+        push_binds(&mut q, fans.iter().map(|f| f.0));
+        q.push(") GROUP BY fan_id");
+        q.build_query_as().fetch_all(&mut **conn).await
+    })?;
+    Ok(rows.into_iter().collect())
 }
 
 /// One page of an automation's enrollments, newest first.
@@ -450,19 +450,19 @@ pub struct StepRow {
 
 /// The steps these enrollments went through, in order.
 pub async fn steps_of(db: &Db, ids: &[EnrollmentId]) -> sqlx::Result<Vec<StepRow>> {
-    let mut out = vec![];
-    for id in ids {
-        let rows: Vec<StepRow> = on_db!(db, pool => sqlx::query_as::<_, StepRow>(
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    on_db!(db, pool => {
+        let mut q = sqlx::QueryBuilder::new(
             "SELECT s.*, m.status AS message_status FROM automation_steps s
              LEFT JOIN messages m ON m.id = s.message_id
-             WHERE s.enrollment_id = $1 ORDER BY s.step",
-        )
-        .bind(*id)
-        .fetch_all(pool)
-        .await)?;
-        out.extend(rows);
-    }
-    Ok(out)
+             WHERE s.enrollment_id IN (",
+        );
+        push_binds(&mut q, ids.iter().map(|e| e.0));
+        q.push(") ORDER BY s.enrollment_id, s.step");
+        q.build_query_as().fetch_all(pool).await
+    })
 }
 
 /// A fan's enrollments, newest first, with their automations' names.

@@ -704,18 +704,18 @@ pub async fn on_the_way_of_run(tx: &mut Tx, run: RunId) -> StoreResult<i64> {
 /// Takes back those of `ids` still queued and never tried, as [`withdraw_untried_of_run`]
 /// does (an automation's enrollment ended before they went out); returns the ones taken.
 pub async fn withdraw_untried(tx: &mut Tx, ids: &[MessageId]) -> StoreResult<Vec<MessageId>> {
-    let mut gone = vec![];
-    for id in ids {
-        let row: Option<(MessageId,)> = on_tx!(tx, conn => sqlx::query_as(
-            "DELETE FROM messages WHERE id = $1 AND status = 'queued' AND attempts = 0
-             RETURNING id",
-        )
-        .bind(*id)
-        .fetch_optional(&mut **conn)
-        .await)?;
-        gone.extend(row.map(|(m,)| m));
+    if ids.is_empty() {
+        return Ok(vec![]);
     }
-    Ok(gone)
+    let rows: Vec<(MessageId,)> = on_tx!(tx, conn => {
+        let mut q = sqlx::QueryBuilder::new(
+            "DELETE FROM messages WHERE status = 'queued' AND attempts = 0 AND id IN (",
+        );
+        crate::db::push_binds(&mut q, ids.iter().map(|m| m.0));
+        q.push(") RETURNING id");
+        q.build_query_as().fetch_all(&mut **conn).await
+    })?;
+    Ok(rows.into_iter().map(|(m,)| m).collect())
 }
 
 /// Takes back, in `tx`, a run's messages that no delivery attempt has touched (paused or

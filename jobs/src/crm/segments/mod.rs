@@ -139,6 +139,14 @@ pub fn dialect(db: &Db) -> Dialect {
     }
 }
 
+/// The dialect a filter's SQL is written in for `tx`'s database.
+pub fn tx_dialect(tx: &Tx) -> Dialect {
+    match tx {
+        Tx::Postgres(_) => Dialect::Postgres,
+        Tx::Sqlite(_) => Dialect::Sqlite,
+    }
+}
+
 /// Binds `$1` (the user) and then the condition's parameters, in order. (The SQL these bind
 /// to is [`Filter::to_sql`]'s fixed fragments: input only ever reaches it as a parameter.)
 macro_rules! bind_condition {
@@ -256,10 +264,7 @@ pub async fn matches(
     filter: &Filter,
     now: Timestamp,
 ) -> StoreResult<bool> {
-    let dialect = match tx {
-        Tx::Postgres(_) => Dialect::Postgres,
-        Tx::Sqlite(_) => Dialect::Sqlite,
-    };
+    let dialect = tx_dialect(tx);
     let mut only = Condition::everyone();
     let id = only.bind(Param::Int(fan.0));
     only.and(&format!("f.id = {id}"));
