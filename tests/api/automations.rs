@@ -625,7 +625,15 @@ async fn inactive_enrolls_each_fan_once_per_spell_under_two_schedulers(backend: 
     let (_sim, app, _dispatcher, clock) = setup(backend, 2, "skip").await;
     let other = app.automation_clock().await;
     let me = app.user(1);
-    let now = Utc::now();
+    // The clock's looks are from 01:00 UTC tomorrow on, so that "an hour later" is the same
+    // UTC day whatever time the test runs at.
+    let now = Utc::now()
+        .date_naive()
+        .succ_opt()
+        .unwrap()
+        .and_hms_opt(1, 0, 0)
+        .unwrap()
+        .and_utc();
     let seen = |handle: &str, days: i64| json!({ "handle": handle, "lastSeenAt": now - TimeDelta::days(days) });
     let a = me.create_fan(seen("@a", 20)).await["id"].as_i64().unwrap();
     let b = me.create_fan(seen("@b", 10)).await["id"].as_i64().unwrap();
@@ -677,7 +685,10 @@ async fn inactive_enrolls_each_fan_once_per_spell_under_two_schedulers(backend: 
     // a comes back; fifteen days later a (a new spell), b (25 days) and d (created 15 days
     // before, never seen) are quiet.
     let resp = me
-        .put(&format!("/api/crm/fans/{a}"), &json!({ "lastSeenAt": now }))
+        .put(
+            &format!("/api/crm/fans/{a}"),
+            &json!({ "lastSeenAt": Utc::now() }),
+        )
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(both(now + TimeDelta::days(15)).await, 3);
