@@ -23,6 +23,7 @@ crate::on_both_backends!(backend:
     a_win_back_splits_its_variants_by_weight_and_credits_purchases_to_step_and_variant,
     inactive_enrolls_each_fan_once_per_spell_under_two_schedulers,
     two_sends_in_a_row_each_queue_their_own_message,
+    an_import_enrolls_its_new_fans_in_fan_created_automations_once,
 );
 
 /// A deployment delivering 600 a minute to a stand-in, with the automation clock and a
@@ -748,4 +749,66 @@ async fn two_sends_in_a_row_each_queue_their_own_message(backend: Backend) {
         got.iter()
             .all(|d| d["recipientId"].as_str() == Some(a.to_string().as_str()))
     );
+}
+
+async fn an_import_enrolls_its_new_fans_in_fan_created_automations_once(backend: Backend) {
+    let (_sim, app, _dispatcher, _clock) = setup(backend, 2, "skip").await;
+    let me = app.user(1);
+    let old = fan(&me, "@old").await;
+    let id = create(
+        &me,
+        json!({
+            "name": "Hello new fans",
+            "trigger": { "type": "fan_created" },
+            "steps": [
+                { "wait": { "seconds": 3600 } },
+                { "send": { "content": "Welcome!" } }
+            ]
+        }),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let file = |spent: &str| {
+        format!(
+            "Username,Display Name,Email,Subscription Tier,Total Spent,Last Seen\n\
+             old,Old,old@example.com,Gold,{spent},2025-01-01\n\
+             new1,New 1,n1@example.com,Gold,{spent},2025-01-01\n\
+             new2,New 2,n2@example.com,Gold,{spent},2025-01-01\n"
+        )
+        .into_bytes()
+    };
+    let job = me.import("fans.csv", file("$1.00")).await;
+    me.wait_job(&job).await;
+    let enrolled = |page: &Value| -> Vec<i64> {
+        let mut fans: Vec<i64> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["fanId"].as_i64().unwrap())
+            .collect();
+        fans.sort_unstable();
+        fans
+    };
+    let page = enrollments(&me, id).await;
+    let fans = enrolled(&page);
+    assert_eq!(
+        fans.len(),
+        2,
+        "the two new fans, not the one there before: {page}"
+    );
+    assert!(!fans.contains(&old), "{page}");
+    assert!(
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["status"] == "active" && e["dueAt"].is_string()),
+        "each waits on its timer: {page}"
+    );
+    // The same fans again, changed: nobody is new, nobody enrolls again.
+    let job = me.import("fans.csv", file("$2.00")).await;
+    let done = me.wait_job(&job).await;
+    assert_eq!(done["result"]["summary"]["updated"], 3, "{done}");
+    assert_eq!(enrolled(&enrollments(&me, id).await), fans);
 }

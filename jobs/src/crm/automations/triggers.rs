@@ -184,12 +184,45 @@ pub async fn inbound(
 pub async fn new_fan(db: &Db, user: UserId, fan: NewFan, key: Option<&Guard>) -> StoreResult<Fan> {
     let mut tx = db.begin().await?;
     let created = fans::create_in(&mut tx, user, fan, key).await?;
-    let fired = Fired {
-        fan: created.id,
-        what: Fire::FanCreated,
-        key: created.id.0.to_string(),
-    };
-    fire(&mut tx, user, &[fired], Timestamp::now()).await?;
+    self::created(&mut tx, user, &[created.id], Timestamp::now()).await?;
     tx.commit().await?;
     Ok(created)
+}
+
+/// Ids a `fan_created` enrollment statement names at most (well under SQLite's 32,766 bound
+/// values, with the audience's own).
+const CREATED_PER_STATEMENT: usize = 1_000;
+
+/// Fires the `fan_created` triggers for `fans`, just created in `tx` (by the API, or an
+/// import's batch): one enrollment statement per automation and thousand fans, not one per fan.
+/// Each fan enrolls once per automation (its key is its id). Returns how many enrollments began.
+pub async fn created(
+    tx: &mut Tx,
+    user: UserId,
+    fans: &[FanId],
+    now: Timestamp,
+) -> StoreResult<usize> {
+    if fans.is_empty() {
+        return Ok(0);
+    }
+    let word = Fire::FanCreated.word();
+    let mut began = 0;
+    for a in armed(tx, user, word).await? {
+        for chunk in fans.chunks(CREATED_PER_STATEMENT) {
+            let mut only = Condition::everyone();
+            let ids: Vec<String> = chunk.iter().map(|f| only.bind(Param::Int(f.0))).collect();
+            only.and(&format!("f.id IN ({})", ids.join(", ")));
+            began += enrollments::enroll(tx, &a, only, |c| format!("{word}:{}", c.id.0), now)
+                .await?
+                .len();
+        }
+    }
+    if began > 0 {
+        tracing::info!(
+            user_id = user.0,
+            enrolled = began,
+            "automations enrolled new fans"
+        );
+    }
+    Ok(began)
 }

@@ -165,10 +165,12 @@ macro_rules! sqlite_upsert_tail {
 const SQLITE_ROWS_PER_STATEMENT: usize = 2_000;
 
 /// What a batch's upsert did to its rows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Upserted {
     /// Fans that did not exist.
     pub inserted: u64,
+    /// Their ids (the batch's `fan_created` triggers enroll them).
+    pub new: Vec<FanId>,
     /// Existing fans the file changed.
     pub updated: u64,
     /// Existing fans the file matched and left as they were.
@@ -223,6 +225,7 @@ pub async fn upsert_batch(
     let updated = written.saturating_sub(inserted);
     Ok(Upserted {
         inserted,
+        new,
         updated,
         unchanged: (rows.len() as u64).saturating_sub(inserted + updated),
     })

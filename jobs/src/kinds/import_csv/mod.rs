@@ -24,9 +24,12 @@ use serde_json::json;
 use super::{Deps, SubmitError};
 use crate::{
     blobs::BlobStore,
-    crm::fans::{self, import::FanRow},
+    crm::{
+        automations,
+        fans::{self, import::FanRow},
+    },
     db::{self, Db},
-    domain::UserId,
+    domain::{Timestamp, UserId},
     engine::{
         EnqueueError, JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome,
         RetryPolicy, RunContext, record,
@@ -371,6 +374,8 @@ async fn commit_batch(
 ) -> Result<(Checkpoint, bool), JobError> {
     let mut tx = db.begin().await?;
     let done = fans::import::upsert_batch(&mut tx, user, &rows, look_first).await?;
+    // The new fans enroll in the creator's `fan_created` automations with the batch.
+    automations::triggers::created(&mut tx, user, &done.new, Timestamp::now()).await?;
     cp.summary.successful_inserts += done.inserted;
     cp.summary.updated += done.updated;
     cp.summary.unchanged += done.unchanged;
