@@ -3,6 +3,7 @@
 mod analytics;
 mod app;
 mod auth;
+mod automation_faults;
 mod automations;
 mod backpressure;
 mod bad_input;

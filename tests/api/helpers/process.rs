@@ -192,7 +192,7 @@ pub struct Deployment {
     /// The API's base URL.
     pub api: String,
     _db: TestDb,
-    _api: AppProcess,
+    api_process: AppProcess,
     worker: AppProcess,
 }
 
@@ -217,6 +217,14 @@ impl Deployment {
             self.dir.path(),
             "workers running",
         );
+    }
+
+    /// SIGKILLs the API process and starts another in its place (`api` is its new address).
+    pub fn kill_api(&mut self) {
+        self.api_process.child.kill().expect("SIGKILL the API");
+        self.api_process.child.wait().unwrap();
+        self.api_process = AppProcess::spawn(&["serve"], &self.env_refs(), self.dir.path());
+        self.api = self.api_process.address.clone();
     }
 
     /// The deployment's settings, as a process's environment.
@@ -294,7 +302,7 @@ impl Deployment {
             db_name,
             dlq,
             _db: db,
-            _api: api,
+            api_process: api,
             worker,
         }
     }
