@@ -40,6 +40,7 @@ static ASSETS: &[Asset] = assets![
     "js/pages/imports.js" => JS,
     "js/pages/campaigns.js" => JS,
     "js/pages/segments.js" => JS,
+    "js/pages/automations.js" => JS,
     "js/pages/analytics.js" => JS,
     "js/pages/operator.js" => JS,
 ];

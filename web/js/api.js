@@ -31,10 +31,12 @@ export function isOperator() {
 }
 
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, field) {
     super(message);
     this.status = status;
     this.code = code;
+    // The request field at fault, when the API names one (`steps[1].send.content`).
+    this.field = field;
   }
 }
 
@@ -70,7 +72,7 @@ export async function api(path, { method = 'GET', body, form, signal } = {}) {
   if (!res.ok) {
     if (res.status === 401) onUnauthorized();
     const err = data?.error ?? {};
-    throw new ApiError(res.status, err.code ?? 'http_' + res.status, err.message ?? res.statusText);
+    throw new ApiError(res.status, err.code ?? 'http_' + res.status, err.message ?? res.statusText, err.field);
   }
   return data;
 }

@@ -7,6 +7,7 @@ import * as fans from './pages/fans.js';
 import * as imports from './pages/imports.js';
 import * as campaigns from './pages/campaigns.js';
 import * as segments from './pages/segments.js';
+import * as automations from './pages/automations.js';
 import * as analytics from './pages/analytics.js';
 import * as operator from './pages/operator.js';
 
@@ -20,6 +21,10 @@ const routes = [
   [/^\/app\/segments\/?$/, segments.show, 'Segments'],
   [/^\/app\/campaigns\/?$/, campaigns.showList, 'Campaigns'],
   [/^\/app\/campaigns\/(\d+)\/?$/, campaigns.showCampaign, 'Campaign', (m) => ({ id: m[1] })],
+  [/^\/app\/automations\/?$/, automations.showList, 'Automations'],
+  [/^\/app\/automations\/new\/?$/, automations.showNew, 'New automation'],
+  [/^\/app\/automations\/(\d+)\/?$/, automations.showAutomation, 'Automation', (m) => ({ id: m[1] })],
+  [/^\/app\/automations\/(\d+)\/edit\/?$/, automations.showEdit, 'Edit automation', (m) => ({ id: m[1] })],
   [/^\/app\/platforms\/onlyfans\/analytics\/?$/, analytics.show, 'Analytics'],
   [/^\/app\/operator\/?$/, operator.show, 'Operator'],
 ];

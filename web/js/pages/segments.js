@@ -33,8 +33,8 @@ function filterOf(form) {
   return f;
 }
 
-/** Words for a stored filter, for the list. */
-function describe(f) {
+/** Words for a stored filter, for the list (and the automations' conditions). */
+export function describe(f) {
   const parts = [];
   if (f.tagsAny) parts.push(`any of ${f.tagsAny.join(', ')}`);
   if (f.tagsAll) parts.push(`all of ${f.tagsAll.join(', ')}`);
