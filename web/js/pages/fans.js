@@ -3,6 +3,7 @@ import { api, qs } from '../api.js';
 import { html, render, cents, when, errorBox, toast, download } from '../ui.js';
 import { toCsv } from '../csv.js';
 import { go } from '../nav.js';
+import { showTimeline } from './automations.js';
 
 const PAGE = 50;
 export const MAX_RECIPIENTS = 100;
@@ -129,7 +130,7 @@ export async function showList(main) {
 }
 
 export async function showFan(page, { id }) {
-  render(page, html`<div id="fan-page"><p class="muted">Loading…</p></div>`);
+  render(page, html`<div id="fan-page"><p class="muted">Loading…</p></div><section id="fan-timeline" aria-labelledby="timeline-h"></section>`);
   // Everything below stays inside this element, even if the reader moves on meanwhile.
   const main = page.querySelector('#fan-page');
   let fan;
@@ -216,6 +217,8 @@ export async function showFan(page, { id }) {
     });
   };
   wire();
+  // What the automations did to this fan, kept fresh while the page is open.
+  return showTimeline(page.querySelector('#fan-timeline'), id);
 }
 
 function history(items) {
