@@ -14,7 +14,7 @@ use figment::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use fanqueue_jobs::{crm::automations::CapAction, runtime::DailyCap};
+use fanqueue_jobs::crm::automations::{CapAction, DailyCap};
 
 use crate::origins::AllowedOrigins;
 

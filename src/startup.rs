@@ -204,6 +204,7 @@ pub fn deps(settings: &Settings, services: &Services) -> Deps {
         outbound: services.outbound.clone(),
         rate_limiter_enabled: settings.delivery.rate_limiter_enabled,
         campaign_ahead: settings.delivery.campaign_ahead(),
+        daily_cap_per_fan: settings.automations.max_automated_per_fan_per_day,
         sweep: SweepConfig {
             max_redrives: i64::from(sweep.sweep_max_redrives),
             stuck_after: Duration::from_secs(sweep.sweep_stuck_after_secs.max(1)),

@@ -61,7 +61,7 @@ pub struct CampaignMetrics {
     /// Skipped, an exclusion matching them just before their message would have been queued.
     pub excluded: i64,
     /// Excluded fans by reason (`messaged_recently`, `unread_inbound`, `excluded_segment`,
-    /// `bought_campaign`).
+    /// `bought_campaign`, `daily_cap`).
     pub excluded_by: std::collections::BTreeMap<String, i64>,
     /// Not sent because the campaign was cancelled.
     pub cancelled: i64,

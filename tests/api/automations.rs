@@ -24,6 +24,7 @@ crate::on_both_backends!(backend:
     inactive_enrolls_each_fan_once_per_spell_under_two_schedulers,
     two_sends_in_a_row_each_queue_their_own_message,
     an_import_enrolls_its_new_fans_in_fan_created_automations_once,
+    a_campaign_excludes_fans_at_the_daily_cap_and_counts_toward_it,
 );
 
 /// A deployment delivering 600 a minute to a stand-in, with the automation clock and a
@@ -811,4 +812,99 @@ async fn an_import_enrolls_its_new_fans_in_fan_created_automations_once(backend:
     let done = me.wait_job(&job).await;
     assert_eq!(done["result"]["summary"]["updated"], 3, "{done}");
     assert_eq!(enrolled(&enrollments(&me, id).await), fans);
+}
+
+/// The daily cap (1 here, `skip`) spans automations and campaigns: a campaign leaves out the
+/// fan an automation already messaged today (`daily_cap`), and its own message counts against
+/// the next automated one.
+async fn a_campaign_excludes_fans_at_the_daily_cap_and_counts_toward_it(backend: Backend) {
+    let (sim, app, dispatcher, clock) = setup(backend, 1, "skip").await;
+    let campaigns = app.campaign_clock().await;
+    let me = app.user(1);
+    let a = fan(&me, "@a").await;
+    let b = fan(&me, "@b").await;
+    let thanks = create(
+        &me,
+        json!({
+            "name": "Thanks for the tip",
+            "trigger": { "type": "tip" },
+            "steps": [{ "send": { "content": "Thank you!" } }]
+        }),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let tip = |id: &str, fan: i64| json!({ "id": id, "type": "tip", "at": Utc::now(), "fanId": fan, "amountCents": 500 });
+    events(&me, json!([tip("t-a", a)])).await;
+    assert_eq!(look(&clock, Utc::now()).await.sent, 1, "a is thanked");
+
+    let id = me
+        .post_json(
+            "/api/crm/campaigns",
+            &json!({
+                "name": "Tonight",
+                "content": "New set tonight",
+                "audience": { "recipientIds": [a, b] },
+            }),
+            StatusCode::CREATED,
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let c = eventually(
+        "the campaign completes",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || async {
+            campaigns.run_once().await.expect("a campaign clock look");
+            dispatcher.run_once().await.expect("a dispatcher pass");
+            let c = me.get_json(&format!("/api/crm/campaigns/{id}")).await;
+            if c["status"] == "completed" {
+                Ok(c)
+            } else {
+                Err(c.to_string())
+            }
+        },
+    )
+    .await;
+    let m = &c["metrics"];
+    assert_eq!(
+        (
+            m["sent"].clone(),
+            m["excluded"].clone(),
+            m["excludedBy"].clone()
+        ),
+        (json!(1), json!(1), json!({ "daily_cap": 1 })),
+        "a was at the cap: {c}"
+    );
+    let to: Vec<(String, String)> = sim
+        .deliveries()
+        .await
+        .iter()
+        .map(|d| {
+            (
+                d["recipientId"].as_str().unwrap().to_owned(),
+                d["campaignId"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        to.contains(&(b.to_string(), id.to_string()))
+            && !to.contains(&(a.to_string(), id.to_string())),
+        "the campaign reached b, not a: {to:?}"
+    );
+
+    // b's campaign message counts: its thanks today is over the cap, skipped.
+    events(&me, json!([tip("t-b", b)])).await;
+    assert_eq!(look(&clock, Utc::now()).await.sent, 0);
+    let e = enrollments(&me, thanks).await["items"][0].clone();
+    assert_eq!(
+        (
+            e["fanId"].clone(),
+            e["status"].clone(),
+            e["steps"][0]["outcome"].clone()
+        ),
+        (json!(b), json!("completed"), json!("capped")),
+        "{e}"
+    );
 }

@@ -23,6 +23,7 @@ use tracing::Instrument;
 use super::{Deps, SubmitError, bulk_send::BulkSend};
 use crate::{
     crm::{
+        automations::DailyCap,
         campaigns::{
             self, Audience, Campaign, CampaignStatus, NewCampaign, Recurring,
             recipients::{self, Exclusion, RecipientStatus},
@@ -33,7 +34,7 @@ use crate::{
         segments::{self, Condition, Filter},
     },
     db::{Db, StoreError, StoreResult, Tx},
-    domain::{CampaignId, RunId, Timestamp, UserId},
+    domain::{CampaignId, FanId, RunId, Timestamp, UserId},
     engine::{
         JobBackend, JobError, JobId, JobKind, JobRecord, NewJob, Outcome, RetryPolicy, RunContext,
     },
@@ -45,6 +46,7 @@ pub struct CampaignFeed {
     db: Db,
     backend: JobBackend,
     ahead: i64,
+    daily_cap: u32,
 }
 
 impl CampaignFeed {
@@ -53,6 +55,7 @@ impl CampaignFeed {
             db: deps.db.clone(),
             backend: deps.jobs.clone(),
             ahead: deps.campaign_ahead.max(1),
+            daily_cap: deps.daily_cap_per_fan,
         }
     }
 }
@@ -244,6 +247,24 @@ impl CampaignFeed {
             .await?;
             fed.recipients_excluded += out.len() as i64;
             window.retain(|f| !out.contains(f));
+        }
+        if self.daily_cap > 0 {
+            // Counted in this transaction: a fan's automated sends stored since are counted by
+            // the automation clock against this campaign's message in turn.
+            let today =
+                messages::automated_since(&mut tx, &window, DailyCap::day_start(now)).await?;
+            let capped: Vec<FanId> = window
+                .iter()
+                .copied()
+                .filter(|f| {
+                    today
+                        .get(f)
+                        .is_some_and(|n| *n >= i64::from(self.daily_cap))
+                })
+                .collect();
+            recipients::exclude_fans(&mut tx, run.id, &capped, Exclusion::DailyCap).await?;
+            fed.recipients_excluded += capped.len() as i64;
+            window.retain(|f| !capped.contains(f));
         }
         let job = JobId::generate();
         let queued = if window.is_empty() {

@@ -42,6 +42,9 @@ pub struct Deps {
     pub rate_limiter_enabled: bool,
     /// A running campaign's messages kept queued ahead of delivery (see `campaign_feed`).
     pub campaign_ahead: i64,
+    /// Automated and campaign messages one fan may be sent a (UTC) day; 0: no cap. A
+    /// campaign's feed excludes the fans at it (`daily_cap`).
+    pub daily_cap_per_fan: u32,
     /// How sweeps decide.
     pub sweep: SweepConfig,
 }

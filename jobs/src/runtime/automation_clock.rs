@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use chrono::{NaiveTime, TimeDelta};
+use chrono::TimeDelta;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::{
     crm::{
         automations::{
-            self, Automation, CapAction, Definition, Step, Trigger,
+            self, Automation, CapAction, DailyCap, Definition, Step, Trigger,
             definition::{next_day, roll},
             enrollments::{self, Candidate, Enrollment, StepDone, entry, exit, held},
         },
@@ -40,15 +40,6 @@ const PER_BATCH: i64 = 500;
 const BATCHES_PER_LOOK: usize = 40;
 /// Daily checks a look runs, at most.
 const CHECKS_PER_LOOK: i64 = 20;
-
-/// The creator-wide limit on automated and campaign messages to one fan a (UTC) day.
-#[derive(Debug, Clone, Copy)]
-pub struct DailyCap {
-    /// At most this many a day; 0: no cap.
-    pub per_fan: u32,
-    /// What a send over the cap does.
-    pub action: CapAction,
-}
 
 /// What one look did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -184,8 +175,7 @@ impl AutomationClock {
             let mut fans: Vec<FanId> = due.iter().map(|e| e.fan_id).collect();
             fans.sort_unstable();
             fans.dedup();
-            let midnight = now.0.date_naive().and_time(NaiveTime::MIN).and_utc();
-            enrollments::sent_since(&mut tx, &fans, Timestamp(midnight)).await?
+            messages::automated_since(&mut tx, &fans, DailyCap::day_start(now)).await?
         } else {
             HashMap::new()
         };

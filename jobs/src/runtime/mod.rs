@@ -11,7 +11,7 @@ mod dispatcher;
 mod sweeper;
 mod workers;
 
-pub use automation_clock::{AutomationClock, DailyCap, Looked};
+pub use automation_clock::{AutomationClock, Looked};
 pub use campaign_clock::CampaignClock;
 pub use dispatcher::{DispatchConfig, Dispatcher, Pass, Step};
 pub use sweeper::{Sweeper, schedule};

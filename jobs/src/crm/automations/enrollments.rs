@@ -6,8 +6,6 @@
 //! enrollment on. A waiting enrollment is a row with a due time, read back by
 //! [`due`] when the time comes.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{
@@ -379,28 +377,6 @@ pub async fn withdrawn(tx: &mut Tx, messages: &[MessageId]) -> sqlx::Result<()> 
         q.push(")");
         q.build().execute(&mut **conn).await.map(|_| ())
     })
-}
-
-/// How many automated and campaign messages (lanes 1 and 2) each fan was sent since `since`.
-pub async fn sent_since(
-    tx: &mut Tx,
-    fans: &[FanId],
-    since: Timestamp,
-) -> sqlx::Result<HashMap<FanId, i64>> {
-    if fans.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows: Vec<(FanId, i64)> = on_tx!(tx, conn => {
-        let mut q = sqlx::QueryBuilder::new(
-            "SELECT fan_id, COUNT(*) FROM messages
-             WHERE lane > 0 AND direction = 'out' AND created_at >= ",
-        );
-        q.push_bind(since).push(" AND fan_id IN (");
-        push_binds(&mut q, fans.iter().map(|f| f.0));
-        q.push(") GROUP BY fan_id");
-        q.build_query_as().fetch_all(&mut **conn).await
-    })?;
-    Ok(rows.into_iter().collect())
 }
 
 /// One page of an automation's enrollments, newest first.

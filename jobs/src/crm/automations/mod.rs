@@ -33,6 +33,29 @@ text_enum! {
     }
 }
 
+/// The creator-wide limit on automated and campaign messages to one fan a (UTC) day
+/// (`MAX_AUTOMATED_PER_FAN_PER_DAY`): the automation clock holds or skips a send over it, a
+/// campaign's feed excludes the fan (`daily_cap`).
+#[derive(Debug, Clone, Copy)]
+pub struct DailyCap {
+    /// At most this many a day; 0: no cap.
+    pub per_fan: u32,
+    /// What an automation's send over the cap does.
+    pub action: CapAction,
+}
+
+impl DailyCap {
+    /// The start of `now`'s day, since which the cap counts.
+    pub fn day_start(now: Timestamp) -> Timestamp {
+        Timestamp(
+            now.0
+                .date_naive()
+                .and_time(chrono::NaiveTime::MIN)
+                .and_utc(),
+        )
+    }
+}
+
 text_enum! {
     pub enum AutomationStatus as "automation status" {
         /// Triggers enroll fans and enrollments go on.

@@ -34,6 +34,9 @@ text_enum! {
         ExcludedSegment = "excluded_segment",
         /// The fan bought a message of the campaign's `boughtCampaignId`.
         BoughtCampaign = "bought_campaign",
+        /// The fan was sent `MAX_AUTOMATED_PER_FAN_PER_DAY` automated and campaign messages
+        /// today (UTC).
+        DailyCap = "daily_cap",
     }
 }
 
@@ -95,6 +98,28 @@ pub async fn next_pending(tx: &mut Tx, run: RunId, n: i64) -> StoreResult<Vec<Fa
     .fetch_all(&mut **conn)
     .await)?;
     Ok(rows.into_iter().map(|(f,)| f).collect())
+}
+
+/// Marks `excluded` with `reason`, in `tx`, the run's pending fans among `fans`.
+pub async fn exclude_fans(
+    tx: &mut Tx,
+    run: RunId,
+    fans: &[FanId],
+    reason: Exclusion,
+) -> sqlx::Result<()> {
+    if fans.is_empty() {
+        return Ok(());
+    }
+    on_tx!(tx, conn => {
+        let mut q = sqlx::QueryBuilder::new("UPDATE campaign_recipients SET status = 'excluded', reason = ");
+        q.push_bind(reason)
+            .push(" WHERE status = 'pending' AND run_id = ")
+            .push_bind(run)
+            .push(" AND fan_id IN (");
+        push_binds(&mut q, fans.iter().map(|f| f.0));
+        q.push(")");
+        q.build().execute(&mut **conn).await.map(|_| ())
+    })
 }
 
 /// Marks `excluded` with `reason`, in `tx`, the run's pending fans in `[first, last]` that

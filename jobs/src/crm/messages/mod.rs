@@ -968,3 +968,26 @@ pub async fn engagement_of_campaign_in(
     .fetch_one(&mut **conn)
     .await)
 }
+
+/// How many automated and campaign messages (lanes 1 and 2) each fan was sent since `since`:
+/// what the daily cap counts.
+pub async fn automated_since(
+    tx: &mut Tx,
+    fans: &[FanId],
+    since: Timestamp,
+) -> sqlx::Result<HashMap<FanId, i64>> {
+    if fans.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(FanId, i64)> = on_tx!(tx, conn => {
+        let mut q = sqlx::QueryBuilder::new(
+            "SELECT fan_id, COUNT(*) FROM messages
+             WHERE lane > 0 AND direction = 'out' AND created_at >= ",
+        );
+        q.push_bind(since).push(" AND fan_id IN (");
+        crate::db::push_binds(&mut q, fans.iter().map(|f| f.0));
+        q.push(") GROUP BY fan_id");
+        q.build_query_as().fetch_all(&mut **conn).await
+    })?;
+    Ok(rows.into_iter().collect())
+}
