@@ -8,7 +8,9 @@ use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use fanqueue_jobs::{
-    domain::Timestamp,
+    crm::automations::DailyCap,
+    db::Db,
+    domain::{FanId, Timestamp},
     runtime::{AutomationClock, Dispatcher},
 };
 use reqwest::StatusCode;
@@ -906,5 +908,61 @@ async fn a_campaign_excludes_fans_at_the_daily_cap_and_counts_toward_it(backend:
         ),
         (json!(b), json!("completed"), json!("capped")),
         "{e}"
+    );
+}
+
+/// On PostgreSQL a scheduler counts a fan's messages of the day and sends under the fan's cap
+/// lock: a fan whose lock another holds (a second scheduler's batch, a campaign's feed) is
+/// left for a later batch, not counted at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_fan_counted_elsewhere_waits_for_a_later_batch() {
+    let (_sim, app, _dispatcher, clock) = setup(Backend::Postgres, 1, "skip").await;
+    let me = app.user(1);
+    let a = fan(&me, "@a").await;
+    let b = fan(&me, "@b").await;
+    let thanks = create(
+        &me,
+        json!({
+            "name": "Thanks for the tip",
+            "trigger": { "type": "tip" },
+            "steps": [{ "send": { "content": "Thank you!" } }]
+        }),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let tip = |id: &str, fan: i64| json!({ "id": id, "type": "tip", "at": Utc::now(), "fanId": fan, "amountCents": 500 });
+    events(&me, json!([tip("t-a", a), tip("t-b", b)])).await;
+
+    let db = Db::connect(&app.database_url).await.unwrap();
+    let mut elsewhere = db.begin().await.unwrap();
+    DailyCap::hold(&mut elsewhere, &[FanId(b)]).await.unwrap();
+    assert_eq!(look(&clock, Utc::now()).await.sent, 1, "a only");
+    let page = enrollments(&me, thanks).await;
+    let status: BTreeMap<i64, Value> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["fanId"].as_i64().unwrap(), e["status"].clone()))
+        .collect();
+    assert_eq!(
+        status,
+        BTreeMap::from([(a, json!("completed")), (b, json!("active"))]),
+        "{page}"
+    );
+    elsewhere.commit().await.unwrap();
+    assert_eq!(
+        look(&clock, Utc::now()).await.sent,
+        1,
+        "b, once the lock is free"
+    );
+    let page = enrollments(&me, thanks).await;
+    assert!(
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["status"] == "completed" && e["steps"][0]["outcome"] == "sent"),
+        "{page}"
     );
 }

@@ -249,8 +249,9 @@ impl CampaignFeed {
             window.retain(|f| !out.contains(f));
         }
         if self.daily_cap > 0 {
-            // Counted in this transaction: a fan's automated sends stored since are counted by
-            // the automation clock against this campaign's message in turn.
+            // Counted and sent under the window's cap locks: a scheduler counting one of these
+            // fans now finishes first, and one counting later sees this campaign's message.
+            DailyCap::hold(&mut tx, &window).await?;
             let today =
                 messages::automated_since(&mut tx, &window, DailyCap::day_start(now)).await?;
             let capped: Vec<FanId> = window

@@ -135,7 +135,7 @@ impl AutomationClock {
                 return Ok(enrolled);
             };
             let (only, key) = daily_candidates(&a, now);
-            let fans = enrollments::enroll(&mut tx, &a, only, key, now).await?;
+            let fans = enrollments::enroll(&mut tx, &a, None, only, key, now).await?;
             automations::checked(&mut tx, a.id, today).await?;
             tx.commit().await?;
             tracing::info!(
@@ -166,10 +166,23 @@ impl AutomationClock {
         // One enrollment a fan a batch: a batch's messages are stored under one job, matched
         // back to their rows by (job, fan). A fan's other due enrollments go in the next batch.
         let mut fans_seen = HashSet::new();
-        let due: Vec<Enrollment> = due
+        let mut due: Vec<Enrollment> = due
             .into_iter()
             .filter(|e| fans_seen.insert(e.fan_id))
             .collect();
+        // The cap counts a fan's messages of the day and then sends: only for the fans whose
+        // cap lock this batch holds (another scheduler's batch, or a campaign's feed, may be
+        // counting them now). The others wait for a later batch.
+        let mut blocked = 0;
+        if self.cap.per_fan > 0 {
+            let fans: Vec<FanId> = due.iter().map(|e| e.fan_id).collect();
+            let held: HashSet<FanId> = DailyCap::try_hold(&mut tx, &fans)
+                .await?
+                .into_iter()
+                .collect();
+            due.retain(|e| held.contains(&e.fan_id));
+            blocked = fans.len() - due.len();
+        }
         let mut definitions: HashMap<(AutomationId, i32), Definition> = HashMap::new();
         let mut sent_today: HashMap<FanId, i64> = if self.cap.per_fan > 0 {
             let mut fans: Vec<FanId> = due.iter().map(|e| e.fan_id).collect();
@@ -275,7 +288,7 @@ impl AutomationClock {
             sent += n;
             tracing::debug!(user_id = job.user.0, job_id = %job.id, messages = n, "automated messages queued");
         }
-        Ok((fetched, sent))
+        Ok((fetched - blocked, sent))
     }
 }
 

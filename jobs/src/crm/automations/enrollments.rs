@@ -13,7 +13,7 @@ use super::{
     definition::{Definition, Step, roll},
 };
 use crate::{
-    crm::segments::{self, Condition, Param, bind_condition},
+    crm::segments::{self, Condition, Dialect, Param, bind_condition},
     db::{Db, Listed, Page, StoreResult, Tx, push_binds},
     domain::{AutomationId, EnrollmentId, FanId, MessageId, Timestamp, UserId},
     on_db, on_tx, text_enum,
@@ -94,12 +94,19 @@ pub struct Candidate {
     pub subscription_ends_at: Option<DateTime<Utc>>,
 }
 
-/// Enrolls into `automation` the fans of its creator that `only` matches and its audience and
-/// rules allow (`oncePerFan`, `cooldownHours`), each under the key `key` gives it; a key the
-/// automation already has enrolls no one. Returns the new enrollments' fans.
+/// Enrolls into `automation` the fans of its creator that `only` matches (among `among`, when
+/// given) and its audience and rules allow (`oncePerFan`, `cooldownHours`), each under the key
+/// `key` gives it; a key the automation already has enrolls no one. Returns the new
+/// enrollments' fans.
+///
+/// `among` is looked up fan by fan through the primary key, whatever the statistics say: an
+/// import's batch enrolls its new fans while the table grows under it, and with statistics
+/// from before the import PostgreSQL scanned every fan of the creator against the list (63 s
+/// for 100,000 fans, `BENCHMARKS.md`).
 pub async fn enroll(
     tx: &mut Tx,
     automation: &Automation,
+    among: Option<&[FanId]>,
     only: Condition,
     key: impl Fn(&Candidate) -> String,
     now: Timestamp,
@@ -135,17 +142,46 @@ pub async fn enroll(
         ));
     }
     let Condition { sql, params } = condition;
+    let list = params.len() + 2;
+    let from = match (among, dialect) {
+        (None, _) => "fans f".to_owned(),
+        (Some(_), Dialect::Postgres) => format!(
+            "unnest(${list}::bigint[]) AS n(id)
+             CROSS JOIN LATERAL (SELECT * FROM fans WHERE id = n.id OFFSET 0) f"
+        ),
+        (Some(_), Dialect::Sqlite) => {
+            format!("json_each(${list}) n JOIN fans f ON f.id = n.value")
+        }
+    };
     let select = format!(
-        "SELECT f.id, f.last_seen_at, f.created_at, f.subscription_ends_at FROM fans f
+        "SELECT f.id, f.last_seen_at, f.created_at, f.subscription_ends_at FROM {from}
          WHERE f.user_id = $1 AND {sql} ORDER BY f.id"
     );
-    let candidates: Vec<Candidate> = on_tx!(tx, conn => bind_condition!(
-        sqlx::query_as::<_, Candidate>(sqlx::AssertSqlSafe(select)),
-        automation.user_id,
-        &params
-    )
-    .fetch_all(&mut **conn)
-    .await)?;
+    let ids: Vec<i64> = among.unwrap_or_default().iter().map(|f| f.0).collect();
+    let candidates: Vec<Candidate> = match tx {
+        Tx::Postgres(conn) => {
+            let q = bind_condition!(
+                sqlx::query_as::<_, Candidate>(sqlx::AssertSqlSafe(select)),
+                automation.user_id,
+                &params
+            );
+            let q = if among.is_some() { q.bind(ids) } else { q };
+            q.fetch_all(&mut **conn).await?
+        }
+        Tx::Sqlite(conn) => {
+            let q = bind_condition!(
+                sqlx::query_as::<_, Candidate>(sqlx::AssertSqlSafe(select)),
+                automation.user_id,
+                &params
+            );
+            let q = if among.is_some() {
+                q.bind(serde_json::Value::from(ids).to_string())
+            } else {
+                q
+            };
+            q.fetch_all(&mut **conn).await?
+        }
+    };
     let mut enrolled = Vec::with_capacity(candidates.len());
     for chunk in candidates.chunks(500) {
         let rows: Vec<(FanId, String, Timestamp)> = chunk

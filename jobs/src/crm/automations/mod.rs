@@ -16,7 +16,7 @@ use sqlx::types::Json;
 pub use self::definition::{Audience, Definition, Step, Trigger};
 use crate::{
     db::{Db, Listed, Page, StoreError, StoreResult, Tx},
-    domain::{AutomationId, Line, Timestamp, UserId},
+    domain::{AutomationId, FanId, Line, Timestamp, UserId},
     idempotency::{self, Effect, Guard},
     on_db, on_tx, text_enum,
 };
@@ -44,6 +44,22 @@ pub struct DailyCap {
     pub action: CapAction,
 }
 
+/// The daily cap's locks on PostgreSQL: one per bucket of fans, so that a transaction holds
+/// at most this many whatever its number of fans (the server's lock table is shared and small).
+const CAP_BUCKETS: i64 = 1_024;
+
+/// The statement that takes the cap's locks of `$1`'s fans (in the array's order; `$2` buckets):
+/// `try_` without waiting, returning the fans it holds.
+fn cap_lock_sql(try_: bool) -> &'static str {
+    if try_ {
+        "SELECT f FROM unnest($1::bigint[]) AS f
+         WHERE pg_try_advisory_xact_lock(hashtext('fanqueue: daily cap'), (f % $2)::int4)"
+    } else {
+        "SELECT f FROM unnest($1::bigint[]) AS f,
+             LATERAL (SELECT pg_advisory_xact_lock(hashtext('fanqueue: daily cap'), (f % $2)::int4)) l"
+    }
+}
+
 impl DailyCap {
     /// The start of `now`'s day, since which the cap counts.
     pub fn day_start(now: Timestamp) -> Timestamp {
@@ -53,6 +69,35 @@ impl DailyCap {
                 .and_time(chrono::NaiveTime::MIN)
                 .and_utc(),
         )
+    }
+
+    /// Takes, until `tx` ends, the cap's lock of each of `fans` that no other transaction
+    /// holds, without waiting; returns the fans it holds. Whoever counts a fan's messages of
+    /// the day and then sends holds it, so two schedulers (or a scheduler and a campaign's
+    /// feed) never both count before either sends. On SQLite, one writer at a time: every fan.
+    pub async fn try_hold(tx: &mut Tx, fans: &[FanId]) -> sqlx::Result<Vec<FanId>> {
+        Self::locks(tx, fans, true).await
+    }
+
+    /// Like [`Self::try_hold`], waiting for each lock. The locks are taken in bucket order, so
+    /// two waiting holders never wait for each other in a circle (a `try_hold` never waits).
+    pub async fn hold(tx: &mut Tx, fans: &[FanId]) -> sqlx::Result<()> {
+        Self::locks(tx, fans, false).await.map(|_| ())
+    }
+
+    async fn locks(tx: &mut Tx, fans: &[FanId], try_: bool) -> sqlx::Result<Vec<FanId>> {
+        let Tx::Postgres(conn) = tx else {
+            return Ok(fans.to_vec());
+        };
+        let mut ids: Vec<i64> = fans.iter().map(|f| f.0).collect();
+        ids.sort_unstable_by_key(|f| (f.rem_euclid(CAP_BUCKETS), *f));
+        ids.dedup();
+        let held: Vec<(FanId,)> = sqlx::query_as(cap_lock_sql(try_))
+            .bind(ids)
+            .bind(CAP_BUCKETS)
+            .fetch_all(&mut **conn)
+            .await?;
+        Ok(held.into_iter().map(|(f,)| f).collect())
     }
 }
 

@@ -12,7 +12,7 @@ use crate::{
         conversations,
         fans::{self, Fan, NewFan},
         messages::{self, Inbound, Message},
-        segments::{Condition, Param},
+        segments::Condition,
     },
     db::{Db, StoreResult, Tx},
     domain::{CampaignId, ConversationId, FanId, MessageId, Timestamp, UserId},
@@ -99,11 +99,9 @@ pub async fn fire(
                 .iter()
                 .filter(|f| f.what.word() == word && f.what.answers(trigger))
             {
-                let mut only = Condition::everyone();
-                let fan = only.bind(Param::Int(f.fan.0));
-                only.and(&format!("f.id = {fan}"));
                 let key = format!("{word}:{}", f.key);
-                began += enrollments::enroll(tx, &a, only, |_| key.clone(), now)
+                let only = Condition::everyone();
+                began += enrollments::enroll(tx, &a, Some(&[f.fan]), only, |_| key.clone(), now)
                     .await?
                     .len();
             }
@@ -189,12 +187,8 @@ pub async fn new_fan(db: &Db, user: UserId, fan: NewFan, key: Option<&Guard>) ->
     Ok(created)
 }
 
-/// Ids a `fan_created` enrollment statement names at most (well under SQLite's 32,766 bound
-/// values, with the audience's own).
-const CREATED_PER_STATEMENT: usize = 1_000;
-
 /// Fires the `fan_created` triggers for `fans`, just created in `tx` (by the API, or an
-/// import's batch): one enrollment statement per automation and thousand fans, not one per fan.
+/// import's batch): one enrollment statement per automation, not one per fan.
 /// Each fan enrolls once per automation (its key is its id). Returns how many enrollments began.
 pub async fn created(
     tx: &mut Tx,
@@ -208,14 +202,10 @@ pub async fn created(
     let word = Fire::FanCreated.word();
     let mut began = 0;
     for a in armed(tx, user, word).await? {
-        for chunk in fans.chunks(CREATED_PER_STATEMENT) {
-            let mut only = Condition::everyone();
-            let ids: Vec<String> = chunk.iter().map(|f| only.bind(Param::Int(f.0))).collect();
-            only.and(&format!("f.id IN ({})", ids.join(", ")));
-            began += enrollments::enroll(tx, &a, only, |c| format!("{word}:{}", c.id.0), now)
-                .await?
-                .len();
-        }
+        let key = |c: &enrollments::Candidate| format!("{word}:{}", c.id.0);
+        began += enrollments::enroll(tx, &a, Some(fans), Condition::everyone(), key, now)
+            .await?
+            .len();
     }
     if began > 0 {
         tracing::info!(
