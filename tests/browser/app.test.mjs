@@ -559,6 +559,7 @@ try {
     await page.getByRole('button', { name: 'Sign out' }).click();
     await page.locator('#sign-in').waitFor();
     assert.equal(await page.evaluate(() => localStorage.getItem('fanqueue.token')), null);
+    assert.equal(await page.locator('#nav').isVisible(), false, 'no navigation before signing in');
     await checkPage(page, 'sign-in');
     await page.getByLabel('Token').fill(TOKEN);
     await page.getByRole('button', { name: 'Sign in' }).click();
