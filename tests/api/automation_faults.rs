@@ -12,7 +12,10 @@ use std::{
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{ApiClient, AppProcess, Deployment, Sim, eventually};
+use crate::{
+    automations::all_enrollments,
+    helpers::{ApiClient, AppProcess, Deployment, Sim, eventually},
+};
 
 const FANS: usize = 500;
 /// Two sends per enrollment (the daily cap's default, 2, lets both through).
@@ -37,24 +40,6 @@ async fn metrics(me: &ApiClient, automation: i64) -> Value {
     me.get_json(&format!("/api/crm/automations/{automation}"))
         .await["metrics"]
         .clone()
-}
-
-/// Every enrollment of `automation`, through the pages of its list.
-async fn all_enrollments(me: &ApiClient, automation: i64) -> Vec<Value> {
-    let mut all = vec![];
-    loop {
-        let page = me
-            .get_json(&format!(
-                "/api/crm/automations/{automation}/enrollments?limit=200&offset={}",
-                all.len()
-            ))
-            .await;
-        let items = page["items"].as_array().unwrap().clone();
-        if items.is_empty() {
-            return all;
-        }
-        all.extend(items);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -484,7 +484,7 @@ async fn many_fans(me: &ApiClient, n: usize) -> Vec<i64> {
 }
 
 /// Every enrollment of an automation, with its steps.
-async fn all_enrollments(me: &ApiClient, automation: i64) -> Vec<Value> {
+pub(crate) async fn all_enrollments(me: &ApiClient, automation: i64) -> Vec<Value> {
     let mut all = vec![];
     loop {
         let page = me
@@ -816,6 +816,26 @@ async fn an_import_enrolls_its_new_fans_in_fan_created_automations_once(backend:
     assert_eq!(enrolled(&enrollments(&me, id).await), fans);
 }
 
+/// An automation that thanks each tip at once; its id.
+async fn thanks_for_tips(me: &ApiClient) -> i64 {
+    create(
+        me,
+        json!({
+            "name": "Thanks for the tip",
+            "trigger": { "type": "tip" },
+            "steps": [{ "send": { "content": "Thank you!" } }]
+        }),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap()
+}
+
+/// A tip event `id` from `fan`, now.
+fn tip(id: &str, fan: i64) -> Value {
+    json!({ "id": id, "type": "tip", "at": Utc::now(), "fanId": fan, "amountCents": 500 })
+}
+
 /// The daily cap (1 here, `skip`) spans automations and campaigns: a campaign leaves out the
 /// fan an automation already messaged today (`daily_cap`), and its own message counts against
 /// the next automated one.
@@ -825,18 +845,7 @@ async fn a_campaign_excludes_fans_at_the_daily_cap_and_counts_toward_it(backend:
     let me = app.user(1);
     let a = fan(&me, "@a").await;
     let b = fan(&me, "@b").await;
-    let thanks = create(
-        &me,
-        json!({
-            "name": "Thanks for the tip",
-            "trigger": { "type": "tip" },
-            "steps": [{ "send": { "content": "Thank you!" } }]
-        }),
-    )
-    .await["id"]
-        .as_i64()
-        .unwrap();
-    let tip = |id: &str, fan: i64| json!({ "id": id, "type": "tip", "at": Utc::now(), "fanId": fan, "amountCents": 500 });
+    let thanks = thanks_for_tips(&me).await;
     events(&me, json!([tip("t-a", a)])).await;
     assert_eq!(look(&clock, Utc::now()).await.sent, 1, "a is thanked");
 
@@ -920,18 +929,7 @@ async fn on_postgres_a_fan_counted_elsewhere_waits_for_a_later_batch() {
     let me = app.user(1);
     let a = fan(&me, "@a").await;
     let b = fan(&me, "@b").await;
-    let thanks = create(
-        &me,
-        json!({
-            "name": "Thanks for the tip",
-            "trigger": { "type": "tip" },
-            "steps": [{ "send": { "content": "Thank you!" } }]
-        }),
-    )
-    .await["id"]
-        .as_i64()
-        .unwrap();
-    let tip = |id: &str, fan: i64| json!({ "id": id, "type": "tip", "at": Utc::now(), "fanId": fan, "amountCents": 500 });
+    let thanks = thanks_for_tips(&me).await;
     events(&me, json!([tip("t-a", a), tip("t-b", b)])).await;
 
     let db = Db::connect(&app.database_url).await.unwrap();
