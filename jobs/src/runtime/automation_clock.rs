@@ -174,24 +174,17 @@ impl AutomationClock {
         // cap lock this batch holds (another scheduler's batch, or a campaign's feed, may be
         // counting them now). The others wait for a later batch.
         let mut blocked = 0;
+        let mut sent_today: HashMap<FanId, i64> = HashMap::new();
         if self.cap.per_fan > 0 {
             let fans: Vec<FanId> = due.iter().map(|e| e.fan_id).collect();
-            let held: HashSet<FanId> = DailyCap::try_hold(&mut tx, &fans)
-                .await?
-                .into_iter()
-                .collect();
-            due.retain(|e| held.contains(&e.fan_id));
+            let held = DailyCap::try_hold(&mut tx, &fans).await?;
+            let holding: HashSet<FanId> = held.iter().copied().collect();
+            due.retain(|e| holding.contains(&e.fan_id));
             blocked = fans.len() - due.len();
+            sent_today =
+                messages::automated_since(&mut tx, &held, DailyCap::day_start(now)).await?;
         }
         let mut definitions: HashMap<(AutomationId, i32), Definition> = HashMap::new();
-        let mut sent_today: HashMap<FanId, i64> = if self.cap.per_fan > 0 {
-            let mut fans: Vec<FanId> = due.iter().map(|e| e.fan_id).collect();
-            fans.sort_unstable();
-            fans.dedup();
-            messages::automated_since(&mut tx, &fans, DailyCap::day_start(now)).await?
-        } else {
-            HashMap::new()
-        };
         let mut walk = Walk {
             now,
             cap: self.cap,

@@ -52,7 +52,7 @@ pub enum Trigger {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         keyword: Option<String>,
     },
-    /// A fan created through the API (an import does not fire it yet).
+    /// A fan created, through the API or an import (with its batch).
     FanCreated,
     /// Not seen for `days` days; a daily check, once per fan per inactivity spell.
     Inactive { days: u32 },

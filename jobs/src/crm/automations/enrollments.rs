@@ -143,7 +143,15 @@ pub async fn enroll(
     }
     let Condition { sql, params } = condition;
     let list = params.len() + 2;
-    let from = match (among, dialect) {
+    // `among` as one text parameter, an array literal in each dialect's own notation.
+    let among = among.map(|fans| {
+        let ids: Vec<String> = fans.iter().map(|f| f.0.to_string()).collect();
+        match dialect {
+            Dialect::Postgres => format!("{{{}}}", ids.join(",")),
+            Dialect::Sqlite => format!("[{}]", ids.join(",")),
+        }
+    });
+    let from = match (&among, dialect) {
         (None, _) => "fans f".to_owned(),
         (Some(_), Dialect::Postgres) => format!(
             "unnest(${list}::bigint[]) AS n(id)
@@ -159,31 +167,19 @@ pub async fn enroll(
         "SELECT f.id, f.last_seen_at, f.created_at, f.subscription_ends_at FROM {from}
          WHERE f.user_id = $1 AND {sql} ORDER BY f.id"
     );
-    let ids: Vec<i64> = among.unwrap_or_default().iter().map(|f| f.0).collect();
-    let candidates: Vec<Candidate> = match tx {
-        Tx::Postgres(conn) => {
-            let q = bind_condition!(
-                sqlx::query_as::<_, Candidate>(sqlx::AssertSqlSafe(select)),
-                automation.user_id,
-                &params
-            );
-            let q = if among.is_some() { q.bind(ids) } else { q };
-            q.fetch_all(&mut **conn).await?
+    let candidates: Vec<Candidate> = on_tx!(tx, conn => {
+        let q = bind_condition!(
+            sqlx::query_as::<_, Candidate>(sqlx::AssertSqlSafe(select)),
+            automation.user_id,
+            &params
+        );
+        match &among {
+            Some(list) => q.bind(list.as_str()),
+            None => q,
         }
-        Tx::Sqlite(conn) => {
-            let q = bind_condition!(
-                sqlx::query_as::<_, Candidate>(sqlx::AssertSqlSafe(select)),
-                automation.user_id,
-                &params
-            );
-            let q = if among.is_some() {
-                q.bind(serde_json::Value::from(ids).to_string())
-            } else {
-                q
-            };
-            q.fetch_all(&mut **conn).await?
-        }
-    };
+        .fetch_all(&mut **conn)
+        .await
+    })?;
     let mut enrolled = Vec::with_capacity(candidates.len());
     for chunk in candidates.chunks(500) {
         let rows: Vec<(FanId, String, Timestamp)> = chunk
